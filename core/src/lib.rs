@@ -1,0 +1,3 @@
+//! Starling's core: no I/O at all.
+pub mod event;
+pub mod subject;

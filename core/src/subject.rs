@@ -1,0 +1,326 @@
+//! Subjects and subscription patterns.
+//!
+//! Starling follows the NATS conventions because users already know them:
+//!
+//! - a subject is a list of tokens separated by `.`: `orders.eu.created`;
+//! - a token is non-empty and holds no whitespace or control characters;
+//! - in a *pattern*, `*` matches exactly one token and `>` matches one or more
+//!   trailing tokens; `>` may only stand last, so `orders.>` does not match
+//!   `orders`;
+//! - a wildcard is a whole token: `ord*` is refused rather than read as a literal,
+//!   because a literal `*` inside a token is almost always a mistake;
+//! - a *published* subject has no wildcards.
+//!
+//! Validation never panics. Every error names the rule that was broken and the
+//! token where it was broken, so that a client can be told exactly what is wrong.
+
+use thiserror::Error;
+
+/// Separates the tokens of a subject.
+pub const TOKEN_SEPARATOR: u8 = b'.';
+/// Matches exactly one token.
+pub const SINGLE_WILDCARD: &str = "*";
+/// Matches one or more trailing tokens.
+pub const FULL_WILDCARD: &str = ">";
+/// Prefix of the reply subjects the bus makes for requests.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+/// Prefix of the subjects on which the mesh publishes its own events.
+pub const SYSTEM_PREFIX: &str = "$SYS.";
+
+/// Size limits applied to subjects and patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectLimits {
+    /// Longest subject or pattern, in bytes.
+    pub bytes_max: usize,
+    /// Most tokens in a subject or pattern.
+    pub tokens_max: usize,
+}
+
+impl Default for SubjectLimits {
+    fn default() -> Self {
+        Self {
+            bytes_max: 256,
+            tokens_max: 32,
+        }
+    }
+}
+
+/// Why a subject or pattern was refused. Refusing one changes no state.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SubjectError {
+    /// The subject has no bytes at all.
+    #[error("the subject is empty")]
+    Empty,
+    /// The subject is longer than [`SubjectLimits::bytes_max`].
+    #[error("the subject is {len} bytes long; the limit is {max} bytes")]
+    TooLong {
+        /// Length of the subject in bytes.
+        len: usize,
+        /// The limit it broke.
+        max: usize,
+    },
+    /// The subject has more tokens than [`SubjectLimits::tokens_max`].
+    #[error("the subject has more than {max} tokens")]
+    TooManyTokens {
+        /// The limit it broke.
+        max: usize,
+    },
+    /// Two dots in a row, or a dot at the start or the end.
+    #[error("token {index} is empty: a subject may not start or end with '.' or contain '..'")]
+    EmptyToken {
+        /// Zero-based index of the empty token.
+        index: usize,
+    },
+    /// A token holds a space, a tab, a line break or another control character.
+    #[error("token {index} contains whitespace or a control character")]
+    InvalidCharacter {
+        /// Zero-based index of the token.
+        index: usize,
+    },
+    /// `*` or `>` appears inside a longer token, such as `ord*`.
+    #[error("token {index} mixes a wildcard with other characters; '*' and '>' must stand alone")]
+    PartialWildcard {
+        /// Zero-based index of the token.
+        index: usize,
+    },
+    /// `>` appears before the last token.
+    #[error("'>' may only be the last token, but it is token {index}")]
+    FullWildcardNotLast {
+        /// Zero-based index of the `>` token.
+        index: usize,
+    },
+    /// A subject given to `publish` contains `*` or `>`.
+    #[error("a published subject may not contain wildcards, but token {index} is '{wildcard}'")]
+    WildcardInSubject {
+        /// Zero-based index of the wildcard token.
+        index: usize,
+        /// The wildcard found.
+        wildcard: char,
+    },
+}
+
+/// Checks a subject that events are published on: no wildcards allowed.
+pub fn validate_subject(subject: &str, limits: &SubjectLimits) -> Result<(), SubjectError> {
+    validate(subject, limits, Kind::Subject).map(|_| ())
+}
+
+/// Checks a subscription pattern: `*` and a final `>` allowed.
+///
+/// Returns the number of tokens, which the subscription index needs anyway.
+pub fn validate_pattern(pattern: &str, limits: &SubjectLimits) -> Result<usize, SubjectError> {
+    validate(pattern, limits, Kind::Pattern)
+}
+
+/// True if the pattern has a wildcard token.
+pub fn has_wildcard(pattern: &str) -> bool {
+    tokens(pattern).any(|token| token == SINGLE_WILDCARD || token == FULL_WILDCARD)
+}
+
+/// The tokens of a subject or pattern, in order.
+pub fn tokens(subject: &str) -> impl Iterator<Item = &str> + Clone {
+    subject.split('.')
+}
+
+/// The reference matcher: does `pattern` match the published `subject`?
+///
+/// Both arguments are assumed valid. This is the simple, obviously correct
+/// definition that the subscription index is tested against; the index is what
+/// the data path uses.
+pub fn pattern_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = tokens(subject);
+    for pattern_token in tokens(pattern) {
+        match pattern_token {
+            // `>` needs at least one more token, and takes all that are left.
+            FULL_WILDCARD => return subject_tokens.next().is_some(),
+            SINGLE_WILDCARD => {
+                if subject_tokens.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if subject_tokens.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Subject,
+    Pattern,
+}
+
+fn validate(text: &str, limits: &SubjectLimits, kind: Kind) -> Result<usize, SubjectError> {
+    if text.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if text.len() > limits.bytes_max {
+        return Err(SubjectError::TooLong {
+            len: text.len(),
+            max: limits.bytes_max,
+        });
+    }
+    let mut count = 0;
+    let mut full_wildcard_at = None;
+    for (index, token) in tokens(text).enumerate() {
+        count = index + 1;
+        if count > limits.tokens_max {
+            return Err(SubjectError::TooManyTokens {
+                max: limits.tokens_max,
+            });
+        }
+        if let Some(at) = full_wildcard_at {
+            return Err(SubjectError::FullWildcardNotLast { index: at });
+        }
+        if token.is_empty() {
+            return Err(SubjectError::EmptyToken { index });
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SubjectError::InvalidCharacter { index });
+        }
+        let wildcard = match token {
+            SINGLE_WILDCARD => Some('*'),
+            FULL_WILDCARD => {
+                full_wildcard_at = Some(index);
+                Some('>')
+            }
+            _ if token.contains(['*', '>']) => {
+                return Err(SubjectError::PartialWildcard { index });
+            }
+            _ => None,
+        };
+        if let (Kind::Subject, Some(wildcard)) = (kind, wildcard) {
+            return Err(SubjectError::WildcardInSubject { index, wildcard });
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(text: &str) -> Result<(), SubjectError> {
+        validate_subject(text, &SubjectLimits::default())
+    }
+
+    fn pattern(text: &str) -> Result<usize, SubjectError> {
+        validate_pattern(text, &SubjectLimits::default())
+    }
+
+    #[test]
+    fn accepts_plain_subjects_and_patterns() {
+        assert_eq!(subject("orders.eu.created"), Ok(()));
+        assert_eq!(subject("a"), Ok(()));
+        assert_eq!(subject("_INBOX.abc.1"), Ok(()));
+        assert_eq!(pattern("orders.*.created"), Ok(3));
+        assert_eq!(pattern("orders.>"), Ok(2));
+        assert_eq!(pattern(">"), Ok(1));
+        assert_eq!(pattern("*.*"), Ok(2));
+    }
+
+    #[test]
+    fn names_the_broken_rule() {
+        assert_eq!(subject(""), Err(SubjectError::Empty));
+        assert_eq!(subject(".a"), Err(SubjectError::EmptyToken { index: 0 }));
+        assert_eq!(subject("a."), Err(SubjectError::EmptyToken { index: 1 }));
+        assert_eq!(subject("a..b"), Err(SubjectError::EmptyToken { index: 1 }));
+        assert_eq!(
+            subject("a.b c"),
+            Err(SubjectError::InvalidCharacter { index: 1 })
+        );
+        assert_eq!(
+            subject("a.\tb"),
+            Err(SubjectError::InvalidCharacter { index: 1 })
+        );
+        assert_eq!(
+            subject("a.\u{0}"),
+            Err(SubjectError::InvalidCharacter { index: 1 })
+        );
+        assert_eq!(
+            subject("orders.*"),
+            Err(SubjectError::WildcardInSubject {
+                index: 1,
+                wildcard: '*'
+            })
+        );
+        assert_eq!(
+            subject(">"),
+            Err(SubjectError::WildcardInSubject {
+                index: 0,
+                wildcard: '>'
+            })
+        );
+        assert_eq!(
+            pattern("orders.>.created"),
+            Err(SubjectError::FullWildcardNotLast { index: 1 })
+        );
+        assert_eq!(
+            pattern("ord*"),
+            Err(SubjectError::PartialWildcard { index: 0 })
+        );
+        assert_eq!(
+            pattern("a.b>"),
+            Err(SubjectError::PartialWildcard { index: 1 })
+        );
+    }
+
+    #[test]
+    fn enforces_the_limits() {
+        let limits = SubjectLimits {
+            bytes_max: 8,
+            tokens_max: 3,
+        };
+        assert_eq!(validate_subject("a.b.c", &limits), Ok(()));
+        assert_eq!(
+            validate_subject("a.b.c.d", &limits),
+            Err(SubjectError::TooManyTokens { max: 3 })
+        );
+        assert_eq!(
+            validate_subject("abcdefghi", &limits),
+            Err(SubjectError::TooLong { len: 9, max: 8 })
+        );
+        let long = "a.".repeat(200) + "a";
+        assert!(matches!(subject(&long), Err(SubjectError::TooLong { .. })));
+    }
+
+    #[test]
+    fn error_messages_say_what_is_wrong() {
+        let message = subject("orders..eu").unwrap_err().to_string();
+        assert!(message.contains("token 1 is empty"), "{message}");
+        let message = subject("orders.*").unwrap_err().to_string();
+        assert!(message.contains("may not contain wildcards"), "{message}");
+    }
+
+    #[test]
+    fn matches_like_nats() {
+        assert!(pattern_matches("orders.*.created", "orders.eu.created"));
+        assert!(!pattern_matches("orders.*.created", "orders.eu.x.created"));
+        assert!(!pattern_matches("orders.*.created", "orders.created"));
+        assert!(pattern_matches("orders.>", "orders.eu"));
+        assert!(pattern_matches("orders.>", "orders.eu.created"));
+        assert!(
+            !pattern_matches("orders.>", "orders"),
+            "'>' needs one token"
+        );
+        assert!(pattern_matches(">", "a"));
+        assert!(pattern_matches(">", "a.b.c"));
+        assert!(pattern_matches("*", "a"));
+        assert!(!pattern_matches("*", "a.b"));
+        assert!(pattern_matches("*.b.>", "a.b.c"));
+        assert!(!pattern_matches("*.b.>", "a.b"));
+        assert!(pattern_matches("a.b", "a.b"));
+        assert!(!pattern_matches("a.b", "a.b.c"));
+        assert!(!pattern_matches("a.b.c", "a.b"));
+    }
+
+    #[test]
+    fn detects_wildcards() {
+        assert!(has_wildcard("a.*"));
+        assert!(has_wildcard(">"));
+        assert!(!has_wildcard("a.b"));
+    }
+}
