@@ -1,0 +1,245 @@
+//! The shared subscription index: one writer (the control plane), many readers
+//! (the publish paths), and readers never wait for the writer.
+//!
+//! The trie lives in a [`left_right`] pair: readers read one copy while the
+//! writer changes the other, then the writer swaps them and waits (only the
+//! writer ever waits) until no reader is left on the old copy before replaying
+//! the change there. A reader's entry is one atomic increment; it never blocks.
+//!
+//! Each reader keeps its own [`MatchCache`] (a per-publisher level-1 cache, as
+//! NATS keeps one per client). The shared copy carries a generation number and
+//! the last [`LOG_CAPACITY`] changes; a reader that finds the generation moved
+//! applies the changes it missed to its cache, or clears the cache if it missed
+//! too many for patching to be cheaper.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use left_right::{Absorb, ReadHandle, ReadHandleFactory, WriteHandle};
+
+use super::cache::{Change, ChangeKind, MatchCache};
+use super::trie::{MatchResult, Trie};
+
+/// Changes kept for readers to catch up with.
+pub const LOG_CAPACITY: usize = 256;
+
+/// A reader that missed more changes than this clears its cache instead:
+/// patching costs a scan of the cache per wildcard change.
+const PATCH_CHANGES_MAX: u64 = 64;
+
+/// The write side of the index. Not `Sync`: callers serialize writers
+/// themselves (the bus holds it under its control-plane lock).
+pub struct IndexWriter<T: Clone + PartialEq> {
+    handle: WriteHandle<Shared<T>, Change<T>>,
+}
+
+/// Hands out readers; cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct IndexReaders<T> {
+    factory: ReadHandleFactory<Shared<T>>,
+}
+
+/// One reader of the index with its private match cache. `Send`, not `Sync`:
+/// each publishing thread owns one.
+pub struct IndexReader<T> {
+    handle: ReadHandle<Shared<T>>,
+    cache: MatchCache<T>,
+    generation: u64,
+}
+
+#[derive(Clone)]
+struct Shared<T> {
+    trie: Trie<T>,
+    generation: u64,
+    log: VecDeque<Change<T>>,
+}
+
+/// Creates an empty index.
+pub fn new<T>() -> (IndexWriter<T>, IndexReaders<T>)
+where
+    T: Clone + PartialEq + Send + Sync,
+{
+    let empty = Shared {
+        trie: Trie::new(),
+        generation: 0,
+        log: VecDeque::with_capacity(LOG_CAPACITY),
+    };
+    let (handle, reader) = left_right::new_from_empty::<Shared<T>, Change<T>>(empty);
+    (
+        IndexWriter { handle },
+        IndexReaders {
+            factory: reader.factory(),
+        },
+    )
+}
+
+impl<T: Clone + PartialEq> IndexWriter<T> {
+    /// Adds a subscription and makes it visible to readers before returning.
+    /// The pattern must be valid.
+    pub fn insert(&mut self, pattern: Arc<str>, group: Option<Arc<str>>, target: T) {
+        self.change(ChangeKind::Insert, pattern, group, target);
+    }
+
+    /// Removes a subscription and makes the removal visible before returning.
+    pub fn remove(&mut self, pattern: Arc<str>, group: Option<Arc<str>>, target: T) {
+        self.change(ChangeKind::Remove, pattern, group, target);
+    }
+
+    /// Number of subscriptions stored.
+    pub fn len(&self) -> usize {
+        self.handle.enter().map_or(0, |shared| shared.trie.len())
+    }
+
+    /// True if no subscription is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn change(&mut self, kind: ChangeKind, pattern: Arc<str>, group: Option<Arc<str>>, target: T) {
+        self.handle.append(Change {
+            kind,
+            pattern,
+            group,
+            target,
+        });
+        self.handle.publish();
+    }
+}
+
+impl<T: Clone + PartialEq> IndexReaders<T> {
+    /// A new reader with a match cache of `cache_capacity` subjects.
+    pub fn reader(&self, cache_capacity: usize) -> IndexReader<T> {
+        IndexReader {
+            handle: self.factory.handle(),
+            cache: MatchCache::new(cache_capacity),
+            generation: 0,
+        }
+    }
+}
+
+impl<T: Clone + PartialEq> IndexReader<T> {
+    /// The subscriptions `subject` matches, from the cache when possible.
+    /// `None` once the writer is gone. The subject must be a valid published
+    /// subject.
+    pub fn lookup(&mut self, subject: &str) -> Option<&MatchResult<T>> {
+        let shared = self.handle.enter()?;
+        if shared.generation != self.generation {
+            let behind = shared.generation - self.generation;
+            if behind <= PATCH_CHANGES_MAX && behind as usize <= shared.log.len() {
+                let skip = shared.log.len() - behind as usize;
+                for change in shared.log.iter().skip(skip) {
+                    self.cache.apply(change);
+                }
+            } else {
+                self.cache.clear();
+            }
+            self.generation = shared.generation;
+        }
+        if self.cache.get(subject).is_none() {
+            let result = shared.trie.matches(subject);
+            drop(shared);
+            return Some(self.cache.insert(subject, Arc::new(result)));
+        }
+        drop(shared);
+        self.cache.get(subject).map(|result| &**result)
+    }
+
+    /// Number of subjects in this reader's cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+impl<T: Clone + PartialEq> Shared<T> {
+    fn apply(&mut self, change: Change<T>) {
+        match change.kind {
+            ChangeKind::Insert => self.trie.insert(
+                &change.pattern,
+                change.group.as_ref(),
+                change.target.clone(),
+            ),
+            ChangeKind::Remove => {
+                self.trie
+                    .remove(&change.pattern, change.group.as_ref(), &change.target);
+            }
+        }
+        self.generation += 1;
+        if self.log.len() == LOG_CAPACITY {
+            self.log.pop_front();
+        }
+        self.log.push_back(change);
+    }
+}
+
+impl<T: Clone + PartialEq> Absorb<Change<T>> for Shared<T> {
+    fn absorb_first(&mut self, change: &mut Change<T>, _: &Self) {
+        self.apply(change.clone());
+    }
+
+    fn absorb_second(&mut self, change: Change<T>, _: &Self) {
+        self.apply(change);
+    }
+
+    fn sync_with(&mut self, first: &Self) {
+        *self = first.clone();
+    }
+}
+
+impl<T: Clone + PartialEq> std::fmt::Debug for IndexWriter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexWriter")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<T> std::fmt::Debug for IndexReaders<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexReaders").finish_non_exhaustive()
+    }
+}
+
+impl<T> std::fmt::Debug for IndexReader<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexReader")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_see_changes_and_patch_their_caches() {
+        let (mut writer, readers) = new::<u32>();
+        let mut reader = readers.reader(16);
+        assert!(reader.lookup("a.b").unwrap().is_empty());
+        writer.insert("a.*".into(), None, 1);
+        assert_eq!(reader.lookup("a.b").unwrap().plain, vec![1]);
+        writer.insert("a.b".into(), None, 2);
+        writer.remove("a.*".into(), None, 1);
+        assert_eq!(reader.lookup("a.b").unwrap().plain, vec![2]);
+        assert_eq!(writer.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_far_behind_clears_its_cache_and_stays_correct() {
+        let (mut writer, readers) = new::<u32>();
+        let mut reader = readers.reader(16);
+        assert!(reader.lookup("x").unwrap().is_empty());
+        for i in 0..(LOG_CAPACITY as u32 + 10) {
+            writer.insert("x".into(), None, i);
+        }
+        assert_eq!(reader.lookup("x").unwrap().plain.len(), LOG_CAPACITY + 10);
+    }
+
+    #[test]
+    fn lookup_returns_none_once_the_writer_is_gone() {
+        let (writer, readers) = new::<u32>();
+        let mut reader = readers.reader(4);
+        drop(writer);
+        assert!(reader.lookup("a").is_none());
+    }
+}
