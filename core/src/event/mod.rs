@@ -87,6 +87,28 @@ pub struct EventParts<'a> {
     pub payload: &'a [u8],
 }
 
+impl EventParts<'_> {
+    /// An upper bound on the archive's size, computed without serializing: the
+    /// root, plus every out-of-line object with worst-case alignment padding.
+    /// (Short strings are stored inline, so this over-counts them.)
+    pub fn archive_bytes_bound(&self) -> usize {
+        let out_of_line = |len: usize| len + ARCHIVE_ALIGN;
+        let headers = self.headers.len() * size_of::<ArchivedHeader>()
+            + ARCHIVE_ALIGN
+            + self
+                .headers
+                .iter()
+                .map(|h| out_of_line(h.0.len()) + out_of_line(h.1.len()))
+                .sum::<usize>();
+        size_of::<ArchivedEvent>()
+            + ARCHIVE_ALIGN
+            + out_of_line(self.subject.len())
+            + self.reply_to.map_or(0, |r| out_of_line(r.len()))
+            + headers
+            + out_of_line(self.payload.len())
+    }
+}
+
 /// One borrowed header: a name and a value. Archives as `(String, Vec<u8>)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a>(pub &'a str, pub &'a [u8]);

@@ -144,6 +144,11 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         self.cache.get(subject).map(|result| &**result)
     }
 
+    /// True once the writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.was_dropped()
+    }
+
     /// Number of subjects in this reader's cache.
     pub fn cached(&self) -> usize {
         self.cache.len()

@@ -1,0 +1,202 @@
+//! [`Mailbox`]: the read side of the bus. One bounded queue, fed by any number
+//! of subscriptions, read by one consumer at a time: a thread (blocking
+//! receive), a task (async receive) or an I/O loop (poll with its own waker).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::queue::DeliveryQueue;
+use super::subscription::EventRef;
+use super::{BusInner, RecvError, SubscribeError, SubscribeOptions, Target};
+use crate::signal::current_thread_waker;
+
+/// A consumer of the bus with its own queue. Each subscription added to it
+/// carries a tag, and every event it receives says which tag matched.
+///
+/// `Send` but not `Sync`: one consumer receives at a time. Dropping the mailbox
+/// removes all its subscriptions.
+pub struct Mailbox {
+    inner: Arc<BusInner>,
+    queue: Arc<DeliveryQueue>,
+    entries: Vec<Entry>,
+    _single_consumer: PhantomData<Cell<()>>,
+}
+
+struct Entry {
+    tag: u64,
+    target: Target,
+    pattern: Arc<str>,
+    group: Option<Arc<str>>,
+}
+
+impl Mailbox {
+    pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions) -> Self {
+        let queue = DeliveryQueue::new(
+            options.capacity,
+            options.policy,
+            inner.config.spin,
+            inner.pool.clone(),
+        );
+        Self {
+            inner,
+            queue: Arc::new(queue),
+            entries: Vec::new(),
+            _single_consumer: PhantomData,
+        }
+    }
+
+    /// Adds a subscription to `pattern` (in queue group `group`, if given)
+    /// whose deliveries carry `tag`. Several subscriptions may share a tag.
+    pub fn subscribe(
+        &mut self,
+        tag: u64,
+        pattern: &str,
+        group: Option<&str>,
+    ) -> Result<(), SubscribeError> {
+        let target = Target {
+            id: self.inner.next_id(),
+            queue: self.queue.clone(),
+            tag,
+        };
+        let (pattern, group) = self
+            .inner
+            .add_subscription(pattern, group, target.clone())?;
+        self.entries.push(Entry {
+            tag,
+            target,
+            pattern,
+            group,
+        });
+        Ok(())
+    }
+
+    /// Removes every subscription with `tag`; returns how many there were.
+    /// Events they already queued stay queued.
+    pub fn unsubscribe(&mut self, tag: u64) -> usize {
+        let before = self.entries.len();
+        let mut kept = Vec::with_capacity(before);
+        for entry in self.entries.drain(..) {
+            if entry.tag == tag {
+                self.inner
+                    .remove_subscription(entry.pattern, entry.group, entry.target);
+            } else {
+                kept.push(entry);
+            }
+        }
+        self.entries = kept;
+        before - self.entries.len()
+    }
+
+    /// Number of subscriptions feeding this mailbox.
+    pub fn subscription_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The next event, if one is queued.
+    pub fn try_recv(&self) -> Option<EventRef<'_>> {
+        self.queue.try_take().map(EventRef::new)
+    }
+
+    /// Waits for the next event. Errors only when the bus is closed and the
+    /// queue drained.
+    pub fn recv(&self) -> Result<EventRef<'_>, RecvError> {
+        self.receive(None)
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<EventRef<'_>, RecvError> {
+        self.receive(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until `deadline` for the next event.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<EventRef<'_>, RecvError> {
+        self.receive(Some(deadline))
+    }
+
+    /// The next event, for async code.
+    pub fn recv_async(&self) -> Recv<'_> {
+        Recv { mailbox: self }
+    }
+
+    /// Polls for the next event; registers `cx`'s waker if there is none. For
+    /// consumers that are neither threads nor tasks, such as an I/O loop that
+    /// passes a waker that writes to its eventfd.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<EventRef<'_>, RecvError>> {
+        self.queue
+            .poll_take(cx)
+            .map(|delivery| delivery.map(EventRef::new).ok_or(RecvError::Closed))
+    }
+
+    /// Events received so far.
+    pub fn received(&self) -> u64 {
+        self.queue.received()
+    }
+
+    /// Events this mailbox missed because it was full (or the bus's memory
+    /// was spent). Exact.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
+    /// Events waiting to be received.
+    pub fn pending(&self) -> usize {
+        self.queue.pending()
+    }
+
+    /// Most events the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    fn receive(&self, deadline: Option<Instant>) -> Result<EventRef<'_>, RecvError> {
+        match self.queue.take_blocking(deadline, &current_thread_waker()) {
+            Some(delivery) => Ok(EventRef::new(delivery)),
+            None if self.queue.is_closed() => Err(RecvError::Closed),
+            None => Err(RecvError::Timeout),
+        }
+    }
+
+    pub(super) fn first_subscription(&self) -> Option<(&str, Option<&str>)> {
+        self.entries
+            .first()
+            .map(|e| (&*e.pattern, e.group.as_deref()))
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        for entry in self.entries.drain(..) {
+            self.inner
+                .remove_subscription(entry.pattern, entry.group, entry.target);
+        }
+    }
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("subscriptions", &self.entries.len())
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// The future of [`Mailbox::recv_async`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Recv<'a> {
+    mailbox: &'a Mailbox,
+}
+
+impl<'a> Future for Recv<'a> {
+    type Output = Result<EventRef<'a>, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.mailbox.poll_recv(cx)
+    }
+}

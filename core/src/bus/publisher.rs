@@ -1,0 +1,269 @@
+//! The write side of the bus: a publisher owns an appender (its own segments)
+//! and an index reader (its own match cache), so publishing takes no lock and
+//! shares no written cache line with other publishers.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::queue::{Delivery, Outcome};
+use super::{Bus, BusInner, PublishError, Target};
+use crate::event::{self, EventLimits, EventParts, Header, check_parts};
+use crate::log::appender::Holds;
+use crate::log::{AppendError, Appender};
+use crate::signal::publish_fence;
+use crate::sublist::{IndexReader, MatchResult, QueueGroup};
+
+/// An event to publish: everything but the id and the time, which the
+/// publisher fills in.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The subject; no wildcards.
+    pub subject: &'a str,
+    /// Where replies should go.
+    pub reply_to: Option<&'a str>,
+    /// Headers, in order.
+    pub headers: &'a [Header<'a>],
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    /// A message with no headers and no reply subject.
+    pub fn new(subject: &'a str, payload: &'a [u8]) -> Self {
+        Self {
+            subject,
+            reply_to: None,
+            headers: &[],
+            payload,
+        }
+    }
+}
+
+/// A publisher for one thread. Faster than [`Bus::publish`] in a loop, since it
+/// skips the thread-local lookup; `Send`, so it can move between threads, but
+/// not `Sync`.
+#[derive(Debug)]
+pub struct Publisher {
+    core: PublisherCore,
+    // Keeps the bus open while this publisher exists.
+    _bus: Bus,
+}
+
+impl Publisher {
+    pub(super) fn new(bus: Bus) -> Self {
+        Self {
+            core: PublisherCore::new(bus.inner()),
+            _bus: bus,
+        }
+    }
+
+    /// Publishes `payload` on `subject`.
+    pub fn publish(&mut self, subject: &str, payload: &[u8]) -> Result<(), PublishError> {
+        self.core
+            .publish(&Message::new(subject, payload))
+            .map(|_| ())
+    }
+
+    /// Publishes a message; returns the number of deliveries made.
+    pub fn publish_message(&mut self, message: &Message<'_>) -> Result<usize, PublishError> {
+        self.core.publish(message)
+    }
+
+    /// Publishes an event that arrived already archived (from a client or a
+    /// peer): validates it against the bus's limits, then copies it once into
+    /// event memory, keeping its id and time. Returns the number of deliveries.
+    pub fn publish_archive(&mut self, archive: &[u8]) -> Result<usize, PublishError> {
+        self.core.publish_archive(archive)
+    }
+}
+
+/// The state of one publisher.
+pub(crate) struct PublisherCore {
+    /// The bus's nuid: identifies it for the thread-local lookup.
+    bus: u64,
+    limits: EventLimits,
+    appender: Appender,
+    reader: IndexReader<Target>,
+    /// High half of every event id: random per publisher.
+    id_high: u64,
+    /// Low half: counts this publisher's events.
+    sequence: u64,
+    /// Picks the next queue-group member; per publisher, so no shared counter.
+    round_robin: usize,
+}
+
+impl PublisherCore {
+    pub(crate) fn new(inner: &Arc<BusInner>) -> Self {
+        Self {
+            bus: inner.nuid,
+            limits: inner.config.limits,
+            appender: Appender::new(inner.pool.clone()),
+            reader: inner.readers.reader(inner.config.match_cache_capacity),
+            id_high: super::random_u64(),
+            sequence: 0,
+            round_robin: 0,
+        }
+    }
+
+    pub(crate) fn publish(&mut self, message: &Message<'_>) -> Result<usize, PublishError> {
+        self.sequence += 1;
+        let parts = EventParts {
+            id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
+            time_unix_nanos: unix_nanos_now(),
+            subject: message.subject,
+            reply_to: message.reply_to,
+            headers: message.headers,
+            payload: message.payload,
+        };
+        check_parts(&parts, &self.limits)?;
+        let Some(result) = self.reader.lookup(parts.subject) else {
+            return Err(PublishError::Closed);
+        };
+        route(result, &mut self.round_robin, |holders| {
+            self.appender.append(&parts, holders)
+        })
+    }
+
+    pub(crate) fn publish_archive(&mut self, archive: &[u8]) -> Result<usize, PublishError> {
+        let event = event::validate(archive, &self.limits)?;
+        let Some(result) = self.reader.lookup(event.subject()) else {
+            return Err(PublishError::Closed);
+        };
+        route(result, &mut self.round_robin, |holders| {
+            self.appender.append_archive(archive, holders)
+        })
+    }
+
+    /// True once the bus this publisher writes to is gone.
+    fn is_stale(&self) -> bool {
+        self.reader.is_closed()
+    }
+}
+
+/// Writes the event once and hands one hold to each matching consumer: every
+/// plain subscription, and one member of each queue group. Returns the number
+/// of deliveries.
+fn route(
+    result: &MatchResult<Target>,
+    round_robin: &mut usize,
+    append: impl FnOnce(u32) -> Result<Holds, AppendError>,
+) -> Result<usize, PublishError> {
+    let count = result.delivery_count();
+    if count == 0 {
+        return Ok(0);
+    }
+    let mut holds = match append(count as u32) {
+        Ok(holds) => holds,
+        Err(AppendError::OutOfMemory) => {
+            // No silent loss: every consumer this event was for counts it.
+            result
+                .plain
+                .iter()
+                .for_each(|target| target.queue.count_dropped());
+            for group in &result.groups {
+                group.members[*round_robin % group.members.len()]
+                    .queue
+                    .count_dropped();
+            }
+            return Err(PublishError::OutOfMemory(count));
+        }
+    };
+    for (target, record) in result.plain.iter().zip(holds.by_ref()) {
+        target.queue.deliver(Delivery {
+            record,
+            tag: target.tag,
+        });
+    }
+    for (group, record) in result.groups.iter().zip(holds.by_ref()) {
+        *round_robin = round_robin.wrapping_add(1);
+        deliver_to_group(group, record, *round_robin);
+    }
+    debug_assert_eq!(holds.count(), 0, "one hold per delivery");
+    publish_fence();
+    for target in &result.plain {
+        target.queue.signal.wake_if_sleeping();
+    }
+    Ok(count)
+}
+
+/// Gives the record to one member of `group`: the next in turn that has room,
+/// or, if none has, the one whose turn it is, under its own policy.
+fn deliver_to_group(
+    group: &QueueGroup<Target>,
+    record: crate::log::record::RecordRef,
+    turn: usize,
+) {
+    let members = &group.members;
+    let first = turn % members.len();
+    let mut delivery = Delivery { record, tag: 0 };
+    for offset in 0..members.len() {
+        let member = &members[(first + offset) % members.len()];
+        delivery.tag = member.tag;
+        match member.queue.try_offer(delivery) {
+            Ok(()) => return wake(member),
+            Err(rejected) => delivery = rejected,
+        }
+    }
+    let member = &members[first];
+    delivery.tag = member.tag;
+    if member.queue.deliver(delivery) == Outcome::Queued {
+        wake(member);
+    }
+}
+
+fn wake(target: &Target) {
+    publish_fence();
+    target.queue.signal.wake_if_sleeping();
+}
+
+fn unix_nanos_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+thread_local! {
+    /// This thread's publishers, one per bus it has published to.
+    static THREAD_PUBLISHERS: RefCell<Vec<PublisherCore>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `publish` with this thread's publisher for `inner`, making one on the
+/// thread's first publish to that bus.
+///
+/// The publisher is taken out of the thread-local list while in use, so a
+/// re-entrant publish (from a waker, say) gets a fresh publisher instead of a
+/// borrow panic.
+pub(super) fn with_thread_publisher<R>(
+    inner: &Arc<BusInner>,
+    publish: impl FnOnce(&mut PublisherCore) -> R,
+) -> R {
+    let key = inner.nuid;
+    let taken = THREAD_PUBLISHERS.with_borrow_mut(|list| {
+        let found = list
+            .iter()
+            .position(|core| core.bus == key)
+            .map(|at| list.swap_remove(at));
+        if found.is_none() {
+            // A miss is rare (first publish to a bus): drop publishers of
+            // buses that are gone, so their memory goes back.
+            list.retain(|core| !core.is_stale());
+        }
+        found
+    });
+    let mut core = taken.unwrap_or_else(|| PublisherCore::new(inner));
+    let result = publish(&mut core);
+    // The list keeps its capacity, so putting the publisher back does not
+    // allocate after the first time.
+    THREAD_PUBLISHERS.with_borrow_mut(|list| list.push(core));
+    result
+}
+
+impl std::fmt::Debug for PublisherCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherCore")
+            .field("sequence", &self.sequence)
+            .field("appender", &self.appender)
+            .finish_non_exhaustive()
+    }
+}

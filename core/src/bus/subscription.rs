@@ -1,0 +1,106 @@
+//! [`Subscription`]: a mailbox with exactly one pattern; and [`EventRef`], the
+//! zero-copy view of a received event.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+
+use super::mailbox::Mailbox;
+use super::queue::Delivery;
+use crate::event::{self, ArchivedEvent};
+
+/// One subscription to one pattern (optionally in a queue group), with its own
+/// queue. Receives through the [`Mailbox`] methods it dereferences to
+/// (`recv`, `recv_timeout`, `try_recv`, `recv_async`, `dropped`, ...).
+/// Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    mailbox: Mailbox,
+}
+
+impl Subscription {
+    pub(super) fn new(mailbox: Mailbox) -> Self {
+        debug_assert_eq!(mailbox.subscription_count(), 1);
+        Self { mailbox }
+    }
+
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        self.mailbox
+            .first_subscription()
+            .map_or("", |(pattern, _)| pattern)
+    }
+
+    /// The queue group joined, if any.
+    pub fn queue_group(&self) -> Option<&str> {
+        self.mailbox
+            .first_subscription()
+            .and_then(|(_, group)| group)
+    }
+}
+
+impl Deref for Subscription {
+    type Target = Mailbox;
+
+    fn deref(&self) -> &Mailbox {
+        &self.mailbox
+    }
+}
+
+/// A received event, read in place in the memory it was published into. It
+/// dereferences to the [`ArchivedEvent`]: `subject()`, `payload()`,
+/// `reply_to()`, `headers()`, `header(name)`, `id()`, `time_unix_nanos()`.
+///
+/// Holding it keeps its memory from being reused; drop it when done.
+pub struct EventRef<'a> {
+    delivery: Delivery,
+    _mailbox: PhantomData<&'a ()>,
+}
+
+impl EventRef<'_> {
+    pub(super) fn new(delivery: Delivery) -> Self {
+        Self {
+            delivery,
+            _mailbox: PhantomData,
+        }
+    }
+
+    /// The tag of the subscription that matched (see [`Mailbox::subscribe`]).
+    pub fn tag(&self) -> u64 {
+        self.delivery.tag
+    }
+
+    /// The archive bytes, 16-byte aligned, for forwarding without re-encoding.
+    pub fn archive(&self) -> &[u8] {
+        self.delivery.record.archive()
+    }
+
+    pub(super) fn into_delivery(self) -> Delivery {
+        self.delivery
+    }
+}
+
+impl Deref for EventRef<'_> {
+    type Target = ArchivedEvent;
+
+    fn deref(&self) -> &ArchivedEvent {
+        archived(&self.delivery)
+    }
+}
+
+/// The event a delivery holds.
+pub(super) fn archived(delivery: &Delivery) -> &ArchivedEvent {
+    // SAFETY: every record's archive was produced by `event::encode_into` or
+    // copied from bytes `event::validate` accepted, is 16-byte aligned, and does
+    // not change while the delivery holds it.
+    unsafe { event::access_unchecked(delivery.record.archive()) }
+}
+
+impl std::fmt::Debug for EventRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRef")
+            .field("subject", &self.subject())
+            .field("payload_len", &self.payload().len())
+            .field("tag", &self.tag())
+            .finish()
+    }
+}

@@ -1,0 +1,183 @@
+//! [`Appender`]: the single writer of a sequence of segments.
+//!
+//! Each publishing thread (or engine worker) owns one appender, so appending is
+//! a bump of a private offset and plain stores: no atomic read-modify-write, no
+//! lock. Records go one after the other in the current segment; when one does
+//! not fit, the appender seals the segment and takes the next from the pool.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::pool::SegmentPool;
+use super::record::RecordRef;
+use super::segment::{
+    RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader, record_bytes,
+};
+use crate::event::{self, EventParts};
+
+/// Why a record could not be appended. Nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AppendError {
+    /// The pool's memory budget is spent: consumers hold every segment.
+    #[error("the event memory budget is spent: slow consumers hold all segments")]
+    OutOfMemory,
+}
+
+/// Writes records into segments taken from a pool.
+pub struct Appender {
+    pool: Arc<SegmentPool>,
+    current: Option<NonNull<SegmentHeader>>,
+    /// Next free byte of the current segment's record space.
+    offset: usize,
+    /// Records written to the current segment.
+    records: u32,
+}
+
+// SAFETY: the appender is the only writer of its current segment and moves
+// with it; nothing in it is tied to a thread.
+unsafe impl Send for Appender {}
+
+impl Appender {
+    /// An appender drawing segments from `pool`.
+    pub fn new(pool: Arc<SegmentPool>) -> Self {
+        Self {
+            pool,
+            current: None,
+            offset: 0,
+            records: 0,
+        }
+    }
+
+    /// Archives `parts` into a new record with `holders` holds, and returns
+    /// them. The parts must already be checked against the limits.
+    pub(crate) fn append(
+        &mut self,
+        parts: &EventParts<'_>,
+        holders: u32,
+    ) -> Result<Holds, AppendError> {
+        self.write_record(parts.archive_bytes_bound(), holders, |space| {
+            event::encode_into(parts, space).expect("the bound leaves room for the archive")
+        })
+    }
+
+    /// Copies an archive that was already validated into a new record.
+    pub(crate) fn append_archive(
+        &mut self,
+        archive: &[u8],
+        holders: u32,
+    ) -> Result<Holds, AppendError> {
+        self.write_record(archive.len(), holders, |space| {
+            space[..archive.len()].copy_from_slice(archive);
+            archive.len()
+        })
+    }
+
+    fn write_record(
+        &mut self,
+        archive_bytes_max: usize,
+        holders: u32,
+        write: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<Holds, AppendError> {
+        let needed = record_bytes(archive_bytes_max);
+        let segment = self.segment_with_room(needed)?;
+        // SAFETY: the appender owns the current segment's unwritten space.
+        let capacity = unsafe { segment.as_ref() }.capacity;
+        // SAFETY: `offset + needed <= capacity` (checked by segment_with_room),
+        // so the record lies inside the allocation; the space after `offset`
+        // is written by no one else and is initialized memory (zeroed when the
+        // segment was allocated, or earlier records). The record offset is a
+        // multiple of 16, so the archive is 16-byte aligned.
+        let (record, space) = unsafe {
+            let base = segment.as_ptr().cast::<u8>().add(SEGMENT_HEADER_BYTES);
+            let record = base.add(self.offset);
+            let space = std::slice::from_raw_parts_mut(
+                record.add(RECORD_HEADER_BYTES),
+                capacity - self.offset - RECORD_HEADER_BYTES,
+            );
+            (record.cast::<RecordHeader>(), space)
+        };
+        let len = write(space);
+        debug_assert!(record_bytes(len) <= needed);
+        let header = RecordHeader::new(holders, len as u32, segment);
+        // SAFETY: `record` is inside this appender's unwritten space and aligned.
+        unsafe { record.write(header) };
+        self.offset += record_bytes(len);
+        self.records += 1;
+        Ok(Holds {
+            // SAFETY: derived from the segment's non-null pointer.
+            record: unsafe { NonNull::new_unchecked(record) },
+            remaining: holders,
+        })
+    }
+
+    /// The current segment if `needed` bytes fit, else a fresh one.
+    fn segment_with_room(&mut self, needed: usize) -> Result<NonNull<SegmentHeader>, AppendError> {
+        if let Some(segment) = self.current {
+            // SAFETY: the current segment stays allocated while we write it.
+            if self.offset + needed <= unsafe { segment.as_ref() }.capacity {
+                return Ok(segment);
+            }
+            self.seal();
+        }
+        let segment = self.pool.take(needed).ok_or(AppendError::OutOfMemory)?;
+        self.current = Some(segment);
+        self.offset = 0;
+        self.records = 0;
+        Ok(segment)
+    }
+
+    /// Stops writing the current segment and lets it go back to the pool once
+    /// its records are released.
+    fn seal(&mut self) {
+        if let Some(segment) = self.current.take() {
+            // SAFETY: the segment stays allocated at least until sealed.
+            if unsafe { segment.as_ref() }.seal(self.records) {
+                self.pool.recycle(segment);
+            }
+        }
+    }
+}
+
+/// The holds on a freshly written record, handed out one by one. Holds not
+/// taken are released when this is dropped, so the count always balances.
+pub(crate) struct Holds {
+    record: NonNull<RecordHeader>,
+    remaining: u32,
+}
+
+impl Iterator for Holds {
+    type Item = RecordRef;
+
+    fn next(&mut self) -> Option<RecordRef> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // SAFETY: the record's `holders` was set to the number of holds this
+        // iterator yields, and each is yielded once.
+        Some(unsafe { RecordRef::from_raw(self.record) })
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        self.by_ref().for_each(drop);
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.seal();
+    }
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender")
+            .field("offset", &self.offset)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,62 @@
+//! [`RecordRef`]: one holder's reference to a record, released on drop.
+
+use std::ptr::NonNull;
+
+use super::segment::{RECORD_HEADER_BYTES, RecordHeader};
+
+/// One delivery's hold on a record. Gives read access to the archive in place;
+/// dropping it releases the hold (and recycles the segment if it was the last
+/// hold on the segment's last record).
+///
+/// Not `Clone`: the writer creates exactly as many as it counted holders.
+pub(crate) struct RecordRef(NonNull<RecordHeader>);
+
+// SAFETY: a RecordRef only reads the record's archive, which nobody writes
+// while any hold exists, and releases through atomics.
+unsafe impl Send for RecordRef {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for RecordRef {}
+
+impl RecordRef {
+    /// Creates one hold.
+    ///
+    /// # Safety
+    ///
+    /// `record` points to a written record whose `holders` count includes this
+    /// hold, and no other `RecordRef` stands for the same hold.
+    pub(crate) unsafe fn from_raw(record: NonNull<RecordHeader>) -> Self {
+        Self(record)
+    }
+
+    /// The archive bytes, in place, 16-byte aligned.
+    pub(crate) fn archive(&self) -> &[u8] {
+        // SAFETY: this hold keeps the record alive and unchanged; the archive
+        // starts right after the 16-byte header and is `len` bytes long.
+        unsafe {
+            let header = self.0.as_ref();
+            let start = self.0.as_ptr().cast::<u8>().add(RECORD_HEADER_BYTES);
+            std::slice::from_raw_parts(start, header.len())
+        }
+    }
+}
+
+impl Drop for RecordRef {
+    fn drop(&mut self) {
+        // SAFETY: this hold keeps the record (and its segment) alive until now.
+        let header = unsafe { self.0.as_ref() };
+        if let Some(segment) = header.release() {
+            // SAFETY: the segment is free; its pool outlives it (see log::pool).
+            let pool = unsafe { segment.as_ref() }.pool;
+            // SAFETY: as above, the pool is alive while any of its segments is.
+            unsafe { pool.as_ref() }.recycle(segment);
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("len", &self.archive().len())
+            .finish()
+    }
+}

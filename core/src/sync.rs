@@ -1,0 +1,81 @@
+//! The synchronization primitives the lock-free code uses, swapped for loom's
+//! model-checked versions under `--cfg loom` (see `ARCHITECTURE.md` and
+//! `.ci/run` for how the loom tests run).
+//!
+//! Only the protocols written in this crate go through here: the segment
+//! reference counts ([`crate::log`]) and the park/wake handshake
+//! ([`crate::signal`]). The bounded queues are crossbeam's, tested by crossbeam;
+//! under loom they are replaced by a lock-protected stand-in with the same
+//! acquire/release edges, so that the model still sees every happens-before.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
+
+#[cfg(not(loom))]
+pub(crate) use atomic_waker::AtomicWaker;
+#[cfg(loom)]
+pub(crate) use loom::future::AtomicWaker;
+
+#[cfg(not(loom))]
+pub(crate) use crossbeam_queue::ArrayQueue;
+
+/// Under loom: a bounded MPMC queue with `ArrayQueue`'s interface, built on
+/// loom's mutex so that loom tracks the push → pop happens-before edge.
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct ArrayQueue<T> {
+    items: loom::sync::Mutex<std::collections::VecDeque<T>>,
+    capacity: usize,
+}
+
+#[cfg(loom)]
+impl<T> ArrayQueue<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            items: loom::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    pub(crate) fn push(&self, value: T) -> Result<(), T> {
+        let mut items = self.items.lock().unwrap();
+        if items.len() == self.capacity {
+            return Err(value);
+        }
+        items.push_back(value);
+        Ok(())
+    }
+
+    pub(crate) fn force_push(&self, value: T) -> Option<T> {
+        let mut items = self.items.lock().unwrap();
+        let displaced = if items.len() == self.capacity {
+            items.pop_front()
+        } else {
+            None
+        };
+        items.push_back(value);
+        displaced
+    }
+
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.items.lock().unwrap().pop_front()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.lock().unwrap().is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.lock().unwrap().len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
