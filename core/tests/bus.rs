@@ -1,0 +1,502 @@
+//! The in-process bus as its users see it: routing, queue groups, order, the
+//! slow-consumer policies and their counters, request/reply, closing, async
+//! receive, mailboxes and archived ingress.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use starling_core::bus::{PublishError, RecvError, RequestError, SubscribeError};
+use starling_core::event::{EncodeError, Event};
+use starling_core::subject::SubjectError;
+use starling_core::{Bus, BusConfig, Header, Message, SlowConsumerPolicy, SubscribeOptions};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn options(capacity: usize, policy: SlowConsumerPolicy) -> SubscribeOptions {
+    SubscribeOptions { capacity, policy }
+}
+
+#[test]
+fn delivers_to_every_matching_subscription_and_only_those() {
+    let bus = Bus::default();
+    let exact = bus.subscribe("orders.eu.created").unwrap();
+    let star = bus.subscribe("orders.*.created").unwrap();
+    let tail = bus.subscribe("orders.>").unwrap();
+    let other = bus.subscribe("payments.>").unwrap();
+    bus.publish("orders.eu.created", b"1").unwrap();
+    bus.publish("orders.us.shipped", b"2").unwrap();
+    for sub in [&exact, &star, &tail] {
+        let event = sub.recv_timeout(SECOND).unwrap();
+        assert_eq!(
+            (event.subject(), event.payload()),
+            ("orders.eu.created", &b"1"[..])
+        );
+    }
+    assert_eq!(tail.recv_timeout(SECOND).unwrap().payload(), b"2");
+    assert!(exact.try_recv().is_none());
+    assert!(star.try_recv().is_none());
+    assert!(other.try_recv().is_none());
+}
+
+#[test]
+fn headers_reply_subject_id_and_time_travel_with_the_event() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("a").unwrap();
+    let headers = [Header("ce-type", b"t"), Header("ce-source", b"s")];
+    let message = Message {
+        reply_to: Some("replies.here"),
+        headers: &headers,
+        ..Message::new("a", b"x")
+    };
+    assert_eq!(bus.publish_message(&message).unwrap(), 1);
+    bus.publish("a", b"y").unwrap();
+    let first = sub.recv_timeout(SECOND).unwrap();
+    assert_eq!(first.reply_to(), Some("replies.here"));
+    assert_eq!(first.header("ce-source"), Some(&b"s"[..]));
+    assert_eq!(first.headers().len(), 2);
+    assert!(first.time_unix_nanos() > 1_600_000_000_000_000_000);
+    let first_id = first.id();
+    drop(first);
+    assert_ne!(
+        sub.recv_timeout(SECOND).unwrap().id(),
+        first_id,
+        "ids are unique"
+    );
+}
+
+#[test]
+fn refuses_invalid_subjects_and_oversized_events_saying_why() {
+    let bus = Bus::new(BusConfig {
+        limits: starling_core::EventLimits {
+            payload_bytes_max: 8,
+            ..Default::default()
+        },
+        ..BusConfig::default()
+    });
+    assert_eq!(
+        bus.publish("orders.*", b""),
+        Err(PublishError::Invalid(EncodeError::Subject(
+            SubjectError::WildcardInSubject {
+                index: 1,
+                wildcard: '*'
+            }
+        )))
+    );
+    assert_eq!(
+        bus.subscribe("orders..x").unwrap_err(),
+        SubscribeError::Pattern(SubjectError::EmptyToken { index: 1 })
+    );
+    assert_eq!(
+        bus.queue_subscribe("a", "has space").unwrap_err(),
+        SubscribeError::QueueGroup
+    );
+    let error = bus.publish("a", b"123456789").unwrap_err();
+    assert!(error.to_string().contains("9 bytes"), "{error}");
+}
+
+#[test]
+fn a_queue_group_gets_each_event_exactly_once_across_threads() {
+    const EVENTS: u64 = 10_000;
+    let bus = Bus::default();
+    let watcher = bus
+        .subscribe_with(
+            "jobs.>",
+            None,
+            options(EVENTS as usize, SlowConsumerPolicy::DropNewest),
+        )
+        .unwrap();
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            let member = bus
+                .subscribe_with(
+                    "jobs.*",
+                    Some("workers"),
+                    options(EVENTS as usize, SlowConsumerPolicy::DropNewest),
+                )
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while let Ok(event) = member.recv_timeout(Duration::from_millis(300)) {
+                    seen.push(u64::from_le_bytes(event.payload().try_into().unwrap()));
+                }
+                assert_eq!(member.dropped(), 0);
+                seen
+            })
+        })
+        .collect();
+    let mut publisher = bus.publisher();
+    for i in 0..EVENTS {
+        publisher.publish("jobs.x", &i.to_le_bytes()).unwrap();
+    }
+    let mut all = Vec::new();
+    let mut busy_members = 0;
+    for member in members {
+        let seen = member.join().unwrap();
+        busy_members += usize::from(!seen.is_empty());
+        all.extend(seen);
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..EVENTS).collect::<Vec<_>>(),
+        "every event once, none twice"
+    );
+    assert!(busy_members >= 2, "round robin spreads the work");
+    assert_eq!(
+        watcher.pending(),
+        EVENTS as usize,
+        "plain subscribers still get everything"
+    );
+}
+
+#[test]
+fn each_publishers_order_is_preserved() {
+    const PER_PUBLISHER: u32 = 20_000;
+    let bus = Bus::default();
+    let sub = bus
+        .subscribe_with(
+            "seq",
+            None,
+            options(
+                64,
+                SlowConsumerPolicy::Block {
+                    timeout: 10 * SECOND,
+                },
+            ),
+        )
+        .unwrap();
+    let publishers: Vec<_> = (0..2u32)
+        .map(|who| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_PUBLISHER {
+                    let mut payload = [0u8; 8];
+                    payload[..4].copy_from_slice(&who.to_le_bytes());
+                    payload[4..].copy_from_slice(&i.to_le_bytes());
+                    bus.publish("seq", &payload).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = [0u32; 2];
+    for _ in 0..2 * PER_PUBLISHER {
+        let event = sub.recv_timeout(10 * SECOND).unwrap();
+        let who = u32::from_le_bytes(event.payload()[..4].try_into().unwrap()) as usize;
+        let i = u32::from_le_bytes(event.payload()[4..].try_into().unwrap());
+        assert_eq!(i, next[who], "publisher {who} out of order");
+        next[who] += 1;
+    }
+    publishers.into_iter().for_each(|p| p.join().unwrap());
+    assert_eq!(sub.dropped(), 0);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_neither_stalls_publishers_nor_grows_memory() {
+    const EVENTS: u64 = 200_000;
+    let bus = Bus::default();
+    let idle = bus
+        .subscribe_with("t", None, options(100, SlowConsumerPolicy::DropNewest))
+        .unwrap();
+    let reader = bus
+        .subscribe_with(
+            "t",
+            None,
+            options(
+                1024,
+                SlowConsumerPolicy::Block {
+                    timeout: 10 * SECOND,
+                },
+            ),
+        )
+        .unwrap();
+    let consumer = std::thread::spawn(move || {
+        let mut count = 0u64;
+        while count < EVENTS {
+            reader.recv_timeout(10 * SECOND).unwrap();
+            count += 1;
+        }
+        reader.dropped()
+    });
+    let started = Instant::now();
+    let mut publisher = bus.publisher();
+    let payload = [7u8; 128];
+    for _ in 0..EVENTS {
+        publisher.publish("t", &payload).unwrap();
+    }
+    assert_eq!(
+        consumer.join().unwrap(),
+        0,
+        "the reading subscriber lost nothing"
+    );
+    assert!(started.elapsed() < 30 * SECOND);
+    assert_eq!(idle.pending(), 100);
+    assert_eq!(idle.dropped(), EVENTS - 100, "every miss is counted");
+    let memory = bus.stats().memory;
+    assert!(
+        memory.bytes_allocated <= 8 * ((64 << 10) + 128),
+        "memory stays bounded: {memory:?}"
+    );
+    // The idle subscriber still has the first events it was given, intact.
+    assert_eq!(idle.recv_timeout(SECOND).unwrap().payload(), &payload);
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_events() {
+    let bus = Bus::default();
+    let sub = bus
+        .subscribe_with("t", None, options(4, SlowConsumerPolicy::DropOldest))
+        .unwrap();
+    for i in 0u8..10 {
+        bus.publish("t", &[i]).unwrap();
+    }
+    let kept: Vec<u8> = std::iter::from_fn(|| sub.try_recv().map(|e| e.payload()[0])).collect();
+    assert_eq!(kept, vec![6, 7, 8, 9]);
+    assert_eq!(sub.dropped(), 6);
+}
+
+#[test]
+fn block_waits_for_room_then_drops_and_counts() {
+    let bus = Bus::default();
+    let timeout = Duration::from_millis(50);
+    let sub = bus
+        .subscribe_with("t", None, options(1, SlowConsumerPolicy::Block { timeout }))
+        .unwrap();
+    bus.publish("t", b"1").unwrap();
+    let started = Instant::now();
+    bus.publish("t", b"2").unwrap();
+    assert!(
+        started.elapsed() >= timeout,
+        "the publisher waited for room"
+    );
+    assert_eq!(sub.dropped(), 1);
+    assert_eq!(sub.recv_timeout(SECOND).unwrap().payload(), b"1");
+}
+
+#[test]
+fn running_out_of_event_memory_is_an_error_counted_by_every_subscriber() {
+    let bus = Bus::new(BusConfig {
+        segment_bytes: 4096,
+        memory_bytes_max: 4 * (4096 + 128),
+        ..BusConfig::default()
+    });
+    let hoarder = bus
+        .subscribe_with("t", None, options(100_000, SlowConsumerPolicy::DropNewest))
+        .unwrap();
+    let payload = [1u8; 512];
+    let mut published = 0u64;
+    let error = loop {
+        match bus.publish("t", &payload) {
+            Ok(()) => published += 1,
+            Err(error) => break error,
+        }
+        assert!(published < 1000, "the budget must run out");
+    };
+    assert_eq!(error, PublishError::OutOfMemory(1));
+    assert_eq!(hoarder.dropped(), 1);
+    // Reading frees the memory, and publishing works again.
+    while hoarder.try_recv().is_some() {}
+    bus.publish("t", &payload).unwrap();
+    assert_eq!(hoarder.recv_timeout(SECOND).unwrap().payload(), &payload);
+}
+
+#[test]
+fn unsubscribes_on_drop() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("a.>").unwrap();
+    assert_eq!(bus.publish_message(&Message::new("a.b", b"")).unwrap(), 1);
+    assert_eq!(bus.subscriptions().len(), 1);
+    drop(sub);
+    assert_eq!(bus.publish_message(&Message::new("a.b", b"")).unwrap(), 0);
+    assert!(bus.subscriptions().is_empty());
+}
+
+#[test]
+fn lists_subscriptions_with_their_counters() {
+    let bus = Bus::default();
+    let sub = bus.queue_subscribe("orders.>", "workers").unwrap();
+    bus.publish("orders.1", b"").unwrap();
+    sub.recv_timeout(SECOND).unwrap();
+    let list = bus.subscriptions();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].pattern, "orders.>");
+    assert_eq!(list[0].queue_group.as_deref(), Some("workers"));
+    assert_eq!(
+        (list[0].received, list[0].dropped, list[0].pending),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        (sub.pattern(), sub.queue_group()),
+        ("orders.>", Some("workers"))
+    );
+}
+
+#[test]
+fn request_gets_the_first_reply_and_fails_fast_without_responders() {
+    let bus = Bus::default();
+    let service = bus.subscribe("svc.echo").unwrap();
+    let responder = bus.clone();
+    let server = std::thread::spawn(move || {
+        // The responder holds a bus handle itself, so the bus never closes
+        // under it: it stops when requests stop coming.
+        while let Ok(request) = service.recv_timeout(Duration::from_millis(300)) {
+            responder
+                .publish(request.reply_to().unwrap(), request.payload())
+                .unwrap();
+        }
+    });
+    for i in 0..100u32 {
+        let reply = bus.request("svc.echo", &i.to_le_bytes(), SECOND).unwrap();
+        assert_eq!(reply.payload(), i.to_le_bytes());
+    }
+    let started = Instant::now();
+    assert_eq!(
+        bus.request("nobody.home", b"", 5 * SECOND).unwrap_err(),
+        RequestError::NoResponders
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "no waiting for the timeout"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn a_late_reply_is_not_taken_for_the_next_one() {
+    let bus = Bus::default();
+    let service = bus.subscribe("svc.slow").unwrap();
+    let timeout = Duration::from_millis(50);
+    assert_eq!(
+        bus.request("svc.slow", b"first", timeout).unwrap_err(),
+        RequestError::Timeout
+    );
+    // Answer the first request only now, after it timed out.
+    let first = service.recv_timeout(SECOND).unwrap();
+    bus.publish(first.reply_to().unwrap(), b"late").unwrap();
+    let responder = bus.clone();
+    let answer_second = std::thread::spawn(move || {
+        let second = service.recv_timeout(SECOND).unwrap();
+        responder
+            .publish(second.reply_to().unwrap(), b"fresh")
+            .unwrap();
+    });
+    let reply = bus.request("svc.slow", b"second", SECOND).unwrap();
+    assert_eq!(reply.payload(), b"fresh");
+    answer_second.join().unwrap();
+}
+
+#[test]
+fn closing_the_bus_wakes_a_blocked_receiver_after_it_drains() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("a").unwrap();
+    bus.publish("a", b"last").unwrap();
+    let receiver = std::thread::spawn(move || {
+        let last = sub.recv().map(|e| e.payload().to_vec());
+        (last, sub.recv().map(|_| ()))
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    drop(bus);
+    let (last, after) = receiver.join().unwrap();
+    assert_eq!(last.unwrap(), b"last");
+    assert_eq!(after, Err(RecvError::Closed));
+}
+
+#[test]
+fn mailboxes_tag_deliveries_by_subscription() {
+    let bus = Bus::default();
+    let mut mailbox = bus.mailbox(SubscribeOptions::default());
+    mailbox.subscribe(1, "a.*", None).unwrap();
+    mailbox.subscribe(2, "a.b", None).unwrap();
+    bus.publish("a.b", b"").unwrap();
+    let mut tags = vec![
+        mailbox.try_recv().unwrap().tag(),
+        mailbox.try_recv().unwrap().tag(),
+    ];
+    tags.sort_unstable();
+    assert_eq!(tags, vec![1, 2], "one delivery per matching subscription");
+    assert_eq!(mailbox.unsubscribe(1), 1);
+    bus.publish("a.b", b"").unwrap();
+    assert_eq!(mailbox.try_recv().unwrap().tag(), 2);
+    assert!(mailbox.try_recv().is_none());
+}
+
+#[test]
+fn archived_events_are_validated_and_keep_their_identity() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("in.>").unwrap();
+    let mut publisher = bus.publisher();
+    let event = Event {
+        id: 77,
+        time_unix_nanos: 5,
+        subject: "in.x".into(),
+        payload: b"p".to_vec(),
+        ..Event::default()
+    };
+    assert_eq!(publisher.publish_archive(&event.to_archive()).unwrap(), 1);
+    let got = sub.recv_timeout(SECOND).unwrap();
+    assert_eq!(
+        (got.id(), got.time_unix_nanos(), got.payload()),
+        (77, 5, &b"p"[..])
+    );
+    assert_eq!(
+        got.archive(),
+        &event.to_archive()[..],
+        "the bytes are forwarded unchanged"
+    );
+    let mut garbage = rkyv::util::AlignedVec::<16>::new();
+    garbage.extend_from_slice(&[0xFF; 96]);
+    let error = publisher.publish_archive(&garbage).unwrap_err();
+    assert!(matches!(error, PublishError::Malformed { .. }), "{error}");
+}
+
+#[test]
+fn async_receive_wakes_the_task() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("a").unwrap();
+    let publisher = bus.clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        publisher.publish("a", b"async").unwrap();
+    });
+    let payload = block_on(async { sub.recv_async().await.map(|event| event.payload().to_vec()) });
+    assert_eq!(payload.unwrap(), b"async");
+    sender.join().unwrap();
+}
+
+#[test]
+fn many_subscribers_share_one_copy_of_the_payload() {
+    let bus = Bus::default();
+    let subs: Vec<_> = (0..4).map(|_| bus.subscribe("fan").unwrap()).collect();
+    bus.publish("fan", &[9u8; 1000]).unwrap();
+    let events: Vec<_> = subs
+        .iter()
+        .map(|s| s.recv_timeout(SECOND).unwrap())
+        .collect();
+    let addresses: HashSet<usize> = events
+        .iter()
+        .map(|e| e.payload().as_ptr() as usize)
+        .collect();
+    assert_eq!(addresses.len(), 1, "all four read the same bytes in place");
+}
+
+/// A minimal executor: polls the future on this thread, parking between polls.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park_timeout(SECOND);
+    }
+}
