@@ -61,6 +61,9 @@ pub mod subject;
 pub mod sublist;
 mod sync;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
+
 pub use bus::{
     Bus, BusConfig, BusStats, EventRef, Mailbox, Message, PublishError, Publisher, RecvError,
     Reply, RequestError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Subscription,

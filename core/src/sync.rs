@@ -19,8 +19,21 @@ pub(crate) use std::sync::atomic::{
 
 #[cfg(not(loom))]
 pub(crate) use atomic_waker::AtomicWaker;
+/// Under loom: loom's model-checked waker slot, with `atomic_waker`'s interface.
 #[cfg(loom)]
-pub(crate) use loom::future::AtomicWaker;
+#[derive(Debug, Default)]
+pub(crate) struct AtomicWaker(loom::future::AtomicWaker);
+
+#[cfg(loom)]
+impl AtomicWaker {
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.0.register_by_ref(waker);
+    }
+
+    pub(crate) fn wake(&self) {
+        self.0.wake();
+    }
+}
 
 #[cfg(not(loom))]
 pub(crate) use crossbeam_queue::ArrayQueue;
