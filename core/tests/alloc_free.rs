@@ -1,0 +1,165 @@
+//! Publish → deliver → receive allocates nothing in steady state.
+//!
+//! A counting global allocator counts every allocation made by any thread
+//! while the measured window is open. Each scenario warms up first (segments,
+//! thread-local publishers and match caches are made on first use), then runs
+//! many events through the same path and requires the count to be zero.
+//!
+//! The scenarios run one after the other in a single test, since the counter is
+//! process-wide and the test harness would otherwise run them concurrently.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use starling_core::{Bus, Header, Message, SlowConsumerPolicy, SubscribeOptions};
+
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `body` twice: once to warm up, once counting. Returns the count.
+fn allocations_in_steady_state(mut body: impl FnMut()) -> usize {
+    body();
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    body();
+    COUNTING.store(false, Ordering::Relaxed);
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+const EVENTS: usize = 50_000;
+
+#[test]
+fn publish_to_deliver_allocates_nothing_in_steady_state() {
+    one_to_one_on_one_thread();
+    fan_out_queue_group_and_headers();
+    across_threads_with_parking();
+}
+
+fn one_to_one_on_one_thread() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("orders.*.created").unwrap();
+    let mut publisher = bus.publisher();
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..EVENTS {
+            publisher.publish("orders.eu.created", &[1; 16]).unwrap();
+            assert_eq!(sub.try_recv().unwrap().payload().len(), 16);
+        }
+    });
+    assert_eq!(count, 0, "1 → 1 with an explicit publisher");
+
+    // The same through `Bus::publish` and its thread-local publisher.
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..EVENTS {
+            bus.publish("orders.us.created", &[2; 128]).unwrap();
+            assert_eq!(sub.try_recv().unwrap().payload()[0], 2);
+        }
+    });
+    assert_eq!(count, 0, "1 → 1 through Bus::publish");
+}
+
+fn fan_out_queue_group_and_headers() {
+    let bus = Bus::default();
+    let subs: Vec<_> = (0..4).map(|_| bus.subscribe("fan.>").unwrap()).collect();
+    let group: Vec<_> = (0..3)
+        .map(|_| bus.queue_subscribe("fan.*", "g").unwrap())
+        .collect();
+    let headers = [Header("ce-type", b"fan.out")];
+    let message = Message {
+        headers: &headers,
+        reply_to: Some("fan.replies"),
+        ..Message::new("fan.x", &[3; 64])
+    };
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..EVENTS {
+            assert_eq!(bus.publish_message(&message).unwrap(), 5);
+            for sub in &subs {
+                assert_eq!(
+                    sub.try_recv().unwrap().header("ce-type"),
+                    Some(&b"fan.out"[..])
+                );
+            }
+            let taken = group.iter().filter_map(|member| member.try_recv()).count();
+            assert_eq!(taken, 1);
+        }
+    });
+    assert_eq!(count, 0, "1 → 4 plus a queue group, with headers");
+}
+
+fn across_threads_with_parking() {
+    let bus = Bus::default();
+    let options = SubscribeOptions {
+        capacity: 256,
+        policy: SlowConsumerPolicy::Block {
+            timeout: Duration::from_secs(10),
+        },
+    };
+    let sub = bus.subscribe_with("x", None, options).unwrap();
+    // Rounds are coordinated with atomics: std's channels allocate when a
+    // side blocks, which would be counted against the bus.
+    static ROUND_STARTED: AtomicUsize = AtomicUsize::new(0);
+    static ROUND_DONE: AtomicUsize = AtomicUsize::new(0);
+    let wait_for = |counter: &AtomicUsize, round: usize| {
+        while counter.load(Ordering::Acquire) < round {
+            std::thread::yield_now();
+        }
+    };
+    let consumer = std::thread::spawn(move || {
+        // Two rounds, like the publisher: a warm-up and a counted one.
+        for round in 1..=2 {
+            wait_for(&ROUND_STARTED, round);
+            for _ in 0..EVENTS {
+                sub.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+            ROUND_DONE.store(round, Ordering::Release);
+        }
+    });
+    let mut publisher = bus.publisher();
+    let mut round = 0;
+    let count = allocations_in_steady_state(|| {
+        round += 1;
+        ROUND_STARTED.store(round, Ordering::Release);
+        for i in 0..EVENTS {
+            publisher.publish("x", &[4; 16]).unwrap();
+            if i % 1000 == 0 {
+                // Let the consumer drain and park now and then.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        wait_for(&ROUND_DONE, round);
+    });
+    consumer.join().unwrap();
+    assert_eq!(
+        count, 0,
+        "publisher and consumer on two threads, with parking"
+    );
+}

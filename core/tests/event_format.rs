@@ -1,0 +1,184 @@
+//! The event format: round trips, the borrowed encoder against the owned one,
+//! the size bound, and validation of hostile bytes.
+//!
+//! Validation is the edge where bytes from clients and peers come in, so it
+//! gets a large randomized test: arbitrary bytes, and valid archives with
+//! random corruption (bit flips, overwritten words, truncation). Whatever the
+//! input, `validate` must return, not panic, and anything it accepts must be
+//! readable in full.
+
+use proptest::prelude::*;
+use rkyv::util::AlignedVec;
+use starling_core::event::{self, EventParts, Header};
+use starling_core::{Event, EventLimits};
+
+fn token() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_-]{1,12}"
+}
+
+fn subject() -> impl Strategy<Value = String> {
+    prop::collection::vec(token(), 1..6).prop_map(|t| t.join("."))
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        any::<u128>(),
+        any::<u64>(),
+        subject(),
+        prop::option::of(subject()),
+        prop::collection::vec(
+            (
+                "[a-z][a-z0-9-]{0,20}",
+                prop::collection::vec(any::<u8>(), 0..40),
+            ),
+            0..6,
+        ),
+        prop::collection::vec(any::<u8>(), 0..2000),
+    )
+        .prop_map(
+            |(id, time_unix_nanos, subject, reply_to, headers, payload)| Event {
+                id,
+                time_unix_nanos,
+                subject,
+                reply_to,
+                headers,
+                payload,
+            },
+        )
+}
+
+fn aligned(bytes: &[u8]) -> AlignedVec<16> {
+    let mut buffer = AlignedVec::<16>::with_capacity(bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer
+}
+
+/// Reads every field, as a consumer would.
+fn read_all(event: &starling_core::ArchivedEvent) -> usize {
+    let mut total =
+        event.subject().len() + event.payload().len() + event.reply_to().map_or(0, str::len);
+    for (name, value) in event.headers() {
+        total += name.len() + value.len();
+    }
+    total + (event.id() as usize & 1) + (event.time_unix_nanos() as usize & 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn round_trips_and_the_borrowed_encoder_matches(event in event()) {
+        let archive = event.to_archive();
+        let limits = EventLimits::default();
+        let archived = event::validate(&archive, &limits).unwrap();
+        prop_assert_eq!(archived.to_event(), event.clone());
+
+        let mut headers = Vec::new();
+        let parts = event.parts(&mut headers);
+        let bound = parts.archive_bytes_bound();
+        let mut out = aligned(&vec![0u8; bound]);
+        let len = event::encode_into(&parts, &mut out).unwrap();
+        prop_assert!(len <= bound, "bound {} < actual {}", bound, len);
+        prop_assert_eq!(&out[..len], &archive[..], "borrowed and owned encoders agree");
+    }
+
+    #[test]
+    fn corrupted_archives_are_refused_or_fully_readable(
+        event in event(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = event.to_archive().to_vec();
+        for (at, value) in flips {
+            let at = at.index(bytes.len());
+            bytes[at] ^= value | 1;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        if let Ok(archived) = event::validate(&aligned(&bytes), &EventLimits::default()) {
+            read_all(archived);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(archived) = event::validate(&aligned(&bytes), &EventLimits::default()) {
+            read_all(archived);
+        }
+    }
+}
+
+/// Word-sized corruption of the root (where the relative pointers and lengths
+/// live) is the most dangerous kind; hammer it deterministically.
+#[test]
+fn hostile_lengths_and_offsets_in_the_root_are_refused() {
+    let event = Event {
+        subject: "a.b.c".into(),
+        reply_to: Some("reply.subject.longer".into()),
+        headers: vec![("ce-type".into(), b"x".to_vec())],
+        payload: vec![5; 100],
+        ..Event::default()
+    };
+    let archive = event.to_archive();
+    let limits = EventLimits::default();
+    let root = archive.len() - size_of::<starling_core::ArchivedEvent>();
+    let hostile = [
+        0u32,
+        1,
+        0x7FFF_FFFF,
+        0x8000_0000,
+        0xFFFF_FFFF,
+        0xFFFF_FFF0,
+        4096,
+        1 << 20,
+    ];
+    let mut accepted = 0;
+    for offset in (root..archive.len() - 3).step_by(4) {
+        for value in hostile {
+            let mut bytes = archive.to_vec();
+            bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+            if let Ok(archived) = event::validate(&aligned(&bytes), &limits) {
+                read_all(archived);
+                accepted += 1;
+            }
+        }
+    }
+    // Some words (the id, the time) accept any value; most must be refused.
+    assert!(accepted < (archive.len() - root) / 4 * hostile.len());
+}
+
+#[test]
+fn limits_are_enforced_on_archives_from_outside() {
+    let limits = EventLimits {
+        payload_bytes_max: 10,
+        headers_max: 1,
+        ..EventLimits::default()
+    };
+    let big = Event {
+        subject: "a".into(),
+        payload: vec![0; 11],
+        ..Event::default()
+    };
+    assert!(event::validate(&big.to_archive(), &limits).is_err());
+    let headers = Event {
+        subject: "a".into(),
+        headers: vec![("a".into(), vec![]), ("b".into(), vec![])],
+        ..Event::default()
+    };
+    assert!(event::validate(&headers.to_archive(), &limits).is_err());
+    let wildcard = Event {
+        subject: "a.>".into(),
+        ..Event::default()
+    };
+    let error = event::validate(&wildcard.to_archive(), &EventLimits::default()).unwrap_err();
+    assert_eq!(error.code(), "limits");
+    let bad_header = [Header("bad name", b"")];
+    let parts = EventParts {
+        subject: "a",
+        headers: &bad_header,
+        ..EventParts::default()
+    };
+    assert!(event::check_parts(&parts, &EventLimits::default()).is_err());
+}
