@@ -14,8 +14,8 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
+use crate::log::RecordRef;
 use crate::log::SegmentPool;
-use crate::log::record::RecordRef;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::signal::{Signal, publish_fence, thread_waker};
 use crate::sync::ArrayQueue;

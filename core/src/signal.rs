@@ -111,8 +111,10 @@ impl Signal {
     }
 }
 
-/// Spins (checking the clock every 64 tries) until `ready()` or the spin time
-/// or the deadline is up.
+/// Spins until `ready()`, or the spin time or the deadline is up. Checks back
+/// off exponentially (up to 64 pause instructions apart): each check reads
+/// lines the publisher is writing, and checking in a tight loop would steal
+/// them from it on every event.
 fn spin_until(spin: Duration, deadline: Option<Instant>, ready: &mut impl FnMut() -> bool) -> bool {
     if ready() {
         return true;
@@ -125,18 +127,24 @@ fn spin_until(spin: Duration, deadline: Option<Instant>, ready: &mut impl FnMut(
     if let Some(deadline) = deadline {
         until = until.min(deadline);
     }
+    let mut pauses = 1u32;
     loop {
-        for _ in 0..64 {
+        for _ in 0..pauses {
             std::hint::spin_loop();
-            if ready() {
-                return true;
-            }
         }
-        if Instant::now() >= until {
+        if ready() {
+            return true;
+        }
+        if pauses < SPIN_PAUSES_MAX {
+            pauses *= 2;
+        } else if Instant::now() >= until {
             return false;
         }
     }
 }
+
+/// Most pause instructions between two checks while spinning.
+const SPIN_PAUSES_MAX: u32 = 64;
 
 #[cfg(not(loom))]
 fn park() {

@@ -153,6 +153,30 @@ enum Kind {
     Pattern,
 }
 
+/// Byte classes for validation; a table lookup per byte keeps the common case
+/// (a plain ASCII character) to one load and one branch.
+const PLAIN: u8 = 0;
+const SEPARATOR: u8 = 1;
+const WILDCARD: u8 = 1 << 1;
+const FORBIDDEN: u8 = 1 << 2;
+const NON_ASCII: u8 = 1 << 3;
+
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [PLAIN; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match byte as u8 {
+            b'.' => SEPARATOR,
+            b'*' | b'>' => WILDCARD,
+            0..=b' ' | 0x7F => FORBIDDEN,
+            0x80.. => NON_ASCII,
+            _ => PLAIN,
+        };
+        byte += 1;
+    }
+    table
+};
+
 fn validate(text: &str, limits: &SubjectLimits, kind: Kind) -> Result<usize, SubjectError> {
     if text.is_empty() {
         return Err(SubjectError::Empty);
@@ -163,40 +187,85 @@ fn validate(text: &str, limits: &SubjectLimits, kind: Kind) -> Result<usize, Sub
             max: limits.bytes_max,
         });
     }
-    let mut count = 0;
-    let mut full_wildcard_at = None;
-    for (index, token) in tokens(text).enumerate() {
-        count = index + 1;
-        if count > limits.tokens_max {
+    // One pass over the bytes, collecting the classes seen in each token: this
+    // runs on every publish.
+    let bytes = text.as_bytes();
+    let mut tokens = Tokens {
+        count: 0,
+        limits,
+        kind,
+        full_wildcard_at: None,
+    };
+    let mut start = 0;
+    let mut seen = PLAIN;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let class = BYTE_CLASS[byte as usize];
+        if class == PLAIN {
+            continue;
+        }
+        if class == SEPARATOR {
+            tokens.check(&bytes[start..at], seen)?;
+            start = at + 1;
+            seen = PLAIN;
+        } else {
+            seen |= class;
+        }
+    }
+    tokens.check(&bytes[start..], seen)?;
+    Ok(tokens.count)
+}
+
+/// The state of a validation pass between tokens.
+struct Tokens<'a> {
+    count: usize,
+    limits: &'a SubjectLimits,
+    kind: Kind,
+    full_wildcard_at: Option<usize>,
+}
+
+impl Tokens<'_> {
+    /// Checks the next token, given the byte classes found in it.
+    fn check(&mut self, token: &[u8], seen: u8) -> Result<(), SubjectError> {
+        let index = self.count;
+        if index == self.limits.tokens_max {
             return Err(SubjectError::TooManyTokens {
-                max: limits.tokens_max,
+                max: self.limits.tokens_max,
             });
         }
-        if let Some(at) = full_wildcard_at {
+        if let Some(at) = self.full_wildcard_at {
             return Err(SubjectError::FullWildcardNotLast { index: at });
         }
+        self.count += 1;
         if token.is_empty() {
             return Err(SubjectError::EmptyToken { index });
         }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if seen & FORBIDDEN != 0 {
             return Err(SubjectError::InvalidCharacter { index });
         }
+        if seen & NON_ASCII != 0 {
+            // Unicode has whitespace and control characters outside ASCII too;
+            // only tokens with non-ASCII text pay for decoding.
+            let text = std::str::from_utf8(token).expect("tokens of a str split at '.' are UTF-8");
+            if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(SubjectError::InvalidCharacter { index });
+            }
+        }
+        if seen & WILDCARD == 0 {
+            return Ok(());
+        }
         let wildcard = match token {
-            SINGLE_WILDCARD => Some('*'),
-            FULL_WILDCARD => {
-                full_wildcard_at = Some(index);
-                Some('>')
+            b"*" => '*',
+            b">" => {
+                self.full_wildcard_at = Some(index);
+                '>'
             }
-            _ if token.contains(['*', '>']) => {
-                return Err(SubjectError::PartialWildcard { index });
-            }
-            _ => None,
+            _ => return Err(SubjectError::PartialWildcard { index }),
         };
-        if let (Kind::Subject, Some(wildcard)) = (kind, wildcard) {
-            return Err(SubjectError::WildcardInSubject { index, wildcard });
+        match self.kind {
+            Kind::Subject => Err(SubjectError::WildcardInSubject { index, wildcard }),
+            Kind::Pattern => Ok(()),
         }
     }
-    Ok(count)
 }
 
 #[cfg(test)]
@@ -285,6 +354,19 @@ mod tests {
         );
         let long = "a.".repeat(200) + "a";
         assert!(matches!(subject(&long), Err(SubjectError::TooLong { .. })));
+    }
+
+    #[test]
+    fn refuses_unicode_whitespace_and_accepts_other_unicode() {
+        assert_eq!(subject("caf\u{e9}.men\u{fc}"), Ok(()));
+        assert_eq!(
+            subject("a.no\u{a0}break"),
+            Err(SubjectError::InvalidCharacter { index: 1 })
+        );
+        assert_eq!(
+            subject("a\u{2028}b"),
+            Err(SubjectError::InvalidCharacter { index: 0 })
+        );
     }
 
     #[test]

@@ -9,8 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::queue::{Delivery, Outcome};
 use super::{Bus, BusInner, PublishError, Target};
 use crate::event::{self, EventLimits, EventParts, Header, check_parts};
-use crate::log::appender::Holds;
-use crate::log::{AppendError, Appender};
+use crate::log::{AppendError, Appender, Holds, RecordRef};
 use crate::signal::publish_fence;
 use crate::sublist::{IndexReader, MatchResult, QueueGroup};
 
@@ -189,11 +188,7 @@ fn route(
 
 /// Gives the record to one member of `group`: the next in turn that has room,
 /// or, if none has, the one whose turn it is, under its own policy.
-fn deliver_to_group(
-    group: &QueueGroup<Target>,
-    record: crate::log::record::RecordRef,
-    turn: usize,
-) {
+fn deliver_to_group(group: &QueueGroup<Target>, record: RecordRef, turn: usize) {
     let members = &group.members;
     let first = turn % members.len();
     let mut delivery = Delivery { record, tag: 0 };

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::log::RecordRef;
 use crate::log::SegmentPool;
-use crate::log::record::RecordRef;
 use crate::signal::Signal;
 use crate::sync::{ArrayQueue, AtomicBool, AtomicU64, Ordering};
 

@@ -15,5 +15,6 @@ pub(crate) mod pool;
 pub(crate) mod record;
 pub(crate) mod segment;
 
-pub use appender::{AppendError, Appender};
+pub use appender::{AppendError, Appender, Holds};
 pub use pool::{PoolStats, SegmentPool};
+pub use record::RecordRef;

@@ -9,7 +9,7 @@ use super::segment::{RECORD_HEADER_BYTES, RecordHeader};
 /// hold on the segment's last record).
 ///
 /// Not `Clone`: the writer creates exactly as many as it counted holders.
-pub(crate) struct RecordRef(NonNull<RecordHeader>);
+pub struct RecordRef(NonNull<RecordHeader>);
 
 // SAFETY: a RecordRef only reads the record's archive, which nobody writes
 // while any hold exists, and releases through atomics.
@@ -29,7 +29,7 @@ impl RecordRef {
     }
 
     /// The archive bytes, in place, 16-byte aligned.
-    pub(crate) fn archive(&self) -> &[u8] {
+    pub fn archive(&self) -> &[u8] {
         // SAFETY: this hold keeps the record alive and unchanged; the archive
         // starts right after the 16-byte header and is `len` bytes long.
         unsafe {

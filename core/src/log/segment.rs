@@ -42,6 +42,8 @@
 
 use std::ptr::NonNull;
 
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{AtomicU32, Ordering, fence};
 
 /// Added to a segment's `live` count while a writer may still append to it.
@@ -63,8 +65,10 @@ pub(crate) const SEGMENT_ALIGN: usize = 128;
 #[repr(C, align(128))]
 pub(crate) struct SegmentHeader {
     /// Records not yet fully released, plus [`WRITER_BIAS`] while a writer
-    /// appends. In `0 ..= WRITER_BIAS`.
-    live: AtomicU32,
+    /// appends. In `0 ..= WRITER_BIAS`. Alone on its cache line: consumers
+    /// decrement it on every release, and nothing on the hot path reads the
+    /// fields below.
+    live: CachePadded<AtomicU32>,
     /// Bytes available for records after the header.
     pub(crate) capacity: usize,
     /// Made for one event larger than a regular segment; freed, not recycled.
@@ -77,7 +81,7 @@ pub(crate) struct SegmentHeader {
     pub(crate) loom_bytes: loom::cell::UnsafeCell<u64>,
 }
 
-const _: () = assert!(SEGMENT_HEADER_BYTES == 128 || cfg!(loom));
+const _: () = assert!(SEGMENT_HEADER_BYTES == 256 || cfg!(loom));
 
 impl SegmentHeader {
     pub(crate) fn new(
@@ -86,7 +90,7 @@ impl SegmentHeader {
         pool: NonNull<super::pool::SegmentPool>,
     ) -> Self {
         Self {
-            live: AtomicU32::new(0),
+            live: CachePadded::new(AtomicU32::new(0)),
             capacity,
             oversized,
             pool,
