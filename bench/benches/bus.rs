@@ -18,7 +18,8 @@ use criterion::{
 };
 use crossbeam_channel::{Receiver, Sender, bounded};
 use starling_bench::consumers::{Consumers, POLL};
-use starling_core::{Bus, SlowConsumerPolicy, SubscribeOptions, Subscription};
+use starling_core::clock::{self, WallClock};
+use starling_core::{Bus, BusConfig, SlowConsumerPolicy, SubscribeOptions, Subscription};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -80,9 +81,14 @@ fn fan_out(
     group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     subscribers: usize,
     payload: &[u8],
+    (variant, clock): (&str, WallClock),
 ) {
+    let with_baseline = variant == "starling";
     let name = format!("1_to_{subscribers}/{}B", payload.len());
-    let bus = Bus::default();
+    let bus = Bus::new(BusConfig {
+        clock,
+        ..BusConfig::default()
+    });
     let subs: Vec<_> = (0..subscribers)
         .map(|_| bus.subscribe_with(SUBJECT, None, blocking()).unwrap())
         .collect();
@@ -96,7 +102,7 @@ fn fan_out(
         );
     }
     let consumers = Consumers::spawn(subs, receive_subscription);
-    group.bench_function(format!("starling/{name}"), |b| {
+    group.bench_function(format!("{variant}/{name}"), |b| {
         b.iter_custom(|iters| {
             let target = consumers.total() + iters * subscribers as u64;
             let started = Instant::now();
@@ -108,6 +114,9 @@ fn fan_out(
         })
     });
     drop(consumers);
+    if !with_baseline {
+        return;
+    }
 
     let (senders, receivers): (Vec<Sender<Owned>>, Vec<Receiver<Owned>>) =
         (0..subscribers).map(|_| bounded(CAPACITY)).unzip();
@@ -303,9 +312,12 @@ fn bus(c: &mut Criterion) {
     let mut group = c.benchmark_group("bus");
     group.sample_size(20).sampling_mode(SamplingMode::Linear);
     group.throughput(Throughput::Elements(1));
-    fan_out(&mut group, 1, &[1; 16]);
-    fan_out(&mut group, 1, &[1; 128]);
-    fan_out(&mut group, 4, &[1; 16]);
+    let precise: (&str, WallClock) = ("starling", clock::system);
+    let coarse: (&str, WallClock) = ("starling_coarse_clock", clock::coarse);
+    fan_out(&mut group, 1, &[1; 16], precise);
+    fan_out(&mut group, 1, &[1; 16], coarse);
+    fan_out(&mut group, 1, &[1; 128], precise);
+    fan_out(&mut group, 4, &[1; 16], precise);
     fan_in(&mut group, &[1; 16]);
     queue_group(&mut group, &[1; 16]);
     group.sampling_mode(SamplingMode::Auto);

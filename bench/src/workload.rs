@@ -12,7 +12,7 @@ pub fn patterns(count: usize) -> Vec<String> {
         .map(|i| {
             let [a, b, c, d] = tokens(i, count);
             match i % 10 {
-                0 => match rng.next() % 3 {
+                0 => match rng.next_u64() % 3 {
                     0 => format!("{a}.*.{c}.{d}"),
                     1 => format!("{a}.{b}.*.{d}"),
                     _ => format!("{a}.{b}.>"),
@@ -29,7 +29,7 @@ pub fn subjects(count: usize, subscriptions: usize) -> Vec<String> {
     let mut rng = SplitMix(0xC0FFEE);
     (0..count)
         .map(|_| {
-            let i = (rng.next() as usize) % subscriptions;
+            let i = (rng.next_u64() as usize) % subscriptions;
             let [a, b, c, d] = tokens(i, subscriptions);
             format!("{a}.{b}.{c}.{d}")
         })
@@ -55,7 +55,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next pseudo-random number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -70,14 +70,26 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn patterns_are_distinct_and_one_in_ten_has_a_wildcard() {
+    fn literal_patterns_are_distinct_and_one_in_ten_has_a_wildcard() {
         let patterns = patterns(10_000);
-        let distinct: HashSet<_> = patterns.iter().collect();
-        assert!(distinct.len() > 9_900);
-        let wild = patterns
+        let (wild, literal): (Vec<_>, Vec<_>) = patterns
             .iter()
-            .filter(|p| p.contains('*') || p.contains('>'))
+            .partition(|p| p.contains('*') || p.contains('>'));
+        assert_eq!(wild.len(), 1_000);
+        let distinct: HashSet<_> = literal.iter().collect();
+        assert_eq!(distinct.len(), literal.len());
+    }
+
+    #[test]
+    fn most_subjects_have_a_literal_subscription() {
+        let patterns: HashSet<_> = patterns(1000).into_iter().collect();
+        let matched = subjects(100, 1000)
+            .iter()
+            .filter(|s| patterns.contains(*s))
             .count();
-        assert_eq!(wild, 1_000);
+        assert!(
+            matched >= 85,
+            "{matched} of 100 subjects have a literal subscription"
+        );
     }
 }

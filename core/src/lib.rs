@@ -1,7 +1,7 @@
 //! Starling's core: events, subjects, the subscription index, lock-free logs
-//! and the in-process [`Bus`]. No I/O: no sockets, no clocks it was not asked
-//! to read (the publisher stamps events with the wall clock), no threads it
-//! does not document (none).
+//! and the in-process [`Bus`]. No I/O: no sockets, no clock it was not handed
+//! (publishers stamp events with the [`clock`] in the bus's configuration), no
+//! threads of its own.
 //!
 //! # The bus in one program
 //!
@@ -54,8 +54,10 @@
 //! - [`bus`]: publishers, subscriptions, mailboxes, request/reply.
 
 pub mod bus;
+pub mod clock;
 pub mod event;
 pub mod log;
+mod ring;
 mod signal;
 pub mod subject;
 pub mod sublist;

@@ -17,7 +17,8 @@ use loom::thread;
 use crate::log::RecordRef;
 use crate::log::SegmentPool;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
-use crate::signal::{Signal, publish_fence, thread_waker};
+use crate::ring::Ring;
+use crate::signal::{Signal, publish_fence};
 use crate::sync::ArrayQueue;
 
 /// Writes one record with `holders` holds at the start of `segment`.
@@ -110,14 +111,54 @@ fn signal_never_loses_a_wakeup() {
         let consumer = {
             let (signal, item) = (signal.clone(), item.clone());
             thread::spawn(move || {
-                signal.wait(Duration::ZERO, None, &thread_waker(), || {
-                    item.load(Ordering::Relaxed)
-                })
+                signal.wait(Duration::ZERO, None, || item.load(Ordering::Relaxed))
             })
         };
         item.store(true, Ordering::Relaxed);
         publish_fence();
         signal.wake_if_sleeping();
         assert!(consumer.join().unwrap());
+    });
+}
+
+/// Two producers push into a ring of two slots while the consumer pops, and
+/// one producer, finding it full, evicts the oldest (as a drop-oldest publish
+/// does). Every value must come out exactly once, in each producer's order,
+/// with its write visible to whoever reads it.
+#[test]
+fn ring_hands_over_every_value_once() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::new(2));
+        let producers: Vec<_> = (0..2u32)
+            .map(|who| {
+                let ring = ring.clone();
+                thread::spawn(move || {
+                    let mut evicted = Vec::new();
+                    for i in 0..2u32 {
+                        let value = Box::new(who * 10 + i);
+                        if who == 0 {
+                            ring.force_push(value, |old| evicted.push(*old));
+                        } else if let Err(value) = ring.push(value) {
+                            evicted.push(*value);
+                        }
+                    }
+                    evicted
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            if let Some(value) = ring.pop() {
+                seen.push(*value);
+            }
+        }
+        for producer in producers {
+            seen.extend(producer.join().unwrap());
+        }
+        while let Some(value) = ring.pop() {
+            seen.push(*value);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 10, 11]);
     });
 }

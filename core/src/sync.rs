@@ -3,10 +3,18 @@
 //! `.ci/run` for how the loom tests run).
 //!
 //! Only the protocols written in this crate go through here: the segment
-//! reference counts ([`crate::log`]) and the park/wake handshake
-//! ([`crate::signal`]). The bounded queues are crossbeam's, tested by crossbeam;
-//! under loom they are replaced by a lock-protected stand-in with the same
-//! acquire/release edges, so that the model still sees every happens-before.
+//! reference counts ([`crate::log`]), the delivery rings ([`crate::ring`]) and
+//! the park/wake handshake ([`crate::signal`]). The pool's free list is
+//! crossbeam's `ArrayQueue`, tested by crossbeam; under loom it is replaced by
+//! a lock-protected stand-in with the same acquire/release edges, so that the
+//! model still sees every happens-before.
+
+/// A hint that the caller is spinning; under loom, a yield, so that the model
+/// lets other threads make the progress the spinner waits for.
+#[cfg(loom)]
+pub(crate) use loom::hint::spin_loop;
+#[cfg(not(loom))]
+pub(crate) use std::hint::spin_loop;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
@@ -38,6 +46,29 @@ impl AtomicWaker {
 #[cfg(not(loom))]
 pub(crate) use crossbeam_queue::ArrayQueue;
 
+/// A cell whose accesses loom tracks under `--cfg loom`; plain
+/// `std::cell::UnsafeCell` otherwise. Same interface as loom's.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// See the loom variant.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` with a pointer to the contents; the caller's protocol must
+    /// make this access exclusive.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
 /// Under loom: a bounded MPMC queue with `ArrayQueue`'s interface, built on
 /// loom's mutex so that loom tracks the push → pop happens-before edge.
 #[cfg(loom)]
@@ -65,30 +96,11 @@ impl<T> ArrayQueue<T> {
         Ok(())
     }
 
-    pub(crate) fn force_push(&self, value: T) -> Option<T> {
-        let mut items = self.items.lock().unwrap();
-        let displaced = if items.len() == self.capacity {
-            items.pop_front()
-        } else {
-            None
-        };
-        items.push_back(value);
-        displaced
-    }
-
     pub(crate) fn pop(&self) -> Option<T> {
         self.items.lock().unwrap().pop_front()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.lock().unwrap().is_empty()
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.items.lock().unwrap().len()
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
     }
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use super::queue::DeliveryQueue;
 use super::subscription::EventRef;
 use super::{BusInner, RecvError, SubscribeError, SubscribeOptions, Target};
-use crate::signal::current_thread_waker;
 
 /// A consumer of the bus with its own queue. Each subscription added to it
 /// carries a tag, and every event it receives says which tag matched.
@@ -154,7 +153,7 @@ impl Mailbox {
     }
 
     fn receive(&self, deadline: Option<Instant>) -> Result<EventRef<'_>, RecvError> {
-        match self.queue.take_blocking(deadline, &current_thread_waker()) {
+        match self.queue.take_blocking(deadline) {
             Some(delivery) => Ok(EventRef::new(delivery)),
             None if self.queue.is_closed() => Err(RecvError::Closed),
             None => Err(RecvError::Timeout),

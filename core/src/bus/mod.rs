@@ -44,7 +44,7 @@ use crate::sublist::{IndexReaders, IndexWriter, index};
 use crate::sync::{ArrayQueue, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// How a bus is set up. `Default` gives sane values for an application.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BusConfig {
     /// Limits on subjects, headers and payloads.
     pub limits: EventLimits,
@@ -62,6 +62,9 @@ pub struct BusConfig {
     pub spin: Duration,
     /// Subjects each publisher keeps in its match cache.
     pub match_cache_capacity: usize,
+    /// The clock publishers stamp events with ([`crate::clock::system`] by
+    /// default; [`crate::clock::coarse`] is cheaper and tick-grained).
+    pub clock: crate::clock::WallClock,
 }
 
 impl Default for BusConfig {
@@ -73,6 +76,7 @@ impl Default for BusConfig {
             subscription: SubscribeOptions::default(),
             spin: Duration::from_micros(20),
             match_cache_capacity: 1024,
+            clock: crate::clock::system,
         }
     }
 }

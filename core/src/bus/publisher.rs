@@ -4,11 +4,11 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::queue::{Delivery, Outcome};
 use super::{Bus, BusInner, PublishError, Target};
-use crate::event::{self, EventLimits, EventParts, Header, check_parts};
+use crate::clock::WallClock;
+use crate::event::{self, EventLimits, EventParts, Header};
 use crate::log::{AppendError, Appender, Holds, RecordRef};
 use crate::signal::publish_fence;
 use crate::sublist::{IndexReader, MatchResult, QueueGroup};
@@ -82,6 +82,7 @@ pub(crate) struct PublisherCore {
     /// The bus's nuid: identifies it for the thread-local lookup.
     bus: u64,
     limits: EventLimits,
+    clock: WallClock,
     appender: Appender,
     reader: IndexReader<Target>,
     /// High half of every event id: random per publisher.
@@ -97,6 +98,7 @@ impl PublisherCore {
         Self {
             bus: inner.nuid,
             limits: inner.config.limits,
+            clock: inner.config.clock,
             appender: Appender::new(inner.pool.clone()),
             reader: inner.readers.reader(inner.config.match_cache_capacity),
             id_high: super::random_u64(),
@@ -109,14 +111,18 @@ impl PublisherCore {
         self.sequence += 1;
         let parts = EventParts {
             id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
-            time_unix_nanos: unix_nanos_now(),
+            time_unix_nanos: (self.clock)(),
             subject: message.subject,
             reply_to: message.reply_to,
             headers: message.headers,
             payload: message.payload,
         };
-        check_parts(&parts, &self.limits)?;
-        let Some(result) = self.reader.lookup(parts.subject) else {
+        event::check_parts_but_subject(&parts, &self.limits)?;
+        let limits = &self.limits;
+        let looked_up = self.reader.lookup_checked(parts.subject, || {
+            event::check_subject(parts.subject, limits)
+        })?;
+        let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
         route(result, &mut self.round_robin, |holders| {
@@ -210,12 +216,6 @@ fn deliver_to_group(group: &QueueGroup<Target>, record: RecordRef, turn: usize) 
 fn wake(target: &Target) {
     publish_fence();
     target.queue.signal.wake_if_sleeping();
-}
-
-fn unix_nanos_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 thread_local! {

@@ -3,15 +3,16 @@
 //! wake-up signal.
 
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use crate::log::RecordRef;
 use crate::log::SegmentPool;
+use crate::ring::Ring;
 use crate::signal::Signal;
-use crate::sync::{ArrayQueue, AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// What happens to an event that arrives when a consumer's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,7 +51,7 @@ pub(crate) enum Outcome {
 pub(crate) struct DeliveryQueue {
     // Field order matters for drop order: the ring (and the records it holds)
     // goes before the pool that owns their memory.
-    ring: ArrayQueue<Delivery>,
+    ring: Ring<Delivery>,
     policy: SlowConsumerPolicy,
     pub(crate) signal: Signal,
     /// Events this consumer missed. Written by publishers.
@@ -71,7 +72,7 @@ impl DeliveryQueue {
     ) -> Self {
         assert!(capacity > 0, "a delivery queue needs room for one event");
         Self {
-            ring: ArrayQueue::new(capacity),
+            ring: Ring::new(capacity),
             policy,
             signal: Signal::default(),
             dropped: CachePadded::new(AtomicU64::new(0)),
@@ -88,10 +89,10 @@ impl DeliveryQueue {
         match self.policy {
             SlowConsumerPolicy::DropNewest => self.offer(delivery),
             SlowConsumerPolicy::DropOldest => {
-                if let Some(evicted) = self.ring.force_push(delivery) {
+                self.ring.force_push(delivery, |evicted| {
                     self.count_dropped();
                     drop(evicted);
-                }
+                });
                 Outcome::Queued
             }
             SlowConsumerPolicy::Block { timeout } => self.deliver_within(delivery, timeout),
@@ -159,11 +160,7 @@ impl DeliveryQueue {
 
     /// Consumer side: waits for a delivery until `deadline` (forever if
     /// `None`). `None` on timeout, or when closed and drained.
-    pub(crate) fn take_blocking(
-        &self,
-        deadline: Option<Instant>,
-        thread_waker: &Waker,
-    ) -> Option<Delivery> {
+    pub(crate) fn take_blocking(&self, deadline: Option<Instant>) -> Option<Delivery> {
         loop {
             if let Some(delivery) = self.try_take() {
                 return Some(delivery);
@@ -171,7 +168,7 @@ impl DeliveryQueue {
             if self.is_closed() {
                 return None;
             }
-            let ready = self.signal.wait(self.spin, deadline, thread_waker, || {
+            let ready = self.signal.wait(self.spin, deadline, || {
                 !self.ring.is_empty() || self.is_closed()
             });
             if !ready {

@@ -225,7 +225,21 @@ impl ValidationError {
 
 /// Checks the parts of an event against the limits, before anything is written.
 pub fn check_parts(parts: &EventParts<'_>, limits: &EventLimits) -> Result<(), EncodeError> {
-    subject::validate_subject(parts.subject, &limits.subject).map_err(EncodeError::Subject)?;
+    check_subject(parts.subject, limits)?;
+    check_parts_but_subject(parts, limits)
+}
+
+/// Checks the subject only.
+pub(crate) fn check_subject(subject: &str, limits: &EventLimits) -> Result<(), EncodeError> {
+    subject::validate_subject(subject, &limits.subject).map_err(EncodeError::Subject)
+}
+
+/// Checks everything [`check_parts`] checks except the subject, for callers
+/// that know the subject is valid (a publisher whose match cache holds it).
+pub(crate) fn check_parts_but_subject(
+    parts: &EventParts<'_>,
+    limits: &EventLimits,
+) -> Result<(), EncodeError> {
     if let Some(reply_to) = parts.reply_to {
         subject::validate_subject(reply_to, &limits.subject).map_err(EncodeError::ReplyTo)?;
     }

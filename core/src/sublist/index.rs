@@ -141,17 +141,43 @@ impl<T: Clone + PartialEq> IndexReader<T> {
     /// `None` once the writer is gone. The subject must be a valid published
     /// subject.
     pub fn lookup(&mut self, subject: &str) -> Option<&MatchResult<T>> {
+        self.lookup_checked(subject, || Ok::<(), ()>(()))
+            .ok()
+            .flatten()
+    }
+
+    /// Like [`IndexReader::lookup`], but runs `check` on the subject before
+    /// matching it, unless the cache already holds it: cached subjects were
+    /// checked on their way in. A publisher uses this to validate each
+    /// distinct subject once rather than on every publish.
+    pub fn lookup_checked<E>(
+        &mut self,
+        subject: &str,
+        check: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<&MatchResult<T>>, E> {
         // Fast path: nothing changed since this reader's cache was brought up
         // to date, and the subject is cached. Entering the left-right copy
         // costs two atomic read-modify-writes and a fence; this costs a load.
-        if self.published.load(Ordering::Acquire) == self.generation {
-            // Two lookups because of the borrow checker's conditional-return
-            // limitation; the second only happens on a miss.
-            if self.cache.get(subject).is_some() {
-                return self.cache.get(subject).map(|result| &**result);
+        let fresh = self.published.load(Ordering::Acquire) == self.generation;
+        let cached = match self.cache.get(subject) {
+            Some(result) if fresh => {
+                let result: *const MatchResult<T> = &**result;
+                // SAFETY: the result lives in `self.cache`, which the returned
+                // reference keeps borrowed through `&mut self`. (The borrow
+                // checker cannot yet return a borrow from one branch and go on
+                // in the other; this saves hashing the subject twice.)
+                return Ok(Some(unsafe { &*result }));
             }
+            cached => cached.is_some(),
+        };
+        if !cached {
+            // Checked before entering, so that the match below runs against
+            // the same copy the cache is brought up to date with.
+            check()?;
         }
-        let shared = self.handle.enter()?;
+        let Some(shared) = self.handle.enter() else {
+            return Ok(None);
+        };
         if shared.generation != self.generation {
             let behind = shared.generation - self.generation;
             if behind <= PATCH_CHANGES_MAX && behind as usize <= shared.log.len() {
@@ -167,10 +193,10 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         if self.cache.get(subject).is_none() {
             let result = shared.trie.matches(subject);
             drop(shared);
-            return Some(self.cache.insert(subject, Arc::new(result)));
+            return Ok(Some(self.cache.insert(subject, Arc::new(result))));
         }
         drop(shared);
-        self.cache.get(subject).map(|result| &**result)
+        Ok(self.cache.get(subject).map(|result| &**result))
     }
 
     /// True once the writer is gone.
