@@ -50,6 +50,12 @@ impl Signal {
         }
     }
 
+    /// True if the consumer is parked or about to park. A hint only: it may
+    /// change at once; wake-ups never depend on it.
+    pub(crate) fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::Relaxed)
+    }
+
     /// Wakes the consumer whatever it is doing (used when closing).
     pub(crate) fn wake(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
@@ -149,7 +155,7 @@ fn spin_until(spin: Duration, deadline: Option<Instant>, ready: &mut impl FnMut(
 }
 
 /// Most pause instructions between two checks while spinning.
-const SPIN_PAUSES_MAX: u32 = 64;
+const SPIN_PAUSES_MAX: u32 = 8;
 
 #[cfg(not(loom))]
 fn park() {

@@ -63,6 +63,7 @@ fn publish_to_deliver_allocates_nothing_in_steady_state() {
     one_to_one_on_one_thread();
     fan_out_queue_group_and_headers();
     across_threads_with_parking();
+    request_reply();
 }
 
 fn one_to_one_on_one_thread() {
@@ -161,5 +162,35 @@ fn across_threads_with_parking() {
     assert_eq!(
         count, 0,
         "publisher and consumer on two threads, with parking"
+    );
+}
+
+fn request_reply() {
+    let bus = Bus::default();
+    let service = bus.subscribe("svc.echo").unwrap();
+    let responder = bus.clone();
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let server = std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            if let Ok(request) = service.recv_timeout(Duration::from_millis(10)) {
+                responder
+                    .publish(request.reply_to().unwrap(), request.payload())
+                    .unwrap();
+            }
+        }
+    });
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..EVENTS / 10 {
+            let reply = bus
+                .request("svc.echo", &[5; 16], Duration::from_secs(10))
+                .unwrap();
+            assert_eq!(reply.payload(), [5; 16]);
+        }
+    });
+    STOP.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    assert_eq!(
+        count, 0,
+        "request/reply, with one reply subject per request"
     );
 }

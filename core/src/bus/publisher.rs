@@ -11,6 +11,7 @@ use crate::clock::WallClock;
 use crate::event::{self, EventLimits, EventParts, Header};
 use crate::log::{AppendError, Appender, Holds, RecordRef};
 use crate::signal::publish_fence;
+use crate::subject::INBOX_PREFIX;
 use crate::sublist::{IndexReader, MatchResult, QueueGroup};
 
 /// An event to publish: everything but the id and the time, which the
@@ -119,7 +120,10 @@ impl PublisherCore {
         };
         event::check_parts_but_subject(&parts, &self.limits)?;
         let limits = &self.limits;
-        let looked_up = self.reader.lookup_checked(parts.subject, || {
+        // Reply subjects are used once: matching them through the cache would
+        // allocate an entry per request and evict the subjects that repeat.
+        let cacheable = !parts.subject.starts_with(INBOX_PREFIX);
+        let looked_up = self.reader.lookup_checked(parts.subject, cacheable, || {
             event::check_subject(parts.subject, limits)
         })?;
         let Some(result) = looked_up else {
@@ -132,7 +136,12 @@ impl PublisherCore {
 
     pub(crate) fn publish_archive(&mut self, archive: &[u8]) -> Result<usize, PublishError> {
         let event = event::validate(archive, &self.limits)?;
-        let Some(result) = self.reader.lookup(event.subject()) else {
+        let subject = event.subject();
+        let cacheable = !subject.starts_with(INBOX_PREFIX);
+        let looked_up = self
+            .reader
+            .lookup_checked(subject, cacheable, || Ok::<(), PublishError>(()))?;
+        let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
         route(result, &mut self.round_robin, |holders| {
@@ -198,14 +207,23 @@ fn deliver_to_group(group: &QueueGroup<Target>, record: RecordRef, turn: usize) 
     let members = &group.members;
     let first = turn % members.len();
     let mut delivery = Delivery { record, tag: 0 };
-    for offset in 0..members.len() {
-        let member = &members[(first + offset) % members.len()];
-        delivery.tag = member.tag;
-        match member.queue.try_offer(delivery) {
-            Ok(()) => return wake(member),
-            Err(rejected) => delivery = rejected,
+    // First choice: a member whose consumer is awake (spinning or working),
+    // taking turns among those. Waking a parked thread costs 20-25 µs on a
+    // VM; an awake member takes the event at once.
+    for awake_only in [true, false] {
+        for offset in 0..members.len() {
+            let member = &members[(first + offset) % members.len()];
+            if awake_only && member.queue.signal.is_sleeping() {
+                continue;
+            }
+            delivery.tag = member.tag;
+            match member.queue.try_offer(delivery) {
+                Ok(()) => return wake(member),
+                Err(rejected) => delivery = rejected,
+            }
         }
     }
+    // Every member is full: the one whose turn it is applies its policy.
     let member = &members[first];
     delivery.tag = member.tag;
     if member.queue.deliver(delivery) == Outcome::Queued {

@@ -14,6 +14,11 @@ use crate::ring::Ring;
 use crate::signal::Signal;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
+/// How long a publisher blocked on a full queue yields before it sleeps.
+const BLOCK_YIELD: Duration = Duration::from_millis(1);
+/// How long it then sleeps between tries.
+const BLOCK_SLEEP: Duration = Duration::from_micros(50);
+
 /// What happens to an event that arrives when a consumer's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SlowConsumerPolicy {
@@ -117,7 +122,8 @@ impl DeliveryQueue {
     }
 
     fn deliver_within(&self, mut delivery: Delivery, timeout: Duration) -> Outcome {
-        let mut deadline = None;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let mut attempt = 0u32;
         loop {
             match self.ring.push(delivery) {
@@ -127,18 +133,23 @@ impl DeliveryQueue {
             if self.closed.load(Ordering::Relaxed) {
                 return self.offer(delivery);
             }
+            // Back off without being woken (so consumers pay nothing for
+            // blocked publishers): spin a little, then yield for the first
+            // millisecond (on two cores the consumer often needs this very
+            // core), then sleep in short steps until the deadline.
+            attempt += 1;
+            if attempt <= 64 {
+                std::hint::spin_loop();
+                continue;
+            }
             let now = Instant::now();
-            let deadline = *deadline.get_or_insert(now + timeout);
             if now >= deadline {
                 return self.offer(delivery);
             }
-            // Back off: spin, then yield, then sleep briefly. The consumer
-            // drains in batches, so there is no need to be woken by it.
-            attempt += 1;
-            match attempt {
-                0..=64 => std::hint::spin_loop(),
-                65..=128 => std::thread::yield_now(),
-                _ => std::thread::sleep(Duration::from_micros(50).min(deadline - now)),
+            if now - started < BLOCK_YIELD {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(BLOCK_SLEEP.min(deadline - now));
             }
         }
     }

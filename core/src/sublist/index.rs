@@ -53,6 +53,8 @@ pub struct IndexReader<T> {
     generation: u64,
     /// The generation the writer last made visible (see [`IndexWriter::change`]).
     published: Arc<CachePadded<AtomicU64>>,
+    /// Where subjects that are not cached are matched, reused.
+    scratch: MatchResult<T>,
 }
 
 #[derive(Clone)]
@@ -132,6 +134,7 @@ impl<T: Clone + PartialEq> IndexReaders<T> {
             cache: MatchCache::new(cache_capacity),
             generation: 0,
             published: self.published.clone(),
+            scratch: MatchResult::default(),
         }
     }
 }
@@ -141,7 +144,7 @@ impl<T: Clone + PartialEq> IndexReader<T> {
     /// `None` once the writer is gone. The subject must be a valid published
     /// subject.
     pub fn lookup(&mut self, subject: &str) -> Option<&MatchResult<T>> {
-        self.lookup_checked(subject, || Ok::<(), ()>(()))
+        self.lookup_checked(subject, true, || Ok::<(), ()>(()))
             .ok()
             .flatten()
     }
@@ -150,11 +153,26 @@ impl<T: Clone + PartialEq> IndexReader<T> {
     /// matching it, unless the cache already holds it: cached subjects were
     /// checked on their way in. A publisher uses this to validate each
     /// distinct subject once rather than on every publish.
+    ///
+    /// Subjects that are used once (`cacheable == false`, such as the reply
+    /// subjects of requests) are matched into a scratch result instead of the
+    /// cache, so that they neither allocate nor evict the subjects that repeat.
     pub fn lookup_checked<E>(
         &mut self,
         subject: &str,
+        cacheable: bool,
         check: impl FnOnce() -> Result<(), E>,
     ) -> Result<Option<&MatchResult<T>>, E> {
+        if !cacheable {
+            check()?;
+            let Some(shared) = self.handle.enter() else {
+                return Ok(None);
+            };
+            self.scratch.plain.clear();
+            self.scratch.groups.clear();
+            shared.trie.match_into(subject, &mut self.scratch);
+            return Ok(Some(&self.scratch));
+        }
         // Fast path: nothing changed since this reader's cache was brought up
         // to date, and the subject is cached. Entering the left-right copy
         // costs two atomic read-modify-writes and a fence; this costs a load.
