@@ -80,7 +80,7 @@ fn segment_protocol() {
 
         // SAFETY: the writer still owns the segment until it seals it.
         if unsafe { segment.as_ref() }.seal(1) {
-            pool.recycle(segment);
+            SegmentPool::recycle(segment);
         }
         let again = loop {
             match pool.take(64) {
@@ -95,7 +95,7 @@ fn segment_protocol() {
             .with_mut(|bytes| unsafe { *bytes = 2 });
         // SAFETY: as above; seal it empty so the pool can drop it cleanly.
         if unsafe { again.as_ref() }.seal(0) {
-            pool.recycle(again);
+            SegmentPool::recycle(again);
         }
         readers.into_iter().for_each(|r| r.join().unwrap());
     });

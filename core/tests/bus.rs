@@ -324,10 +324,8 @@ fn lists_subscriptions_with_their_counters() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].pattern, "orders.>");
     assert_eq!(list[0].queue_group.as_deref(), Some("workers"));
-    assert_eq!(
-        (list[0].received, list[0].dropped, list[0].pending),
-        (1, 0, 0)
-    );
+    assert_eq!(list[0].dropped, 0);
+    assert_eq!((list[0].queue.received, list[0].queue.pending), (1, 0));
     assert_eq!(
         (sub.pattern(), sub.queue_group()),
         ("orders.>", Some("workers"))
@@ -402,6 +400,36 @@ fn closing_the_bus_wakes_a_blocked_receiver_after_it_drains() {
     let (last, after) = receiver.join().unwrap();
     assert_eq!(last.unwrap(), b"last");
     assert_eq!(after, Err(RecvError::Closed));
+}
+
+#[test]
+fn an_event_outlives_its_subscription_and_its_bus() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("a").unwrap();
+    bus.publish("a", b"still here").unwrap();
+    let event = sub.recv_timeout(SECOND).unwrap();
+    drop(sub);
+    drop(bus);
+    assert_eq!(event.payload(), b"still here");
+}
+
+#[test]
+fn each_subscription_of_a_mailbox_counts_its_own_drops() {
+    let bus = Bus::default();
+    let mut mailbox = bus.mailbox(options(2, SlowConsumerPolicy::DropNewest));
+    mailbox.subscribe(1, "x.*", None).unwrap();
+    mailbox.subscribe(2, "x.b", None).unwrap();
+    bus.publish("x.a", b"").unwrap();
+    bus.publish("x.b", b"").unwrap();
+    let list = bus.subscriptions();
+    let by_tag = |tag| list.iter().find(|s| s.tag == tag).unwrap();
+    assert_eq!(
+        by_tag(1).dropped + by_tag(2).dropped,
+        1,
+        "the queue of 2 was full for the third delivery, whichever it was"
+    );
+    assert_eq!(by_tag(1).queue, by_tag(2).queue, "one shared queue");
+    assert_eq!((by_tag(1).queue.pending, by_tag(1).queue.dropped), (2, 1));
 }
 
 #[test]

@@ -66,7 +66,7 @@ proptest! {
         let mut publisher = bus.publisher();
         let mut model: VecDeque<(u64, usize)> = VecDeque::new();
         let mut dropped = 0u64;
-        let mut held: Vec<(EventRef<'_>, u64, usize)> = Vec::new();
+        let mut held: Vec<(EventRef, u64, usize)> = Vec::new();
         let mut next = 0u64;
         for op in ops {
             match op {

@@ -35,12 +35,7 @@ struct Entry {
 
 impl Mailbox {
     pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions) -> Self {
-        let queue = DeliveryQueue::new(
-            options.capacity,
-            options.policy,
-            inner.config.spin,
-            inner.pool.clone(),
-        );
+        let queue = DeliveryQueue::new(options.capacity, options.policy, inner.config.spin);
         Self {
             inner,
             queue: Arc::new(queue),
@@ -61,6 +56,7 @@ impl Mailbox {
             id: self.inner.next_id(),
             queue: self.queue.clone(),
             tag,
+            stats: Default::default(),
         };
         let (pattern, group) = self
             .inner
@@ -97,23 +93,23 @@ impl Mailbox {
     }
 
     /// The next event, if one is queued.
-    pub fn try_recv(&self) -> Option<EventRef<'_>> {
+    pub fn try_recv(&self) -> Option<EventRef> {
         self.queue.try_take().map(EventRef::new)
     }
 
     /// Waits for the next event. Errors only when the bus is closed and the
     /// queue drained.
-    pub fn recv(&self) -> Result<EventRef<'_>, RecvError> {
+    pub fn recv(&self) -> Result<EventRef, RecvError> {
         self.receive(None)
     }
 
     /// Waits up to `timeout` for the next event.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<EventRef<'_>, RecvError> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<EventRef, RecvError> {
         self.receive(Some(Instant::now() + timeout))
     }
 
     /// Waits until `deadline` for the next event.
-    pub fn recv_deadline(&self, deadline: Instant) -> Result<EventRef<'_>, RecvError> {
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<EventRef, RecvError> {
         self.receive(Some(deadline))
     }
 
@@ -125,7 +121,7 @@ impl Mailbox {
     /// Polls for the next event; registers `cx`'s waker if there is none. For
     /// consumers that are neither threads nor tasks, such as an I/O loop that
     /// passes a waker that writes to its eventfd.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<EventRef<'_>, RecvError>> {
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<EventRef, RecvError>> {
         self.queue
             .poll_take(cx)
             .map(|delivery| delivery.map(EventRef::new).ok_or(RecvError::Closed))
@@ -152,7 +148,7 @@ impl Mailbox {
         self.queue.capacity()
     }
 
-    fn receive(&self, deadline: Option<Instant>) -> Result<EventRef<'_>, RecvError> {
+    fn receive(&self, deadline: Option<Instant>) -> Result<EventRef, RecvError> {
         match self.queue.take_blocking(deadline) {
             Some(delivery) => Ok(EventRef::new(delivery)),
             None if self.queue.is_closed() => Err(RecvError::Closed),
@@ -193,7 +189,7 @@ pub struct Recv<'a> {
 }
 
 impl<'a> Future for Recv<'a> {
-    type Output = Result<EventRef<'a>, RecvError>;
+    type Output = Result<EventRef, RecvError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.mailbox.poll_recv(cx)

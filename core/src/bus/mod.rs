@@ -35,9 +35,10 @@ pub use queue::SlowConsumerPolicy;
 pub use request::Reply;
 pub use subscription::{EventRef, Subscription};
 
-use self::queue::DeliveryQueue;
+use self::queue::{Delivery, DeliveryQueue, Outcome};
 use self::request::Inbox;
 use crate::event::{EventLimits, Header};
+use crate::log::RecordRef;
 use crate::log::{PoolStats, SegmentPool};
 use crate::subject;
 use crate::sublist::{IndexReaders, IndexWriter, index};
@@ -116,12 +117,29 @@ pub struct SubscriptionInfo {
     pub pattern: String,
     /// Its queue group.
     pub queue_group: Option<String>,
+    /// The tag its deliveries carry (see [`Mailbox::subscribe`]).
+    pub tag: u64,
+    /// Events for it that were dropped because its queue was full or the
+    /// memory budget spent. Exact, except that with `DropOldest` an eviction
+    /// is counted on the subscription whose event arrived. (A subscription of
+    /// its own queue was offered `queue.received + queue.pending + dropped`
+    /// events; a mailbox's consumer counts per tag what it received.)
+    pub dropped: u64,
+    /// The queue it feeds, shared by all subscriptions of one mailbox.
+    pub queue: QueueInfo,
+}
+
+/// A consumer's queue, for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueInfo {
     /// Events taken out by the consumer.
     pub received: u64,
-    /// Events the consumer missed (queue full or memory spent).
+    /// Events the queue dropped, for all its subscriptions.
     pub dropped: u64,
-    /// Events waiting in its queue.
+    /// Events waiting in it.
     pub pending: usize,
+    /// Most events it holds.
+    pub capacity: usize,
 }
 
 /// Figures about a bus.
@@ -140,6 +158,47 @@ pub(crate) struct Target {
     pub(crate) id: u64,
     pub(crate) queue: Arc<DeliveryQueue>,
     pub(crate) tag: u64,
+    pub(crate) stats: Arc<TargetStats>,
+}
+
+/// Per-subscription counters, kept by publishers on the drop path only: a
+/// counter bumped on every delivery was measured at 12% of the 1 → 1 cost
+/// (its locked add waits for the event's stores to reach the other core).
+#[derive(Debug, Default)]
+pub(crate) struct TargetStats {
+    /// Events for this subscription that were dropped.
+    dropped: AtomicU64,
+}
+
+impl Target {
+    /// Offers a record to this subscription's queue under its policy.
+    pub(crate) fn deliver(&self, record: RecordRef) -> Outcome {
+        let outcome = self.queue.deliver(Delivery {
+            record,
+            tag: self.tag,
+        });
+        if outcome == Outcome::Dropped {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Offers a record only if the queue has room; hands it back otherwise,
+    /// uncounted.
+    pub(crate) fn try_deliver(&self, record: RecordRef) -> Result<(), RecordRef> {
+        self.queue
+            .try_offer(Delivery {
+                record,
+                tag: self.tag,
+            })
+            .map_err(|rejected| rejected.record)
+    }
+
+    /// An event for this subscription could not be stored at all.
+    pub(crate) fn miss(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.queue.count_dropped();
+    }
 }
 
 impl PartialEq for Target {
@@ -172,6 +231,8 @@ struct Control {
 struct Registered {
     pattern: Arc<str>,
     group: Option<Arc<str>>,
+    tag: u64,
+    stats: Arc<TargetStats>,
     queue: Weak<DeliveryQueue>,
 }
 
@@ -310,9 +371,14 @@ impl Bus {
                     id: *id,
                     pattern: registered.pattern.to_string(),
                     queue_group: registered.group.as_deref().map(String::from),
-                    received: queue.received(),
-                    dropped: queue.dropped(),
-                    pending: queue.pending(),
+                    tag: registered.tag,
+                    dropped: registered.stats.dropped.load(Ordering::Relaxed),
+                    queue: QueueInfo {
+                        received: queue.received(),
+                        dropped: queue.dropped(),
+                        pending: queue.pending(),
+                        capacity: queue.capacity(),
+                    },
                 })
             })
             .collect();
@@ -389,6 +455,8 @@ impl BusInner {
             Registered {
                 pattern: pattern.clone(),
                 group: group.clone(),
+                tag: target.tag,
+                stats: target.stats.clone(),
                 queue: Arc::downgrade(&target.queue),
             },
         );
@@ -444,8 +512,9 @@ fn validate_group(group: &str) -> Result<(), SubscribeError> {
 }
 
 /// A random 64-bit number from the standard library's per-process random
-/// hash keys, mixed with the clock and a counter. Not for cryptography.
-pub(crate) fn random_u64() -> u64 {
+/// hash keys, mixed with the clock and a counter: for ids that must not
+/// collide across processes (reply inboxes, event ids). Not for cryptography.
+pub fn random_u64() -> u64 {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut hasher = std::hash::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));

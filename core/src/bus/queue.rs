@@ -2,14 +2,12 @@
 //! slow-consumer policy applied when it is full, exact counters, and the
 //! wake-up signal.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use crate::log::RecordRef;
-use crate::log::SegmentPool;
 use crate::ring::Ring;
 use crate::signal::Signal;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
@@ -54,8 +52,6 @@ pub(crate) enum Outcome {
 
 /// A consumer's queue.
 pub(crate) struct DeliveryQueue {
-    // Field order matters for drop order: the ring (and the records it holds)
-    // goes before the pool that owns their memory.
     ring: Ring<Delivery>,
     policy: SlowConsumerPolicy,
     pub(crate) signal: Signal,
@@ -65,16 +61,10 @@ pub(crate) struct DeliveryQueue {
     received: CachePadded<AtomicU64>,
     closed: AtomicBool,
     spin: Duration,
-    _pool: Arc<SegmentPool>,
 }
 
 impl DeliveryQueue {
-    pub(crate) fn new(
-        capacity: usize,
-        policy: SlowConsumerPolicy,
-        spin: Duration,
-        pool: Arc<SegmentPool>,
-    ) -> Self {
+    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy, spin: Duration) -> Self {
         assert!(capacity > 0, "a delivery queue needs room for one event");
         Self {
             ring: Ring::new(capacity),
@@ -84,7 +74,6 @@ impl DeliveryQueue {
             received: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
             spin,
-            _pool: pool,
         }
     }
 

@@ -1,7 +1,6 @@
 //! [`Subscription`]: a mailbox with exactly one pattern; and [`EventRef`], the
 //! zero-copy view of a received event.
 
-use std::marker::PhantomData;
 use std::ops::Deref;
 
 use super::mailbox::Mailbox;
@@ -50,18 +49,15 @@ impl Deref for Subscription {
 /// dereferences to the [`ArchivedEvent`]: `subject()`, `payload()`,
 /// `reply_to()`, `headers()`, `header(name)`, `id()`, `time_unix_nanos()`.
 ///
-/// Holding it keeps its memory from being reused; drop it when done.
-pub struct EventRef<'a> {
+/// Holding it keeps its memory (and only its memory) from being reused, even
+/// after the subscription and the bus are gone; drop it when done.
+pub struct EventRef {
     delivery: Delivery,
-    _mailbox: PhantomData<&'a ()>,
 }
 
-impl EventRef<'_> {
+impl EventRef {
     pub(super) fn new(delivery: Delivery) -> Self {
-        Self {
-            delivery,
-            _mailbox: PhantomData,
-        }
+        Self { delivery }
     }
 
     /// The tag of the subscription that matched (see [`Mailbox::subscribe`]).
@@ -79,7 +75,7 @@ impl EventRef<'_> {
     }
 }
 
-impl Deref for EventRef<'_> {
+impl Deref for EventRef {
     type Target = ArchivedEvent;
 
     fn deref(&self) -> &ArchivedEvent {
@@ -95,7 +91,7 @@ pub(super) fn archived(delivery: &Delivery) -> &ArchivedEvent {
     unsafe { event::access_unchecked(delivery.record.archive()) }
 }
 
-impl std::fmt::Debug for EventRef<'_> {
+impl std::fmt::Debug for EventRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventRef")
             .field("subject", &self.subject())

@@ -351,6 +351,33 @@ pub fn validate<'a>(
     Ok(event)
 }
 
+/// Bytes that [`check`] accepted as an event: the only way to hand an
+/// archive from outside to a publisher, so nothing unvalidated gets in.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a> {
+    bytes: &'a [u8],
+    event: &'a ArchivedEvent,
+}
+
+impl<'a> Checked<'a> {
+    /// The archive's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The event, read in place.
+    pub fn event(&self) -> &'a ArchivedEvent {
+        self.event
+    }
+}
+
+/// Like [`validate`], keeping the bytes together with the proof that they
+/// were validated.
+pub fn check<'a>(bytes: &'a [u8], limits: &EventLimits) -> Result<Checked<'a>, ValidationError> {
+    let event = validate(bytes, limits)?;
+    Ok(Checked { bytes, event })
+}
+
 fn check_archived(event: &ArchivedEvent, limits: &EventLimits) -> Result<(), EncodeError> {
     subject::validate_subject(event.subject(), &limits.subject).map_err(EncodeError::Subject)?;
     if let Some(reply_to) = event.reply_to() {

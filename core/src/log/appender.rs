@@ -135,7 +135,7 @@ impl Appender {
         if let Some(segment) = self.current.take() {
             // SAFETY: the segment stays allocated at least until sealed.
             if unsafe { segment.as_ref() }.seal(self.records) {
-                self.pool.recycle(segment);
+                SegmentPool::recycle(segment);
             }
         }
     }

@@ -8,9 +8,13 @@
 //! than a regular segment get a segment of their own, counted against the
 //! same budget and freed (not recycled) when released.
 //!
-//! The pool outlives its segments: writers ([`super::Appender`]) and every
-//! consumer that can hold a record keep an `Arc` of it, and a consumer releases
-//! all records it holds before its `Arc` goes.
+//! The pool outlives its segments: every segment out of the free list (being
+//! written, or pinned by records someone still holds) counts as one strong
+//! reference to the pool's `Arc`, taken in [`SegmentPool::take`] and given back
+//! in [`SegmentPool::recycle`]. So a held record keeps its memory valid after
+//! the bus, its subscriptions and its publishers are gone, and the pool frees
+//! everything when the last of them goes. This costs one atomic increment per
+//! segment (64 KiB of events), not per event.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -113,6 +117,9 @@ impl SegmentPool {
                 // SAFETY: the segment was just taken from the free list or
                 // allocated: this thread is its only user.
                 unsafe { segment.as_ref() }.begin();
+                // SAFETY: pools only exist inside an `Arc` (see `new`); the
+                // count is given back in `recycle`.
+                unsafe { Arc::increment_strong_count(self as *const Self) };
                 Some(segment)
             }
             None => {
@@ -122,21 +129,32 @@ impl SegmentPool {
         }
     }
 
-    /// Returns a segment whose records are all released.
-    pub(crate) fn recycle(&self, segment: NonNull<SegmentHeader>) {
-        // SAFETY: the caller saw `live` reach zero, so nobody else uses it.
-        let oversized = unsafe { segment.as_ref() }.oversized;
-        if oversized {
-            self.free_segment(segment);
-            return;
+    /// Returns a segment whose records are all released to its pool, and
+    /// gives back the pool reference the segment held.
+    pub(crate) fn recycle(segment: NonNull<SegmentHeader>) {
+        // SAFETY: the caller saw `live` reach zero, so nobody else uses the
+        // segment; its pool is alive because the segment holds a reference.
+        let (pool, oversized) = unsafe {
+            let header = segment.as_ref();
+            (header.pool, header.oversized)
+        };
+        {
+            // SAFETY: as above, the pool is alive until the decrement below.
+            let pool = unsafe { pool.as_ref() };
+            if oversized {
+                pool.free_segment(segment);
+            } else if let Err(rejected) = pool.free.push(SegmentPtr(segment)) {
+                // SYNC POINT (segment-free): the push releases to the pop in
+                // `take`. The list holds every regular segment the budget
+                // allows, so a full list is an accounting bug; freeing is
+                // still safe.
+                debug_assert!(false, "segment free list overflow");
+                pool.free_segment(rejected.0);
+            }
         }
-        // SYNC POINT (segment-free): the push releases to the pop in `take`.
-        if let Err(rejected) = self.free.push(SegmentPtr(segment)) {
-            // The list holds every regular segment the budget allows, so this
-            // only happens if the accounting is wrong; freeing is still safe.
-            debug_assert!(false, "segment free list overflow");
-            self.free_segment(rejected.0);
-        }
+        // SAFETY: gives back the reference `take` took for this segment; the
+        // pool may be dropped here, and nothing touches it afterwards.
+        unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
     }
 
     fn allocate(&self, capacity: usize, oversized: bool) -> Option<NonNull<SegmentHeader>> {

@@ -45,10 +45,7 @@ impl Drop for RecordRef {
         // SAFETY: this hold keeps the record (and its segment) alive until now.
         let header = unsafe { self.0.as_ref() };
         if let Some(segment) = header.release() {
-            // SAFETY: the segment is free; its pool outlives it (see log::pool).
-            let pool = unsafe { segment.as_ref() }.pool;
-            // SAFETY: as above, the pool is alive while any of its segments is.
-            unsafe { pool.as_ref() }.recycle(segment);
+            super::SegmentPool::recycle(segment);
         }
     }
 }
