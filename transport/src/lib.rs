@@ -1,5 +1,15 @@
-//! Starling's transport: bytes on the wire.
+//! Starling's transport: bytes on the wire between applications and their
+//! local node.
 //!
-//! This crate will hold the frame codec, the local server (io_uring with an epoll
-//! fallback), the client library and the QUIC peer links. It depends only on
-//! `starling-core`.
+//! - [`frame`]: the wire format: 16-byte headers, 16-byte-aligned bodies,
+//!   control bodies, and a decoder that reassembles frames from any chunking;
+//! - [`server`]: the node's local server over Unix sockets and TCP, driven by
+//!   io_uring or, where io_uring cannot start, epoll;
+//! - [`client`]: the client library, blocking and async;
+//! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses.
+
+pub mod client;
+pub mod frame;
+mod read_buffer;
+pub mod server;
+pub mod url;

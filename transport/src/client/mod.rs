@@ -1,0 +1,292 @@
+//! The client library: how applications talk to their local node.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use starling_transport::client::Client;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("tcp://127.0.0.1:7400")?;
+//! let orders = client.subscribe("orders.>")?;
+//! client.publish("orders.eu.created", b"hello")?;
+//! client.flush()?;
+//! let event = orders.recv_timeout(Duration::from_secs(1))?;
+//! assert_eq!(event.payload(), b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! A `Client` is cheap to clone and safe to share. Publishing appends the
+//! frame to a write buffer that a flusher thread writes out (so many publishes
+//! share one system call); [`Client::flush`] waits until the node has
+//! processed everything published before it. A reader thread takes the node's
+//! frames and hands each delivered event to its subscription's queue (the
+//! same queues as the in-process bus: blocking, timed, async receive, and a
+//! `dropped()` count). If the connection breaks, the reader reconnects with
+//! backoff and subscribes again; events published meanwhile are buffered up
+//! to a limit.
+
+mod completion;
+mod connection;
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_core::event::{EncodeError, Event, Header as EventHeader};
+use starling_core::subject::SubjectError;
+use starling_core::{SlowConsumerPolicy, SubscribeOptions};
+use thiserror::Error;
+
+use self::connection::Shared;
+use crate::frame::ErrorCode;
+use crate::url::{ServerUrl, UrlError};
+
+/// How a client connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The name sent to the node.
+    pub name: String,
+    /// The node's token, if it requires one.
+    pub token: String,
+    /// How long connecting (and the handshake) may take.
+    pub connect_timeout: Duration,
+    /// How long a subscribe or flush waits for the node's answer.
+    pub answer_timeout: Duration,
+    /// Reconnect after the connection breaks.
+    pub reconnect: bool,
+    /// Longest wait between reconnect attempts (waits double up to this).
+    pub reconnect_delay_max: Duration,
+    /// Bytes of outgoing frames buffered before publishers wait (or, while
+    /// disconnected, fail).
+    pub write_buffer_bytes_max: usize,
+    /// Queue size and policy of each subscription's local queue.
+    pub subscription: SubscribeOptions,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            name: format!("starling-client-{}", std::process::id()),
+            token: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(5),
+            reconnect: true,
+            reconnect_delay_max: Duration::from_secs(2),
+            write_buffer_bytes_max: 8 << 20,
+            subscription: SubscribeOptions {
+                capacity: 65_536,
+                policy: SlowConsumerPolicy::DropNewest,
+            },
+        }
+    }
+}
+
+/// What went wrong. Each variant says what happened to state.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The URL is not `tcp://HOST:PORT` or `unix:///path`.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// Could not connect; nothing was set up.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node refused the connection or an operation.
+    #[error("the node said {}: {reason}", code.name())]
+    Server {
+        /// The node's error code.
+        code: ErrorCode,
+        /// The node's reason.
+        reason: String,
+    },
+    /// The subject or pattern is invalid; nothing was sent.
+    #[error("invalid subject: {0}")]
+    Subject(#[from] SubjectError),
+    /// The event breaks a limit; nothing was sent.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// No answer in time; the operation may still complete on the node.
+    #[error("no answer from the node in time")]
+    Timeout,
+    /// A request matched no subscriber anywhere; reported at once.
+    #[error("no responders for this subject")]
+    NoResponders,
+    /// Disconnected and the write buffer is full; the event was not sent.
+    #[error("disconnected, and the write buffer is full")]
+    Disconnected,
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// A connection to a node. Cheap to clone; every clone is the same connection.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.shared.url.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subscription through a client. Receive with the methods of the local
+/// queue it dereferences to (`recv`, `recv_timeout`, `try_recv`,
+/// `recv_async`, `dropped`, ...). Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct ClientSubscription {
+    sid: u64,
+    local: starling_core::Subscription,
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connects with default options.
+    pub fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, ClientOptions::default())
+    }
+
+    /// Connects with `options`.
+    pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let url: ServerUrl = url.parse()?;
+        Ok(Client {
+            shared: Shared::connect(url, options)?,
+        })
+    }
+
+    /// Publishes `payload` on `subject`.
+    pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.shared.publish(subject, None, &[], payload, 0)
+    }
+
+    /// Publishes with headers.
+    pub fn publish_with_headers(
+        &self,
+        subject: &str,
+        headers: &[EventHeader<'_>],
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        self.shared.publish(subject, None, headers, payload, 0)
+    }
+
+    /// Subscribes to `pattern`.
+    pub fn subscribe(&self, pattern: &str) -> Result<ClientSubscription, ClientError> {
+        self.subscribe_inner(pattern, None)
+    }
+
+    /// Joins queue group `group` on `pattern`.
+    pub fn queue_subscribe(
+        &self,
+        pattern: &str,
+        group: &str,
+    ) -> Result<ClientSubscription, ClientError> {
+        self.subscribe_inner(pattern, Some(group))
+    }
+
+    fn subscribe_inner(
+        &self,
+        pattern: &str,
+        group: Option<&str>,
+    ) -> Result<ClientSubscription, ClientError> {
+        let (sid, local) = self.shared.subscribe(pattern, group)?;
+        Ok(ClientSubscription {
+            sid,
+            local,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Sends a request and waits up to `timeout` for the first reply. Fails at
+    /// once with [`ClientError::NoResponders`] if no subscriber anywhere
+    /// matches `subject`.
+    pub fn request(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Event, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let pending = self.shared.send_request(subject, payload, timeout)?;
+        let outcome = pending.wait_until(deadline);
+        self.shared.finish_request(&pending, outcome)
+    }
+
+    /// Like [`Client::request`], for async code.
+    /// The reader thread completes it with a timeout when `timeout` passes.
+    pub async fn request_async(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Event, ClientError> {
+        let pending = self.shared.send_request(subject, payload, timeout)?;
+        let outcome = pending.completion.wait_async().await;
+        self.shared.finish_request(&pending, Some(outcome))
+    }
+
+    /// Writes everything published so far and waits until the node has
+    /// processed it (a `PING`/`PONG` round trip).
+    pub fn flush(&self) -> Result<(), ClientError> {
+        let completion = self.shared.send_ping()?;
+        completion
+            .wait_until(Instant::now() + self.shared.options.answer_timeout)
+            .unwrap_or(Err(ClientError::Timeout))
+    }
+
+    /// Like [`Client::flush`], for async code.
+    pub async fn flush_async(&self) -> Result<(), ClientError> {
+        let completion = self.shared.send_ping()?;
+        completion.wait_async().await
+    }
+
+    /// Events the node dropped for this connection because it read too
+    /// slowly, as the node last reported.
+    pub fn dropped_by_node(&self) -> u64 {
+        self.shared.dropped_by_node()
+    }
+
+    /// Times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects()
+    }
+
+    /// True while connected.
+    pub fn is_connected(&self) -> bool {
+        self.shared.is_connected()
+    }
+
+    /// Flushes, then closes the connection and stops the client's threads.
+    /// Subscriptions report closed once drained.
+    pub fn close(&self) {
+        let _ = self.flush();
+        self.shared.close();
+    }
+}
+
+impl ClientSubscription {
+    /// The subscription id on this connection.
+    pub fn id(&self) -> u64 {
+        self.sid
+    }
+}
+
+impl Deref for ClientSubscription {
+    type Target = starling_core::Mailbox;
+
+    fn deref(&self) -> &starling_core::Mailbox {
+        &self.local
+    }
+}
+
+impl Drop for ClientSubscription {
+    fn drop(&mut self) {
+        self.shared.unsubscribe(self.sid);
+    }
+}

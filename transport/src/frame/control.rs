@@ -1,0 +1,264 @@
+//! Bodies of the control frames. Little-endian fixed fields, then strings as
+//! a `u16` length and the bytes. Decoding checks every length against the
+//! bytes actually there and refuses bytes left over.
+//!
+//! ```text
+//! HELLO  | version u32 | zero u32 | fingerprint u64 | name: u16 len + bytes | token: u16 len + bytes |
+//! SUB    | pattern: u16 len + bytes | queue group: u16 len + bytes (empty: none) |
+//! ERR    | code u16 | reason: u16 len + bytes |
+//! ```
+
+use super::{ErrorCode, FrameError, Kind};
+
+/// Longest name, token, pattern, group or reason, in bytes.
+pub const STRING_BYTES_MAX: usize = 1024;
+
+/// The opening frame of a connection, from either side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's protocol version ([`super::PROTOCOL_VERSION`]).
+    pub version: u32,
+    /// The sender's archive format fingerprint
+    /// ([`starling_core::event::format_fingerprint`]).
+    pub fingerprint: u64,
+    /// The client's name, or the node's.
+    pub name: String,
+    /// An authentication token; empty for none.
+    pub token: String,
+}
+
+/// A subscription request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The subject pattern.
+    pub pattern: String,
+    /// The queue group, if any.
+    pub queue_group: Option<String>,
+}
+
+/// What an `ERR` frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+impl Hello {
+    /// This build's hello, for a peer called `name`.
+    pub fn ours(name: &str, token: &str) -> Self {
+        Self {
+            version: super::PROTOCOL_VERSION,
+            fingerprint: starling_core::event::format_fingerprint(),
+            name: name.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// The body bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.name.len() + self.token.len());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.fingerprint.to_le_bytes());
+        put_string(&mut out, &self.name);
+        put_string(&mut out, &self.token);
+        out
+    }
+
+    /// Parses a body.
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        let mut reader = Reader::new(Kind::Hello, body);
+        let version = reader.u32()?;
+        if reader.u32()? != 0 {
+            return Err(reader.malformed("reserved field is not zero"));
+        }
+        let fingerprint = reader.u64()?;
+        let name = reader.string()?;
+        let token = reader.string()?;
+        reader.finish()?;
+        Ok(Self {
+            version,
+            fingerprint,
+            name,
+            token,
+        })
+    }
+}
+
+impl Subscribe {
+    /// The body bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let group = self.queue_group.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(4 + self.pattern.len() + group.len());
+        put_string(&mut out, &self.pattern);
+        put_string(&mut out, group);
+        out
+    }
+
+    /// Parses a body.
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        let mut reader = Reader::new(Kind::Sub, body);
+        let pattern = reader.string()?;
+        let group = reader.string()?;
+        reader.finish()?;
+        Ok(Self {
+            pattern,
+            queue_group: (!group.is_empty()).then_some(group),
+        })
+    }
+}
+
+impl ErrorBody {
+    /// An error with a reason.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > STRING_BYTES_MAX {
+            let mut cut = STRING_BYTES_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Self { code, reason }
+    }
+
+    /// The body bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.reason.len());
+        out.extend_from_slice(&(self.code as u16).to_le_bytes());
+        put_string(&mut out, &self.reason);
+        out
+    }
+
+    /// Parses a body.
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        let mut reader = Reader::new(Kind::Err, body);
+        let code = reader.u16()?;
+        let code =
+            ErrorCode::from_wire(code).ok_or_else(|| reader.malformed("unknown error code"))?;
+        let reason = reader.string()?;
+        reader.finish()?;
+        Ok(Self { code, reason })
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, text: &str) {
+    assert!(
+        text.len() <= STRING_BYTES_MAX,
+        "control strings are at most {STRING_BYTES_MAX} bytes"
+    );
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Reads fields off a body, checking each length first.
+struct Reader<'a> {
+    kind: Kind,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(kind: Kind, bytes: &'a [u8]) -> Self {
+        Self { kind, bytes }
+    }
+
+    fn malformed(&self, reason: &'static str) -> FrameError {
+        FrameError::Malformed {
+            kind: self.kind,
+            reason,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.bytes.len() < n {
+            return Err(self.malformed("body is shorter than its fields"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("two bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("four bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("eight bytes"),
+        ))
+    }
+
+    fn string(&mut self) -> Result<String, FrameError> {
+        let len = self.u16()? as usize;
+        if len > STRING_BYTES_MAX {
+            return Err(self.malformed("string longer than the limit"));
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.malformed("string is not UTF-8"))
+    }
+
+    fn finish(self) -> Result<(), FrameError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("bytes left over after the last field"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_bodies_round_trip() {
+        let hello = Hello::ours("client-1", "secret");
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        let sub = Subscribe {
+            pattern: "orders.>".into(),
+            queue_group: Some("workers".into()),
+        };
+        assert_eq!(Subscribe::decode(&sub.encode()).unwrap(), sub);
+        let plain = Subscribe {
+            pattern: "a".into(),
+            queue_group: None,
+        };
+        assert_eq!(Subscribe::decode(&plain.encode()).unwrap(), plain);
+        let error = ErrorBody::new(ErrorCode::Limit, "too many subscriptions");
+        assert_eq!(ErrorBody::decode(&error.encode()).unwrap(), error);
+    }
+
+    #[test]
+    fn truncated_and_padded_bodies_are_refused() {
+        let body = Hello::ours("n", "").encode();
+        for cut in 0..body.len() {
+            assert!(Hello::decode(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(Hello::decode(&longer).is_err());
+        let lying = [0xFF, 0xFF, b'a'];
+        assert!(Subscribe::decode(&lying).is_err());
+        assert!(
+            ErrorBody::decode(&[0xFF, 0xFF, 0, 0]).is_err(),
+            "unknown code"
+        );
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character_boundary() {
+        let error = ErrorBody::new(ErrorCode::Framing, "é".repeat(STRING_BYTES_MAX));
+        assert!(error.reason.len() <= STRING_BYTES_MAX);
+        assert_eq!(ErrorBody::decode(&error.encode()).unwrap(), error);
+    }
+}

@@ -1,0 +1,364 @@
+//! The portable backend: one epoll loop (through `mio`) driving every session.
+//!
+//! Edge-triggered: on readable, read until the socket would block; on
+//! writable, or whenever a session has output, write (gathered, up to
+//! [`SLICES_MAX`] slices per call) until the socket would block.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Waker};
+use std::time::Instant;
+
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Registry, Token};
+
+use super::session::Session;
+use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
+use super::{Listeners, Shared};
+use crate::read_buffer::ReadBuffer;
+
+/// Most slices gathered into one `writev`.
+const SLICES_MAX: usize = 256;
+/// Bytes read per `read` call.
+const READ_BYTES: usize = 64 << 10;
+
+const WAKE: Token = Token(0);
+const LISTEN_TCP: Token = Token(1);
+const LISTEN_UDS: Token = Token(2);
+const FIRST_CONNECTION: usize = 3;
+
+#[derive(Debug)]
+struct MioWaker(mio::Waker);
+
+impl WakeLoop for MioWaker {
+    fn wake_loop(&self) {
+        // A failure means the loop is gone; nothing is left to wake.
+        let _ = self.0.wake();
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(slices),
+            Stream::Unix(s) => s.write_vectored(slices),
+        }
+    }
+
+    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match self {
+            Stream::Tcp(s) => registry.register(s, token, interest),
+            Stream::Unix(s) => registry.register(s, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Stream::Tcp(s) => registry.deregister(s),
+            Stream::Unix(s) => registry.deregister(s),
+        };
+    }
+}
+
+struct Connection {
+    id: u64,
+    stream: Stream,
+    session: Session,
+    waker: Arc<SessionWaker>,
+    /// The session's waker as a `Waker`, made once.
+    task_waker: Waker,
+    /// The socket said it would block on the last write.
+    write_blocked: bool,
+}
+
+/// Runs the loop until the server stops. Calls `started` once it is ready.
+pub(crate) fn run(
+    listeners: Listeners,
+    shared: &Arc<Shared>,
+    started: &dyn Fn(),
+) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let loop_waker = Arc::new(MioWaker(mio::Waker::new(poll.registry(), WAKE)?));
+    let _ = shared.waker.set(loop_waker.clone());
+    let ready = ReadyQueue::new(shared.config.connections_max, loop_waker);
+
+    let mut tcp = listeners.tcp.map(TcpListener::from_std);
+    let mut uds = listeners.uds.map(UnixListener::from_std);
+    if let Some(listener) = tcp.as_mut() {
+        poll.registry()
+            .register(listener, LISTEN_TCP, Interest::READABLE)?;
+    }
+    if let Some(listener) = uds.as_mut() {
+        poll.registry()
+            .register(listener, LISTEN_UDS, Interest::READABLE)?;
+    }
+    started();
+
+    let mut state = Loop {
+        shared,
+        publisher: shared.bus.publisher(),
+        connections: slab::Slab::new(),
+        ready,
+        buffer: ReadBuffer::new(READ_BYTES),
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut drain_deadline = None;
+    loop {
+        let timeout = drain_deadline
+            .map(|deadline: Instant| deadline.saturating_duration_since(Instant::now()));
+        if let Err(error) = poll.poll(&mut events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(error);
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKE => state.pull_ready(poll.registry()),
+                LISTEN_TCP => {
+                    if let Some(listener) = tcp.as_ref() {
+                        state.accept_tcp(listener, poll.registry());
+                    }
+                }
+                LISTEN_UDS => {
+                    if let Some(listener) = uds.as_ref() {
+                        state.accept_uds(listener, poll.registry());
+                    }
+                }
+                Token(token) => {
+                    let index = token - FIRST_CONNECTION;
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        state.read(index, poll.registry());
+                    }
+                    if event.is_writable() {
+                        state.write(index, poll.registry());
+                    }
+                }
+            }
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            match drain_deadline {
+                None => {
+                    // Stop accepting; tell every client; keep writing until
+                    // every outbox is empty or the drain time is up.
+                    drop(tcp.take());
+                    drop(uds.take());
+                    drain_deadline = Some(Instant::now() + shared.config.drain_timeout);
+                    let keys: Vec<usize> = state.connections.iter().map(|(key, _)| key).collect();
+                    for index in keys {
+                        state.connections[index].session.shut_down();
+                        state.write(index, poll.registry());
+                    }
+                }
+                Some(deadline) => {
+                    if state.connections.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+            if state.connections.is_empty() {
+                break;
+            }
+        }
+    }
+    let keys: Vec<usize> = state.connections.iter().map(|(key, _)| key).collect();
+    for index in keys {
+        state.close(index, poll.registry());
+    }
+    Ok(())
+}
+
+struct Loop<'a> {
+    shared: &'a Arc<Shared>,
+    publisher: starling_core::Publisher,
+    connections: slab::Slab<Connection>,
+    ready: Arc<ReadyQueue>,
+    buffer: ReadBuffer,
+}
+
+impl Loop<'_> {
+    fn accept_tcp(&mut self, listener: &TcpListener, registry: &Registry) {
+        loop {
+            match listener.accept() {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.admit(Stream::Tcp(stream), "tcp", remote.to_string(), registry);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of descriptors or a connection reset before accept: skip it.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn accept_uds(&mut self, listener: &UnixListener, registry: &Registry) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    self.admit(Stream::Unix(stream), "unix", String::new(), registry)
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        mut stream: Stream,
+        transport: &'static str,
+        remote: String,
+        registry: &Registry,
+    ) {
+        if self.connections.len() >= self.shared.config.connections_max {
+            refuse(&mut stream, self.shared.config.connections_max);
+            return;
+        }
+        let (id, stats) = self.shared.connections.open(transport, remote);
+        let entry = self.connections.vacant_entry();
+        let index = entry.key();
+        if stream
+            .register(registry, Token(FIRST_CONNECTION + index))
+            .is_err()
+        {
+            self.shared.connections.close(id);
+            return;
+        }
+        let waker = SessionWaker::new(index as u64, self.ready.clone());
+        let task_waker = waker.waker();
+        entry.insert(Connection {
+            id,
+            stream,
+            session: Session::new(&self.shared.bus, self.shared.session.clone(), stats),
+            waker,
+            task_waker,
+            write_blocked: false,
+        });
+    }
+
+    fn read(&mut self, index: usize, registry: &Registry) {
+        let Some(connection) = self.connections.get_mut(index) else {
+            return;
+        };
+        let buffer = self.buffer.bytes_mut();
+        let mut eof = false;
+        loop {
+            match connection.stream.read(buffer) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => connection
+                    .session
+                    .receive(&buffer[..n], &mut self.publisher),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+            if connection.session.closing() {
+                break;
+            }
+        }
+        if eof {
+            self.close(index, registry);
+            return;
+        }
+        self.write(index, registry);
+    }
+
+    fn pull_ready(&mut self, registry: &Registry) {
+        while let Some(key) = self.ready.pop() {
+            let index = key as usize;
+            if let Some(connection) = self.connections.get(index) {
+                connection.waker.taken();
+                self.write(index, registry);
+            }
+        }
+    }
+
+    /// Pulls deliveries and writes until the outbox is empty and the mailbox
+    /// dry, or the socket would block.
+    fn write(&mut self, index: usize, registry: &Registry) {
+        let Some(connection) = self.connections.get_mut(index) else {
+            return;
+        };
+        connection.write_blocked = false;
+        loop {
+            if !connection.session.closing() {
+                let mut cx = Context::from_waker(&connection.task_waker);
+                connection.session.pull(&mut cx);
+            }
+            if connection.session.outbox().is_empty() {
+                break;
+            }
+            match flush(connection) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    connection.write_blocked = true;
+                    break;
+                }
+                Err(_) => {
+                    self.close(index, registry);
+                    return;
+                }
+            }
+        }
+        if connection.session.finished() {
+            self.close(index, registry);
+        }
+    }
+
+    fn close(&mut self, index: usize, registry: &Registry) {
+        if let Some(mut connection) = self.connections.try_remove(index) {
+            connection.stream.deregister(registry);
+            self.shared.connections.close(connection.id);
+        }
+    }
+}
+
+/// Writes the outbox until it is empty (`Ok(true)`) or the socket would block
+/// (`Ok(false)`).
+fn flush(connection: &mut Connection) -> io::Result<bool> {
+    while !connection.session.outbox().is_empty() {
+        let mut slices = [IoSlice::new(&[]); SLICES_MAX];
+        let mut count = 0;
+        connection.session.outbox().for_each_slice(|slice| {
+            slices[count] = IoSlice::new(slice);
+            count += 1;
+            count < SLICES_MAX
+        });
+        match connection.stream.write_vectored(&slices[..count]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => connection.session.sent(written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(true)
+}
+
+/// Tells a connection over the limit why it is closed, if it can take the
+/// bytes at once, and drops it.
+fn refuse(stream: &mut Stream, limit: usize) {
+    let frame = super::refusal_frame(limit);
+    let _ = stream.write_vectored(&[IoSlice::new(&frame)]);
+}

@@ -1,0 +1,401 @@
+//! [`Session`]: one client connection's protocol, without I/O.
+//!
+//! The I/O backends (io_uring, epoll) hand a session the bytes they receive
+//! and send what its [`Outbox`] holds; everything in between is here and is
+//! the same for both: the handshake, subscriptions, publishing into the bus,
+//! delivering the bus's events, limits, and errors. A session never panics on
+//! input: bad bytes become an `ERR` frame, and bad framing also closes the
+//! connection once the `ERR` is written. Other connections are not affected.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use starling_core::bus::{PublishError, SubscribeError};
+use starling_core::event;
+use starling_core::subject::SYSTEM_PREFIX;
+use starling_core::{Bus, EventLimits, Mailbox, Publisher, SlowConsumerPolicy, SubscribeOptions};
+
+use super::ConnectionStats;
+use super::outbox::{Full, Outbox};
+use crate::frame::control::{ErrorBody, Hello, Subscribe};
+use crate::frame::{DecodeError, Decoder, ErrorCode, Frame, Kind, PROTOCOL_VERSION};
+
+/// What every session of a server shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The node's name, sent in its `HELLO`.
+    pub server_name: String,
+    /// If set, clients must present this token.
+    pub token: Option<String>,
+    /// Most subscriptions one connection may hold.
+    pub subscriptions_max: usize,
+    /// Largest frame body accepted.
+    pub body_bytes_max: usize,
+    /// Deliveries a connection may have queued (read from the bus but not yet
+    /// written to its socket) before further events for it are dropped and
+    /// counted: the per-connection pending limit.
+    pub pending_events_max: usize,
+    /// Frames gathered into one send.
+    pub outbox_entries: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            server_name: "starling".into(),
+            token: None,
+            subscriptions_max: 10_000,
+            body_bytes_max: starling_core::EventLimits::default().archive_bytes_max(),
+            pending_events_max: 65_536,
+            outbox_entries: 1024,
+        }
+    }
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    decoder: Decoder,
+    protocol: Protocol,
+}
+
+#[derive(Debug)]
+struct Protocol {
+    config: Arc<SessionConfig>,
+    limits: EventLimits,
+    stats: Arc<ConnectionStats>,
+    state: State,
+    mailbox: Mailbox,
+    sids: HashSet<u64>,
+    outbox: Outbox,
+    /// The mailbox's drop count last reported to the client.
+    dropped_reported: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the client's `HELLO`.
+    Handshake,
+    /// Open.
+    Ready,
+    /// A fatal error was reported: write what is queued, then close.
+    Closing,
+}
+
+impl Session {
+    pub(crate) fn new(bus: &Bus, config: Arc<SessionConfig>, stats: Arc<ConnectionStats>) -> Self {
+        let mailbox = bus.mailbox(SubscribeOptions {
+            capacity: config.pending_events_max,
+            policy: SlowConsumerPolicy::DropNewest,
+        });
+        Self {
+            decoder: Decoder::new(config.body_bytes_max),
+            protocol: Protocol {
+                limits: bus.config().limits,
+                outbox: Outbox::with_capacity(config.outbox_entries),
+                config,
+                stats,
+                state: State::Handshake,
+                mailbox,
+                sids: HashSet::new(),
+                dropped_reported: 0,
+            },
+        }
+    }
+
+    /// Bytes arrived from the client. Frames are handled as they complete;
+    /// after a fatal error the rest is ignored.
+    pub(crate) fn receive(&mut self, bytes: &[u8], publisher: &mut Publisher) {
+        if self.protocol.state == State::Closing {
+            return;
+        }
+        self.protocol
+            .stats
+            .bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let protocol = &mut self.protocol;
+        let result = self
+            .decoder
+            .feed(bytes, |frame| protocol.handle(frame, publisher));
+        match result {
+            Ok(()) | Err(DecodeError::Handler(Fatal)) => {}
+            Err(DecodeError::Frame(error)) => {
+                self.protocol.fail(ErrorCode::Framing, 0, error.to_string());
+            }
+        }
+    }
+
+    /// Moves deliveries from the bus into the outbox while it has room.
+    /// Returns true if it moved any. When the mailbox runs dry, `cx`'s waker
+    /// is registered and woken when the next delivery arrives.
+    pub(crate) fn pull(&mut self, cx: &mut Context<'_>) -> bool {
+        let protocol = &mut self.protocol;
+        let mut moved = 0u64;
+        while protocol.outbox.has_room_for_message() {
+            match protocol.mailbox.poll_recv(cx) {
+                Poll::Ready(Ok(event)) => {
+                    let sid = event.tag();
+                    protocol.outbox.push_message(sid, event);
+                    moved += 1;
+                }
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        if moved > 0 {
+            protocol
+                .stats
+                .events_out
+                .fetch_add(moved, Ordering::Relaxed);
+        }
+        protocol.report_drops();
+        moved > 0
+    }
+
+    /// What is waiting to be written.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.protocol.outbox
+    }
+
+    /// `written` bytes of the outbox went out.
+    pub(crate) fn sent(&mut self, written: usize) {
+        self.protocol
+            .stats
+            .bytes_out
+            .fetch_add(written as u64, Ordering::Relaxed);
+        self.protocol.outbox.advance(written);
+    }
+
+    /// True once the connection should close: a fatal error was reported and
+    /// everything queued has been written.
+    pub(crate) fn finished(&self) -> bool {
+        self.protocol.state == State::Closing && self.protocol.outbox.is_empty()
+    }
+
+    /// True after a fatal error.
+    pub(crate) fn closing(&self) -> bool {
+        self.protocol.state == State::Closing
+    }
+
+    /// Tells the client the node is going away.
+    pub(crate) fn shut_down(&mut self) {
+        self.protocol.fail(
+            ErrorCode::ShuttingDown,
+            0,
+            "the node is shutting down".into(),
+        );
+    }
+}
+
+/// The connection must close; the reason has been queued as an `ERR`.
+#[derive(Debug)]
+struct Fatal;
+
+impl Protocol {
+    fn handle(&mut self, frame: Frame<'_>, publisher: &mut Publisher) -> Result<(), Fatal> {
+        let tag = frame.header.tag;
+        match (self.state, frame.header.kind) {
+            (State::Closing, _) => Err(Fatal),
+            (State::Handshake, Kind::Hello) => self.hello(frame.body),
+            (State::Handshake, _) => Err(self.fail(
+                ErrorCode::Handshake,
+                tag,
+                "the first frame must be HELLO".into(),
+            )),
+            (State::Ready, Kind::Hello) => Err(self.fail(
+                ErrorCode::Handshake,
+                tag,
+                "HELLO was already received".into(),
+            )),
+            (State::Ready, Kind::Ping) => self.reply(Kind::Pong, tag, &[]),
+            (State::Ready, Kind::Pong) => Ok(()),
+            (State::Ready, Kind::Sub) => self.subscribe(tag, frame.body),
+            (State::Ready, Kind::Unsub) => self.unsubscribe(tag),
+            (State::Ready, Kind::Pub) => self.publish(tag, frame.body, publisher),
+            (State::Ready, kind @ (Kind::Msg | Kind::Ok | Kind::Err)) => Err(self.fail(
+                ErrorCode::Framing,
+                tag,
+                format!("{kind:?} frames go from the node to clients, not back"),
+            )),
+        }
+    }
+
+    fn hello(&mut self, body: &[u8]) -> Result<(), Fatal> {
+        let hello = match Hello::decode(body) {
+            Ok(hello) => hello,
+            Err(error) => return Err(self.fail(ErrorCode::Framing, 0, error.to_string())),
+        };
+        if hello.version != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {} is not {PROTOCOL_VERSION}",
+                hello.version
+            );
+            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
+        }
+        let ours = starling_core::event::format_fingerprint();
+        if hello.fingerprint != ours {
+            let reason = format!(
+                "event format fingerprint {:016x} is not {ours:016x}: client and node were built with different archive formats",
+                hello.fingerprint
+            );
+            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
+        }
+        if let Some(token) = &self.config.token
+            && !constant_time_eq(token.as_bytes(), hello.token.as_bytes())
+        {
+            return Err(self.fail(ErrorCode::Unauthorized, 0, "missing or wrong token".into()));
+        }
+        self.stats.set_client_name(&hello.name);
+        self.state = State::Ready;
+        let ours = Hello::ours(&self.config.server_name, "");
+        self.reply(Kind::Hello, 0, &ours.encode())
+    }
+
+    fn subscribe(&mut self, sid: u64, body: &[u8]) -> Result<(), Fatal> {
+        let request = match Subscribe::decode(body) {
+            Ok(request) => request,
+            Err(error) => return Err(self.fail(ErrorCode::Framing, sid, error.to_string())),
+        };
+        if self.sids.contains(&sid) {
+            return self.error(
+                ErrorCode::UnknownSubscription,
+                sid,
+                format!("subscription id {sid} is already in use"),
+            );
+        }
+        if self.sids.len() >= self.config.subscriptions_max {
+            let reason = format!(
+                "a connection may hold {} subscriptions",
+                self.config.subscriptions_max
+            );
+            return self.error(ErrorCode::Limit, sid, reason);
+        }
+        let subscribed =
+            self.mailbox
+                .subscribe(sid, &request.pattern, request.queue_group.as_deref());
+        match subscribed {
+            Ok(()) => {
+                self.sids.insert(sid);
+                self.stats
+                    .subscriptions
+                    .store(self.sids.len() as u64, Ordering::Relaxed);
+                self.reply(Kind::Ok, sid, &[])
+            }
+            Err(error @ (SubscribeError::Pattern(_) | SubscribeError::QueueGroup)) => {
+                self.error(ErrorCode::InvalidSubject, sid, error.to_string())
+            }
+            Err(SubscribeError::Closed) => Err(self.fail(
+                ErrorCode::ShuttingDown,
+                sid,
+                "the node is shutting down".into(),
+            )),
+        }
+    }
+
+    fn unsubscribe(&mut self, sid: u64) -> Result<(), Fatal> {
+        if !self.sids.remove(&sid) {
+            return self.error(
+                ErrorCode::UnknownSubscription,
+                sid,
+                format!("no subscription with id {sid}"),
+            );
+        }
+        self.mailbox.unsubscribe(sid);
+        self.stats
+            .subscriptions
+            .store(self.sids.len() as u64, Ordering::Relaxed);
+        self.reply(Kind::Ok, sid, &[])
+    }
+
+    fn publish(&mut self, tag: u64, body: &[u8], publisher: &mut Publisher) -> Result<(), Fatal> {
+        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+        let archive = match event::check(body, &self.limits) {
+            Ok(archive) => archive,
+            Err(error) => {
+                let reason = format!("{}: {error}", error.code());
+                return self.error(ErrorCode::InvalidEvent, tag, reason);
+            }
+        };
+        if archive.event().subject().starts_with(SYSTEM_PREFIX) {
+            let reason = format!("subjects under {SYSTEM_PREFIX} belong to the mesh");
+            return self.error(ErrorCode::InvalidSubject, tag, reason);
+        }
+        match publisher.publish_checked(archive) {
+            Ok(0) if tag != 0 => self.error(
+                ErrorCode::NoResponders,
+                tag,
+                "no subscriber for this subject".into(),
+            ),
+            Ok(_) => Ok(()),
+            Err(PublishError::OutOfMemory(_)) => self.error(
+                ErrorCode::OutOfMemory,
+                tag,
+                "the node's event memory is spent".into(),
+            ),
+            Err(error @ (PublishError::Invalid(_) | PublishError::Malformed { .. })) => {
+                self.error(ErrorCode::InvalidEvent, tag, error.to_string())
+            }
+            Err(PublishError::Closed) => Err(self.fail(
+                ErrorCode::ShuttingDown,
+                tag,
+                "the node is shutting down".into(),
+            )),
+        }
+    }
+
+    /// Queues a frame to the client. A client that lets control frames pile
+    /// up without reading is cut off.
+    fn reply(&mut self, kind: Kind, tag: u64, body: &[u8]) -> Result<(), Fatal> {
+        match self.outbox.push_frame(kind, tag, body) {
+            Ok(()) => Ok(()),
+            Err(Full) => {
+                self.state = State::Closing;
+                Err(Fatal)
+            }
+        }
+    }
+
+    /// Reports a non-fatal error about the frame with `tag`.
+    fn error(&mut self, code: ErrorCode, tag: u64, reason: String) -> Result<(), Fatal> {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.reply(Kind::Err, tag, &ErrorBody::new(code, reason).encode())
+    }
+
+    /// Reports a fatal error and starts closing.
+    fn fail(&mut self, code: ErrorCode, tag: u64, reason: String) -> Fatal {
+        if self.state != State::Closing {
+            let _ = self.error(code, tag, reason);
+            self.state = State::Closing;
+        }
+        Fatal
+    }
+
+    /// Tells the client about events dropped for it since the last report.
+    fn report_drops(&mut self) {
+        let dropped = self.mailbox.dropped();
+        if dropped == self.dropped_reported || self.state == State::Closing {
+            return;
+        }
+        self.stats.dropped.store(dropped, Ordering::Relaxed);
+        let reason = format!(
+            "{} events dropped for this connection because it reads too slowly ({dropped} in all)",
+            dropped - self.dropped_reported
+        );
+        if self
+            .reply(
+                Kind::Err,
+                dropped,
+                &ErrorBody::new(ErrorCode::SlowConsumer, reason).encode(),
+            )
+            .is_ok()
+        {
+            self.dropped_reported = dropped;
+        }
+    }
+}
+
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,734 @@
+//! The io_uring backend: one ring drives every connection.
+//!
+//! - Accepting: one multishot accept per listener; each new connection posts a
+//!   completion. Re-armed when the kernel ends the multishot.
+//! - Receiving: one multishot receive per connection, into a buffer ring
+//!   registered with the kernel (`IORING_REGISTER_PBUF_RING`): the kernel picks
+//!   a buffer per completion, the session reads the frames in it (in place
+//!   when aligned), and the buffer goes straight back to the ring. If the ring
+//!   runs dry the multishot ends with `ENOBUFS`; buffers are returned at once,
+//!   so re-arming right away is enough.
+//! - Sending: `SENDMSG` gathering the session's outbox: `MSG` headers from
+//!   the session, archives read in place from event memory, padding from a
+//!   static block. One send in flight per connection; the outbox does not move
+//!   entries while it is.
+//! - Waking: publishers that find an idle connection's mailbox empty queue the
+//!   connection and write to an eventfd the ring is reading.
+//!
+//! Every submission carries `user_data` = kind (8 bits) | generation (24 bits)
+//! | slot (32 bits). A connection's slot is freed only when none of its
+//! operations is in flight, and its generation changes, so a late completion
+//! for a closed connection is recognized (and its buffer still returned).
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+
+use super::session::Session;
+use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
+use super::{Listeners, Shared};
+
+/// Submission queue entries.
+const RING_ENTRIES: u32 = 1024;
+/// Receive buffers in the buffer ring (a power of two, at most 32768).
+const BUFFERS: u16 = 256;
+/// Bytes per receive buffer.
+const BUFFER_BYTES: usize = 16 << 10;
+/// The buffer group id of the ring.
+const BUFFER_GROUP: u16 = 0;
+/// Most slices gathered into one send.
+const SLICES_MAX: usize = 256;
+
+const ACCEPT_TCP: u8 = 1;
+const ACCEPT_UDS: u8 = 2;
+const RECV: u8 = 3;
+const SEND: u8 = 4;
+const WAKE: u8 = 5;
+const CANCEL: u8 = 6;
+
+/// A ring, its buffers and its wake-up eventfd, set up and checked on the
+/// thread that will run it.
+pub(crate) struct Setup {
+    ring: IoUring,
+    buffers: BufferRing,
+    eventfd: Arc<EventFd>,
+}
+
+impl Setup {
+    /// Builds the ring and checks everything the loop needs.
+    pub(crate) fn new() -> io::Result<Setup> {
+        check_kernel()?;
+        let ring = build_ring()?;
+        check_opcodes(&ring)?;
+        let buffers = BufferRing::register(&ring)?;
+        let eventfd = Arc::new(EventFd::new()?);
+        Ok(Setup {
+            ring,
+            buffers,
+            eventfd,
+        })
+    }
+}
+
+/// Multishot receive needs Linux 6.0 (multishot accept and buffer rings 5.19),
+/// and a probe cannot tell: it lists opcodes, not their flags.
+fn check_kernel() -> io::Result<()> {
+    // SAFETY: `uname` fills the zeroed struct we own.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel writes a NUL-terminated string into `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < (6, 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("kernel {release} is older than 6.0 (multishot receive)"),
+        ));
+    }
+    Ok(())
+}
+
+fn build_ring() -> io::Result<IoUring> {
+    // Single issuer with deferred task running is the cheapest mode; older
+    // kernels refuse the flags with EINVAL, so step down.
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
+        .or_else(|_| IoUring::new(RING_ENTRIES))
+}
+
+fn check_opcodes(ring: &IoUring) -> io::Result<()> {
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let needed = [
+        ("ACCEPT", opcode::AcceptMulti::CODE),
+        ("RECV", opcode::RecvMulti::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
+        ("READ", opcode::Read::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("opcode {name} is not supported"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Receive buffers shared with the kernel through a registered buffer ring.
+struct BufferRing {
+    /// The ring of buffer descriptors, page-aligned, `BUFFERS` entries.
+    entries: *mut types::BufRingEntry,
+    entries_layout: std::alloc::Layout,
+    /// The buffers, `BUFFERS * BUFFER_BYTES` bytes, page-aligned.
+    memory: *mut u8,
+    memory_layout: std::alloc::Layout,
+    /// Our copy of the ring's tail (the kernel reads the shared one).
+    tail: u16,
+}
+
+impl BufferRing {
+    fn register(ring: &IoUring) -> io::Result<BufferRing> {
+        let entries_layout = std::alloc::Layout::from_size_align(
+            BUFFERS as usize * size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("buffer ring layout");
+        let memory_layout =
+            std::alloc::Layout::from_size_align(BUFFERS as usize * BUFFER_BYTES, 4096)
+                .expect("buffer layout");
+        // SAFETY: both layouts have non-zero sizes.
+        let entries =
+            unsafe { std::alloc::alloc_zeroed(entries_layout) }.cast::<types::BufRingEntry>();
+        // SAFETY: as above.
+        let memory = unsafe { std::alloc::alloc_zeroed(memory_layout) };
+        if entries.is_null() || memory.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut buffers = BufferRing {
+            entries,
+            entries_layout,
+            memory,
+            memory_layout,
+            tail: 0,
+        };
+        // SAFETY: the descriptor ring is page-aligned, `BUFFERS` entries long,
+        // and lives (in `buffers`) until after the ring is dropped: `Setup`
+        // and the loop keep the ring and these buffers together and drop the
+        // ring first (see `run`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries as u64,
+                BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?
+        };
+        for id in 0..BUFFERS {
+            buffers.stage(id);
+        }
+        buffers.publish();
+        Ok(buffers)
+    }
+
+    /// Buffer `id`'s first `len` bytes.
+    fn bytes(&self, id: u16, len: usize) -> &[u8] {
+        assert!(
+            id < BUFFERS && len <= BUFFER_BYTES,
+            "buffer id and length come from our own ring"
+        );
+        // SAFETY: in bounds of the buffer memory (checked above); the kernel
+        // wrote these bytes before posting the completion that named `id`,
+        // and does not touch the buffer again until we give it back.
+        unsafe { std::slice::from_raw_parts(self.memory.add(id as usize * BUFFER_BYTES), len) }
+    }
+
+    /// Puts buffer `id` back in the ring (visible after [`Self::publish`]).
+    fn stage(&mut self, id: u16) {
+        let slot = self.tail & (BUFFERS - 1);
+        // SAFETY: `slot` < BUFFERS; the entry at the tail is ours to write
+        // until the tail moves past it.
+        let entry = unsafe { &mut *self.entries.add(slot as usize) };
+        // SAFETY: in bounds of the buffer memory.
+        entry.set_addr(unsafe { self.memory.add(id as usize * BUFFER_BYTES) } as u64);
+        entry.set_len(BUFFER_BYTES as u32);
+        entry.set_bid(id);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes staged buffers visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `entries` is the ring base; the tail field overlays the
+        // first entry's reserved field, which the kernel reads atomically.
+        let tail = unsafe { &*types::BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+        // SYNC POINT (buffer-ring): Release publishes the staged entries to
+        // the kernel, which reads the tail with acquire semantics.
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `register` with these layouts; the ring that
+        // used them is gone (see `run`).
+        unsafe {
+            std::alloc::dealloc(self.entries.cast(), self.entries_layout);
+            std::alloc::dealloc(self.memory, self.memory_layout);
+        }
+    }
+}
+
+/// The loop's wake-up: an eventfd the ring keeps a read on.
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `eventfd` returned a new descriptor that we own.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl WakeLoop for EventFd {
+    fn wake_loop(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
+        // counter (EAGAIN) means a wake-up is already pending.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+struct Connection {
+    id: u64,
+    stream: Stream,
+    session: Session,
+    waker: Arc<SessionWaker>,
+    task_waker: Waker,
+    /// The multishot receive is armed.
+    receiving: bool,
+    /// A send is in flight; its iovecs and message header must not change.
+    sending: bool,
+    /// Closing: shut down, waiting for the operations in flight to end.
+    closing: bool,
+    iovecs: Box<[libc::iovec; SLICES_MAX]>,
+    message: Box<libc::msghdr>,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `message` point into this
+// connection's own outbox and boxes; the connection moves only as a whole,
+// on the I/O thread.
+unsafe impl Send for Connection {}
+
+struct Slot {
+    generation: u32,
+    connection: Option<Connection>,
+}
+
+struct Loop<'a> {
+    shared: &'a Arc<Shared>,
+    ring: IoUring,
+    buffers: BufferRing,
+    eventfd: Arc<EventFd>,
+    wake_buffer: Box<[u8; 8]>,
+    publisher: starling_core::Publisher,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    open: usize,
+    ready: Arc<ReadyQueue>,
+    tcp: Option<std::net::TcpListener>,
+    uds: Option<std::os::unix::net::UnixListener>,
+    accepting: bool,
+}
+
+fn user_data(kind: u8, generation: u32, slot: u32) -> u64 {
+    (u64::from(kind) << 56) | (u64::from(generation & 0x00FF_FFFF) << 32) | u64::from(slot)
+}
+
+fn split(user_data: u64) -> (u8, u32, u32) {
+    (
+        (user_data >> 56) as u8,
+        ((user_data >> 32) & 0x00FF_FFFF) as u32,
+        user_data as u32,
+    )
+}
+
+/// Runs the loop until the server stops. Calls `started` once it is ready.
+pub(crate) fn run(
+    setup: Setup,
+    listeners: Listeners,
+    shared: &Arc<Shared>,
+    started: &dyn Fn(),
+) -> io::Result<()> {
+    let Setup {
+        ring,
+        buffers,
+        eventfd,
+    } = setup;
+    let _ = shared.waker.set(eventfd.clone());
+    let ready = ReadyQueue::new(shared.config.connections_max, eventfd.clone());
+    let mut state = Loop {
+        shared,
+        ring,
+        buffers,
+        eventfd,
+        wake_buffer: Box::new([0; 8]),
+        publisher: shared.bus.publisher(),
+        slots: Vec::new(),
+        free: Vec::new(),
+        open: 0,
+        ready,
+        tcp: listeners.tcp,
+        uds: listeners.uds,
+        accepting: true,
+    };
+    state.arm_accept(ACCEPT_TCP)?;
+    state.arm_accept(ACCEPT_UDS)?;
+    state.arm_wake()?;
+    started();
+    let result = state.run();
+    // The ring goes before the buffers it points at.
+    let Loop { ring, buffers, .. } = state;
+    drop(ring);
+    drop(buffers);
+    result
+}
+
+impl Loop<'_> {
+    fn run(&mut self) -> io::Result<()> {
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            self.wait(drain_deadline)?;
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(user_data, result, flags) in &completions {
+                self.complete(user_data, result, flags)?;
+            }
+            self.buffers.publish();
+            if self.shared.stopping.load(Ordering::Acquire) {
+                match drain_deadline {
+                    None => {
+                        drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+                        self.stop_accepting()?;
+                        for slot in 0..self.slots.len() as u32 {
+                            if let Some(connection) = self.connection(slot) {
+                                connection.session.shut_down();
+                                self.write(slot)?;
+                            }
+                        }
+                    }
+                    Some(deadline) if Instant::now() >= deadline => {
+                        for slot in 0..self.slots.len() as u32 {
+                            self.close(slot)?;
+                        }
+                    }
+                    Some(_) => {}
+                }
+                if self.open == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Submits what is queued and waits for at least one completion (with a
+    /// timeout while draining).
+    fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let result = match deadline {
+            None => self.ring.submit_and_wait(1),
+            Some(deadline) => {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                let timeout = types::Timespec::from(left);
+                let args = types::SubmitArgs::new().timespec(&timeout);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINTR | libc::ETIME | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry we build points at memory that outlives the
+            // operation: listener and connection descriptors kept until their
+            // operations end, the wake buffer, and a connection's boxed
+            // iovecs and message header, left untouched while it sends.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            // The submission queue is full: hand it to the kernel and retry.
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_accept(&mut self, kind: u8) -> io::Result<()> {
+        let fd = match kind {
+            ACCEPT_TCP => self.tcp.as_ref().map(AsRawFd::as_raw_fd),
+            _ => self.uds.as_ref().map(AsRawFd::as_raw_fd),
+        };
+        if let Some(fd) = fd {
+            let entry = opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data(kind, 0, 0));
+            self.push(entry)?;
+        }
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let entry = opcode::Read::new(
+            types::Fd(self.eventfd.0.as_raw_fd()),
+            self.wake_buffer.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(user_data(WAKE, 0, 0));
+        self.push(entry)
+    }
+
+    fn stop_accepting(&mut self) -> io::Result<()> {
+        self.accepting = false;
+        for kind in [ACCEPT_TCP, ACCEPT_UDS] {
+            let entry = opcode::AsyncCancel::new(user_data(kind, 0, 0))
+                .build()
+                .user_data(user_data(CANCEL, 0, 0));
+            self.push(entry)?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32) -> io::Result<()> {
+        let (kind, generation, slot) = split(user_data);
+        match kind {
+            ACCEPT_TCP | ACCEPT_UDS => {
+                if result >= 0 {
+                    // SAFETY: a successful accept returns a new descriptor we own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(result) };
+                    self.admit(kind, fd)?;
+                }
+                if !cqueue::more(flags) && self.accepting {
+                    self.arm_accept(kind)?;
+                }
+            }
+            RECV => {
+                let buffer = cqueue::buffer_select(flags);
+                if result > 0
+                    && let Some(id) = buffer
+                    && let Some(connection) = live(&mut self.slots, slot, generation)
+                {
+                    let bytes = self.buffers.bytes(id, result as usize);
+                    connection.session.receive(bytes, &mut self.publisher);
+                }
+                if let Some(id) = buffer {
+                    self.buffers.stage(id);
+                }
+                let more = cqueue::more(flags);
+                if let Some(connection) = live(&mut self.slots, slot, generation) {
+                    if !more {
+                        connection.receiving = false;
+                    }
+                    if result == 0 || (result < 0 && result != -libc::ENOBUFS) {
+                        self.close(slot)?;
+                    } else if !more && !connection.closing {
+                        // The buffer ring ran dry (ENOBUFS) or the kernel ended
+                        // the multishot: buffers are back, so re-arm at once.
+                        self.buffers.publish();
+                        self.arm_receive(slot)?;
+                        self.write(slot)?;
+                    } else {
+                        self.write(slot)?;
+                    }
+                }
+                self.release_if_done(slot, generation);
+            }
+            SEND => {
+                if let Some(connection) = live(&mut self.slots, slot, generation) {
+                    connection.sending = false;
+                    if result >= 0 {
+                        connection.session.sent(result as usize);
+                        self.write(slot)?;
+                    } else {
+                        self.close(slot)?;
+                    }
+                }
+                self.release_if_done(slot, generation);
+            }
+            WAKE => {
+                while let Some(key) = self.ready.pop() {
+                    let (generation, slot) = ((key >> 32) as u32, key as u32);
+                    if let Some(connection) = live(&mut self.slots, slot, generation) {
+                        connection.waker.taken();
+                        self.write(slot)?;
+                    }
+                }
+                self.arm_wake()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
+        let (stream, transport, remote) = if kind == ACCEPT_TCP {
+            let stream = TcpStream::from(fd);
+            let _ = stream.set_nodelay(true);
+            let remote = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            (Stream::Tcp(stream), "tcp", remote)
+        } else {
+            (Stream::Unix(UnixStream::from(fd)), "unix", String::new())
+        };
+        if self.open >= self.shared.config.connections_max {
+            // Best effort, without blocking the loop.
+            match &stream {
+                Stream::Tcp(s) => s.set_nonblocking(true)?,
+                Stream::Unix(s) => s.set_nonblocking(true)?,
+            }
+            refuse(&stream, self.shared.config.connections_max);
+            return Ok(());
+        }
+        let (id, stats) = self.shared.connections.open(transport, remote);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    connection: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[slot as usize].generation;
+        let key = (u64::from(generation) << 32) | u64::from(slot);
+        let waker = SessionWaker::new(key, self.ready.clone());
+        let task_waker = waker.waker();
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let message: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        self.slots[slot as usize].connection = Some(Connection {
+            id,
+            stream,
+            session: Session::new(&self.shared.bus, self.shared.session.clone(), stats),
+            waker,
+            task_waker,
+            receiving: false,
+            sending: false,
+            closing: false,
+            iovecs: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; SLICES_MAX],
+            ),
+            message,
+        });
+        self.open += 1;
+        self.arm_receive(slot)
+    }
+
+    fn arm_receive(&mut self, slot: u32) -> io::Result<()> {
+        let generation = self.slots[slot as usize].generation;
+        let Some(connection) = self.slots[slot as usize].connection.as_mut() else {
+            return Ok(());
+        };
+        connection.receiving = true;
+        let entry = opcode::RecvMulti::new(types::Fd(connection.stream.fd()), BUFFER_GROUP)
+            .build()
+            .user_data(user_data(RECV, generation, slot));
+        self.push(entry)
+    }
+
+    /// Pulls deliveries and starts a send if there is output and none in flight.
+    fn write(&mut self, slot: u32) -> io::Result<()> {
+        let generation = self.slots[slot as usize].generation;
+        let Some(connection) = self.slots[slot as usize].connection.as_mut() else {
+            return Ok(());
+        };
+        if connection.sending || connection.closing {
+            return Ok(());
+        }
+        if !connection.session.closing() {
+            let mut cx = Context::from_waker(&connection.task_waker);
+            connection.session.pull(&mut cx);
+        }
+        if connection.session.outbox().is_empty() {
+            if connection.session.finished() {
+                return self.close(slot);
+            }
+            return Ok(());
+        }
+        let mut count = 0;
+        let iovecs = &mut connection.iovecs;
+        connection.session.outbox().for_each_slice(|slice| {
+            iovecs[count] = libc::iovec {
+                iov_base: slice.as_ptr().cast_mut().cast(),
+                iov_len: slice.len(),
+            };
+            count += 1;
+            count < SLICES_MAX
+        });
+        connection.message.msg_iov = connection.iovecs.as_mut_ptr();
+        connection.message.msg_iovlen = count as _;
+        connection.sending = true;
+        let entry = opcode::SendMsg::new(types::Fd(connection.stream.fd()), &*connection.message)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(SEND, generation, slot));
+        self.push(entry)
+    }
+
+    /// Starts closing: shuts the socket down so that the operations in flight
+    /// end; the slot is freed when the last of them has.
+    fn close(&mut self, slot: u32) -> io::Result<()> {
+        let generation = self.slots[slot as usize].generation;
+        let Some(connection) = self.slots[slot as usize].connection.as_mut() else {
+            return Ok(());
+        };
+        if !connection.closing {
+            connection.closing = true;
+            // SAFETY: plain syscall on a descriptor we own.
+            unsafe { libc::shutdown(connection.stream.fd(), libc::SHUT_RDWR) };
+        }
+        self.release_if_done(slot, generation);
+        Ok(())
+    }
+
+    /// Frees a closing connection's slot once no operation references it.
+    fn release_if_done(&mut self, slot: u32, generation: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        let done = entry
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.closing && !c.receiving && !c.sending);
+        if done {
+            let connection = entry.connection.take().expect("checked above");
+            entry.generation = entry.generation.wrapping_add(1) & 0x00FF_FFFF;
+            self.shared.connections.close(connection.id);
+            self.free.push(slot);
+            self.open -= 1;
+        }
+    }
+
+    fn connection(&mut self, slot: u32) -> Option<&mut Connection> {
+        self.slots.get_mut(slot as usize)?.connection.as_mut()
+    }
+}
+
+/// The connection in `slot` if it is still the one `generation` names.
+fn live(slots: &mut [Slot], slot: u32, generation: u32) -> Option<&mut Connection> {
+    let entry = slots.get_mut(slot as usize)?;
+    if entry.generation != generation {
+        return None;
+    }
+    entry.connection.as_mut()
+}
+
+/// Tells a connection over the limit why it is closed, if it can take the
+/// bytes at once.
+fn refuse(stream: &Stream, limit: usize) {
+    let frame = super::refusal_frame(limit);
+    let _ = match stream {
+        Stream::Tcp(s) => (&*s).write(&frame),
+        Stream::Unix(s) => (&*s).write(&frame),
+    };
+}
