@@ -47,9 +47,43 @@ pub(crate) struct Ring<T> {
 }
 
 struct Slot<T> {
-    /// See the module docs.
-    stamp: AtomicUsize,
+    /// The slot's stamp (see the module docs) minus its index, so that a
+    /// fresh ring is all zeros: it comes from zeroed memory, and the pages of
+    /// a large, little-used ring are never touched (a node has one ring per
+    /// connection, sized for bursts).
+    stamp_from_index: AtomicUsize,
     value: UnsafeCell<MaybeUninit<T>>,
+}
+
+impl<T> Slot<T> {
+    /// `capacity` empty slots for lap zero.
+    #[cfg(not(loom))]
+    fn empty_slots(capacity: usize) -> Box<[Slot<T>]> {
+        let slots = Box::<[Slot<T>]>::new_zeroed_slice(capacity);
+        // SAFETY: an all-zero Slot is valid and means "empty, lap zero": a
+        // zero atomic (stamp == index) and an uninitialized value cell.
+        unsafe { slots.assume_init() }
+    }
+
+    /// Under loom the cells must be made by loom, so no zeroed memory.
+    #[cfg(loom)]
+    fn empty_slots(capacity: usize) -> Box<[Slot<T>]> {
+        (0..capacity)
+            .map(|_| Slot {
+                stamp_from_index: AtomicUsize::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect()
+    }
+
+    fn stamp(&self, index: usize, order: Ordering) -> usize {
+        self.stamp_from_index.load(order).wrapping_add(index)
+    }
+
+    fn set_stamp(&self, index: usize, stamp: usize, order: Ordering) {
+        self.stamp_from_index
+            .store(stamp.wrapping_sub(index), order);
+    }
 }
 
 // SAFETY: values move in and out through the stamp protocol, which gives each
@@ -64,16 +98,10 @@ impl<T> Ring<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "a ring needs at least one slot");
         let one_lap = (capacity + 1).next_power_of_two();
-        let slots = (0..capacity)
-            .map(|index| Slot {
-                stamp: AtomicUsize::new(index),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
-            })
-            .collect();
         Self {
             tail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
-            slots,
+            slots: Slot::empty_slots(capacity),
             one_lap,
         }
     }
@@ -97,10 +125,11 @@ impl<T> Ring<T> {
     pub(crate) fn push(&self, value: T) -> Result<(), T> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
-            let slot = &self.slots[tail & (self.one_lap - 1)];
+            let index = tail & (self.one_lap - 1);
+            let slot = &self.slots[index];
             // SYNC POINT (slot-free): Acquire pairs with the consumer's Release
             // in `pop`: its read of the old value happens-before our write.
-            let stamp = slot.stamp.load(Ordering::Acquire);
+            let stamp = slot.stamp(index, Ordering::Acquire);
             if stamp == tail {
                 // Relaxed: the claim orders nothing; the slot's stamp does.
                 match self.tail.compare_exchange_weak(
@@ -115,7 +144,7 @@ impl<T> Ring<T> {
                         slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
                         // SYNC POINT (slot-full): Release publishes the value to
                         // the consumer's Acquire in `pop`.
-                        slot.stamp.store(tail.wrapping_add(1), Ordering::Release);
+                        slot.set_stamp(index, tail.wrapping_add(1), Ordering::Release);
                         return Ok(());
                     }
                     Err(current) => tail = current,
@@ -135,10 +164,11 @@ impl<T> Ring<T> {
     pub(crate) fn pop(&self) -> Option<T> {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            let slot = &self.slots[head & (self.one_lap - 1)];
+            let index = head & (self.one_lap - 1);
+            let slot = &self.slots[index];
             // SYNC POINT (slot-full): Acquire pairs with the producer's Release
             // in `push`: its write of the value happens-before our read.
-            let stamp = slot.stamp.load(Ordering::Acquire);
+            let stamp = slot.stamp(index, Ordering::Acquire);
             if stamp == head.wrapping_add(1) {
                 match self.head.compare_exchange_weak(
                     head,
@@ -155,8 +185,7 @@ impl<T> Ring<T> {
                             .with_mut(|cell| unsafe { (*cell).assume_init_read() });
                         // SYNC POINT (slot-free): Release pairs with the Acquire
                         // in `push` on the next lap.
-                        slot.stamp
-                            .store(head.wrapping_add(self.one_lap), Ordering::Release);
+                        slot.set_stamp(index, head.wrapping_add(self.one_lap), Ordering::Release);
                         return Some(value);
                     }
                     Err(current) => head = current,
@@ -190,9 +219,9 @@ impl<T> Ring<T> {
     /// True if the next slot to read holds nothing yet. Reads only that slot.
     pub(crate) fn is_empty(&self) -> bool {
         let head = self.head.load(Ordering::Relaxed);
-        let slot = &self.slots[head & (self.one_lap - 1)];
+        let index = head & (self.one_lap - 1);
         // Acquire: a consumer that sees the value here will read it next.
-        slot.stamp.load(Ordering::Acquire) != head.wrapping_add(1)
+        self.slots[index].stamp(index, Ordering::Acquire) != head.wrapping_add(1)
     }
 
     /// Values in the ring; approximate while producers or consumers run.

@@ -148,6 +148,12 @@ impl Mailbox {
         self.queue.capacity()
     }
 
+    /// A read-only handle on this mailbox's counters, for monitoring from
+    /// other threads.
+    pub fn counters(&self) -> QueueCounters {
+        QueueCounters(self.queue.clone())
+    }
+
     fn receive(&self, deadline: Option<Instant>) -> Result<EventRef, RecvError> {
         match self.queue.take_blocking(deadline) {
             Some(delivery) => Ok(EventRef::new(delivery)),
@@ -178,6 +184,27 @@ impl std::fmt::Debug for Mailbox {
             .field("subscriptions", &self.entries.len())
             .field("queue", &self.queue)
             .finish()
+    }
+}
+
+/// Reads a mailbox's counters from any thread ([`Mailbox::counters`]).
+#[derive(Debug, Clone)]
+pub struct QueueCounters(Arc<DeliveryQueue>);
+
+impl QueueCounters {
+    /// See [`Mailbox::received`].
+    pub fn received(&self) -> u64 {
+        self.0.received()
+    }
+
+    /// See [`Mailbox::dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped()
+    }
+
+    /// See [`Mailbox::pending`].
+    pub fn pending(&self) -> usize {
+        self.0.pending()
     }
 }
 

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use error::{PublishError, RecvError, RequestError, SubscribeError};
-pub use mailbox::Mailbox;
 pub use mailbox::Recv;
+pub use mailbox::{Mailbox, QueueCounters};
 pub use publisher::{Message, Publisher};
 pub use queue::SlowConsumerPolicy;
 pub use request::Reply;

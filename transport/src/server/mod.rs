@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use session::SessionConfig;
 
-use starling_core::Bus;
+use starling_core::{Bus, QueueCounters};
 
 use crate::frame;
 
@@ -304,14 +304,20 @@ pub struct ConnectionStats {
     pub(crate) events_in: AtomicU64,
     pub(crate) events_out: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
-    pub(crate) dropped: AtomicU64,
     pub(crate) errors: AtomicU64,
     client_name: OnceLock<String>,
+    /// The connection's mailbox, read for its drop count: a blocked
+    /// connection is not pulled, so only the mailbox knows.
+    mailbox: OnceLock<QueueCounters>,
 }
 
 impl ConnectionStats {
     pub(crate) fn set_client_name(&self, name: &str) {
         let _ = self.client_name.set(name.to_owned());
+    }
+
+    pub(crate) fn set_mailbox(&self, counters: QueueCounters) {
+        let _ = self.mailbox.set(counters);
     }
 }
 
@@ -404,7 +410,7 @@ impl Connections {
                 events_in: c.stats.events_in.load(Ordering::Relaxed),
                 events_out: c.stats.events_out.load(Ordering::Relaxed),
                 subscriptions: c.stats.subscriptions.load(Ordering::Relaxed),
-                dropped: c.stats.dropped.load(Ordering::Relaxed),
+                dropped: c.stats.mailbox.get().map_or(0, QueueCounters::dropped),
                 errors: c.stats.errors.load(Ordering::Relaxed),
             })
             .collect();

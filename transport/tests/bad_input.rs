@@ -1,0 +1,321 @@
+//! Bad input at the local server, against both backends. Each case gets an
+//! `ERR` frame and/or a close; the node never panics, its memory stays
+//! bounded, and a well-behaved pair of clients running at the same time keeps
+//! every event (checked in each case by [`Bystanders`]).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Node, Raw, SECOND, backends, eventually, frame, node, node_with};
+use starling_core::{BusConfig, Event};
+use starling_transport::client::Client;
+use starling_transport::frame::control::{Hello, Subscribe};
+use starling_transport::frame::{ErrorCode, Header, Kind};
+
+/// A publisher and a subscriber on a subject of their own, running while the
+/// bad input arrives: at the end every event must have arrived, in order.
+struct Bystanders {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    publisher: Option<JoinHandle<()>>,
+    subscriber: Option<JoinHandle<u64>>,
+}
+
+impl Bystanders {
+    fn start(node: &Node) -> Bystanders {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let receiver = Client::connect(&node.uds).unwrap();
+        let sub = receiver.subscribe("bystanders").unwrap();
+        let sender = Client::connect(&node.tcp).unwrap();
+        let publisher = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    sender.publish("bystanders", &n.to_le_bytes()).unwrap();
+                    n += 1;
+                    if n.is_multiple_of(100) {
+                        sender.flush().unwrap();
+                    }
+                }
+                sender.flush().unwrap();
+                sent.store(n, Ordering::Release);
+            })
+        };
+        let subscriber = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut next = 0u64;
+                let _keep = receiver;
+                loop {
+                    match sub.recv_timeout(Duration::from_millis(200)) {
+                        Ok(event) => {
+                            assert_eq!(
+                                u64::from_le_bytes(event.payload().try_into().unwrap()),
+                                next,
+                                "in order, none lost"
+                            );
+                            next += 1;
+                        }
+                        Err(_)
+                            if stop.load(Ordering::Relaxed)
+                                && next == sent.load(Ordering::Acquire) =>
+                        {
+                            return next;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
+        Bystanders {
+            stop,
+            sent,
+            publisher: Some(publisher),
+            subscriber: Some(subscriber),
+        }
+    }
+
+    /// Stops them and checks every event arrived.
+    fn finish(mut self) {
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::Relaxed);
+        self.publisher.take().unwrap().join().unwrap();
+        let received = self.subscriber.take().unwrap().join().unwrap();
+        let sent = self.sent.load(Ordering::Acquire);
+        assert!(sent > 0, "the bystanders did run");
+        assert_eq!(received, sent, "the bystanders lost nothing");
+    }
+}
+
+fn each_backend(case: impl Fn(&Node)) {
+    for backend in backends() {
+        let node = node(backend);
+        let bystanders = Bystanders::start(&node);
+        case(&node);
+        bystanders.finish();
+        assert!(
+            node.server.connections().len() <= 2,
+            "{backend:?}: bad connections are gone"
+        );
+    }
+}
+
+#[test]
+fn random_bytes_get_an_error_and_a_close() {
+    each_backend(|node| {
+        let mut rng = 0x1234_5678_u64;
+        for round in 0..20 {
+            let mut raw = Raw::connect(node);
+            let garbage: Vec<u8> = (0..200 + round * 37)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect();
+            raw.write(&garbage);
+            assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+        }
+    });
+}
+
+#[test]
+fn a_truncated_frame_then_a_close_is_harmless() {
+    each_backend(|node| {
+        let mut raw = Raw::hello(node);
+        let whole = frame(
+            Kind::Sub,
+            1,
+            &Subscribe {
+                pattern: "a".into(),
+                queue_group: None,
+            }
+            .encode(),
+        );
+        raw.write(&whole[..whole.len() / 2]);
+        drop(raw);
+        let mut raw = Raw::connect(node);
+        raw.write(&Header::new(Kind::Hello, 0, 40).encode()[..7]);
+        drop(raw);
+    });
+}
+
+#[test]
+fn a_four_gigabyte_length_is_refused_at_once() {
+    each_backend(|node| {
+        let mut raw = Raw::hello(node);
+        let mut header = Header::new(Kind::Pub, 0, 0).encode();
+        header[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let started = Instant::now();
+        raw.write(&header);
+        assert_eq!(raw.expect_error().0, ErrorCode::Framing);
+        assert!(raw.closed_within(2 * SECOND));
+        assert!(
+            started.elapsed() < 2 * SECOND,
+            "refused without waiting for the body"
+        );
+    });
+}
+
+#[test]
+fn unknown_frame_kinds_are_refused() {
+    each_backend(|node| {
+        let mut raw = Raw::hello(node);
+        let mut header = Header::new(Kind::Ping, 0, 0).encode();
+        header[4] = 0xEE;
+        raw.write(&header);
+        assert_eq!(raw.expect_error().0, ErrorCode::Framing);
+        assert!(raw.closed_within(2 * SECOND));
+    });
+}
+
+#[test]
+fn frames_before_the_handshake_are_refused() {
+    each_backend(|node| {
+        let mut raw = Raw::connect(node);
+        raw.send(
+            Kind::Sub,
+            1,
+            &Subscribe {
+                pattern: "a".into(),
+                queue_group: None,
+            }
+            .encode(),
+        );
+        assert_eq!(raw.expect_error().0, ErrorCode::Handshake);
+        assert!(raw.closed_within(2 * SECOND));
+        // A handshake with another archive format is refused too.
+        let mut raw = Raw::connect(node);
+        let mut hello = Hello::ours("wrong", "");
+        hello.fingerprint ^= 1;
+        raw.send(Kind::Hello, 0, &hello.encode());
+        assert_eq!(raw.expect_error().0, ErrorCode::Incompatible);
+        assert!(raw.closed_within(2 * SECOND));
+    });
+}
+
+#[test]
+fn invalid_subjects_and_events_get_errors_but_keep_the_connection() {
+    each_backend(|node| {
+        let mut raw = Raw::hello(node);
+        raw.send(
+            Kind::Sub,
+            7,
+            &Subscribe {
+                pattern: "a..b".into(),
+                queue_group: None,
+            }
+            .encode(),
+        );
+        assert_eq!(raw.expect_error(), (ErrorCode::InvalidSubject, 7));
+        let wildcard = Event {
+            subject: "a.*".into(),
+            ..Event::default()
+        };
+        raw.send(Kind::Pub, 8, &wildcard.to_archive());
+        assert_eq!(raw.expect_error(), (ErrorCode::InvalidEvent, 8));
+        raw.send(Kind::Pub, 9, &[0xAB; 64]);
+        assert_eq!(raw.expect_error(), (ErrorCode::InvalidEvent, 9));
+        let system = Event {
+            subject: "$SYS.x".into(),
+            ..Event::default()
+        };
+        raw.send(Kind::Pub, 10, &system.to_archive());
+        assert_eq!(raw.expect_error(), (ErrorCode::InvalidSubject, 10));
+        // Still open: a ping is answered.
+        raw.send(Kind::Ping, 11, &[]);
+        assert_eq!(
+            raw.next_frame(SECOND).map(|f| (f.0, f.1)),
+            Some((Kind::Pong, 11))
+        );
+    });
+}
+
+#[test]
+fn ten_thousand_connections_opened_and_dropped() {
+    each_backend(|node| {
+        // Over the Unix socket: on loopback TCP, each new connection costs
+        // the client's kernel a search past thousands of TIME_WAIT ports
+        // (about 4 ms here), which would time the kernel, not the node. A
+        // few hundred go over TCP as well.
+        for i in 0..10_300 {
+            let raw = if i < 10_000 {
+                Raw::connect_uds(node)
+            } else {
+                Raw::connect(node)
+            };
+            if i % 2 == 0 {
+                drop(raw);
+            } else {
+                let mut raw = raw;
+                raw.send(Kind::Hello, 0, &Hello::ours("churn", "").encode());
+            }
+        }
+        assert!(
+            eventually(10 * SECOND, || node.server.connections().len() <= 2),
+            "every dropped connection is cleaned up"
+        );
+    });
+}
+
+#[test]
+fn a_subscriber_that_never_reads_does_not_hold_anyone_up() {
+    for backend in backends() {
+        let config = starling_transport::server::ServerConfig {
+            session: starling_transport::server::SessionConfig {
+                pending_events_max: 4096,
+                ..Default::default()
+            },
+            ..common::config()
+        };
+        let node = node_with(backend, config, BusConfig::default());
+        let bystanders = Bystanders::start(&node);
+        // Subscribes, then never reads a byte.
+        let mut stuck = Raw::hello(&node);
+        stuck.send(
+            Kind::Sub,
+            1,
+            &Subscribe {
+                pattern: "flood".into(),
+                queue_group: None,
+            }
+            .encode(),
+        );
+        assert_eq!(stuck.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        let flooder = Client::connect(&node.tcp).unwrap();
+        let started = Instant::now();
+        let payload = vec![9u8; 1024];
+        for _ in 0..100_000 {
+            flooder.publish("flood", &payload).unwrap();
+        }
+        flooder.flush().unwrap();
+        assert!(
+            started.elapsed() < 30 * SECOND,
+            "{backend:?}: the publisher was not stalled"
+        );
+        let stuck_info = node
+            .server
+            .connections()
+            .into_iter()
+            .find(|c| c.client_name == "raw")
+            .expect("the stuck connection is still there");
+        assert!(
+            stuck_info.dropped > 0,
+            "{backend:?}: its misses are counted"
+        );
+        let memory = node.bus.stats().memory;
+        assert!(
+            memory.bytes_allocated < 64 << 20,
+            "{backend:?}: memory stays bounded: {memory:?}"
+        );
+        bystanders.finish();
+        drop(stuck);
+    }
+}
