@@ -35,7 +35,12 @@ struct Entry {
 
 impl Mailbox {
     pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions) -> Self {
-        let queue = DeliveryQueue::new(options.capacity, options.policy, inner.config.spin);
+        let queue = DeliveryQueue::new(
+            inner.next_id(),
+            options.capacity,
+            options.policy,
+            inner.config.spin,
+        );
         Self {
             inner,
             queue: Arc::new(queue),
@@ -192,6 +197,11 @@ impl std::fmt::Debug for Mailbox {
 pub struct QueueCounters(Arc<DeliveryQueue>);
 
 impl QueueCounters {
+    /// The mailbox's id, as [`crate::QueueInfo::id`] shows it.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
     /// See [`Mailbox::received`].
     pub fn received(&self) -> u64 {
         self.0.received()

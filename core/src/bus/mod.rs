@@ -132,6 +132,8 @@ pub struct SubscriptionInfo {
 /// A consumer's queue, for listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueInfo {
+    /// The queue's id, unique within the bus (see [`QueueCounters::id`]).
+    pub id: u64,
     /// Events taken out by the consumer.
     pub received: u64,
     /// Events the queue dropped, for all its subscriptions.
@@ -374,6 +376,7 @@ impl Bus {
                     tag: registered.tag,
                     dropped: registered.stats.dropped.load(Ordering::Relaxed),
                     queue: QueueInfo {
+                        id: queue.id,
                         received: queue.received(),
                         dropped: queue.dropped(),
                         pending: queue.pending(),

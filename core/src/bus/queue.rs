@@ -52,6 +52,8 @@ pub(crate) enum Outcome {
 
 /// A consumer's queue.
 pub(crate) struct DeliveryQueue {
+    /// Unique within the bus; names the queue (a mailbox) in listings.
+    pub(crate) id: u64,
     ring: Ring<Delivery>,
     policy: SlowConsumerPolicy,
     pub(crate) signal: Signal,
@@ -64,9 +66,15 @@ pub(crate) struct DeliveryQueue {
 }
 
 impl DeliveryQueue {
-    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy, spin: Duration) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        capacity: usize,
+        policy: SlowConsumerPolicy,
+        spin: Duration,
+    ) -> Self {
         assert!(capacity > 0, "a delivery queue needs room for one event");
         Self {
+            id,
             ring: Ring::new(capacity),
             policy,
             signal: Signal::default(),

@@ -111,7 +111,7 @@ pub struct Server {
     tcp_addr: Option<SocketAddr>,
     uds_path: Option<PathBuf>,
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the server's threads and its owner share.
@@ -171,7 +171,7 @@ impl Server {
             tcp_addr,
             uds_path,
             shared,
-            worker: Some(worker),
+            worker: Mutex::new(Some(worker)),
         })
     }
 
@@ -195,30 +195,34 @@ impl Server {
         self.shared.connections.snapshot()
     }
 
+    /// Counters over every connection so far, open or closed.
+    pub fn totals(&self) -> ConnectionTotals {
+        let open = self.shared.connections.snapshot();
+        self.shared.connections.totals(&open)
+    }
+
     /// Stops accepting, tells every client the node is shutting down, writes
     /// what is queued (for up to the drain timeout), closes every connection
     /// and waits for the I/O thread.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+    /// Idempotent; also done on drop.
+    pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         if let Some(waker) = self.shared.waker.get() {
             waker.wake_loop();
         }
-        if let Some(worker) = self.worker.take() {
+        let worker = self.worker.lock().expect("worker lock").take();
+        if let Some(worker) = worker {
             let _ = worker.join();
-        }
-        if let Some(path) = &self.uds_path {
-            let _ = std::fs::remove_file(path);
+            if let Some(path) = &self.uds_path {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
@@ -303,12 +307,42 @@ pub struct ConnectionStats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) events_in: AtomicU64,
     pub(crate) events_out: AtomicU64,
-    pub(crate) subscriptions: AtomicU64,
     pub(crate) errors: AtomicU64,
     client_name: OnceLock<String>,
     /// The connection's mailbox, read for its drop count: a blocked
     /// connection is not pulled, so only the mailbox knows.
     mailbox: OnceLock<QueueCounters>,
+    /// The connection's subscriptions (control plane: changed on subscribe
+    /// and unsubscribe, read by listings).
+    subscriptions: Mutex<HashMap<u64, Arc<SubscriptionStats>>>,
+}
+
+/// One subscription of a connection, with what was delivered for it.
+#[derive(Debug)]
+pub struct SubscriptionStats {
+    /// The pattern.
+    pub pattern: String,
+    /// The queue group.
+    pub queue_group: Option<String>,
+    /// Events delivered for it (moved to the connection's send queue).
+    /// Written by the I/O thread only.
+    delivered: AtomicU64,
+}
+
+impl SubscriptionStats {
+    pub(crate) fn new(request: frame::control::Subscribe) -> Self {
+        Self {
+            pattern: request.pattern,
+            queue_group: request.queue_group,
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    /// One more event delivered. A single writer, so no atomic add.
+    pub(crate) fn delivered(&self) {
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        self.delivered.store(delivered + 1, Ordering::Relaxed);
+    }
 }
 
 impl ConnectionStats {
@@ -318,6 +352,20 @@ impl ConnectionStats {
 
     pub(crate) fn set_mailbox(&self, counters: QueueCounters) {
         let _ = self.mailbox.set(counters);
+    }
+
+    pub(crate) fn add_subscription(&self, sid: u64, stats: Arc<SubscriptionStats>) {
+        self.subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .insert(sid, stats);
+    }
+
+    pub(crate) fn remove_subscription(&self, sid: u64) {
+        self.subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .remove(&sid);
     }
 }
 
@@ -344,10 +392,28 @@ pub struct ConnectionInfo {
     pub events_out: u64,
     /// Live subscriptions.
     pub subscriptions: u64,
+    /// The id of the connection's mailbox in the bus (see
+    /// `starling_core::QueueInfo::id`).
+    pub mailbox: u64,
+    /// Per subscription: id, pattern, queue group, events delivered.
+    pub delivered: Vec<SubscriptionDelivered>,
     /// Events dropped because the client read too slowly.
     pub dropped: u64,
     /// Error frames sent.
     pub errors: u64,
+}
+
+/// What was delivered for one subscription of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionDelivered {
+    /// The subscription id the client chose.
+    pub sid: u64,
+    /// Its pattern.
+    pub pattern: String,
+    /// Its queue group.
+    pub queue_group: Option<String>,
+    /// Events delivered for it.
+    pub delivered: u64,
 }
 
 /// The registry of open connections (control plane: a lock, taken on
@@ -356,6 +422,40 @@ pub struct ConnectionInfo {
 pub(crate) struct Connections {
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Registered>>,
+    /// Counters of connections that have closed, so that totals never go
+    /// down when a client leaves.
+    closed: ClosedTotals,
+}
+
+/// Sums over closed connections.
+#[derive(Debug, Default)]
+struct ClosedTotals {
+    connections: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    events_in: AtomicU64,
+    events_out: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counters summed over every connection the server ever had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTotals {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Events clients published.
+    pub events_in: u64,
+    /// Events delivered to clients.
+    pub events_out: u64,
+    /// Events dropped for clients that read too slowly.
+    pub dropped: u64,
+    /// Error frames sent.
+    pub errors: u64,
 }
 
 #[derive(Debug)]
@@ -392,26 +492,80 @@ impl Connections {
     }
 
     pub(crate) fn close(&self, id: u64) {
-        self.open.lock().expect("connections lock").remove(&id);
+        let Some(closed) = self.open.lock().expect("connections lock").remove(&id) else {
+            return;
+        };
+        let add = |total: &AtomicU64, value: u64| total.fetch_add(value, Ordering::Relaxed);
+        let stats = &closed.stats;
+        add(&self.closed.connections, 1);
+        add(
+            &self.closed.bytes_in,
+            stats.bytes_in.load(Ordering::Relaxed),
+        );
+        add(
+            &self.closed.bytes_out,
+            stats.bytes_out.load(Ordering::Relaxed),
+        );
+        add(
+            &self.closed.events_in,
+            stats.events_in.load(Ordering::Relaxed),
+        );
+        add(
+            &self.closed.events_out,
+            stats.events_out.load(Ordering::Relaxed),
+        );
+        add(
+            &self.closed.dropped,
+            stats.mailbox.get().map_or(0, QueueCounters::dropped),
+        );
+        add(&self.closed.errors, stats.errors.load(Ordering::Relaxed));
+    }
+
+    fn totals(&self, open: &[ConnectionInfo]) -> ConnectionTotals {
+        let closed = |total: &AtomicU64| total.load(Ordering::Relaxed);
+        let sum = |field: fn(&ConnectionInfo) -> u64| open.iter().map(field).sum::<u64>();
+        ConnectionTotals {
+            connections: closed(&self.closed.connections) + open.len() as u64,
+            bytes_in: closed(&self.closed.bytes_in) + sum(|c| c.bytes_in),
+            bytes_out: closed(&self.closed.bytes_out) + sum(|c| c.bytes_out),
+            events_in: closed(&self.closed.events_in) + sum(|c| c.events_in),
+            events_out: closed(&self.closed.events_out) + sum(|c| c.events_out),
+            dropped: closed(&self.closed.dropped) + sum(|c| c.dropped),
+            errors: closed(&self.closed.errors) + sum(|c| c.errors),
+        }
     }
 
     fn snapshot(&self) -> Vec<ConnectionInfo> {
         let open = self.open.lock().expect("connections lock");
         let mut list: Vec<ConnectionInfo> = open
             .iter()
-            .map(|(id, c)| ConnectionInfo {
-                id: *id,
-                transport: c.transport,
-                remote: c.remote.clone(),
-                client_name: c.stats.client_name.get().cloned().unwrap_or_default(),
-                connected_unix_nanos: c.connected_unix_nanos,
-                bytes_in: c.stats.bytes_in.load(Ordering::Relaxed),
-                bytes_out: c.stats.bytes_out.load(Ordering::Relaxed),
-                events_in: c.stats.events_in.load(Ordering::Relaxed),
-                events_out: c.stats.events_out.load(Ordering::Relaxed),
-                subscriptions: c.stats.subscriptions.load(Ordering::Relaxed),
-                dropped: c.stats.mailbox.get().map_or(0, QueueCounters::dropped),
-                errors: c.stats.errors.load(Ordering::Relaxed),
+            .map(|(id, c)| {
+                let subscriptions = c.stats.subscriptions.lock().expect("subscriptions lock");
+                let delivered = subscriptions
+                    .iter()
+                    .map(|(sid, s)| SubscriptionDelivered {
+                        sid: *sid,
+                        pattern: s.pattern.clone(),
+                        queue_group: s.queue_group.clone(),
+                        delivered: s.delivered.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                ConnectionInfo {
+                    id: *id,
+                    transport: c.transport,
+                    remote: c.remote.clone(),
+                    client_name: c.stats.client_name.get().cloned().unwrap_or_default(),
+                    connected_unix_nanos: c.connected_unix_nanos,
+                    bytes_in: c.stats.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: c.stats.bytes_out.load(Ordering::Relaxed),
+                    events_in: c.stats.events_in.load(Ordering::Relaxed),
+                    events_out: c.stats.events_out.load(Ordering::Relaxed),
+                    subscriptions: subscriptions.len() as u64,
+                    mailbox: c.stats.mailbox.get().map_or(0, QueueCounters::id),
+                    delivered,
+                    dropped: c.stats.mailbox.get().map_or(0, QueueCounters::dropped),
+                    errors: c.stats.errors.load(Ordering::Relaxed),
+                }
             })
             .collect();
         list.sort_by_key(|c| c.id);

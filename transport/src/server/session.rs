@@ -7,7 +7,7 @@
 //! input: bad bytes become an `ERR` frame, and bad framing also closes the
 //! connection once the `ERR` is written. Other connections are not affected.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -17,8 +17,8 @@ use starling_core::event;
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SlowConsumerPolicy, SubscribeOptions};
 
-use super::ConnectionStats;
 use super::outbox::{Full, Outbox};
+use super::{ConnectionStats, SubscriptionStats};
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
 use crate::frame::{DecodeError, Decoder, ErrorCode, Frame, Kind, PROTOCOL_VERSION};
 
@@ -68,7 +68,8 @@ struct Protocol {
     stats: Arc<ConnectionStats>,
     state: State,
     mailbox: Mailbox,
-    sids: HashSet<u64>,
+    /// This connection's subscriptions by id, with their delivery counters.
+    subscriptions: HashMap<u64, Arc<SubscriptionStats>>,
     outbox: Outbox,
     /// The mailbox's drop count last reported to the client.
     dropped_reported: u64,
@@ -100,7 +101,7 @@ impl Session {
                 stats,
                 state: State::Handshake,
                 mailbox,
-                sids: HashSet::new(),
+                subscriptions: HashMap::new(),
                 dropped_reported: 0,
             },
         }
@@ -138,6 +139,11 @@ impl Session {
             match protocol.mailbox.poll_recv(cx) {
                 Poll::Ready(Ok(event)) => {
                     let sid = event.tag();
+                    // A subscription removed with events still queued has no
+                    // counter left; its last events still go out.
+                    if let Some(stats) = protocol.subscriptions.get(&sid) {
+                        stats.delivered();
+                    }
                     protocol.outbox.push_message(sid, event);
                     moved += 1;
                 }
@@ -258,14 +264,14 @@ impl Protocol {
             Ok(request) => request,
             Err(error) => return Err(self.fail(ErrorCode::Framing, sid, error.to_string())),
         };
-        if self.sids.contains(&sid) {
+        if self.subscriptions.contains_key(&sid) {
             return self.error(
                 ErrorCode::UnknownSubscription,
                 sid,
                 format!("subscription id {sid} is already in use"),
             );
         }
-        if self.sids.len() >= self.config.subscriptions_max {
+        if self.subscriptions.len() >= self.config.subscriptions_max {
             let reason = format!(
                 "a connection may hold {} subscriptions",
                 self.config.subscriptions_max
@@ -277,10 +283,9 @@ impl Protocol {
                 .subscribe(sid, &request.pattern, request.queue_group.as_deref());
         match subscribed {
             Ok(()) => {
-                self.sids.insert(sid);
-                self.stats
-                    .subscriptions
-                    .store(self.sids.len() as u64, Ordering::Relaxed);
+                let stats = Arc::new(SubscriptionStats::new(request));
+                self.stats.add_subscription(sid, stats.clone());
+                self.subscriptions.insert(sid, stats);
                 self.reply(Kind::Ok, sid, &[])
             }
             Err(error @ (SubscribeError::Pattern(_) | SubscribeError::QueueGroup)) => {
@@ -295,7 +300,7 @@ impl Protocol {
     }
 
     fn unsubscribe(&mut self, sid: u64) -> Result<(), Fatal> {
-        if !self.sids.remove(&sid) {
+        if self.subscriptions.remove(&sid).is_none() {
             return self.error(
                 ErrorCode::UnknownSubscription,
                 sid,
@@ -303,9 +308,7 @@ impl Protocol {
             );
         }
         self.mailbox.unsubscribe(sid);
-        self.stats
-            .subscriptions
-            .store(self.sids.len() as u64, Ordering::Relaxed);
+        self.stats.remove_subscription(sid);
         self.reply(Kind::Ok, sid, &[])
     }
 

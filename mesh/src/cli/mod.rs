@@ -1,0 +1,176 @@
+//! The `starling` command line. Every flag can also come from a `STARLING_*`
+//! environment variable; `starling node` also reads a TOML file (`--config`).
+
+mod client;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use starling_transport::url::DEFAULT_URL;
+
+/// Starling: an event mesh. Run a node, publish, subscribe, request, reply.
+#[derive(Debug, Parser)]
+#[command(name = "starling", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node: a local server for clients (TCP, Unix socket) and an
+    /// HTTP endpoint.
+    Node(NodeArgs),
+    /// Publishes events.
+    Pub(PubArgs),
+    /// Subscribes and prints one line per event: the subject, a space, the
+    /// payload as UTF-8.
+    Sub(SubArgs),
+    /// Sends a request and prints the reply's payload.
+    Req(ReqArgs),
+    /// Answers each request on a subject with its own payload.
+    Reply(ReplyArgs),
+}
+
+/// `starling node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "STARLING_CONFIG")]
+    config: Option<PathBuf>,
+    /// The node's name [default: the host name].
+    #[arg(long, env = "STARLING_NAME")]
+    name: Option<String>,
+    /// TCP address for local clients; "" for none [default: 127.0.0.1:7400].
+    #[arg(long, env = "STARLING_LISTEN")]
+    listen: Option<String>,
+    /// Unix socket path for local clients.
+    #[arg(long, env = "STARLING_UDS")]
+    uds: Option<PathBuf>,
+    /// Address of the HTTP endpoint; "" for none [default: 127.0.0.1:7402].
+    #[arg(long, env = "STARLING_HTTP")]
+    http: Option<String>,
+    /// The local server's I/O backend: auto, uring or epoll [default: auto].
+    #[arg(long, env = "STARLING_IO_BACKEND")]
+    io_backend: Option<String>,
+    /// A token clients must present.
+    #[arg(long, env = "STARLING_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// Where a client command connects.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The node: tcp://HOST:PORT or unix:///path.
+    #[arg(long, env = "STARLING_URL", default_value = DEFAULT_URL)]
+    server: String,
+    /// The node's token, if it requires one.
+    #[arg(
+        long,
+        env = "STARLING_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+}
+
+/// `starling pub`.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The subject.
+    subject: String,
+    /// The payload [default: empty, or --size bytes].
+    payload: Option<String>,
+    /// How many events to publish.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Payload size in bytes, filled with a repeating pattern.
+    #[arg(long)]
+    size: Option<usize>,
+    /// A header, NAME=VALUE; repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+}
+
+/// `starling sub`.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The subject pattern (`*` one token, `>` the rest).
+    pattern: String,
+    /// Join this queue group.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Exit (0) after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds in all (exit 1 if --count was not reached).
+    #[arg(long)]
+    timeout: Option<f64>,
+}
+
+/// `starling req`.
+#[derive(Debug, Args)]
+pub struct ReqArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The subject.
+    subject: String,
+    /// The payload.
+    payload: Option<String>,
+    /// How long to wait for the reply, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout: u64,
+}
+
+/// `starling reply`.
+#[derive(Debug, Args)]
+pub struct ReplyArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The subject (or pattern) to answer on.
+    subject: String,
+    /// Join this queue group.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Exit (0) after answering this many requests.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+/// Runs the command line; returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Pub(args) => client::publish(args),
+        Command::Sub(args) => client::subscribe_command(args),
+        Command::Req(args) => client::request(args),
+        Command::Reply(args) => client::reply(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to standard error, filtered by `RUST_LOG` (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,56 @@
+//! `starling node`: runs a node until SIGINT or SIGTERM, then drains and
+//! stops.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use super::NodeArgs;
+use crate::config::{NodeConfig, Overrides};
+use crate::node::Node;
+
+pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let overrides = Overrides {
+        name: args.name,
+        listen: args.listen,
+        uds: args.uds,
+        http: args.http,
+        io_backend: args.io_backend,
+        token: args.token,
+    };
+    let config = NodeConfig::load(args.config.as_deref(), overrides)?;
+    let node = Node::start(config)?;
+    // One line per fact, for people and for scripts that start nodes.
+    println!("starling node {} is up", node.name());
+    if let Some(addr) = node.tcp_addr() {
+        println!("local tcp://{addr}");
+    }
+    if let Some(path) = node.uds_path() {
+        println!("local unix://{}", path.display());
+    }
+    if let Some(addr) = node.http_addr() {
+        println!("http http://{addr}");
+    }
+    println!("io backend {}", node.backend());
+    if let starling_transport::server::Backend::Epoll { reason } = node.backend() {
+        tracing::warn!("io_uring is not used: {reason}");
+    }
+    wait_for_signal()?;
+    println!("stopping: draining connections");
+    node.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    })
+}

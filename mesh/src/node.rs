@@ -1,0 +1,132 @@
+//! [`Node`]: a bus, the local server in front of it, and the HTTP endpoint,
+//! started together and stopped together. The `starling node` command runs
+//! one; an application can embed one and use its bus directly.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use starling_core::{Bus, BusConfig, EventLimits};
+use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
+
+use crate::config::NodeConfig;
+use crate::http::HttpServer;
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    state: Arc<NodeState>,
+    http: Option<HttpServer>,
+}
+
+/// What the node's parts share (the HTTP endpoint reads it).
+#[derive(Debug)]
+pub struct NodeState {
+    /// The configuration the node started with.
+    pub config: NodeConfig,
+    /// The bus every client and in-process user shares.
+    pub bus: Bus,
+    /// The local server.
+    pub server: Server,
+    pub(crate) started: Instant,
+    pub(crate) started_unix_nanos: u64,
+}
+
+impl Node {
+    /// Starts a node: binds every listener first, so that an address in use
+    /// is reported before anything runs.
+    pub fn start(config: NodeConfig) -> io::Result<Node> {
+        let limits = EventLimits {
+            payload_bytes_max: config.limits.payload_bytes_max,
+            ..EventLimits::default()
+        };
+        let bus = Bus::new(BusConfig {
+            limits,
+            memory_bytes_max: config.limits.memory_bytes_max,
+            ..BusConfig::default()
+        });
+        let server = Server::start(
+            bus.clone(),
+            ServerConfig {
+                tcp: config.listen.clone(),
+                uds: config.uds.clone(),
+                backend: config.io_backend,
+                connections_max: config.limits.connections_max,
+                session: SessionConfig {
+                    server_name: config.name.clone(),
+                    token: config.token.clone(),
+                    subscriptions_max: config.limits.subscriptions_per_connection_max,
+                    body_bytes_max: limits.archive_bytes_max(),
+                    pending_events_max: config.limits.pending_events_per_connection_max,
+                    ..SessionConfig::default()
+                },
+                ..ServerConfig::default()
+            },
+        )?;
+        let state = Arc::new(NodeState {
+            config,
+            bus,
+            server,
+            started: Instant::now(),
+            started_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        });
+        let http = match &state.config.http {
+            Some(address) => Some(HttpServer::start(address, state.clone())?),
+            None => None,
+        };
+        tracing::info!(name = %state.config.name, backend = %state.server.backend(), "node started");
+        Ok(Node { state, http })
+    }
+
+    /// The node's bus: publish, subscribe and request in process, as part of
+    /// the node.
+    pub fn bus(&self) -> &Bus {
+        &self.state.bus
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// The TCP address local clients connect to.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.state.server.tcp_addr()
+    }
+
+    /// The Unix socket local clients connect to.
+    pub fn uds_path(&self) -> Option<&Path> {
+        self.state.server.uds_path()
+    }
+
+    /// The HTTP endpoint's address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
+    }
+
+    /// The local server's I/O backend.
+    pub fn backend(&self) -> &Backend {
+        self.state.server.backend()
+    }
+
+    /// Stops: the HTTP endpoint, then the local server (clients are told and
+    /// what is queued for them is written, within the drain time).
+    /// Also done on drop.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(http) = self.http.take() {
+            http.shutdown();
+        }
+        self.state.server.shutdown();
+        tracing::info!(name = %self.state.config.name, "node stopped");
+    }
+}

@@ -1,0 +1,545 @@
+//! What the node reports about itself: the JSON views of `/v1/...` and the
+//! Prometheus text of `/metrics`, both built from one snapshot.
+//!
+//! Per subject pattern (and queue group), across every subscription with it:
+//!
+//! - `delivered`: events handed to the subscriber (for a client connection,
+//!   moved to its socket's send queue; in process, received);
+//! - `dropped`: events its queues dropped because the subscriber fell behind,
+//!   or the memory budget was spent; exact;
+//! - `pending`: events waiting in in-process queues (a connection's pending
+//!   events are reported per connection);
+//! - `published`: events published on subjects the pattern matches, since its
+//!   oldest current subscription was made: for plain subscriptions the largest
+//!   `delivered + dropped + pending` among them (each gets every event), for a
+//!   queue group their sum (each event goes to one member).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use serde::Serialize;
+use starling_core::SubscriptionInfo;
+use starling_transport::server::{ConnectionInfo, ConnectionTotals};
+
+use crate::node::NodeState;
+
+/// `/v1/node`.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// Starling's version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Start time, nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// The local server's I/O backend, and why if epoll.
+    pub io_backend: String,
+    /// `tcp://...`, if listening on TCP.
+    pub tcp: Option<String>,
+    /// `unix://...`, if listening on a Unix socket.
+    pub uds: Option<String>,
+    /// Open local connections.
+    pub connections: usize,
+    /// Live subscriptions (clients' and in-process).
+    pub subscriptions: usize,
+    /// Event memory.
+    pub memory: MemoryView,
+}
+
+/// Event memory figures.
+#[derive(Debug, Serialize)]
+pub struct MemoryView {
+    /// Bytes allocated.
+    pub bytes_allocated: usize,
+    /// The budget.
+    pub bytes_max: usize,
+    /// Times an event could not be stored because the budget was spent.
+    pub exhausted: u64,
+}
+
+/// One entry of `/v1/connections`.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    /// Connection id.
+    pub id: u64,
+    /// `tcp` or `unix`.
+    pub transport: &'static str,
+    /// Peer address (TCP).
+    pub remote: String,
+    /// The client's name.
+    pub client_name: String,
+    /// Connect time, nanoseconds since the Unix epoch.
+    pub connected_unix_nanos: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Events the client published.
+    pub events_in: u64,
+    /// Events delivered to the client.
+    pub events_out: u64,
+    /// Its subscriptions.
+    pub subscriptions: u64,
+    /// Events dropped because it read too slowly.
+    pub dropped: u64,
+    /// Error frames sent to it.
+    pub errors: u64,
+}
+
+/// One entry of `/v1/subscriptions`' `subscriptions`.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionView {
+    /// The subscription's id in the bus.
+    pub id: u64,
+    /// Its pattern.
+    pub pattern: String,
+    /// Its queue group.
+    pub queue_group: Option<String>,
+    /// The connection it belongs to, if a client's.
+    pub connection: Option<u64>,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events dropped.
+    pub dropped: u64,
+    /// Events waiting (in-process subscriptions).
+    pub pending: u64,
+}
+
+/// One entry of `/v1/subscriptions`' `patterns`.
+#[derive(Debug, Serialize, Default)]
+pub struct PatternView {
+    /// The pattern.
+    pub pattern: String,
+    /// The queue group, if the entry is a group.
+    pub queue_group: Option<String>,
+    /// Subscriptions with this pattern and group.
+    pub subscriptions: u64,
+    /// See the module docs.
+    pub published: u64,
+    /// See the module docs.
+    pub delivered: u64,
+    /// See the module docs.
+    pub dropped: u64,
+    /// See the module docs.
+    pub pending: u64,
+}
+
+/// `/v1/subscriptions`.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionsView {
+    /// Every subscription.
+    pub subscriptions: Vec<SubscriptionView>,
+    /// Totals per pattern and queue group.
+    pub patterns: Vec<PatternView>,
+}
+
+/// Everything a report needs, read once.
+#[derive(Debug)]
+pub struct Snapshot {
+    node: NodeView,
+    totals: ConnectionTotals,
+    connections: Vec<ConnectionInfo>,
+    subscriptions: Vec<SubscriptionView>,
+}
+
+impl Snapshot {
+    /// Reads the node's state.
+    pub fn take(state: &NodeState) -> Snapshot {
+        let connections = state.server.connections();
+        let bus_subscriptions = state.bus.subscriptions();
+        let memory = state.bus.stats().memory;
+        let node = NodeView {
+            name: state.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: state.started.elapsed().as_secs_f64(),
+            started_unix_nanos: state.started_unix_nanos,
+            io_backend: state.server.backend().to_string(),
+            tcp: state.server.tcp_addr().map(|a| format!("tcp://{a}")),
+            uds: state
+                .server
+                .uds_path()
+                .map(|p| format!("unix://{}", p.display())),
+            connections: connections.len(),
+            subscriptions: bus_subscriptions.len(),
+            memory: MemoryView {
+                bytes_allocated: memory.bytes_allocated,
+                bytes_max: memory.bytes_max,
+                exhausted: memory.exhausted,
+            },
+        };
+        let subscriptions = subscription_views(&bus_subscriptions, &connections);
+        Snapshot {
+            node,
+            totals: state.server.totals(),
+            connections,
+            subscriptions,
+        }
+    }
+
+    /// `/v1/node`.
+    pub fn node(&self) -> &NodeView {
+        &self.node
+    }
+
+    /// `/v1/connections`.
+    pub fn connections(&self) -> Vec<ConnectionView> {
+        self.connections
+            .iter()
+            .map(|c| ConnectionView {
+                id: c.id,
+                transport: c.transport,
+                remote: c.remote.clone(),
+                client_name: c.client_name.clone(),
+                connected_unix_nanos: c.connected_unix_nanos,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                events_in: c.events_in,
+                events_out: c.events_out,
+                subscriptions: c.subscriptions,
+                dropped: c.dropped,
+                errors: c.errors,
+            })
+            .collect()
+    }
+
+    /// `/v1/subscriptions`.
+    pub fn subscriptions(self) -> SubscriptionsView {
+        let patterns = patterns(&self.subscriptions);
+        SubscriptionsView {
+            subscriptions: self.subscriptions,
+            patterns,
+        }
+    }
+
+    /// `/metrics`, in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let node = &self.node;
+        let info = [
+            ("name", node.name.as_str()),
+            ("version", node.version),
+            ("io_backend", node.io_backend.as_str()),
+        ];
+        gauge(
+            &mut out,
+            "starling_info",
+            "The node's name, version and I/O backend.",
+            &[(&info, 1)],
+        );
+        gauge(
+            &mut out,
+            "starling_uptime_seconds",
+            "Seconds since the node started.",
+            &[(&[], node.uptime_seconds)],
+        );
+        gauge(
+            &mut out,
+            "starling_connections",
+            "Open local connections.",
+            &[(&[], node.connections)],
+        );
+        gauge(
+            &mut out,
+            "starling_subscriptions",
+            "Live subscriptions.",
+            &[(&[], node.subscriptions)],
+        );
+        gauge(
+            &mut out,
+            "starling_memory_bytes",
+            "Event memory allocated.",
+            &[(&[], node.memory.bytes_allocated)],
+        );
+        gauge(
+            &mut out,
+            "starling_memory_bytes_max",
+            "The event memory budget.",
+            &[(&[], node.memory.bytes_max)],
+        );
+        counter(
+            &mut out,
+            "starling_memory_exhausted_total",
+            "Events refused because the memory budget was spent.",
+            &[(&[], node.memory.exhausted)],
+        );
+        let totals = &self.totals;
+        counter(
+            &mut out,
+            "starling_client_connections_total",
+            "Client connections accepted.",
+            &[(&[], totals.connections)],
+        );
+        counter(
+            &mut out,
+            "starling_client_events_in_total",
+            "Events published by clients.",
+            &[(&[], totals.events_in)],
+        );
+        counter(
+            &mut out,
+            "starling_client_events_out_total",
+            "Events delivered to clients.",
+            &[(&[], totals.events_out)],
+        );
+        counter(
+            &mut out,
+            "starling_client_dropped_total",
+            "Events dropped for clients that read too slowly.",
+            &[(&[], totals.dropped)],
+        );
+        counter(
+            &mut out,
+            "starling_client_bytes_in_total",
+            "Bytes received from clients.",
+            &[(&[], totals.bytes_in)],
+        );
+        counter(
+            &mut out,
+            "starling_client_bytes_out_total",
+            "Bytes sent to clients.",
+            &[(&[], totals.bytes_out)],
+        );
+        counter(
+            &mut out,
+            "starling_client_errors_total",
+            "Error frames sent to clients.",
+            &[(&[], totals.errors)],
+        );
+        let patterns = patterns(&self.subscriptions);
+        type Field = fn(&PatternView) -> u64;
+        let series: [(&str, &str, Field, bool); 5] = [
+            (
+                "starling_pattern_subscriptions",
+                "Subscriptions per pattern and queue group.",
+                |p| p.subscriptions,
+                false,
+            ),
+            (
+                "starling_pattern_published_total",
+                "Events published on subjects the pattern matches.",
+                |p| p.published,
+                true,
+            ),
+            (
+                "starling_pattern_delivered_total",
+                "Events delivered to the pattern's subscribers.",
+                |p| p.delivered,
+                true,
+            ),
+            (
+                "starling_pattern_dropped_total",
+                "Events dropped for the pattern's slow subscribers.",
+                |p| p.dropped,
+                true,
+            ),
+            (
+                "starling_pattern_pending",
+                "Events waiting in the pattern's in-process queues.",
+                |p| p.pending,
+                false,
+            ),
+        ];
+        for (name, help, field, is_counter) in series {
+            let samples: Vec<(Vec<(&str, &str)>, u64)> = patterns
+                .iter()
+                .map(|p| {
+                    let labels = vec![
+                        ("pattern", p.pattern.as_str()),
+                        ("queue_group", p.queue_group.as_deref().unwrap_or("")),
+                    ];
+                    (labels, field(p))
+                })
+                .collect();
+            let samples: Vec<(&[(&str, &str)], u64)> =
+                samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            if is_counter {
+                counter(&mut out, name, help, &samples);
+            } else {
+                gauge(&mut out, name, help, &samples);
+            }
+        }
+        out
+    }
+}
+
+fn subscription_views(
+    bus: &[SubscriptionInfo],
+    connections: &[ConnectionInfo],
+) -> Vec<SubscriptionView> {
+    // Which mailbox is which connection's, and what each of its
+    // subscriptions got.
+    let mut by_mailbox: HashMap<u64, (u64, HashMap<u64, u64>)> = HashMap::new();
+    for connection in connections {
+        let delivered = connection
+            .delivered
+            .iter()
+            .map(|d| (d.sid, d.delivered))
+            .collect();
+        by_mailbox.insert(connection.mailbox, (connection.id, delivered));
+    }
+    bus.iter()
+        .map(|s| {
+            let (connection, delivered, pending) = match by_mailbox.get(&s.queue.id) {
+                Some((id, delivered)) => {
+                    (Some(*id), delivered.get(&s.tag).copied().unwrap_or(0), 0)
+                }
+                None => (None, s.queue.received, s.queue.pending as u64),
+            };
+            SubscriptionView {
+                id: s.id,
+                pattern: s.pattern.clone(),
+                queue_group: s.queue_group.clone(),
+                connection,
+                delivered,
+                dropped: s.dropped,
+                pending,
+            }
+        })
+        .collect()
+}
+
+fn patterns(subscriptions: &[SubscriptionView]) -> Vec<PatternView> {
+    let mut by_key: BTreeMap<(String, Option<String>), PatternView> = BTreeMap::new();
+    for s in subscriptions {
+        let entry = by_key
+            .entry((s.pattern.clone(), s.queue_group.clone()))
+            .or_insert_with(|| PatternView {
+                pattern: s.pattern.clone(),
+                queue_group: s.queue_group.clone(),
+                ..PatternView::default()
+            });
+        let offered = s.delivered + s.dropped + s.pending;
+        entry.subscriptions += 1;
+        entry.delivered += s.delivered;
+        entry.dropped += s.dropped;
+        entry.pending += s.pending;
+        entry.published = if s.queue_group.is_some() {
+            entry.published + offered
+        } else {
+            entry.published.max(offered)
+        };
+    }
+    by_key.into_values().collect()
+}
+
+fn gauge<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, &str)], V)],
+) {
+    family(out, name, help, "gauge", samples);
+}
+
+fn counter<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, &str)], V)],
+) {
+    family(out, name, help, "counter", samples);
+}
+
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: &[(&[(&str, &str)], V)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = write!(out, "{name}");
+        if !labels.is_empty() {
+            out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{key}=\"{}\"", escape(value));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(
+        pattern: &str,
+        group: Option<&str>,
+        delivered: u64,
+        dropped: u64,
+        pending: u64,
+    ) -> SubscriptionView {
+        SubscriptionView {
+            id: 0,
+            pattern: pattern.into(),
+            queue_group: group.map(Into::into),
+            connection: None,
+            delivered,
+            dropped,
+            pending,
+        }
+    }
+
+    #[test]
+    fn patterns_sum_groups_and_take_the_widest_plain_subscription() {
+        let subs = [
+            view("orders.>", None, 10, 2, 0),
+            view("orders.>", None, 5, 0, 1),
+            view("orders.>", Some("workers"), 4, 0, 0),
+            view("orders.>", Some("workers"), 3, 1, 0),
+        ];
+        let patterns = patterns(&subs);
+        assert_eq!(patterns.len(), 2);
+        let plain = &patterns[0];
+        assert_eq!(
+            (
+                plain.subscriptions,
+                plain.published,
+                plain.delivered,
+                plain.dropped
+            ),
+            (2, 12, 15, 2)
+        );
+        let group = &patterns[1];
+        assert_eq!(
+            (
+                group.subscriptions,
+                group.published,
+                group.delivered,
+                group.dropped
+            ),
+            (2, 8, 7, 1)
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = String::new();
+        counter(
+            &mut out,
+            "x_total",
+            "help",
+            &[(&[("pattern", "a.>")], 3u64)],
+        );
+        assert!(out.contains("x_total{pattern=\"a.>\"} 3"), "{out}");
+        assert!(out.contains("# TYPE x_total counter"));
+    }
+}
