@@ -22,6 +22,8 @@ use super::{BusInner, RecvError, SubscribeError, SubscribeOptions, Target};
 pub struct Mailbox {
     inner: Arc<BusInner>,
     queue: Arc<DeliveryQueue>,
+    /// Subscriptions stand for a peer's interest (see `Bus::peer_mailbox`).
+    remote: bool,
     entries: Vec<Entry>,
     _single_consumer: PhantomData<Cell<()>>,
 }
@@ -34,7 +36,7 @@ struct Entry {
 }
 
 impl Mailbox {
-    pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions) -> Self {
+    pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions, remote: bool) -> Self {
         let queue = DeliveryQueue::new(
             inner.next_id(),
             options.capacity,
@@ -43,6 +45,7 @@ impl Mailbox {
         );
         Self {
             inner,
+            remote,
             queue: Arc::new(queue),
             entries: Vec::new(),
             _single_consumer: PhantomData,
@@ -61,6 +64,7 @@ impl Mailbox {
             id: self.inner.next_id(),
             queue: self.queue.clone(),
             tag,
+            remote: self.remote,
             stats: Default::default(),
         };
         let (pattern, group) = self

@@ -20,6 +20,7 @@ mod mailbox;
 mod publisher;
 mod queue;
 mod request;
+pub mod route;
 mod subscription;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use mailbox::{Mailbox, QueueCounters};
 pub use publisher::{Message, Publisher};
 pub use queue::SlowConsumerPolicy;
 pub use request::Reply;
+pub use route::{PLAIN_TAG, Scope};
 pub use subscription::{EventRef, Subscription};
 
 use self::queue::{Delivery, DeliveryQueue, Outcome};
@@ -160,6 +162,8 @@ pub(crate) struct Target {
     pub(crate) id: u64,
     pub(crate) queue: Arc<DeliveryQueue>,
     pub(crate) tag: u64,
+    /// A peer node's interest rather than a local consumer (see `route`).
+    pub(crate) remote: bool,
     pub(crate) stats: Arc<TargetStats>,
 }
 
@@ -175,10 +179,12 @@ pub(crate) struct TargetStats {
 impl Target {
     /// Offers a record to this subscription's queue under its policy.
     pub(crate) fn deliver(&self, record: RecordRef) -> Outcome {
-        let outcome = self.queue.deliver(Delivery {
-            record,
-            tag: self.tag,
-        });
+        self.deliver_tagged(record, self.tag)
+    }
+
+    /// Like [`Target::deliver`], with the delivery carrying `tag`.
+    pub(crate) fn deliver_tagged(&self, record: RecordRef, tag: u64) -> Outcome {
+        let outcome = self.queue.deliver(Delivery { record, tag });
         if outcome == Outcome::Dropped {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -321,9 +327,18 @@ impl Bus {
 
     /// A mailbox: one queue that any number of subscriptions feed, each
     /// delivery tagged with the subscription's tag. This is how a client
-    /// session or a peer link consumes from the bus.
+    /// session consumes from the bus.
     pub fn mailbox(&self, options: SubscribeOptions) -> Mailbox {
-        Mailbox::new(self.inner.clone(), options)
+        Mailbox::new(self.inner.clone(), options, false)
+    }
+
+    /// A mailbox for a peer node's link: its subscriptions stand for the
+    /// peer's interest. Events reach it at most once per publish for plain
+    /// interest (tagged [`route::PLAIN_TAG`]) and once per queue group the
+    /// peer is chosen for (tagged with that subscription's tag); events that
+    /// came from a peer never reach it (see [`Publisher::publish_forwarded`]).
+    pub fn peer_mailbox(&self, options: SubscribeOptions) -> Mailbox {
+        Mailbox::new(self.inner.clone(), options, true)
     }
 
     /// A publisher for one thread's hot loop.

@@ -5,14 +5,13 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::queue::Outcome;
+use super::route::{Scope, route};
 use super::{Bus, BusInner, PublishError, Target};
 use crate::clock::WallClock;
 use crate::event::{self, Checked, EventLimits, EventParts, Header};
-use crate::log::{AppendError, Appender, Holds, RecordRef};
-use crate::signal::publish_fence;
+use crate::log::Appender;
 use crate::subject::INBOX_PREFIX;
-use crate::sublist::{IndexReader, MatchResult, QueueGroup};
+use crate::sublist::IndexReader;
 
 /// An event to publish: everything but the id and the time, which the
 /// publisher fills in.
@@ -76,13 +75,13 @@ impl Publisher {
     pub fn publish_archive(&mut self, archive: &[u8]) -> Result<usize, PublishError> {
         let checked = event::check(archive, &self.core.limits)?;
         self.core
-            .publish_checked(checked, checked.event().subject())
+            .publish_checked(checked, checked.event().subject(), Scope::Local)
     }
 
     /// Publishes an archive already validated with [`event::check`].
     pub fn publish_checked(&mut self, archive: Checked<'_>) -> Result<usize, PublishError> {
         self.core
-            .publish_checked(archive, archive.event().subject())
+            .publish_checked(archive, archive.event().subject(), Scope::Local)
     }
 
     /// Validates an archive and delivers it to the subscriptions of
@@ -95,7 +94,23 @@ impl Publisher {
         archive: &[u8],
     ) -> Result<usize, PublishError> {
         let checked = event::check(archive, &self.core.limits)?;
-        self.core.publish_checked(checked, routing_subject)
+        self.core
+            .publish_checked(checked, routing_subject, Scope::Local)
+    }
+
+    /// Publishes an event a peer node forwarded: to local consumers only
+    /// (never to another peer: the mesh is full, one hop), and only those the
+    /// peer chose it for: plain subscriptions if `plain`, and one local member
+    /// of each queue group in `groups`. Returns the number of deliveries.
+    pub fn publish_forwarded(
+        &mut self,
+        archive: Checked<'_>,
+        plain: bool,
+        groups: &[&str],
+    ) -> Result<usize, PublishError> {
+        let subject = archive.event().subject();
+        self.core
+            .publish_checked(archive, subject, Scope::Forwarded { plain, groups })
     }
 }
 
@@ -150,7 +165,7 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        route(result, &mut self.round_robin, |holders| {
+        route(result, &mut self.round_robin, Scope::Local, |holders| {
             self.appender.append(&parts, holders)
         })
     }
@@ -161,6 +176,7 @@ impl PublisherCore {
         &mut self,
         archive: Checked<'_>,
         subject: &str,
+        scope: Scope<'_>,
     ) -> Result<usize, PublishError> {
         let cacheable = !subject.starts_with(INBOX_PREFIX);
         let limits = &self.limits;
@@ -170,7 +186,7 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        route(result, &mut self.round_robin, |holders| {
+        route(result, &mut self.round_robin, scope, |holders| {
             self.appender.append_archive(archive.bytes(), holders)
         })
     }
@@ -179,77 +195,6 @@ impl PublisherCore {
     fn is_stale(&self) -> bool {
         self.reader.is_closed()
     }
-}
-
-/// Writes the event once and hands one hold to each matching consumer: every
-/// plain subscription, and one member of each queue group. Returns the number
-/// of deliveries.
-fn route(
-    result: &MatchResult<Target>,
-    round_robin: &mut usize,
-    append: impl FnOnce(u32) -> Result<Holds, AppendError>,
-) -> Result<usize, PublishError> {
-    let count = result.delivery_count();
-    if count == 0 {
-        return Ok(0);
-    }
-    let mut holds = match append(count as u32) {
-        Ok(holds) => holds,
-        Err(AppendError::OutOfMemory) => {
-            // No silent loss: every consumer this event was for counts it.
-            result.plain.iter().for_each(Target::miss);
-            for group in &result.groups {
-                group.members[*round_robin % group.members.len()].miss();
-            }
-            return Err(PublishError::OutOfMemory(count));
-        }
-    };
-    for (target, record) in result.plain.iter().zip(holds.by_ref()) {
-        target.deliver(record);
-    }
-    for (group, record) in result.groups.iter().zip(holds.by_ref()) {
-        *round_robin = round_robin.wrapping_add(1);
-        deliver_to_group(group, record, *round_robin);
-    }
-    debug_assert_eq!(holds.count(), 0, "one hold per delivery");
-    publish_fence();
-    for target in &result.plain {
-        target.queue.signal.wake_if_sleeping();
-    }
-    Ok(count)
-}
-
-/// Gives the record to one member of `group`: the next in turn that has room,
-/// or, if none has, the one whose turn it is, under its own policy.
-fn deliver_to_group(group: &QueueGroup<Target>, record: RecordRef, turn: usize) {
-    let members = &group.members;
-    let first = turn % members.len();
-    let mut record = record;
-    // First choice: a member whose consumer is awake (spinning or working),
-    // taking turns among those. Waking a parked thread costs 20-25 µs on a
-    // VM; an awake member takes the event at once.
-    for awake_only in [true, false] {
-        for offset in 0..members.len() {
-            let member = &members[(first + offset) % members.len()];
-            if awake_only && member.queue.signal.is_sleeping() {
-                continue;
-            }
-            match member.try_deliver(record) {
-                Ok(()) => return wake(member),
-                Err(rejected) => record = rejected,
-            }
-        }
-    }
-    // Every member is full: the one whose turn it is applies its policy.
-    let member = &members[first];
-    if member.deliver(record) == Outcome::Queued {
-        wake(member);
-    }
-}
-
-fn wake(target: &Target) {
-    publish_fence();
-    target.queue.signal.wake_if_sleeping();
 }
 
 thread_local! {
