@@ -234,13 +234,10 @@ impl Interest {
     /// The link to `peer` went down at `now`. Its interest stays until
     /// `withdraw_after` has passed without the link coming back.
     pub fn link_down(&mut self, peer: NodeId, now: Instant) {
+        // Deltas in flight are lost with the link; the snapshot each side
+        // sends when it comes back up makes up for them.
         if let Some(link) = self.links.get_mut(&peer) {
             link.down_since.get_or_insert(now);
-        }
-        if let Some(table) = self.remote.get_mut(&peer) {
-            // Whatever was in flight is lost: only a snapshot resyncs.
-            table.synced = false;
-            table.requested = false;
         }
     }
 
@@ -263,9 +260,16 @@ impl Interest {
                 version,
                 change,
             } => self.apply_delta(peer, epoch, version, change),
-            InterestMessage::Digest { epoch, version, hash } => {
+            InterestMessage::Digest {
+                epoch,
+                version,
+                hash,
+            } => {
                 let table = self.remote.entry(peer).or_default();
-                let same = table.synced && table.epoch == epoch && table.version == version && hash_of(&table.entries) == hash;
+                let same = table.synced
+                    && table.epoch == epoch
+                    && table.version == version
+                    && hash_of(&table.entries) == hash;
                 if !same {
                     // Ask again even if asked before: a request can be lost
                     // with a link, and digests come once per interval.
@@ -288,7 +292,13 @@ impl Interest {
             let digest = InterestMessage::Digest {
                 epoch: self.epoch,
                 version: self.version,
-                hash: hash_of(&self.local.iter().map(|(key, entry)| (entry.id, key.clone())).collect()),
+                hash: hash_of(
+                    &self
+                        .local
+                        .iter()
+                        .map(|(key, entry)| (entry.id, key.clone()))
+                        .collect(),
+                ),
             };
             for peer in self.up_peers() {
                 self.send(peer, digest.clone());
@@ -297,7 +307,10 @@ impl Interest {
         let expired: Vec<NodeId> = self
             .links
             .iter()
-            .filter(|(_, link)| link.down_since.is_some_and(|since| now >= since + self.config.withdraw_after))
+            .filter(|(_, link)| {
+                link.down_since
+                    .is_some_and(|since| now >= since + self.config.withdraw_after)
+            })
             .map(|(peer, _)| *peer)
             .collect();
         for peer in expired {
@@ -311,7 +324,10 @@ impl Interest {
         let withdraw = self
             .links
             .values()
-            .filter_map(|link| link.down_since.map(|since| since + self.config.withdraw_after))
+            .filter_map(|link| {
+                link.down_since
+                    .map(|since| since + self.config.withdraw_after)
+            })
             .min();
         withdraw.map_or(self.next_digest, |w| w.min(self.next_digest))
     }
@@ -323,14 +339,22 @@ impl Interest {
 
     /// This node's interest: every key with its id.
     pub fn local_entries(&self) -> Vec<(u64, InterestKey)> {
-        self.local.iter().map(|(key, entry)| (entry.id, key.clone())).collect()
+        self.local
+            .iter()
+            .map(|(key, entry)| (entry.id, key.clone()))
+            .collect()
     }
 
     /// What this node knows of `peer`'s interest.
     pub fn remote_entries(&self, peer: NodeId) -> Vec<(u64, InterestKey)> {
         self.remote
             .get(&peer)
-            .map(|t| t.entries.iter().map(|(id, key)| (*id, key.clone())).collect())
+            .map(|t| {
+                t.entries
+                    .iter()
+                    .map(|(id, key)| (*id, key.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -341,7 +365,10 @@ impl Interest {
 
     /// (epoch, version) known for each peer.
     pub fn peer_versions(&self) -> Vec<(NodeId, u64, u64)> {
-        self.remote.iter().map(|(peer, t)| (*peer, t.epoch, t.version)).collect()
+        self.remote
+            .iter()
+            .map(|(peer, t)| (*peer, t.epoch, t.version))
+            .collect()
     }
 
     fn snapshot(&self) -> InterestMessage {
@@ -384,12 +411,23 @@ impl Interest {
         }
     }
 
-    fn apply_snapshot(&mut self, peer: NodeId, epoch: u64, version: u64, entries: Vec<(u64, InterestKey)>) {
+    fn apply_snapshot(
+        &mut self,
+        peer: NodeId,
+        epoch: u64,
+        version: u64,
+        entries: Vec<(u64, InterestKey)>,
+    ) {
         let table = self.remote.entry(peer).or_default();
+        if table.synced && table.epoch == epoch && version < table.version {
+            // Overtaken by deltas already applied: applying it would go back.
+            return;
+        }
         let new: BTreeMap<u64, InterestKey> = entries.into_iter().collect();
         for (id, key) in &table.entries {
             if new.get(id) != Some(key) {
-                self.outputs.push_back(Output::Unsubscribe { peer, id: *id });
+                self.outputs
+                    .push_back(Output::Unsubscribe { peer, id: *id });
             }
         }
         for (id, key) in &new {
@@ -439,7 +477,8 @@ impl Interest {
     fn withdraw(&mut self, peer: NodeId) {
         if let Some(table) = self.remote.remove(&peer) {
             for id in table.entries.keys() {
-                self.outputs.push_back(Output::Unsubscribe { peer, id: *id });
+                self.outputs
+                    .push_back(Output::Unsubscribe { peer, id: *id });
             }
         }
     }
@@ -493,7 +532,13 @@ mod tests {
         a.local_removed(&key("orders.>"));
         assert!(matches!(
             &drain(&mut a)[..],
-            [Output::Send { message: InterestMessage::Delta { change: Change::Remove { .. }, .. }, .. }]
+            [Output::Send {
+                message: InterestMessage::Delta {
+                    change: Change::Remove { .. },
+                    ..
+                },
+                ..
+            }]
         ));
     }
 
@@ -501,14 +546,112 @@ mod tests {
     fn a_gap_asks_for_a_snapshot_instead_of_applying() {
         let now = Instant::now();
         let mut b = Interest::new(2, InterestConfig::default(), now);
-        b.handle(1, InterestMessage::Snapshot { epoch: 9, version: 3, entries: vec![(1, key("a"))] });
-        assert!(matches!(&drain(&mut b)[..], [Output::Subscribe { peer: 1, id: 1, .. }]));
         b.handle(
             1,
-            InterestMessage::Delta { epoch: 9, version: 5, change: Change::Add { id: 2, key: key("b") } },
+            InterestMessage::Snapshot {
+                epoch: 9,
+                version: 3,
+                entries: vec![(1, key("a"))],
+            },
         );
-        assert_eq!(drain(&mut b), vec![Output::Send { to: 1, message: InterestMessage::SnapshotRequest }]);
-        assert_eq!(b.remote_entries(1).len(), 1, "the out-of-order delta was not applied");
+        assert!(matches!(
+            &drain(&mut b)[..],
+            [Output::Subscribe { peer: 1, id: 1, .. }]
+        ));
+        b.handle(
+            1,
+            InterestMessage::Delta {
+                epoch: 9,
+                version: 5,
+                change: Change::Add {
+                    id: 2,
+                    key: key("b"),
+                },
+            },
+        );
+        assert_eq!(
+            drain(&mut b),
+            vec![Output::Send {
+                to: 1,
+                message: InterestMessage::SnapshotRequest
+            }]
+        );
+        assert_eq!(
+            b.remote_entries(1).len(),
+            1,
+            "the out-of-order delta was not applied"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_overtaken_by_deltas_is_ignored() {
+        let now = Instant::now();
+        let mut b = Interest::new(2, InterestConfig::default(), now);
+        b.handle(
+            1,
+            InterestMessage::Snapshot {
+                epoch: 9,
+                version: 1,
+                entries: vec![(1, key("a"))],
+            },
+        );
+        b.handle(
+            1,
+            InterestMessage::Delta {
+                epoch: 9,
+                version: 2,
+                change: Change::Add {
+                    id: 2,
+                    key: key("b"),
+                },
+            },
+        );
+        drain(&mut b);
+        b.handle(
+            1,
+            InterestMessage::Snapshot {
+                epoch: 9,
+                version: 1,
+                entries: vec![(1, key("a"))],
+            },
+        );
+        assert!(drain(&mut b).is_empty());
+        assert_eq!(b.remote_entries(1), vec![(1, key("a")), (2, key("b"))]);
+    }
+
+    #[test]
+    fn a_delta_from_a_new_epoch_asks_for_a_snapshot() {
+        let now = Instant::now();
+        let mut b = Interest::new(2, InterestConfig::default(), now);
+        b.handle(
+            1,
+            InterestMessage::Snapshot {
+                epoch: 9,
+                version: 4,
+                entries: vec![(1, key("a"))],
+            },
+        );
+        drain(&mut b);
+        // The peer restarted: its version 5 follows on numerically only.
+        b.handle(
+            1,
+            InterestMessage::Delta {
+                epoch: 10,
+                version: 5,
+                change: Change::Add {
+                    id: 1,
+                    key: key("z"),
+                },
+            },
+        );
+        assert_eq!(
+            drain(&mut b),
+            vec![Output::Send {
+                to: 1,
+                message: InterestMessage::SnapshotRequest
+            }]
+        );
+        assert_eq!(b.remote_entries(1), vec![(1, key("a"))]);
     }
 
     #[test]
@@ -520,7 +663,14 @@ mod tests {
         };
         let mut b = Interest::new(2, config, now);
         b.link_up(1);
-        b.handle(1, InterestMessage::Snapshot { epoch: 9, version: 1, entries: vec![(1, key("a"))] });
+        b.handle(
+            1,
+            InterestMessage::Snapshot {
+                epoch: 9,
+                version: 1,
+                entries: vec![(1, key("a"))],
+            },
+        );
         drain(&mut b);
         b.link_down(1, now);
         b.handle_timeout(now + Duration::from_secs(2));
