@@ -67,8 +67,9 @@ mod sync;
 mod loom_tests;
 
 pub use bus::{
-    Bus, BusConfig, BusStats, EventRef, Mailbox, Message, PublishError, Publisher, QueueCounters,
-    QueueInfo, RecvError, Reply, RequestError, SlowConsumerPolicy, SubscribeError,
-    SubscribeOptions, Subscription, SubscriptionInfo, random_u64,
+    Bus, BusConfig, BusStats, EventRef, InterestChange, InterestWatcher, Mailbox, Message,
+    PublishError, Publisher, QueueCounters, QueueInfo, RecvError, Reply, RequestError,
+    SlowConsumerPolicy, SubscribeError, SubscribeOptions, Subscription, SubscriptionInfo,
+    random_u64,
 };
 pub use event::{ArchivedEvent, Event, EventLimits, Header};

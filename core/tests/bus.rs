@@ -528,3 +528,42 @@ fn block_on<F: Future>(future: F) -> F::Output {
         std::thread::park_timeout(SECOND);
     }
 }
+
+#[test]
+fn a_watcher_sees_local_interest_but_not_peers() {
+    use starling_core::InterestChange;
+    let bus = Bus::default();
+    let before = bus.subscribe("orders.>").unwrap();
+    let (changes, seen) = std::sync::mpsc::channel();
+    bus.watch_local_interest(Box::new(move |change| {
+        let _ = changes.send(change);
+    }));
+    let mut peer = bus.peer_mailbox(SubscribeOptions::default());
+    peer.subscribe(1, "kitchen.>", None).unwrap();
+    let group = bus.queue_subscribe("orders.*.paid", "billing").unwrap();
+    drop(before);
+    peer.unsubscribe(1);
+    drop(group);
+    let added = |pattern: &str, group: Option<&str>| InterestChange::Added {
+        pattern: pattern.into(),
+        group: group.map(Into::into),
+    };
+    let removed = |pattern: &str, group: Option<&str>| InterestChange::Removed {
+        pattern: pattern.into(),
+        group: group.map(Into::into),
+    };
+    assert_eq!(
+        seen.try_iter().collect::<Vec<_>>(),
+        vec![
+            added("orders.>", None),
+            added("orders.*.paid", Some("billing")),
+            removed("orders.>", None),
+            removed("orders.*.paid", Some("billing")),
+        ]
+    );
+    drop(bus);
+    assert!(
+        seen.recv().is_err(),
+        "closing the bus drops the watcher, ending its channel"
+    );
+}

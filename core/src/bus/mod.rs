@@ -16,6 +16,7 @@
 //! unsubscribing (the control plane) take a lock; publishers never wait for it.
 
 mod error;
+mod interest;
 mod mailbox;
 mod publisher;
 mod queue;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use error::{PublishError, RecvError, RequestError, SubscribeError};
+pub use interest::{InterestChange, InterestWatcher};
 pub use mailbox::Recv;
 pub use mailbox::{Mailbox, QueueCounters};
 pub use publisher::{Message, Publisher};
@@ -234,12 +236,15 @@ pub(crate) struct BusInner {
 struct Control {
     index: IndexWriter<Target>,
     subscriptions: HashMap<u64, Registered>,
+    /// Told of every change of local interest (see [`Bus::watch_local_interest`]).
+    watcher: Option<InterestWatcher>,
 }
 
 struct Registered {
     pattern: Arc<str>,
     group: Option<Arc<str>>,
     tag: u64,
+    remote: bool,
     stats: Arc<TargetStats>,
     queue: Weak<DeliveryQueue>,
 }
@@ -264,6 +269,7 @@ impl Bus {
             control: Mutex::new(Control {
                 index,
                 subscriptions: HashMap::new(),
+                watcher: None,
             }),
             inboxes: ArrayQueue::new(64),
             next_id: AtomicU64::new(1),
@@ -404,6 +410,28 @@ impl Bus {
         list
     }
 
+    /// Calls `watcher` with every change of local interest: first an
+    /// [`InterestChange::Added`] for each local subscription already there,
+    /// then every change as it happens, in order, until the bus closes.
+    /// Subscriptions of peer mailboxes are not local interest and are left
+    /// out. A bus has one watcher; a second replaces the first.
+    pub fn watch_local_interest(&self, mut watcher: InterestWatcher) {
+        let mut control = self.inner.control.lock().expect("control plane lock");
+        let mut existing: Vec<(&u64, &Registered)> = control
+            .subscriptions
+            .iter()
+            .filter(|(_, registered)| !registered.remote)
+            .collect();
+        existing.sort_by_key(|(id, _)| **id);
+        for (_, registered) in existing {
+            watcher(InterestChange::Added {
+                pattern: registered.pattern.clone(),
+                group: registered.group.clone(),
+            });
+        }
+        control.watcher = Some(watcher);
+    }
+
     /// Current figures.
     pub fn stats(&self) -> BusStats {
         let control = self.inner.control.lock().expect("control plane lock");
@@ -474,11 +502,19 @@ impl BusInner {
                 pattern: pattern.clone(),
                 group: group.clone(),
                 tag: target.tag,
+                remote: target.remote,
                 stats: target.stats.clone(),
                 queue: Arc::downgrade(&target.queue),
             },
         );
+        let remote = target.remote;
         control.index.insert(pattern.clone(), group.clone(), target);
+        if let Some(watcher) = control.watcher.as_mut().filter(|_| !remote) {
+            watcher(InterestChange::Added {
+                pattern: pattern.clone(),
+                group: group.clone(),
+            });
+        }
         Ok((pattern, group))
     }
 
@@ -491,7 +527,11 @@ impl BusInner {
     ) {
         let mut control = self.control.lock().expect("control plane lock");
         control.subscriptions.remove(&target.id);
-        control.index.remove(pattern, group, target);
+        let remote = target.remote;
+        control.index.remove(pattern.clone(), group.clone(), target);
+        if let Some(watcher) = control.watcher.as_mut().filter(|_| !remote) {
+            watcher(InterestChange::Removed { pattern, group });
+        }
     }
 
     fn shutdown(&self) {
@@ -501,7 +541,9 @@ impl BusInner {
         while let Some(inbox) = self.inboxes.pop() {
             drop(inbox);
         }
-        let control = self.control.lock().expect("control plane lock");
+        let mut control = self.control.lock().expect("control plane lock");
+        // The watcher's end of its channel learns that the bus is gone.
+        control.watcher = None;
         for registered in control.subscriptions.values() {
             if let Some(queue) = registered.queue.upgrade() {
                 queue.close();
