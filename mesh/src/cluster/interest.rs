@@ -35,7 +35,18 @@ use std::time::{Duration, Instant};
 pub type NodeId = u64;
 
 /// One unit of interest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct InterestKey {
     /// The subject pattern.
     pub pattern: String,
@@ -44,7 +55,7 @@ pub struct InterestKey {
 }
 
 /// What nodes tell each other about their interest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum InterestMessage {
     /// The sender's whole interest.
     Snapshot {
@@ -78,7 +89,7 @@ pub enum InterestMessage {
 }
 
 /// One change of a node's interest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Change {
     /// A key the node now needs.
     Add {

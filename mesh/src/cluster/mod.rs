@@ -1,5 +1,7 @@
 //! The mesh: nodes linked over QUIC, each learning the others' interest.
 //!
-//! - [`interest`]: interest propagation as a state machine without I/O.
+//! - [`interest`]: interest propagation as a state machine without I/O;
+//! - [`wire`]: the link protocol's messages and frames.
 
 pub mod interest;
+pub mod wire;

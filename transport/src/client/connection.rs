@@ -541,7 +541,7 @@ impl Shared {
             Kind::Ping => {
                 let _ = self.enqueue(|buffer| push_frame(buffer, Kind::Pong, tag, &[]));
             }
-            Kind::Hello | Kind::Sub | Kind::Unsub | Kind::Pub => {}
+            Kind::Hello | Kind::Sub | Kind::Unsub | Kind::Pub | Kind::Forward => {}
         }
     }
 

@@ -76,6 +76,10 @@ pub enum Kind {
     /// Reports an error about the frame whose tag it carries. Body:
     /// [`control::ErrorBody`].
     Err = 9,
+    /// An event one node forwards to another, on a mesh link's data stream;
+    /// never on a local connection. Its layout belongs to the mesh
+    /// (`starling_mesh::cluster::wire`).
+    Forward = 10,
 }
 
 impl Kind {
@@ -91,6 +95,7 @@ impl Kind {
             7 => Kind::Msg,
             8 => Kind::Ok,
             9 => Kind::Err,
+            10 => Kind::Forward,
             _ => return None,
         })
     }

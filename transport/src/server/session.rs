@@ -225,6 +225,11 @@ impl Protocol {
                 tag,
                 format!("{kind:?} frames go from the node to clients, not back"),
             )),
+            (State::Ready, Kind::Forward) => Err(self.fail(
+                ErrorCode::Framing,
+                tag,
+                "FORWARD frames travel between nodes, not on a client connection".into(),
+            )),
         }
     }
 
@@ -461,6 +466,23 @@ mod tests {
         let mut buffer = rkyv::util::AlignedVec::<16>::new();
         buffer.extend_from_slice(bytes);
         buffer
+    }
+
+    #[test]
+    fn a_client_cannot_speak_for_a_peer_node() {
+        let bus = Bus::default();
+        let mut publisher = bus.publisher();
+        let mut session = session(&bus);
+        session.receive(&aligned(&hello()), &mut publisher);
+        assert!(!session.closing());
+        session.receive(
+            &aligned(&frame(Kind::Forward as u8, 1, &[0; 32])),
+            &mut publisher,
+        );
+        assert!(
+            session.closing(),
+            "a FORWARD frame from a client is a protocol error"
+        );
     }
 
     #[test]
