@@ -4,4 +4,5 @@
 //! - [`wire`]: the link protocol's messages and frames.
 
 pub mod interest;
+pub mod tls;
 pub mod wire;
