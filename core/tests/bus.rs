@@ -341,9 +341,12 @@ fn request_gets_the_first_reply_and_fails_fast_without_responders() {
         // The responder holds a bus handle itself, so the bus never closes
         // under it: it stops when requests stop coming.
         while let Ok(request) = service.recv_timeout(Duration::from_millis(300)) {
-            responder
-                .publish(request.reply_to().unwrap(), request.payload())
-                .unwrap();
+            let reply_to = request.reply_to().unwrap();
+            assert!(
+                reply_to.starts_with(&responder.inbox_prefix()),
+                "{reply_to}"
+            );
+            responder.publish(reply_to, request.payload()).unwrap();
         }
     });
     for i in 0..100u32 {

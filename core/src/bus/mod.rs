@@ -44,7 +44,7 @@ use self::request::Inbox;
 use crate::event::{EventLimits, Header};
 use crate::log::RecordRef;
 use crate::log::{PoolStats, SegmentPool};
-use crate::subject;
+use crate::subject::{self, INBOX_PREFIX};
 use crate::sublist::{IndexReaders, IndexWriter, index};
 use crate::sync::{ArrayQueue, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -408,6 +408,13 @@ impl Bus {
             .collect();
         list.sort_by_key(|info| info.id);
         list
+    }
+
+    /// The prefix of this bus's request inboxes (`_INBOX.<bus nuid>.`): every
+    /// reply to a request made here is published on a subject under it. A
+    /// mesh routes such subjects to this node without propagating each inbox.
+    pub fn inbox_prefix(&self) -> String {
+        format!("{INBOX_PREFIX}{:016x}.", self.inner.nuid)
     }
 
     /// Calls `watcher` with every change of local interest: first an

@@ -18,7 +18,6 @@ use super::queue::Delivery;
 use super::subscription::archived;
 use super::{Bus, BusInner, Message, RecvError, RequestError, SubscribeOptions, Subscription};
 use crate::event::ArchivedEvent;
-use crate::subject::INBOX_PREFIX;
 
 /// Room for a few late replies per inbox before they are dropped.
 const INBOX_CAPACITY: usize = 16;
@@ -35,7 +34,7 @@ pub(crate) struct Inbox {
 impl Inbox {
     fn new(bus: &Bus) -> Result<Self, RequestError> {
         let inner = bus.inner();
-        let prefix = format!("{INBOX_PREFIX}{:016x}.{}.", inner.nuid, inner.next_id());
+        let prefix = format!("{}{}.", bus.inbox_prefix(), inner.next_id());
         let options = SubscribeOptions {
             capacity: INBOX_CAPACITY,
             ..SubscribeOptions::default()
