@@ -10,6 +10,20 @@
 //! io_backend = "auto"              # auto | uring | epoll
 //! token = "..."                    # clients must present it
 //!
+//! [cluster]                        # the mesh; on when listen or seeds is set
+//! listen = "127.0.0.1:7401"        # UDP, QUIC
+//! advertise = "10.0.0.5:7401"      # what peers dial; the bound address if unset
+//! seeds = ["127.0.0.1:7411"]
+//! name = "starling"                # nodes of other clusters are refused
+//! tls_cert = "node-a.pem"          # mutual TLS (see `starling cert`) ...
+//! tls_key = "node-a-key.pem"
+//! tls_ca = "ca.pem"
+//! insecure_dev_tls = false         # ... or, for development only, none of it
+//! digest_interval_ms = 5000        # anti-entropy
+//! grace_ms = 10000                 # a peer down this long is forgotten
+//! data_streams = 2
+//! peer_queue_events = 65536
+//!
 //! [limits]
 //! connections_max = 10000
 //! subscriptions_per_connection_max = 10000
@@ -24,6 +38,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use starling_transport::server::BackendChoice;
+
+use crate::cluster::tls::TlsSource;
+use crate::cluster::{ClusterConfig, DEFAULT_CLUSTER_LISTEN};
 
 /// Default address for local clients.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -47,6 +64,8 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// Limits.
     pub limits: Limits,
+    /// The mesh, if this node joins one.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Node limits.
@@ -87,6 +106,7 @@ impl Default for NodeConfig {
             io_backend: BackendChoice::Auto,
             token: None,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }
@@ -102,6 +122,25 @@ pub struct FileConfig {
     io_backend: Option<String>,
     token: Option<String>,
     limits: Option<Limits>,
+    cluster: Option<FileCluster>,
+}
+
+/// The TOML file's `[cluster]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileCluster {
+    listen: Option<String>,
+    advertise: Option<String>,
+    seeds: Vec<String>,
+    name: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    insecure_dev_tls: Option<bool>,
+    digest_interval_ms: Option<u64>,
+    grace_ms: Option<u64>,
+    data_streams: Option<usize>,
+    peer_queue_events: Option<usize>,
 }
 
 /// Values given on the command line or in the environment (clap merges the
@@ -120,6 +159,22 @@ pub struct Overrides {
     pub io_backend: Option<String>,
     /// `--token` / `STARLING_TOKEN`.
     pub token: Option<String>,
+    /// `--cluster-listen` / `STARLING_CLUSTER_LISTEN`.
+    pub cluster_listen: Option<String>,
+    /// `--cluster-advertise` / `STARLING_CLUSTER_ADVERTISE`.
+    pub cluster_advertise: Option<String>,
+    /// `--seed` (repeatable) / `STARLING_SEEDS` (comma-separated).
+    pub seeds: Vec<String>,
+    /// `--cluster-name` / `STARLING_CLUSTER_NAME`.
+    pub cluster_name: Option<String>,
+    /// `--tls-cert` / `STARLING_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` / `STARLING_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-ca` / `STARLING_TLS_CA`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--insecure-dev-tls` / `STARLING_INSECURE_DEV_TLS`.
+    pub insecure_dev_tls: bool,
 }
 
 /// Why a configuration could not be used.
@@ -144,6 +199,9 @@ pub enum ConfigError {
     /// An I/O backend name other than auto, uring or epoll.
     #[error("unknown I/O backend '{0}': use auto, uring or epoll")]
     Backend(String),
+    /// The mesh settings do not fit together.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl NodeConfig {
@@ -164,6 +222,7 @@ impl NodeConfig {
             }
             None => FileConfig::default(),
         };
+        let cluster = cluster_config(&overrides, file.cluster.unwrap_or_default())?;
         let defaults = NodeConfig::default();
         let io_backend = match overrides.io_backend.or(file.io_backend).as_deref() {
             None | Some("auto") => BackendChoice::Auto,
@@ -182,8 +241,99 @@ impl NodeConfig {
             io_backend,
             token: non_empty(overrides.token.or(file.token)),
             limits: file.limits.unwrap_or_default(),
+            cluster,
+        })
+        .map(|mut config| {
+            if let Some(cluster) = &mut config.cluster {
+                cluster.node_name = config.name.clone();
+            }
+            config
         })
     }
+}
+
+/// The mesh settings, if the node joins a mesh: flags over the file's
+/// `[cluster]` table over the defaults.
+fn cluster_config(
+    overrides: &Overrides,
+    file: FileCluster,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let listen = non_empty(overrides.cluster_listen.clone().or(file.listen));
+    let seeds: Vec<String> = if overrides.seeds.is_empty() {
+        file.seeds
+    } else {
+        overrides.seeds.clone()
+    };
+    let seeds: Vec<String> = seeds.into_iter().filter(|seed| !seed.is_empty()).collect();
+    if listen.is_none() && seeds.is_empty() {
+        return Ok(None);
+    }
+    let insecure = overrides.insecure_dev_tls || file.insecure_dev_tls.unwrap_or(false);
+    let files = (
+        overrides.tls_cert.clone().or(file.tls_cert),
+        overrides.tls_key.clone().or(file.tls_key),
+        overrides.tls_ca.clone().or(file.tls_ca),
+    );
+    let tls = match (files, insecure) {
+        ((None, None, None), true) => TlsSource::InsecureDev,
+        ((Some(cert), Some(key), Some(ca)), false) => TlsSource::Files { cert, key, ca },
+        ((None, None, None), false) => {
+            return Err(ConfigError::Cluster(
+                "the mesh needs TLS: give --tls-cert, --tls-key and --tls-ca (make them with \
+                 `starling cert ca` and `starling cert node NAME`), or, for development only, \
+                 --insecure-dev-tls"
+                    .into(),
+            ));
+        }
+        (_, true) => {
+            return Err(ConfigError::Cluster(
+                "--insecure-dev-tls and certificate files exclude each other: choose one".into(),
+            ));
+        }
+        ((cert, key, ca), false) => {
+            let missing: Vec<&str> = [
+                ("--tls-cert", cert.is_none()),
+                ("--tls-key", key.is_none()),
+                ("--tls-ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, missing)| missing.then_some(flag))
+            .collect();
+            return Err(ConfigError::Cluster(format!(
+                "mutual TLS needs a certificate, its key and the cluster CA: {} missing",
+                missing.join(", ")
+            )));
+        }
+    };
+    let defaults = ClusterConfig::default();
+    let mut interest = defaults.interest;
+    if let Some(ms) = file.digest_interval_ms {
+        interest.digest_interval = std::time::Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = file.grace_ms {
+        interest.withdraw_after = std::time::Duration::from_millis(ms);
+    }
+    Ok(Some(ClusterConfig {
+        cluster_name: overrides
+            .cluster_name
+            .clone()
+            .or(file.name)
+            .unwrap_or(defaults.cluster_name.clone()),
+        listen: listen.unwrap_or_else(|| DEFAULT_CLUSTER_LISTEN.into()),
+        advertise: non_empty(overrides.cluster_advertise.clone().or(file.advertise)),
+        seeds,
+        tls,
+        interest,
+        data_streams: file
+            .data_streams
+            .unwrap_or(defaults.data_streams)
+            .clamp(1, 16),
+        peer_queue_events: file
+            .peer_queue_events
+            .unwrap_or(defaults.peer_queue_events)
+            .max(1),
+        ..defaults
+    }))
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

@@ -11,8 +11,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use starling_core::{Bus, BusConfig, EventLimits};
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::NodeConfig;
 use crate::http::HttpServer;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listener or thread could not be set up.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The mesh could not start.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+}
 
 /// A running node.
 #[derive(Debug)]
@@ -30,6 +42,8 @@ pub struct NodeState {
     pub bus: Bus,
     /// The local server.
     pub server: Server,
+    /// The node's part of the mesh, if it joined one.
+    pub cluster: Option<Cluster>,
     pub(crate) started: Instant,
     pub(crate) started_unix_nanos: u64,
 }
@@ -37,7 +51,7 @@ pub struct NodeState {
 impl Node {
     /// Starts a node: binds every listener first, so that an address in use
     /// is reported before anything runs.
-    pub fn start(config: NodeConfig) -> io::Result<Node> {
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let limits = EventLimits {
             payload_bytes_max: config.limits.payload_bytes_max,
             ..EventLimits::default()
@@ -65,10 +79,15 @@ impl Node {
                 ..ServerConfig::default()
             },
         )?;
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(Cluster::start(bus.clone(), cluster.clone())?),
+            None => None,
+        };
         let state = Arc::new(NodeState {
             config,
             bus,
             server,
+            cluster,
             started: Instant::now(),
             started_unix_nanos: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -106,6 +125,11 @@ impl Node {
     /// The HTTP endpoint's address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(HttpServer::addr)
+    }
+
+    /// The node's part of the mesh, if it joined one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.state.cluster.as_ref()
     }
 
     /// The local server's I/O backend.

@@ -59,6 +59,31 @@ pub struct NodeArgs {
     /// A token clients must present.
     #[arg(long, env = "STARLING_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// UDP address of the cluster port (QUIC) [default, with --seed: 127.0.0.1:7401].
+    #[arg(long, env = "STARLING_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
+    /// The address peers dial this node at [default: the bound address].
+    #[arg(long, env = "STARLING_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// A node to join through, HOST:PORT; repeatable.
+    #[arg(long = "seed", env = "STARLING_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// The cluster's name; nodes of other clusters are refused [default: starling].
+    #[arg(long, env = "STARLING_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// This node's certificate for mesh links (PEM).
+    #[arg(long, env = "STARLING_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "STARLING_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA every peer's certificate must chain to (PEM).
+    #[arg(long, env = "STARLING_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Development only: encrypt mesh links with throwaway certificates and
+    /// accept any peer, authenticating nobody.
+    #[arg(long, env = "STARLING_INSECURE_DEV_TLS")]
+    insecure_dev_tls: bool,
 }
 
 /// Where a client command connects.

@@ -16,6 +16,14 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         http: args.http,
         io_backend: args.io_backend,
         token: args.token,
+        cluster_listen: args.cluster_listen,
+        cluster_advertise: args.cluster_advertise,
+        seeds: args.seeds,
+        cluster_name: args.cluster_name,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_ca: args.tls_ca,
+        insecure_dev_tls: args.insecure_dev_tls,
     };
     let config = NodeConfig::load(args.config.as_deref(), overrides)?;
     let node = Node::start(config)?;
@@ -31,6 +39,13 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         println!("http http://{addr}");
     }
     println!("io backend {}", node.backend());
+    if let Some(cluster) = node.cluster() {
+        println!(
+            "cluster quic://{} node id {:016x}",
+            cluster.local_addr(),
+            cluster.node_id()
+        );
+    }
     if let starling_transport::server::Backend::Epoll { reason } = node.backend() {
         tracing::warn!("io_uring is not used: {reason}");
     }

@@ -1,8 +1,302 @@
-//! The mesh: nodes linked over QUIC, each learning the others' interest.
+//! The mesh: nodes linked over QUIC, each learning the others' interest, so
+//! that a consumer on any node receives every matching event published on
+//! any node.
+//!
+//! ```text
+//!   local subscriptions ──watch──► driver ──INTEREST──► peers' drivers
+//!                                    │                        │
+//!                      routes for peers' interest       routes for ours
+//!                                    ▼                        ▼
+//!   publish ─► bus ─► peer mailbox ─► egress ══QUIC data streams══► ingress ─► bus (local only)
+//! ```
 //!
 //! - [`interest`]: interest propagation as a state machine without I/O;
-//! - [`wire`]: the link protocol's messages and frames.
+//! - [`wire`]: the link protocol's messages and frames;
+//! - [`tls`]: mutual TLS from a cluster CA, development certificates;
+//! - `link`: handshakes, control streams, receiving events;
+//! - `egress`: sending events, from each peer's mailbox;
+//! - `driver`: the task that ties them together (membership, dialing);
+//! - [`stats`]: counters and reports.
+//!
+//! Everything runs on one thread (`starling-mesh`) with a single-threaded
+//! tokio runtime: a link's work is I/O and copying, and one thread keeps the
+//! other cores for publishers, consumers and the local server.
 
+mod driver;
+mod egress;
 pub mod interest;
+mod link;
+pub mod stats;
 pub mod tls;
 pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use starling_core::Bus;
+use thiserror::Error;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+
+use self::driver::{Driver, Event};
+use self::interest::{Interest, InterestConfig, NodeId};
+use self::link::Local;
+use self::stats::ClusterView;
+use self::tls::{LinkTls, TlsError, TlsSource};
+use self::wire::{Hello, MESH_PROTOCOL_VERSION};
+
+/// The default cluster port address.
+pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:7401";
+/// The default cluster name.
+pub const DEFAULT_CLUSTER_NAME: &str = "starling";
+
+/// How a node takes part in the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's name (in handshakes; with mutual TLS, its certificate
+    /// must be valid for it).
+    pub node_name: String,
+    /// The cluster's name: nodes of different clusters refuse each other.
+    pub cluster_name: String,
+    /// UDP address of the cluster port.
+    pub listen: String,
+    /// The address peers dial this node at; the bound address if `None`.
+    pub advertise: Option<String>,
+    /// Nodes to join through, `HOST:PORT`.
+    pub seeds: Vec<String>,
+    /// Link certificates.
+    pub tls: TlsSource,
+    /// Timing of interest propagation: the digest interval, and the grace
+    /// period after which a peer whose link is down is forgotten.
+    pub interest: InterestConfig,
+    /// Data streams per link and direction; events are spread over them by
+    /// subject, so each subject keeps its order.
+    pub data_streams: usize,
+    /// Events queued for one peer before further ones are dropped (and
+    /// counted): what a slow or briefly-down link may owe.
+    pub peer_queue_events: usize,
+    /// Largest control message (an interest snapshot is the largest).
+    pub control_bytes_max: usize,
+    /// QUIC keep-alive: also how soon a dead peer is noticed, with
+    /// `idle_timeout`.
+    pub keep_alive: Duration,
+    /// A link with no packets for this long is closed.
+    pub idle_timeout: Duration,
+    /// The longest wait between two dials of an address.
+    pub redial_backoff_max: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_name: "starling".into(),
+            cluster_name: DEFAULT_CLUSTER_NAME.into(),
+            listen: DEFAULT_CLUSTER_LISTEN.into(),
+            advertise: None,
+            seeds: Vec::new(),
+            tls: TlsSource::InsecureDev,
+            interest: InterestConfig {
+                digest_interval: Duration::from_secs(5),
+                withdraw_after: Duration::from_secs(10),
+            },
+            data_streams: 2,
+            peer_queue_events: 65_536,
+            control_bytes_max: 64 << 20,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            redial_backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// TLS could not be set up.
+    #[error("mesh TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The cluster port could not be opened.
+    #[error("cannot listen for peers on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something else the runtime needs failed.
+    #[error("mesh runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// A node's part of the mesh, running on its own thread. Stops on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    events: UnboundedSender<Event>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Opens the cluster port, starts dialing the seeds, and from then on
+    /// keeps `bus` in the mesh: its local interest goes to every peer, and
+    /// every peer's interest becomes routes on it.
+    pub fn start(bus: Bus, config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        let tls = LinkTls::new(&config.tls, &config.node_name)?;
+        let socket =
+            std::net::UdpSocket::bind(&config.listen).map_err(|source| ClusterError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let local_addr = socket.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(config.keep_alive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .expect("idle timeouts are far below QUIC's limit"),
+            ))
+            .initial_rtt(Duration::from_millis(10))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(64))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
+            .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+            .receive_window(quinn::VarInt::from_u32(32 << 20))
+            .send_window(32 << 20);
+        let transport = Arc::new(transport);
+        let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(tls.client.clone());
+        client.transport_config(transport);
+        let mut endpoint = {
+            let _runtime = runtime.enter();
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
+        };
+        endpoint.set_default_client_config(client);
+        let node_id = loop {
+            let id = starling_core::random_u64();
+            if id != 0 {
+                break id;
+            }
+        };
+        let hello = Hello {
+            protocol: MESH_PROTOCOL_VERSION,
+            fingerprint: starling_core::event::format_fingerprint(),
+            node_id,
+            cluster: config.cluster_name.clone(),
+            name: config.node_name.clone(),
+            advertise: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string()),
+            inbox_prefix: bus.inbox_prefix(),
+        };
+        if !tls.authenticated {
+            tracing::warn!(
+                "INSECURE: mesh links use --insecure-dev-tls: encrypted, but any peer is accepted \
+                 and nobody is authenticated. For development only; make certificates with `starling cert`."
+            );
+        }
+        let local = Arc::new(Local {
+            hello,
+            authenticated: tls.authenticated,
+            control_bytes_max: config.control_bytes_max,
+        });
+        let (events, receiver) = unbounded_channel();
+        let watcher = events.clone();
+        bus.watch_local_interest(Box::new(move |change| {
+            let _ = watcher.send(Event::Local(change));
+        }));
+        let driver = Driver {
+            interest: Interest::new(
+                starling_core::random_u64(),
+                config.interest,
+                std::time::Instant::now(),
+            ),
+            local: local.clone(),
+            config,
+            bus,
+            endpoint: endpoint.clone(),
+            events: events.clone(),
+            peers: Default::default(),
+            dialing: Default::default(),
+            backoff: Default::default(),
+            seed_peers: Default::default(),
+        };
+        let accepted = events.clone();
+        let thread = std::thread::Builder::new()
+            .name("starling-mesh".into())
+            .spawn(move || {
+                // Local tasks: each peer's mailbox is drained by a task that must
+                // not move between threads.
+                tokio::task::LocalSet::new().block_on(&runtime, async move {
+                    tokio::spawn(async move {
+                        while let Some(incoming) = endpoint.accept().await {
+                            let local = local.clone();
+                            let accepted = accepted.clone();
+                            tokio::spawn(async move {
+                                let result = link::accept(incoming, local).await;
+                                let _ = accepted.send(Event::Accepted(result));
+                            });
+                        }
+                    });
+                    driver.run(receiver).await;
+                });
+            })?;
+        Ok(Cluster {
+            node_id,
+            local_addr,
+            events,
+            thread: Some(thread),
+        })
+    }
+
+    /// This node's id in the mesh (random per start).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The address the cluster port is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Members, links with their counters, and interest, as of now. `None`
+    /// once stopped. Blocks: not for async code (see [`Cluster::view_async`]).
+    pub fn view(&self) -> Option<ClusterView> {
+        let (reply, view) = oneshot::channel();
+        self.events.send(Event::View(reply)).ok()?;
+        view.blocking_recv().ok()
+    }
+
+    /// Like [`Cluster::view`], for async code.
+    pub async fn view_async(&self) -> Option<ClusterView> {
+        let (reply, view) = oneshot::channel();
+        self.events.send(Event::View(reply)).ok()?;
+        view.await.ok()
+    }
+
+    /// Leaves the mesh: links close (peers withdraw this node's interest at
+    /// once) and the thread stops. Also done on drop.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -26,7 +26,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName as RustlsDn, RootCertStore, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName as RustlsDn, RootCertStore, SignatureScheme,
+};
 use thiserror::Error;
 
 use super::wire::ALPN;
@@ -109,52 +111,80 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// This node's certificate and how it checks its peers'.
+struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    server_verifier: Arc<dyn ServerCertVerifier>,
+    authenticated: bool,
+}
+
+impl Identity {
+    fn from_files(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let chain = read_certificates(cert)?;
+        let key = read_key(key)?;
+        let mut roots = RootCertStore::empty();
+        for ca_cert in read_certificates(ca)? {
+            roots.add(ca_cert).map_err(|error| TlsError::Pem {
+                path: ca.to_owned(),
+                what: format!("not a usable CA certificate: {error}"),
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|error| TlsError::Verifier(error.to_string()))?;
+        let server_verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|error| TlsError::Verifier(error.to_string()))?;
+        Ok(Identity {
+            chain,
+            key,
+            client_verifier,
+            server_verifier,
+            authenticated: true,
+        })
+    }
+
+    fn insecure(node_name: &str, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = node_params(node_name).self_signed(&key)?;
+        let accept = Arc::new(AcceptAnyPeer {
+            algorithms: provider.signature_verification_algorithms,
+        });
+        Ok(Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::try_from(key.serialize_der())
+                .map_err(|what| TlsError::Verifier(what.into()))?,
+            client_verifier: accept.clone(),
+            server_verifier: accept,
+            authenticated: false,
+        })
+    }
+}
+
 impl LinkTls {
     /// Builds the endpoint's TLS configuration. `node_name` names the
     /// ephemeral certificate of [`TlsSource::InsecureDev`].
     pub fn new(source: &TlsSource, node_name: &str) -> Result<LinkTls, TlsError> {
         let provider = provider();
-        let (chain, key, client_verifier, server_verifier, authenticated): (
-            Vec<CertificateDer<'static>>,
-            PrivateKeyDer<'static>,
-            Arc<dyn ClientCertVerifier>,
-            Arc<dyn ServerCertVerifier>,
-            bool,
-        ) = match source {
-            TlsSource::Files { cert, key, ca } => {
-                let chain = read_certificates(cert)?;
-                let key = read_key(key)?;
-                let mut roots = RootCertStore::empty();
-                for ca_cert in read_certificates(ca)? {
-                    roots.add(ca_cert).map_err(|error| TlsError::Pem {
-                        path: ca.clone(),
-                        what: format!("not a usable CA certificate: {error}"),
-                    })?;
-                }
-                let roots = Arc::new(roots);
-                let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .map_err(|error| TlsError::Verifier(error.to_string()))?;
-                let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                    .build()
-                    .map_err(|error| TlsError::Verifier(error.to_string()))?;
-                (chain, key, client_verifier, server_verifier, true)
-            }
-            TlsSource::InsecureDev => {
-                let key = KeyPair::generate()?;
-                let params = node_params(node_name);
-                let cert = params.self_signed(&key)?;
-                let accept = Arc::new(AcceptAnyPeer {
-                    algorithms: provider.signature_verification_algorithms,
-                });
-                (
-                    vec![cert.der().clone()],
-                    PrivateKeyDer::try_from(key.serialize_der()).map_err(|what| TlsError::Verifier(what.into()))?,
-                    accept.clone(),
-                    accept,
-                    false,
-                )
-            }
+        let Identity {
+            chain,
+            key,
+            client_verifier,
+            server_verifier,
+            authenticated,
+        } = match source {
+            TlsSource::Files { cert, key, ca } => Identity::from_files(cert, key, ca, &provider)?,
+            TlsSource::InsecureDev => Identity::insecure(node_name, &provider)?,
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -167,8 +197,10 @@ impl LinkTls {
             .with_custom_certificate_verifier(server_verifier)
             .with_client_auth_cert(chain, key)?;
         client.alpn_protocols = vec![ALPN.to_vec()];
-        let server = QuicServerConfig::try_from(server).map_err(|error| TlsError::Verifier(error.to_string()))?;
-        let client = QuicClientConfig::try_from(client).map_err(|error| TlsError::Verifier(error.to_string()))?;
+        let server = QuicServerConfig::try_from(server)
+            .map_err(|error| TlsError::Verifier(error.to_string()))?;
+        let client = QuicClientConfig::try_from(client)
+            .map_err(|error| TlsError::Verifier(error.to_string()))?;
         Ok(LinkTls {
             server: Arc::new(server),
             client: Arc::new(client),
@@ -226,9 +258,13 @@ fn node_params(name: &str) -> CertificateParams {
     if name != LINK_SERVER_NAME {
         names.push(name.to_owned());
     }
-    let mut params = CertificateParams::new(names).expect("node names are valid subject alternative names");
+    let mut params =
+        CertificateParams::new(names).expect("node names are valid subject alternative names");
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     params
@@ -240,7 +276,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -303,7 +343,10 @@ fn refuse_overwrite(pair: &WrittenPair) -> Result<(), TlsError> {
         if path.exists() {
             return Err(TlsError::Io {
                 path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists; not overwritten"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists; not overwritten",
+                ),
             });
         }
     }
@@ -411,7 +454,8 @@ mod tests {
     use super::*;
 
     fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("starling-tls-{:016x}", starling_core::random_u64()));
+        let dir =
+            std::env::temp_dir().join(format!("starling-tls-{:016x}", starling_core::random_u64()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -435,11 +479,22 @@ mod tests {
         // name, and only those.
         let leaf = read_certificates(&node.cert).unwrap().remove(0);
         let parsed = ParsedCertificate::try_from(&leaf).unwrap();
-        for (name, valid) in [(LINK_SERVER_NAME, true), ("node-a", true), ("node-b", false)] {
+        for (name, valid) in [
+            (LINK_SERVER_NAME, true),
+            ("node-a", true),
+            ("node-b", false),
+        ] {
             let name = ServerName::try_from(name).unwrap();
-            assert_eq!(rustls::client::verify_server_name(&parsed, &name).is_ok(), valid, "{name:?}");
+            assert_eq!(
+                rustls::client::verify_server_name(&parsed, &name).is_ok(),
+                valid,
+                "{name:?}"
+            );
         }
-        assert!(matches!(write_ca(&dir), Err(TlsError::Io { .. })), "an existing CA is not overwritten");
+        assert!(
+            matches!(write_ca(&dir), Err(TlsError::Io { .. })),
+            "an existing CA is not overwritten"
+        );
         assert!(write_node_certificate(&dir, "bad/name").is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -120,6 +120,21 @@ impl Hello {
         if theirs.node_id == self.node_id {
             return Some("that is this node itself".into());
         }
+        let inbox_tokens = theirs
+            .inbox_prefix
+            .strip_prefix(starling_core::subject::INBOX_PREFIX);
+        let valid_inbox = inbox_tokens.is_some_and(|rest| {
+            rest.ends_with('.')
+                && rest[..rest.len() - 1].split('.').all(|token| {
+                    !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+        });
+        if !valid_inbox {
+            return Some(format!(
+                "'{}' is not a request inbox prefix",
+                theirs.inbox_prefix
+            ));
+        }
         None
     }
 
@@ -451,6 +466,14 @@ mod tests {
         );
         theirs.node_id = 43;
         assert_eq!(ours.incompatibility(&theirs), None);
+        for bad in ["", ">", "_INBOX.", "_INBOX.*.", "_INBOX.ab", "orders."] {
+            theirs.inbox_prefix = bad.into();
+            assert!(
+                ours.incompatibility(&theirs).unwrap().contains("inbox"),
+                "{bad}"
+            );
+        }
+        theirs.inbox_prefix = ours.inbox_prefix.clone();
         theirs.cluster = "other".into();
         assert!(
             ours.incompatibility(&theirs)

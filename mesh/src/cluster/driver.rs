@@ -1,0 +1,604 @@
+//! The mesh's driver: one task that owns the interest state machine, the
+//! members and the links, and turns what happens (local subscriptions,
+//! handshakes, control messages, closed connections, timers) into what must
+//! be done (messages to peers, routes on the bus, dials).
+//!
+//! **Joining.** A node dials its seeds. Once a link is up, each side sends
+//! the members it knows, and tells its other peers about the new one; of two
+//! nodes that learn of each other this way, the one with the lower node id
+//! dials. Seeds are redialed for as long as the node runs; other peers are
+//! redialed (by the lower id) until their grace period ends.
+//!
+//! **Duplicates.** If two nodes dial each other at once, both keep the
+//! connection dialed by the lower node id and close the other: the rule
+//! gives the same answer on both sides, whatever the order of events.
+//!
+//! **Restarts.** A node that comes back on the same address has a new id; a
+//! link from it makes its peers forget the old id at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, Endpoint};
+use starling_core::{Bus, InterestChange, QueueCounters, SlowConsumerPolicy, SubscribeOptions};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+
+use super::ClusterConfig;
+use super::egress::{self, EgressCommand, INBOX_ROUTE_TAG};
+use super::interest::{Interest, InterestKey, NodeId, Output};
+use super::link::{self, Established, Local, close};
+use super::stats::{
+    ClusterView, InterestEntryView, InterestView, LinkCounters, LinkView, MemberView,
+    PeerInterestView, hex_id,
+};
+use super::wire::{Control, Member};
+
+/// The first wait before redialing; it doubles up to the configured most.
+const REDIAL_FIRST: Duration = Duration::from_millis(100);
+
+/// What the driver hears.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A local subscription came or went.
+    Local(InterestChange),
+    /// A peer's connection finished its handshake, or failed it.
+    Accepted(Result<Established, String>),
+    /// A dial finished.
+    Dialed {
+        address: String,
+        result: Result<Established, String>,
+    },
+    /// Time to dial `address` again.
+    Redial { address: String },
+    /// A message on the control stream of `peer`'s connection `link`.
+    Control {
+        peer: NodeId,
+        link: usize,
+        message: Control,
+    },
+    /// `peer`'s connection `link` is gone; `departed` if the peer said it
+    /// is stopping.
+    Closed {
+        peer: NodeId,
+        link: usize,
+        reason: String,
+        departed: bool,
+    },
+    /// A report is wanted.
+    View(oneshot::Sender<ClusterView>),
+    /// Stop.
+    Shutdown,
+}
+
+pub(crate) struct Driver {
+    pub local: Arc<Local>,
+    pub config: ClusterConfig,
+    pub bus: Bus,
+    pub endpoint: Endpoint,
+    pub events: UnboundedSender<Event>,
+    pub interest: Interest,
+    pub peers: BTreeMap<NodeId, Peer>,
+    /// Addresses with a dial under way or scheduled.
+    pub dialing: HashSet<String>,
+    /// The next wait before redialing each address that failed.
+    pub backoff: HashMap<String, Duration>,
+    /// The peer each seed address led to.
+    pub seed_peers: HashMap<String, NodeId>,
+}
+
+pub(crate) struct Peer {
+    name: String,
+    advertise: String,
+    link: Option<LinkState>,
+    /// When the link went down (or the peer was learned of without one).
+    down_since: Option<Instant>,
+    egress: Option<PeerEgress>,
+}
+
+struct LinkState {
+    connection: Connection,
+    /// The node that dialed this connection.
+    dialer: NodeId,
+    control: UnboundedSender<Control>,
+}
+
+struct PeerEgress {
+    commands: UnboundedSender<EgressCommand>,
+    counters: Arc<LinkCounters>,
+    queue: QueueCounters,
+}
+
+impl Driver {
+    fn our_id(&self) -> NodeId {
+        self.local.hello.node_id
+    }
+
+    pub(crate) async fn run(mut self, mut events: UnboundedReceiver<Event>) {
+        for seed in self.config.seeds.clone() {
+            self.dial(seed);
+        }
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.interest.poll_timeout());
+            tokio::select! {
+                event = events.recv() => match event {
+                    None | Some(Event::Shutdown) => break,
+                    Some(event) => self.handle(event),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.interest.handle_timeout(now);
+                    self.expire_peers(now);
+                }
+            }
+            self.apply_outputs();
+        }
+        self.shutdown().await;
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Local(change) => self.local_change(change),
+            Event::Accepted(Ok(established)) => self.established(established),
+            Event::Accepted(Err(error)) => tracing::warn!("{error}"),
+            Event::Dialed { address, result } => {
+                self.dialing.remove(&address);
+                match result {
+                    Ok(established) => {
+                        self.backoff.remove(&address);
+                        if self.config.seeds.contains(&address) {
+                            self.seed_peers.insert(address, established.hello.node_id);
+                        }
+                        self.established(established);
+                    }
+                    Err(error) => {
+                        let first = !self.backoff.contains_key(&address);
+                        if first {
+                            tracing::warn!(%address, "link failed: {error}; retrying");
+                        } else {
+                            tracing::debug!(%address, "link failed: {error}");
+                        }
+                        self.schedule_redial(address);
+                    }
+                }
+            }
+            Event::Redial { address } => {
+                self.dialing.remove(&address);
+                if self.wanted(&address) {
+                    self.dial(address);
+                }
+            }
+            Event::Control {
+                peer,
+                link,
+                message,
+            } => {
+                if !self.is_current(peer, link) {
+                    return;
+                }
+                match message {
+                    Control::Members(members) => self.learn(members),
+                    Control::Interest(message) => self.interest.handle(peer, message),
+                    Control::Hello(_) | Control::Refuse(_) => {}
+                }
+            }
+            Event::Closed {
+                peer,
+                link,
+                reason,
+                departed,
+            } => self.link_closed(peer, link, reason, departed),
+            Event::View(reply) => {
+                let _ = reply.send(self.view());
+            }
+            Event::Shutdown => {}
+        }
+    }
+
+    fn local_change(&mut self, change: InterestChange) {
+        let (added, pattern, group) = match change {
+            InterestChange::Added { pattern, group } => (true, pattern, group),
+            InterestChange::Removed { pattern, group } => (false, pattern, group),
+        };
+        // The bus's own request inboxes reach every peer through the inbox
+        // route each link sets up at once (see `established`).
+        if pattern.starts_with(&self.local.hello.inbox_prefix) {
+            return;
+        }
+        let key = InterestKey {
+            pattern: pattern.to_string(),
+            group: group.map(|g| g.to_string()),
+        };
+        if added {
+            self.interest.local_added(key);
+        } else {
+            self.interest.local_removed(&key);
+        }
+    }
+
+    fn is_current(&self, peer: NodeId, link: usize) -> bool {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.link.as_ref())
+            .is_some_and(|l| l.connection.stable_id() == link)
+    }
+
+    fn established(&mut self, established: Established) {
+        let Established {
+            connection,
+            hello,
+            dialed,
+            control_send,
+            control_recv,
+        } = established;
+        let id = hello.node_id;
+        let restarted: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(other, peer)| **other != id && peer.advertise == hello.advertise)
+            .map(|(other, _)| *other)
+            .collect();
+        for old in restarted {
+            self.forget(old, "it restarted with a new id");
+        }
+        let dialer = if dialed.is_some() { self.our_id() } else { id };
+        let peer = self.peers.entry(id).or_insert_with(|| Peer {
+            name: hello.name.clone(),
+            advertise: hello.advertise.clone(),
+            link: None,
+            down_since: None,
+            egress: None,
+        });
+        if let Some(existing) = &peer.link {
+            // Two connections to one peer: keep the one the lower id dialed
+            // (both sides choose the same); on a tie, the older one.
+            if dialer >= existing.dialer {
+                link::close_with(&connection, close::DUPLICATE, "a link to this node exists");
+                return;
+            }
+            link::close_with(
+                &existing.connection,
+                close::DUPLICATE,
+                "replaced by the link the lower node id dialed",
+            );
+        }
+        let egress = peer
+            .egress
+            .get_or_insert_with(|| start_egress(&self.bus, &self.config, &hello.inbox_prefix));
+        let (control, control_queue) = unbounded_channel();
+        tokio::spawn(link::control_writer(control_send, control_queue));
+        tokio::spawn(link::control_reader(
+            control_recv,
+            connection.clone(),
+            id,
+            self.local.control_bytes_max,
+            self.events.clone(),
+        ));
+        tokio::spawn(link::ingress(
+            connection.clone(),
+            self.bus.clone(),
+            egress.counters.clone(),
+        ));
+        let _ = egress
+            .commands
+            .send(EgressCommand::Connect(connection.clone()));
+        tracing::info!(
+            peer = %hello.name,
+            address = %hello.advertise,
+            id = %hex_id(id),
+            dialed = dialed.is_some(),
+            "link up"
+        );
+        peer.link = Some(LinkState {
+            connection,
+            dialer,
+            control,
+        });
+        peer.down_since = None;
+        self.interest.link_up(id);
+        // Everyone this node knows goes to the new peer; the new peer goes to
+        // everyone else.
+        let mut members = vec![Member {
+            id: self.our_id(),
+            name: self.local.hello.name.clone(),
+            advertise: self.local.hello.advertise.clone(),
+        }];
+        members.extend(
+            self.peers
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(other, p)| Member {
+                    id: *other,
+                    name: p.name.clone(),
+                    advertise: p.advertise.clone(),
+                }),
+        );
+        self.send(id, Control::Members(members));
+        let newcomer = Member {
+            id,
+            name: hello.name,
+            advertise: hello.advertise,
+        };
+        let others: Vec<NodeId> = self.up_peers().filter(|other| *other != id).collect();
+        for other in others {
+            self.send(other, Control::Members(vec![newcomer.clone()]));
+        }
+    }
+
+    fn learn(&mut self, members: Vec<Member>) {
+        let now = Instant::now();
+        for member in members {
+            if member.id == self.our_id() || self.peers.contains_key(&member.id) {
+                continue;
+            }
+            tracing::debug!(peer = %member.name, address = %member.advertise, "learned of a member");
+            let dial = self.our_id() < member.id;
+            let address = member.advertise.clone();
+            self.peers.insert(
+                member.id,
+                Peer {
+                    name: member.name,
+                    advertise: member.advertise,
+                    link: None,
+                    down_since: Some(now),
+                    egress: None,
+                },
+            );
+            if dial {
+                self.dial(address);
+            }
+        }
+    }
+
+    fn link_closed(&mut self, id: NodeId, link: usize, reason: String, departed: bool) {
+        if !self.is_current(id, link) {
+            return;
+        }
+        if departed {
+            // It left the mesh: nothing to wait for.
+            self.forget(id, &reason);
+            return;
+        }
+        let now = Instant::now();
+        let peer = self.peers.get_mut(&id).expect("current links have peers");
+        peer.link = None;
+        peer.down_since = Some(now);
+        if let Some(egress) = &peer.egress {
+            let _ = egress.commands.send(EgressCommand::Disconnect);
+        }
+        tracing::warn!(peer = %peer.name, address = %peer.advertise, "link down: {reason}");
+        let address = peer.advertise.clone();
+        self.interest.link_down(id, now);
+        self.backoff.remove(&address);
+        if self.wanted(&address) {
+            self.schedule_redial(address);
+        }
+    }
+
+    /// Forgets a peer at once: its link closes and its interest goes.
+    fn forget(&mut self, id: NodeId, why: &str) {
+        if let Some(peer) = self.peers.remove(&id) {
+            tracing::info!(peer = %peer.name, address = %peer.advertise, "forgetting a peer: {why}");
+            if let Some(link) = peer.link {
+                link::close_with(&link.connection, close::GONE, why);
+            }
+        }
+        self.interest.forget(id);
+    }
+
+    /// Peers whose link stayed down past the grace period are forgotten (the
+    /// interest machine has withdrawn their interest already).
+    fn expire_peers(&mut self, now: Instant) {
+        let grace = self.config.interest.withdraw_after;
+        let expired: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.link.is_none() && p.down_since.is_some_and(|since| now >= since + grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.forget(id, "its link stayed down past the grace period");
+        }
+    }
+
+    /// Whether this node should (re)dial `address`.
+    fn wanted(&self, address: &str) -> bool {
+        if self.config.seeds.iter().any(|seed| seed == address) {
+            let linked = self
+                .seed_peers
+                .get(address)
+                .and_then(|id| self.peers.get(id))
+                .is_some_and(|peer| peer.link.is_some());
+            return !linked;
+        }
+        self.peers.iter().any(|(id, peer)| {
+            peer.advertise == address && peer.link.is_none() && self.our_id() < *id
+        })
+    }
+
+    fn dial(&mut self, address: String) {
+        if !self.dialing.insert(address.clone()) {
+            return;
+        }
+        let endpoint = self.endpoint.clone();
+        let local = self.local.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = link::dial(endpoint, address.clone(), local).await;
+            let _ = events.send(Event::Dialed { address, result });
+        });
+    }
+
+    fn schedule_redial(&mut self, address: String) {
+        if !self.dialing.insert(address.clone()) {
+            return;
+        }
+        let most = self.config.redial_backoff_max;
+        let wait = self.backoff.entry(address.clone()).or_insert(REDIAL_FIRST);
+        let delay = *wait;
+        *wait = (*wait * 2).min(most);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Redial { address });
+        });
+    }
+
+    fn up_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.link.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    fn send(&self, to: NodeId, message: Control) {
+        if let Some(link) = self.peers.get(&to).and_then(|p| p.link.as_ref()) {
+            let _ = link.control.send(message);
+        }
+    }
+
+    fn apply_outputs(&mut self) {
+        while let Some(output) = self.interest.poll_output() {
+            match output {
+                Output::Send { to, message } => self.send(to, Control::Interest(message)),
+                Output::Subscribe { peer, id, key } => {
+                    self.egress(peer, EgressCommand::Subscribe { id, key })
+                }
+                Output::Unsubscribe { peer, id } => {
+                    self.egress(peer, EgressCommand::Unsubscribe { id })
+                }
+            }
+        }
+    }
+
+    fn egress(&self, peer: NodeId, command: EgressCommand) {
+        if let Some(egress) = self.peers.get(&peer).and_then(|p| p.egress.as_ref()) {
+            let _ = egress.commands.send(command);
+        }
+    }
+
+    fn view(&self) -> ClusterView {
+        let members = std::iter::once(MemberView {
+            id: hex_id(self.our_id()),
+            name: self.local.hello.name.clone(),
+            advertise: self.local.hello.advertise.clone(),
+            state: "self",
+        })
+        .chain(self.peers.iter().map(|(id, peer)| MemberView {
+            id: hex_id(*id),
+            name: peer.name.clone(),
+            advertise: peer.advertise.clone(),
+            state: if peer.link.is_some() { "up" } else { "down" },
+        }))
+        .collect();
+        let links = self
+            .peers
+            .iter()
+            .filter_map(|(id, peer)| {
+                let egress = peer.egress.as_ref()?;
+                let mut view = LinkView {
+                    peer_id: hex_id(*id),
+                    peer_name: peer.name.clone(),
+                    address: peer.advertise.clone(),
+                    state: if peer.link.is_some() { "up" } else { "down" },
+                    dialed: peer
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.dialer == self.our_id()),
+                    rtt_us: peer
+                        .link
+                        .as_ref()
+                        .map(|l| l.connection.rtt().as_micros() as u64),
+                    events_out: 0,
+                    bytes_out: 0,
+                    events_in: 0,
+                    bytes_in: 0,
+                    dropped_out: egress.queue.dropped(),
+                    unroutable_out: 0,
+                    dropped_in: 0,
+                    pending_out: egress.queue.pending(),
+                    interest_entries: self.interest.remote_entries(*id).len(),
+                };
+                view.counters(&egress.counters);
+                Some(view)
+            })
+            .collect();
+        let entries = |list: Vec<(u64, InterestKey)>| {
+            list.into_iter()
+                .map(|(id, key)| InterestEntryView {
+                    id,
+                    pattern: key.pattern,
+                    queue_group: key.group,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (epoch, version) = self.interest.version();
+        let interest = InterestView {
+            epoch: hex_id(epoch),
+            version,
+            local: entries(self.interest.local_entries()),
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, peer)| PeerInterestView {
+                    peer_id: hex_id(*id),
+                    peer_name: peer.name.clone(),
+                    entries: entries(self.interest.remote_entries(*id)),
+                })
+                .collect(),
+        };
+        ClusterView {
+            node_id: hex_id(self.our_id()),
+            cluster: self.local.hello.cluster.clone(),
+            cluster_addr: self.local.hello.advertise.clone(),
+            authenticated: self.local.authenticated,
+            members,
+            links,
+            interest,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for peer in self.peers.values() {
+            if let Some(link) = &peer.link {
+                link::close_with(&link.connection, close::SHUTDOWN, "the node is stopping");
+            }
+        }
+        self.peers.clear();
+        self.endpoint
+            .close(close::SHUTDOWN, b"the node is stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A peer's mailbox on the bus and the task that drains it. Its first route
+/// carries replies to the peer's request inboxes, so that a request the peer
+/// sends over the link can always be answered, with no interest to wait for.
+fn start_egress(bus: &Bus, config: &ClusterConfig, inbox_prefix: &str) -> PeerEgress {
+    let mut mailbox = bus.peer_mailbox(SubscribeOptions {
+        capacity: config.peer_queue_events,
+        policy: SlowConsumerPolicy::DropNewest,
+    });
+    if let Err(error) = mailbox.subscribe(INBOX_ROUTE_TAG, &format!("{inbox_prefix}>"), None) {
+        tracing::warn!(%inbox_prefix, %error, "a peer's replies cannot be routed");
+    }
+    let counters = Arc::new(LinkCounters::default());
+    let queue = mailbox.counters();
+    let (commands, receiver) = unbounded_channel();
+    // A mailbox has one consumer at a time (it is not `Sync`): its task stays
+    // on the mesh thread.
+    tokio::task::spawn_local(egress::run(
+        mailbox,
+        receiver,
+        config.data_streams,
+        counters.clone(),
+    ));
+    PeerEgress {
+        commands,
+        counters,
+        queue,
+    }
+}

@@ -1,0 +1,387 @@
+//! One QUIC connection to a peer: the handshake that makes it a link, its
+//! control stream, and the data streams it receives.
+//!
+//! A link is up only once both `HELLO`s are exchanged and agree (cluster,
+//! protocol, event format, distinct node ids, and, with mutual TLS, a
+//! certificate valid for the name the peer claims). A refusal is logged on
+//! both sides with its reason. Bad bytes from a peer close that link alone,
+//! with the reason as the QUIC close reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rkyv::util::AlignedVec;
+use starling_core::event::{self, EventLimits};
+use starling_core::{Bus, PublishError};
+use starling_transport::frame::{DecodeError, Decoder, FRAME_ALIGN};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::driver::Event;
+use super::interest::NodeId;
+use super::stats::LinkCounters;
+use super::tls::{LINK_SERVER_NAME, peer_holds_name};
+use super::wire::{Control, Hello, WireError, decode_forward};
+
+/// How long a handshake may take.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC application close codes of links.
+pub(crate) mod close {
+    use quinn::VarInt;
+    /// The node is stopping.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    /// Another connection to the same peer was kept instead.
+    pub const DUPLICATE: VarInt = VarInt::from_u32(1);
+    /// The handshake failed.
+    pub const REFUSED: VarInt = VarInt::from_u32(2);
+    /// The peer sent bytes that break the protocol.
+    pub const PROTOCOL: VarInt = VarInt::from_u32(3);
+    /// The peer restarted or was forgotten.
+    pub const GONE: VarInt = VarInt::from_u32(4);
+}
+
+/// Bytes read from a data stream at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// A connection whose handshake succeeded.
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub connection: Connection,
+    pub hello: Hello,
+    /// The address dialed, if this node dialed.
+    pub dialed: Option<String>,
+    pub control_send: SendStream,
+    pub control_recv: RecvStream,
+}
+
+/// What a handshake needs to know about this node.
+#[derive(Debug, Clone)]
+pub(crate) struct Local {
+    pub hello: Hello,
+    pub authenticated: bool,
+    pub control_bytes_max: usize,
+}
+
+/// Dials `address` and shakes hands.
+pub(crate) async fn dial(
+    endpoint: quinn::Endpoint,
+    address: String,
+    local: Arc<Local>,
+) -> Result<Established, String> {
+    let attempt = async {
+        let target = resolve(&address).await?;
+        let connecting = endpoint
+            .connect(target, LINK_SERVER_NAME)
+            .map_err(|error| format!("cannot dial: {error}"))?;
+        let connection = connecting
+            .await
+            .map_err(|error| format!("cannot connect: {error}"))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|error| format!("cannot open the control stream: {error}"))?;
+        write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
+        match read_control(&mut recv, local.control_bytes_max).await? {
+            Control::Hello(theirs) => {
+                if let Some(why) = check_peer(&local, &connection, &theirs) {
+                    connection.close(close::REFUSED, why.as_bytes());
+                    return Err(format!(
+                        "refused {} ({}): {why}",
+                        theirs.name, theirs.advertise
+                    ));
+                }
+                Ok(Established {
+                    connection,
+                    hello: theirs,
+                    dialed: Some(address.clone()),
+                    control_send: send,
+                    control_recv: recv,
+                })
+            }
+            Control::Refuse(reason) => Err(format!("the peer refused the link: {reason}")),
+            other => Err(format!(
+                "the peer answered HELLO with {}",
+                control_name(&other)
+            )),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err("handshake timed out".into()))
+}
+
+/// Accepts an incoming connection and shakes hands.
+pub(crate) async fn accept(
+    incoming: quinn::Incoming,
+    local: Arc<Local>,
+) -> Result<Established, String> {
+    let remote = incoming.remote_address();
+    let attempt = async {
+        let connection = incoming
+            .await
+            .map_err(|error| format!("connection failed: {error}"))?;
+        let (mut send, mut recv) = connection
+            .accept_bi()
+            .await
+            .map_err(|error| format!("no control stream: {error}"))?;
+        let theirs = match read_control(&mut recv, local.control_bytes_max).await? {
+            Control::Hello(theirs) => theirs,
+            other => {
+                let why = format!(
+                    "the first message must be HELLO, not {}",
+                    control_name(&other)
+                );
+                connection.close(close::PROTOCOL, why.as_bytes());
+                return Err(why);
+            }
+        };
+        if let Some(why) = check_peer(&local, &connection, &theirs) {
+            // Tell the dialer why, then close once it has read it (or soon).
+            let _ = write_control(&mut send, &Control::Refuse(why.clone())).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+            connection.close(close::REFUSED, why.as_bytes());
+            return Err(format!(
+                "refused {} ({}): {why}",
+                theirs.name, theirs.advertise
+            ));
+        }
+        write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
+        Ok(Established {
+            connection,
+            hello: theirs,
+            dialed: None,
+            control_send: send,
+            control_recv: recv,
+        })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err("handshake timed out".into()))
+        .map_err(|error| format!("link from {remote}: {error}"))
+}
+
+fn check_peer(local: &Local, connection: &Connection, theirs: &Hello) -> Option<String> {
+    if let Some(why) = local.hello.incompatibility(theirs) {
+        return Some(why);
+    }
+    if !peer_holds_name(connection, local.authenticated, &theirs.name) {
+        return Some(format!(
+            "its certificate is not valid for the node name '{}' it claims",
+            theirs.name
+        ));
+    }
+    None
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|error| format!("cannot resolve: {error}"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".into())
+}
+
+fn control_name(message: &Control) -> &'static str {
+    match message {
+        Control::Hello(_) => "HELLO",
+        Control::Refuse(_) => "REFUSE",
+        Control::Members(_) => "MEMBERS",
+        Control::Interest(_) => "INTEREST",
+    }
+}
+
+async fn write_control(send: &mut SendStream, message: &Control) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    message.encode(&mut bytes);
+    send.write_all(&bytes)
+        .await
+        .map_err(|error| format!("control stream: {error}"))
+}
+
+/// Reads one control message, checking its announced length first.
+async fn read_control(recv: &mut RecvStream, max: usize) -> Result<Control, String> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|error| format!("control stream: {error}"))?;
+    let length = Control::announced_length(prefix, max).map_err(|error| error.to_string())?;
+    let mut message = vec![0u8; length];
+    recv.read_exact(&mut message)
+        .await
+        .map_err(|error| format!("control stream: {error}"))?;
+    Control::decode(&message).map_err(|error| error.to_string())
+}
+
+/// Writes what the driver queues for this link to its control stream,
+/// several messages per write when they queue up.
+pub(crate) async fn control_writer(mut send: SendStream, mut queue: UnboundedReceiver<Control>) {
+    let mut bytes = Vec::new();
+    while let Some(message) = queue.recv().await {
+        bytes.clear();
+        message.encode(&mut bytes);
+        while let Ok(more) = queue.try_recv() {
+            more.encode(&mut bytes);
+        }
+        if send.write_all(&bytes).await.is_err() {
+            // The connection is gone; its reader reports why.
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Hands each control message from the peer to the driver; reports the
+/// link closed when the stream ends or breaks.
+pub(crate) async fn control_reader(
+    mut recv: RecvStream,
+    connection: Connection,
+    peer: NodeId,
+    control_bytes_max: usize,
+    driver: UnboundedSender<Event>,
+) {
+    let (reason, departed) = loop {
+        match read_control(&mut recv, control_bytes_max).await {
+            Ok(Control::Hello(_)) => {
+                let why = "HELLO was already received";
+                connection.close(close::PROTOCOL, why.as_bytes());
+                break (why.to_string(), false);
+            }
+            Ok(message) => {
+                let link = connection.stable_id();
+                if driver
+                    .send(Event::Control {
+                        peer,
+                        link,
+                        message,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(error) => {
+                if let Some(closed) = connection.close_reason() {
+                    let departed = matches!(
+                        &closed,
+                        quinn::ConnectionError::ApplicationClosed(close) if close.error_code == close::SHUTDOWN
+                    );
+                    break (closed_reason(&closed), departed);
+                }
+                if !error.contains("control stream") {
+                    // Bad bytes, not a broken connection.
+                    connection.close(close::PROTOCOL, error.as_bytes());
+                }
+                break (error, false);
+            }
+        }
+    };
+    let link = connection.stable_id();
+    let _ = driver.send(Event::Closed {
+        peer,
+        link,
+        reason,
+        departed,
+    });
+}
+
+/// Accepts the peer's data streams and reads each.
+pub(crate) async fn ingress(connection: Connection, bus: Bus, counters: Arc<LinkCounters>) {
+    while let Ok(stream) = connection.accept_uni().await {
+        tokio::spawn(read_data_stream(
+            stream,
+            connection.clone(),
+            bus.clone(),
+            counters.clone(),
+        ));
+    }
+}
+
+/// Why a data stream was given up.
+#[derive(Debug)]
+enum Refusal {
+    Wire(WireError),
+    Event(event::ValidationError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Wire(error) => write!(f, "{error}"),
+            Refusal::Event(error) => write!(f, "invalid event: {error}"),
+        }
+    }
+}
+
+async fn read_data_stream(
+    mut stream: RecvStream,
+    connection: Connection,
+    bus: Bus,
+    counters: Arc<LinkCounters>,
+) {
+    let limits: EventLimits = bus.config().limits;
+    let mut publisher = bus.publisher();
+    let mut decoder = Decoder::new(limits.archive_bytes_max() + 64 * 1024);
+    let mut chunk = AlignedVec::<FRAME_ALIGN>::with_capacity(READ_CHUNK);
+    chunk.resize(READ_CHUNK, 0);
+    loop {
+        let read = match stream.read(&mut chunk).await {
+            Ok(Some(read)) => read,
+            Ok(None) | Err(_) => return,
+        };
+        counters.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
+        let fed = decoder.feed(&chunk[..read], |frame| {
+            let forward = decode_forward(frame).map_err(Refusal::Wire)?;
+            let checked = event::check(forward.archive, &limits).map_err(Refusal::Event)?;
+            match publisher.publish_forwarded(checked, forward.plain, forward.groups()) {
+                Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
+                // Counted by the local consumers it was for.
+                Err(PublishError::OutOfMemory(_)) => {
+                    counters.dropped_in.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(_) => return Ok::<(), Refusal>(()),
+            };
+            Ok(())
+        });
+        let reason = match fed {
+            Ok(()) => continue,
+            Err(DecodeError::Handler(refusal)) => refusal.to_string(),
+            Err(DecodeError::Frame(error)) => error.to_string(),
+        };
+        tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
+        connection.close(close::PROTOCOL, reason.as_bytes());
+        return;
+    }
+}
+
+/// The reason a connection was closed, for logs.
+pub(crate) fn closed_reason(error: &quinn::ConnectionError) -> String {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            let code = close.error_code;
+            let what = match code {
+                c if c == close::SHUTDOWN => "the peer is stopping",
+                c if c == close::DUPLICATE => "a duplicate link was closed",
+                c if c == close::REFUSED => "refused",
+                c if c == close::PROTOCOL => "protocol error",
+                c if c == close::GONE => "forgotten",
+                _ => "closed",
+            };
+            if reason.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what}: {reason}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Closes `connection` with `code` and a reason.
+pub(crate) fn close_with(connection: &Connection, code: VarInt, reason: &str) {
+    connection.close(code, reason.as_bytes());
+}

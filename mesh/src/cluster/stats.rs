@@ -1,0 +1,147 @@
+//! What the mesh reports: per-link counters, kept by the tasks that move the
+//! events, and views of members, links and interest for `/v1/` and
+//! `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Counters of one peer's link, each written by one task. Relaxed: they are
+/// figures, not synchronization.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Events sent to the peer (one per publish, however many of its
+    /// subscriptions and groups it was for).
+    pub events_out: AtomicU64,
+    /// Bytes written to the peer's data streams.
+    pub bytes_out: AtomicU64,
+    /// Events routed to the peer for an interest entry it had withdrawn by
+    /// the time they were sent: not sent.
+    pub unroutable_out: AtomicU64,
+    /// Events received from the peer and delivered here.
+    pub events_in: AtomicU64,
+    /// Bytes read from the peer's data streams.
+    pub bytes_in: AtomicU64,
+    /// Events received from the peer that found no event memory here
+    /// (counted as dropped by the consumers they were for, too).
+    pub dropped_in: AtomicU64,
+}
+
+/// One member of the mesh as this node sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its node id, hex.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Where it is dialed.
+    pub advertise: String,
+    /// `up` if linked, `down` otherwise.
+    pub state: &'static str,
+}
+
+/// One link as this node sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LinkView {
+    /// The peer's node id, hex.
+    pub peer_id: String,
+    /// The peer's name.
+    pub peer_name: String,
+    /// The peer's address.
+    pub address: String,
+    /// `up` or `down`.
+    pub state: &'static str,
+    /// Whether this node dialed the link (else it accepted it).
+    pub dialed: bool,
+    /// Round-trip time, microseconds, while up.
+    pub rtt_us: Option<u64>,
+    /// Events sent.
+    pub events_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Events received.
+    pub events_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Events for the peer dropped here because its queue was full (a slow
+    /// or long-down link).
+    pub dropped_out: u64,
+    /// Events routed to an interest entry the peer had just withdrawn.
+    pub unroutable_out: u64,
+    /// Events from the peer that found no event memory here.
+    pub dropped_in: u64,
+    /// Events waiting to be sent.
+    pub pending_out: usize,
+    /// Interest entries the peer has here.
+    pub interest_entries: usize,
+}
+
+impl LinkView {
+    pub(crate) fn counters(&mut self, counters: &LinkCounters) {
+        self.events_out = counters.events_out.load(Ordering::Relaxed);
+        self.bytes_out = counters.bytes_out.load(Ordering::Relaxed);
+        self.unroutable_out = counters.unroutable_out.load(Ordering::Relaxed);
+        self.events_in = counters.events_in.load(Ordering::Relaxed);
+        self.bytes_in = counters.bytes_in.load(Ordering::Relaxed);
+        self.dropped_in = counters.dropped_in.load(Ordering::Relaxed);
+    }
+}
+
+/// This node's interest and what it knows of each peer's.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InterestView {
+    /// This node's epoch and version.
+    pub epoch: String,
+    /// Changes in this epoch.
+    pub version: u64,
+    /// This node's interest.
+    pub local: Vec<InterestEntryView>,
+    /// Each peer's interest as known here.
+    pub peers: Vec<PeerInterestView>,
+}
+
+/// One interest entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InterestEntryView {
+    /// The origin's id for it.
+    pub id: u64,
+    /// The pattern.
+    pub pattern: String,
+    /// The queue group.
+    pub queue_group: Option<String>,
+}
+
+/// A peer's interest as known here.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerInterestView {
+    /// The peer's node id, hex.
+    pub peer_id: String,
+    /// The peer's name.
+    pub peer_name: String,
+    /// The peer's entries.
+    pub entries: Vec<InterestEntryView>,
+}
+
+/// Everything the mesh reports, taken at once.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node's id, hex.
+    pub node_id: String,
+    /// The cluster's name.
+    pub cluster: String,
+    /// The address of this node's cluster port.
+    pub cluster_addr: String,
+    /// Whether peers are authenticated by certificate.
+    pub authenticated: bool,
+    /// Every member known.
+    pub members: Vec<MemberView>,
+    /// Every link, up or down.
+    pub links: Vec<LinkView>,
+    /// Interest.
+    pub interest: InterestView,
+}
+
+/// A node id as reports show it.
+pub fn hex_id(id: u64) -> String {
+    format!("{id:016x}")
+}
