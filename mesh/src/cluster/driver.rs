@@ -16,7 +16,9 @@
 //! **Restarts.** A node that comes back on the same address has a new id; a
 //! link from it makes its peers forget the old id at once.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
 use super::ClusterConfig;
-use super::egress::{self, EgressCommand, INBOX_ROUTE_TAG};
+use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
 use super::link::{self, Established, Local, close};
 use super::stats::{
@@ -108,6 +110,7 @@ struct PeerEgress {
     commands: UnboundedSender<EgressCommand>,
     counters: Arc<LinkCounters>,
     queue: QueueCounters,
+    replies: Rc<RefCell<ReplyRoutes>>,
 }
 
 impl Driver {
@@ -275,10 +278,11 @@ impl Driver {
             self.local.control_bytes_max,
             self.events.clone(),
         ));
-        tokio::spawn(link::ingress(
+        tokio::task::spawn_local(link::ingress(
             connection.clone(),
             self.bus.clone(),
             egress.counters.clone(),
+            egress.replies.clone(),
         ));
         let _ = egress
             .commands
@@ -575,21 +579,22 @@ impl Driver {
 }
 
 /// A peer's mailbox on the bus and the task that drains it. Its first route
-/// carries replies to the peer's request inboxes, so that a request the peer
-/// sends over the link can always be answered, with no interest to wait for.
+/// carries replies to the peer's own request inboxes.
 fn start_egress(bus: &Bus, config: &ClusterConfig, inbox_prefix: &str) -> PeerEgress {
-    let mut mailbox = bus.peer_mailbox(SubscribeOptions {
+    let mailbox = bus.peer_mailbox(SubscribeOptions {
         capacity: config.peer_queue_events,
         policy: SlowConsumerPolicy::DropNewest,
     });
-    if let Err(error) = mailbox.subscribe(INBOX_ROUTE_TAG, &format!("{inbox_prefix}>"), None) {
-        tracing::warn!(%inbox_prefix, %error, "a peer's replies cannot be routed");
-    }
     let counters = Arc::new(LinkCounters::default());
     let queue = mailbox.counters();
+    // One mailbox, one thread: the egress task drains it, and the link's
+    // ingress tasks add reply routes to it, all on the mesh thread.
+    let mailbox = Rc::new(RefCell::new(mailbox));
+    let replies = Rc::new(RefCell::new(ReplyRoutes::new(
+        mailbox.clone(),
+        inbox_prefix,
+    )));
     let (commands, receiver) = unbounded_channel();
-    // A mailbox has one consumer at a time (it is not `Sync`): its task stays
-    // on the mesh thread.
     tokio::task::spawn_local(egress::run(
         mailbox,
         receiver,
@@ -600,5 +605,6 @@ fn start_egress(bus: &Bus, config: &ClusterConfig, inbox_prefix: &str) -> PeerEg
         commands,
         counters,
         queue,
+        replies,
     }
 }

@@ -13,15 +13,25 @@
 //! Streams are chosen by subject, so the events of one subject keep their
 //! order. While the link is down the mailbox keeps what arrives, up to its
 //! capacity (then it drops and counts), and sends it when the link is back.
+//!
+//! **Replies.** A request that arrives from the peer names a reply subject
+//! in one of the peer's inboxes; the subscription waiting there may not have
+//! reached this node as interest yet (interest and events travel on
+//! different streams). So before such a request is delivered here, the
+//! peer's inbox space gets a route to the peer ([`ReplyRoutes`]): the answer
+//! always finds its way back.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use quinn::{Connection, SendStream};
 use starling_core::bus::PLAIN_TAG;
+use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -29,9 +39,13 @@ use super::interest::InterestKey;
 use super::stats::LinkCounters;
 use super::wire::{FRAME_GROUPS_MAX, encode_forward};
 
-/// The tag of the route for replies to the peer's request inboxes (interest
-/// ids start at 1).
-pub(crate) const INBOX_ROUTE_TAG: u64 = 0;
+/// The tag of the routes for replies to the peer's request inboxes (interest
+/// ids start at 1, and plain deliveries are tagged `PLAIN_TAG` anyway).
+const REPLY_ROUTE_TAG: u64 = 0;
+
+/// Reply routes one peer may have before they are all dropped and learned
+/// anew (each is one subscription on the bus).
+const REPLY_ROUTES_MAX: usize = 4096;
 
 /// Most events taken from the mailbox for one round of writes.
 const BATCH_EVENTS: usize = 1024;
@@ -53,7 +67,7 @@ pub(crate) enum EgressCommand {
 
 /// Drains `mailbox` to the peer until the driver lets go of `commands`.
 pub(crate) async fn run(
-    mut mailbox: Mailbox,
+    mailbox: Rc<RefCell<Mailbox>>,
     mut commands: UnboundedReceiver<EgressCommand>,
     data_streams: usize,
     counters: Arc<LinkCounters>,
@@ -74,7 +88,7 @@ pub(crate) async fn run(
             if let Poll::Ready(command) = commands.poll_recv(cx) {
                 return Poll::Ready(Next::Command(command));
             }
-            if linked && let Poll::Ready(event) = mailbox.poll_recv(cx) {
+            if linked && let Poll::Ready(event) = mailbox.borrow().poll_recv(cx) {
                 return Poll::Ready(Next::Event(event));
             }
             Poll::Pending
@@ -82,14 +96,12 @@ pub(crate) async fn run(
         .await;
         match next {
             Next::Command(None) | Next::Event(Err(RecvError::Closed)) => return,
-            Next::Command(Some(command)) => {
-                egress.command(&mut mailbox, command, data_streams).await
-            }
+            Next::Command(Some(command)) => egress.command(&mailbox, command, data_streams).await,
             Next::Event(Ok(first)) => {
                 egress.take(first);
                 let mut bytes = 0;
                 for _ in 1..BATCH_EVENTS {
-                    let Some(event) = mailbox.try_recv() else {
+                    let Some(event) = mailbox.borrow().try_recv() else {
                         break;
                     };
                     bytes += egress.take(event);
@@ -133,13 +145,17 @@ struct Pending {
 impl Egress {
     async fn command(
         &mut self,
-        mailbox: &mut Mailbox,
+        mailbox: &RefCell<Mailbox>,
         command: EgressCommand,
         data_streams: usize,
     ) {
         match command {
             EgressCommand::Subscribe { id, key } => {
-                if let Err(error) = mailbox.subscribe(id, &key.pattern, key.group.as_deref()) {
+                let subscribed =
+                    mailbox
+                        .borrow_mut()
+                        .subscribe(id, &key.pattern, key.group.as_deref());
+                if let Err(error) = subscribed {
                     // The peer validated it too; a difference in limits
                     // between builds is all that can get here.
                     tracing::warn!(pattern = %key.pattern, %error, "a peer's interest cannot be routed");
@@ -150,7 +166,7 @@ impl Egress {
                 }
             }
             EgressCommand::Unsubscribe { id } => {
-                mailbox.unsubscribe(id);
+                mailbox.borrow_mut().unsubscribe(id);
                 self.groups.remove(&id);
             }
             EgressCommand::Connect(connection) => {
@@ -248,4 +264,59 @@ fn shard(subject: &str, streams: usize) -> usize {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % streams as u64) as usize
+}
+
+/// Routes to one peer for replies to its requests: `_INBOX.<x>.>` for each
+/// inbox space `_INBOX.<x>.` its requests have named.
+#[derive(Debug)]
+pub(crate) struct ReplyRoutes {
+    mailbox: Rc<RefCell<Mailbox>>,
+    known: HashSet<Box<str>>,
+}
+
+impl ReplyRoutes {
+    /// Routes for `peer_inbox_prefix` (the peer's own bus) from the start.
+    pub(crate) fn new(mailbox: Rc<RefCell<Mailbox>>, peer_inbox_prefix: &str) -> Self {
+        let mut routes = ReplyRoutes {
+            mailbox,
+            known: HashSet::new(),
+        };
+        routes.add(peer_inbox_prefix);
+        routes
+    }
+
+    /// Makes sure a reply to `reply_to` reaches the peer. Does nothing (and
+    /// allocates nothing) for an inbox space already routed or a reply
+    /// subject outside `_INBOX.`.
+    pub(crate) fn learn(&mut self, reply_to: &str) {
+        let Some(rest) = reply_to.strip_prefix(INBOX_PREFIX) else {
+            return;
+        };
+        let Some(end) = rest.find('.') else {
+            return;
+        };
+        let prefix = &reply_to[..INBOX_PREFIX.len() + end + 1];
+        if self.known.contains(prefix) {
+            return;
+        }
+        if self.known.len() >= REPLY_ROUTES_MAX {
+            self.mailbox.borrow_mut().unsubscribe(REPLY_ROUTE_TAG);
+            self.known.clear();
+        }
+        self.add(prefix);
+    }
+
+    fn add(&mut self, prefix: &str) {
+        let pattern = format!("{prefix}>");
+        match self
+            .mailbox
+            .borrow_mut()
+            .subscribe(REPLY_ROUTE_TAG, &pattern, None)
+        {
+            Ok(()) => {
+                self.known.insert(prefix.into());
+            }
+            Err(error) => tracing::debug!(%pattern, %error, "no reply route"),
+        }
+    }
 }

@@ -7,7 +7,9 @@
 //! both sides with its reason. Bad bytes from a peer close that link alone,
 //! with the reason as the QUIC close reason.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use starling_transport::frame::{DecodeError, Decoder, FRAME_ALIGN};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::driver::Event;
+use super::egress::ReplyRoutes;
 use super::interest::NodeId;
 use super::stats::LinkCounters;
 use super::tls::{LINK_SERVER_NAME, peer_holds_name};
@@ -289,13 +292,19 @@ pub(crate) async fn control_reader(
 }
 
 /// Accepts the peer's data streams and reads each.
-pub(crate) async fn ingress(connection: Connection, bus: Bus, counters: Arc<LinkCounters>) {
+pub(crate) async fn ingress(
+    connection: Connection,
+    bus: Bus,
+    counters: Arc<LinkCounters>,
+    replies: Rc<RefCell<ReplyRoutes>>,
+) {
     while let Ok(stream) = connection.accept_uni().await {
-        tokio::spawn(read_data_stream(
+        tokio::task::spawn_local(read_data_stream(
             stream,
             connection.clone(),
             bus.clone(),
             counters.clone(),
+            replies.clone(),
         ));
     }
 }
@@ -321,6 +330,7 @@ async fn read_data_stream(
     connection: Connection,
     bus: Bus,
     counters: Arc<LinkCounters>,
+    replies: Rc<RefCell<ReplyRoutes>>,
 ) {
     let limits: EventLimits = bus.config().limits;
     let mut publisher = bus.publisher();
@@ -336,6 +346,9 @@ async fn read_data_stream(
         let fed = decoder.feed(&chunk[..read], |frame| {
             let forward = decode_forward(frame).map_err(Refusal::Wire)?;
             let checked = event::check(forward.archive, &limits).map_err(Refusal::Event)?;
+            if let Some(reply_to) = checked.event().reply_to() {
+                replies.borrow_mut().learn(reply_to);
+            }
             match publisher.publish_forwarded(checked, forward.plain, forward.groups()) {
                 Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
                 // Counted by the local consumers it was for.

@@ -216,23 +216,9 @@ impl Cluster {
         bus.watch_local_interest(Box::new(move |change| {
             let _ = watcher.send(Event::Local(change));
         }));
-        let driver = Driver {
-            interest: Interest::new(
-                starling_core::random_u64(),
-                config.interest,
-                std::time::Instant::now(),
-            ),
-            local: local.clone(),
-            config,
-            bus,
-            endpoint: endpoint.clone(),
-            events: events.clone(),
-            peers: Default::default(),
-            dialing: Default::default(),
-            backoff: Default::default(),
-            seed_peers: Default::default(),
-        };
         let accepted = events.clone();
+        let (driver_local, driver_endpoint, driver_events) =
+            (local.clone(), endpoint.clone(), events.clone());
         let thread = std::thread::Builder::new()
             .name("starling-mesh".into())
             .spawn(move || {
@@ -249,6 +235,24 @@ impl Cluster {
                             });
                         }
                     });
+                    // Built here: it holds each peer's mailbox, which stays on
+                    // this thread.
+                    let driver = Driver {
+                        interest: Interest::new(
+                            starling_core::random_u64(),
+                            config.interest,
+                            std::time::Instant::now(),
+                        ),
+                        local: driver_local,
+                        config,
+                        bus,
+                        endpoint: driver_endpoint,
+                        events: driver_events,
+                        peers: Default::default(),
+                        dialing: Default::default(),
+                        backoff: Default::default(),
+                        seed_peers: Default::default(),
+                    };
                     driver.run(receiver).await;
                 });
             })?;
