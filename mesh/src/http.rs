@@ -1,5 +1,6 @@
 //! The node's HTTP endpoint: `/healthz`, Prometheus `/metrics`, and JSON
-//! under `/v1/` (`node`, `connections`, `subscriptions`). It runs on a
+//! under `/v1/` (`node`, `connections`, `subscriptions`, and for a node in a
+//! mesh `members`, `links`, `interest`). It runs on a
 //! one-thread tokio runtime of its own, away from the data path.
 
 use std::io;
@@ -9,11 +10,13 @@ use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header;
-use axum::response::{IntoResponse, Json};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::sync::oneshot;
 
+use crate::cluster::stats::ClusterView;
 use crate::node::NodeState;
 use crate::stats::Snapshot;
 
@@ -46,6 +49,9 @@ impl HttpServer {
             .route("/v1/node", get(node))
             .route("/v1/connections", get(connections))
             .route("/v1/subscriptions", get(subscriptions))
+            .route("/v1/members", get(members))
+            .route("/v1/links", get(links))
+            .route("/v1/interest", get(interest))
             .with_state(state);
         let thread = std::thread::Builder::new()
             .name("starling-http".into())
@@ -91,19 +97,61 @@ impl HttpServer {
     }
 }
 
+async fn cluster_view(state: &NodeState) -> Option<ClusterView> {
+    match &state.cluster {
+        Some(cluster) => cluster.view_async().await,
+        None => None,
+    }
+}
+
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
-    let text = Snapshot::take(&state).prometheus();
+    let cluster = cluster_view(&state).await;
+    let text = Snapshot::take(&state, cluster).prometheus();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn node(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
-    Json(serde_json::to_value(Snapshot::take(&state).node()).unwrap_or_default())
+    Json(serde_json::to_value(Snapshot::take(&state, None).node()).unwrap_or_default())
 }
 
 async fn connections(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
-    Json(Snapshot::take(&state).connections())
+    Json(Snapshot::take(&state, None).connections())
 }
 
 async fn subscriptions(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
-    Json(Snapshot::take(&state).subscriptions())
+    Json(Snapshot::take(&state, None).subscriptions())
+}
+
+/// A part of the mesh's report, or 404 if the node is not in a mesh.
+async fn mesh_part<T: serde::Serialize>(
+    state: &NodeState,
+    part: impl FnOnce(ClusterView) -> T,
+) -> Response {
+    match cluster_view(state).await {
+        Some(view) => Json(part(view)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this node is not in a mesh (see --cluster-listen, --seed)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn members(State(state): State<Arc<NodeState>>) -> Response {
+    mesh_part(&state, |view| view.members).await
+}
+
+async fn links(State(state): State<Arc<NodeState>>) -> Response {
+    mesh_part(&state, |view| view.links).await
+}
+
+async fn interest(State(state): State<Arc<NodeState>>) -> Response {
+    mesh_part(&state, |view| {
+        serde_json::json!({
+            "node_id": view.node_id,
+            "cluster": view.cluster,
+            "interest": view.interest,
+        })
+    })
+    .await
 }

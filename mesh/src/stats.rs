@@ -21,6 +21,7 @@ use serde::Serialize;
 use starling_core::SubscriptionInfo;
 use starling_transport::server::{ConnectionInfo, ConnectionTotals};
 
+use crate::cluster::stats::ClusterView;
 use crate::node::NodeState;
 
 /// `/v1/node`.
@@ -142,11 +143,13 @@ pub struct Snapshot {
     totals: ConnectionTotals,
     connections: Vec<ConnectionInfo>,
     subscriptions: Vec<SubscriptionView>,
+    cluster: Option<ClusterView>,
 }
 
 impl Snapshot {
-    /// Reads the node's state.
-    pub fn take(state: &NodeState) -> Snapshot {
+    /// Reads the node's state; `cluster` is the mesh's report, if any (see
+    /// [`crate::cluster::Cluster::view`]).
+    pub fn take(state: &NodeState, cluster: Option<ClusterView>) -> Snapshot {
         let connections = state.server.connections();
         let bus_subscriptions = state.bus.subscriptions();
         let memory = state.bus.stats().memory;
@@ -175,6 +178,7 @@ impl Snapshot {
             totals: state.server.totals(),
             connections,
             subscriptions,
+            cluster,
         }
     }
 
@@ -216,6 +220,9 @@ impl Snapshot {
     /// `/metrics`, in the Prometheus text format.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
+        if let Some(cluster) = &self.cluster {
+            mesh_metrics(&mut out, cluster);
+        }
         let node = &self.node;
         let info = [
             ("name", node.name.as_str()),
@@ -422,6 +429,79 @@ fn patterns(subscriptions: &[SubscriptionView]) -> Vec<PatternView> {
         };
     }
     by_key.into_values().collect()
+}
+
+/// The mesh's figures: members and, per peer, its link's counters.
+fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
+    let up = cluster.links.iter().filter(|l| l.state == "up").count();
+    gauge(
+        out,
+        "starling_mesh_links_up",
+        "Links to peers that are up.",
+        &[(&[], up)],
+    );
+    gauge(
+        out,
+        "starling_mesh_members",
+        "Members of the mesh known to this node, itself included.",
+        &[(&[], cluster.members.len())],
+    );
+    type Field = fn(&crate::cluster::stats::LinkView) -> u64;
+    let families: [(&str, &str, Field); 7] = [
+        (
+            "starling_link_events_out_total",
+            "Events sent to the peer.",
+            |l| l.events_out,
+        ),
+        (
+            "starling_link_bytes_out_total",
+            "Bytes sent to the peer.",
+            |l| l.bytes_out,
+        ),
+        (
+            "starling_link_events_in_total",
+            "Events received from the peer.",
+            |l| l.events_in,
+        ),
+        (
+            "starling_link_bytes_in_total",
+            "Bytes received from the peer.",
+            |l| l.bytes_in,
+        ),
+        (
+            "starling_link_dropped_out_total",
+            "Events for the peer dropped because its queue was full.",
+            |l| l.dropped_out,
+        ),
+        (
+            "starling_link_unroutable_out_total",
+            "Events routed to interest the peer had just withdrawn.",
+            |l| l.unroutable_out,
+        ),
+        (
+            "starling_link_dropped_in_total",
+            "Events from the peer that found no event memory here.",
+            |l| l.dropped_in,
+        ),
+    ];
+    for (name, help, field) in families {
+        let labels: Vec<[(&str, &str); 2]> = cluster
+            .links
+            .iter()
+            .map(|l| {
+                [
+                    ("peer", l.peer_name.as_str()),
+                    ("peer_id", l.peer_id.as_str()),
+                ]
+            })
+            .collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(&cluster.links)
+            .map(|(labels, link)| (&labels[..], field(link)))
+            .collect();
+        counter(out, name, help, &samples);
+    }
 }
 
 fn gauge<V: std::fmt::Display>(

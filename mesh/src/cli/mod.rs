@@ -1,6 +1,7 @@
 //! The `starling` command line. Every flag can also come from a `STARLING_*`
 //! environment variable; `starling node` also reads a TOML file (`--config`).
 
+mod cert;
 mod client;
 mod node;
 
@@ -33,6 +34,34 @@ enum Command {
     Req(ReqArgs),
     /// Answers each request on a subject with its own payload.
     Reply(ReplyArgs),
+    /// Makes a development CA and node certificates for mesh links.
+    Cert(CertArgs),
+}
+
+/// `starling cert`.
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    command: CertCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Writes a new CA: DIR/ca.pem and DIR/ca-key.pem.
+    Ca {
+        /// Where to write.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Writes a certificate for node NAME signed by the CA in DIR:
+    /// DIR/NAME.pem and DIR/NAME-key.pem.
+    Node {
+        /// The node's name (as given to `starling node --name`).
+        name: String,
+        /// Where the CA is, and where to write.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
 }
 
 /// `starling node`.
@@ -179,6 +208,7 @@ pub fn main() -> ExitCode {
         Command::Sub(args) => client::subscribe_command(args),
         Command::Req(args) => client::request(args),
         Command::Reply(args) => client::reply(args),
+        Command::Cert(args) => cert::run(args),
     };
     match result {
         Ok(code) => code,

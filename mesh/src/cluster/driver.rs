@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ pub(crate) enum Event {
     /// A local subscription came or went.
     Local(InterestChange),
     /// A peer's connection finished its handshake, or failed it.
-    Accepted(Result<Established, String>),
+    Accepted(Result<Established, (SocketAddr, String)>),
     /// A dial finished.
     Dialed {
         address: String,
@@ -88,6 +89,8 @@ pub(crate) struct Driver {
     pub backoff: HashMap<String, Duration>,
     /// The peer each seed address led to.
     pub seed_peers: HashMap<String, NodeId>,
+    /// When a failed handshake from each address was last logged.
+    pub refusals_logged: HashMap<SocketAddr, Instant>,
 }
 
 pub(crate) struct Peer {
@@ -144,7 +147,20 @@ impl Driver {
         match event {
             Event::Local(change) => self.local_change(change),
             Event::Accepted(Ok(established)) => self.established(established),
-            Event::Accepted(Err(error)) => tracing::warn!("{error}"),
+            Event::Accepted(Err((remote, error))) => {
+                // A misconfigured node retries every few seconds: say it once
+                // a minute per address, not every time.
+                let now = Instant::now();
+                if self.refusals_logged.len() > 1024 {
+                    self.refusals_logged.clear();
+                }
+                let last = self.refusals_logged.insert(remote, now);
+                if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+                    tracing::warn!("link from {remote}: {error}");
+                } else {
+                    tracing::debug!("link from {remote}: {error}");
+                }
+            }
             Event::Dialed { address, result } => {
                 self.dialing.remove(&address);
                 match result {

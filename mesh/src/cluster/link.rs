@@ -120,7 +120,7 @@ pub(crate) async fn dial(
 pub(crate) async fn accept(
     incoming: quinn::Incoming,
     local: Arc<Local>,
-) -> Result<Established, String> {
+) -> Result<Established, (SocketAddr, String)> {
     let remote = incoming.remote_address();
     let attempt = async {
         let connection = incoming
@@ -163,8 +163,8 @@ pub(crate) async fn accept(
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err("handshake timed out".into()))
-        .map_err(|error| format!("link from {remote}: {error}"))
+        .unwrap_or_else(|_| Err(String::from("handshake timed out")))
+        .map_err(|error| (remote, error))
 }
 
 fn check_peer(local: &Local, connection: &Connection, theirs: &Hello) -> Option<String> {

@@ -252,6 +252,7 @@ impl Cluster {
                         dialing: Default::default(),
                         backoff: Default::default(),
                         seed_peers: Default::default(),
+                        refusals_logged: Default::default(),
                     };
                     driver.run(receiver).await;
                 });
