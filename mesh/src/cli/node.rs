@@ -38,7 +38,6 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let Some(addr) = node.http_addr() {
         println!("http http://{addr}");
     }
-    println!("io backend {}", node.backend());
     if let Some(cluster) = node.cluster() {
         println!(
             "cluster quic://{} node id {:016x}",
@@ -46,6 +45,8 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
             cluster.node_id()
         );
     }
+    // Last: scripts may read up to this line.
+    println!("io backend {}", node.backend());
     if let starling_transport::server::Backend::Epoll { reason } = node.backend() {
         tracing::warn!("io_uring is not used: {reason}");
     }

@@ -1,0 +1,212 @@
+//! Running real `starling` processes in tests: nodes on free loopback ports,
+//! client commands, and the node's HTTP endpoint. Every process is killed
+//! when its handle drops, pass or fail.
+
+#![allow(dead_code)] // Each test binary uses its own part of this.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
+
+/// A child process, killed on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `starling node` and what it printed about itself.
+pub struct Node {
+    pub process: Process,
+    pub tcp: String,
+    pub uds: String,
+    pub http: String,
+    pub backend: String,
+    pub name: String,
+    /// The cluster port's address, if the node is in a mesh.
+    pub cluster: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn temp_dir() -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("starling-cli-{:016x}", starling_core::random_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn start_node(extra: &[&str], env: &[(&str, &str)]) -> Node {
+    let dir = temp_dir();
+    let uds = dir.join("node.sock");
+    let mut command = Command::new(BINARY);
+    command
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--uds",
+        ])
+        .arg(&uds)
+        .args(extra)
+        .env_remove("STARLING_NAME")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("starling node starts");
+    let stdout = child.stdout.take().unwrap();
+    let process = Process(child);
+    // Read the start-up lines on a thread, so that a node that prints nothing
+    // fails the test instead of hanging it.
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut node = Node {
+        process,
+        tcp: String::new(),
+        uds: String::new(),
+        http: String::new(),
+        backend: String::new(),
+        name: String::new(),
+        cluster: String::new(),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.backend.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("the node prints its addresses and backend");
+        if let Some(rest) = line.strip_prefix("starling node ") {
+            node.name = rest.trim_end_matches(" is up").to_owned();
+        } else if let Some(url) = line.strip_prefix("local tcp://") {
+            node.tcp = format!("tcp://{url}");
+        } else if let Some(url) = line.strip_prefix("local unix://") {
+            node.uds = format!("unix://{url}");
+        } else if let Some(url) = line.strip_prefix("http http://") {
+            node.http = url.to_owned();
+        } else if let Some(rest) = line.strip_prefix("cluster quic://") {
+            node.cluster = rest.split(' ').next().unwrap_or_default().to_owned();
+        } else if let Some(backend) = line.strip_prefix("io backend ") {
+            node.backend = backend.to_owned();
+        }
+    }
+    node
+}
+
+pub fn starling(args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args).env("RUST_LOG", "warn");
+    command
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let mut child = Process(
+        starling(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_output(&mut child, Duration::from_secs(20))
+}
+
+/// Waits for the process to exit, reading its output meanwhile (a full pipe
+/// would otherwise block it).
+pub fn wait_output(child: &mut Process, timeout: Duration) -> Output {
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.0.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.0.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return Output {
+                status,
+                stdout: stdout.join().unwrap(),
+                stderr: stderr.join().unwrap(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not finish in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A plain HTTP/1.0 GET; returns status line and body.
+pub fn get(address: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Starts `starling sub` and waits until the node has its subscription.
+pub fn start_sub(node: &Node, args: &[&str]) -> Process {
+    let before = subscription_count(node);
+    let mut full = vec!["sub", "--server", &node.tcp];
+    full.extend_from_slice(args);
+    let child = Process(
+        starling(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Its inbox and its subscription.
+    while subscription_count(node) < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber registered in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+pub fn subscription_count(node: &Node) -> usize {
+    let (_, body) = get(&node.http, "/v1/node");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["subscriptions"].as_u64().unwrap() as usize
+}
+
