@@ -210,3 +210,115 @@ pub fn subscription_count(node: &Node) -> usize {
     json["subscriptions"].as_u64().unwrap() as usize
 }
 
+/// Polls `done` every 10 ms until it holds; fails the test with `what` after
+/// `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a node named `name` in a mesh on a free loopback QUIC port (or on
+/// `cluster_listen`, to restart a node where it was), joining through `seed`.
+pub fn start_mesh_node(name: &str, seed: Option<&str>, cluster_listen: Option<&str>) -> Node {
+    let mut args = vec![
+        "--name",
+        name,
+        "--cluster-listen",
+        cluster_listen.unwrap_or("127.0.0.1:0"),
+        "--insecure-dev-tls",
+    ];
+    if let Some(seed) = seed {
+        args.extend(["--seed", seed]);
+    }
+    let node = start_node(&args, &[]);
+    assert!(
+        !node.cluster.is_empty(),
+        "node {name} printed its cluster address"
+    );
+    node
+}
+
+/// `GET path` as JSON.
+pub fn get_json(node: &Node, path: &str) -> serde_json::Value {
+    let (status, body) = get(&node.http, path);
+    assert!(status.contains("200"), "{path}: {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The names of the peers this node has a link up with.
+pub fn peers_up(node: &Node) -> Vec<String> {
+    let links = get_json(node, "/v1/links");
+    let mut names: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|link| link["state"] == "up")
+        .map(|link| link["peer_name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The (pattern, queue group) entries `peer` has on `node`, as `node` knows them.
+pub fn interest_of(node: &Node, peer: &str) -> Vec<(String, Option<String>)> {
+    let interest = get_json(node, "/v1/interest");
+    let Some(entries) = interest["interest"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|known| known["peer_name"] == peer)
+    else {
+        return Vec::new();
+    };
+    entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["pattern"].as_str().unwrap().to_owned(),
+                entry["queue_group"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every node in `nodes` knows `peer`'s interest in `pattern`
+/// (with `group`), or, with `present` false, no longer knows it.
+pub fn wait_interest(
+    nodes: &[&Node],
+    peer: &str,
+    pattern: &str,
+    group: Option<&str>,
+    present: bool,
+) {
+    for node in nodes.iter().filter(|node| node.name != peer) {
+        wait_until(
+            &format!(
+                "{} to {} {peer}'s interest in {pattern}",
+                node.name,
+                if present { "learn" } else { "forget" }
+            ),
+            Duration::from_secs(10),
+            || {
+                let known = interest_of(node, peer).iter().any(|(known, known_group)| {
+                    known == pattern && known_group.as_deref() == group
+                });
+                known == present
+            },
+        );
+    }
+}
+
+/// Sum of one counter over a node's links.
+pub fn link_total(node: &Node, counter: &str) -> u64 {
+    get_json(node, "/v1/links")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|link| link[counter].as_u64().unwrap())
+        .sum()
+}

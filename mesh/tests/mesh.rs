@@ -1,0 +1,442 @@
+//! The mesh with real `starling node` processes on loopback: delivery across
+//! nodes, wildcards, queue groups, interest withdrawal, request/reply, and a
+//! node killed under load and restarted. Clients are the transport's
+//! `Client`, so every event can be counted and checked. Every process is
+//! killed when its test ends, pass or fail.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use starling_transport::client::{Client, ClientError, ClientSubscription};
+
+const RECEIVE: Duration = Duration::from_secs(10);
+
+/// Starts `count` nodes named `n0`, `n1`, ...; each joins through the one
+/// before it, so that reaching the full mesh relies on the members the nodes
+/// tell each other. Returns once every node has a link up with every other.
+fn start_mesh(count: usize) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(count);
+    for index in 0..count {
+        let seed = nodes.last().map(|previous| previous.cluster.clone());
+        nodes.push(start_mesh_node(&format!("n{index}"), seed.as_deref(), None));
+    }
+    wait_full_mesh(&nodes.iter().collect::<Vec<_>>());
+    nodes
+}
+
+fn wait_full_mesh(nodes: &[&Node]) {
+    for node in nodes {
+        let mut others: Vec<String> = nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| other.name.clone())
+            .collect();
+        others.sort();
+        wait_until(
+            &format!("{} to link with {others:?}", node.name),
+            Duration::from_secs(15),
+            || peers_up(node) == others,
+        );
+    }
+}
+
+fn connect(node: &Node) -> Client {
+    Client::connect(&node.tcp).unwrap()
+}
+
+/// Receives `count` events and returns their payloads as text.
+fn receive(subscription: &ClientSubscription, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let event = subscription
+                .recv_timeout(RECEIVE)
+                .expect("an event arrives");
+            format!(
+                "{} {}",
+                event.subject(),
+                String::from_utf8_lossy(event.payload())
+            )
+        })
+        .collect()
+}
+
+fn assert_nothing_more(subscription: &ClientSubscription) {
+    assert!(
+        subscription
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "no further event arrives"
+    );
+}
+
+#[test]
+fn three_nodes_deliver_published_events_to_subscribers_on_other_nodes_with_wildcards() {
+    let nodes = start_mesh(3);
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    let on_c = connect(c);
+    let created = on_c.subscribe("orders.*.created").unwrap();
+    let everything = on_c.subscribe("orders.>").unwrap();
+    let on_a = connect(a);
+    let anywhere_on_a = on_a.subscribe("orders.>").unwrap();
+    wait_interest(
+        &nodes.iter().collect::<Vec<_>>(),
+        "n2",
+        "orders.*.created",
+        None,
+        true,
+    );
+    wait_interest(
+        &nodes.iter().collect::<Vec<_>>(),
+        "n2",
+        "orders.>",
+        None,
+        true,
+    );
+    wait_interest(
+        &nodes.iter().collect::<Vec<_>>(),
+        "n0",
+        "orders.>",
+        None,
+        true,
+    );
+
+    on_a.publish("orders.eu.created", b"from a").unwrap();
+    on_a.publish("orders.eu.shipped", b"from a").unwrap();
+    on_a.flush().unwrap();
+    let on_b = connect(b);
+    on_b.publish("orders.us.created", b"from b").unwrap();
+    on_b.publish("payments.us.settled", b"from b").unwrap();
+    on_b.flush().unwrap();
+
+    assert_eq!(
+        receive(&created, 2),
+        ["orders.eu.created from a", "orders.us.created from b"]
+    );
+    assert_eq!(
+        receive(&everything, 3),
+        [
+            "orders.eu.created from a",
+            "orders.eu.shipped from a",
+            "orders.us.created from b"
+        ]
+    );
+    // The publisher's own node delivers locally, and a third node's event
+    // reaches it too.
+    let mut on_a_received = receive(&anywhere_on_a, 3);
+    on_a_received.sort();
+    assert_eq!(
+        on_a_received,
+        [
+            "orders.eu.created from a",
+            "orders.eu.shipped from a",
+            "orders.us.created from b"
+        ]
+    );
+    for subscription in [&created, &everything, &anywhere_on_a] {
+        assert_nothing_more(subscription);
+    }
+    // One event per publish per peer on the wire, however many subscriptions
+    // it matched there: C got two of A's events (both of its patterns
+    // matched the first), and A's event never went on from C to B.
+    let links = get_json(a, "/v1/links");
+    let to_c = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|link| link["peer_name"] == "n2")
+        .unwrap();
+    assert_eq!(to_c["events_out"], 2);
+    assert_eq!(link_total(b, "events_in"), 0, "B wanted nothing of A's");
+}
+
+#[test]
+fn the_command_line_delivers_across_nodes() {
+    let nodes = start_mesh(3);
+    let mut sub = start_sub(&nodes[2], &["orders.>", "--count", "2"]);
+    wait_interest(
+        &nodes.iter().collect::<Vec<_>>(),
+        "n2",
+        "orders.>",
+        None,
+        true,
+    );
+    for (node, payload) in [(&nodes[0], "hello"), (&nodes[1], "world")] {
+        let output = run(&["pub", "--server", &node.uds, "orders.eu.created", payload]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    let output = wait_output(&mut sub, RECEIVE);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["orders.eu.created hello", "orders.eu.created world"]
+    );
+}
+
+#[test]
+fn five_nodes_each_seeded_with_the_previous_one_form_one_mesh() {
+    let nodes = start_mesh(5);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let clients: Vec<Client> = nodes.iter().map(connect).collect();
+    let subscriptions: Vec<ClientSubscription> = clients
+        .iter()
+        .map(|client| client.subscribe("census.>").unwrap())
+        .collect();
+    for node in &nodes {
+        wait_interest(&all, &node.name, "census.>", None, true);
+    }
+    for (index, client) in clients.iter().enumerate() {
+        client
+            .publish(&format!("census.n{index}"), b"here")
+            .unwrap();
+        client.flush().unwrap();
+    }
+    let expected: Vec<String> = (0..5)
+        .map(|index| format!("census.n{index} here"))
+        .collect();
+    for subscription in &subscriptions {
+        let mut received = receive(subscription, 5);
+        received.sort();
+        assert_eq!(received, expected);
+        assert_nothing_more(subscription);
+    }
+}
+
+/// Publishes `count` events numbered from `first` on `subject`, flushing
+/// every `window` so that no queue on the way overflows.
+fn publish_numbered(client: &Client, subject: &str, first: u64, count: u64, window: u64) {
+    for number in first..first + count {
+        client.publish(subject, &number.to_le_bytes()).unwrap();
+        if (number + 1) % window == 0 {
+            client.flush().unwrap();
+        }
+    }
+    client.flush().unwrap();
+}
+
+fn number(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload.try_into().expect("an 8-byte number"))
+}
+
+/// Drains a subscription until `quiet` passes without an event.
+fn drain_numbers(subscription: &ClientSubscription, quiet: Duration) -> Vec<u64> {
+    let mut numbers = Vec::new();
+    while let Ok(event) = subscription.recv_timeout(quiet) {
+        numbers.push(number(event.payload()));
+    }
+    numbers
+}
+
+#[test]
+fn a_queue_group_across_three_nodes_gets_each_event_exactly_once() {
+    const EVENTS: u64 = 10_000;
+    // Members on n1, n2, n3; the publisher on n0 has none, so every event is
+    // a choice among nodes.
+    let nodes = start_mesh(4);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let members: Vec<(Client, ClientSubscription)> = nodes[1..]
+        .iter()
+        .map(|node| {
+            let client = connect(node);
+            let member = client.queue_subscribe("jobs.*", "workers").unwrap();
+            (client, member)
+        })
+        .collect();
+    for node in &nodes[1..] {
+        wait_interest(&all, &node.name, "jobs.*", Some("workers"), true);
+    }
+    let publisher = connect(&nodes[0]);
+    publish_numbered(&publisher, "jobs.render", 0, EVENTS, 1000);
+
+    let mut seen = HashSet::new();
+    for (node, (_, member)) in nodes[1..].iter().zip(&members) {
+        let numbers = drain_numbers(member, Duration::from_millis(500));
+        assert!(
+            !numbers.is_empty(),
+            "the member on {} got a share of the events",
+            node.name
+        );
+        for number in numbers {
+            assert!(seen.insert(number), "event {number} was delivered twice");
+        }
+        assert_eq!(member.dropped(), 0);
+    }
+    assert_eq!(seen.len() as u64, EVENTS, "every event was delivered once");
+
+    // A member on the publishing node is chosen first: nothing crosses.
+    let local = publisher.queue_subscribe("jobs.*", "workers").unwrap();
+    wait_until("n0 registers its member", RECEIVE, || {
+        get_json(&nodes[0], "/v1/interest")["interest"]["local"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["queue_group"] == "workers")
+    });
+    let sent_before = link_total(&nodes[0], "events_out");
+    publish_numbered(&publisher, "jobs.render", EVENTS, 1000, 1000);
+    let numbers = drain_numbers(&local, Duration::from_millis(500));
+    assert_eq!(numbers, (EVENTS..EVENTS + 1000).collect::<Vec<_>>());
+    assert_eq!(link_total(&nodes[0], "events_out"), sent_before);
+    for (_, member) in &members {
+        assert_nothing_more(member);
+    }
+}
+
+#[test]
+fn no_event_crosses_a_link_once_the_last_subscriber_of_a_pattern_has_left() {
+    let nodes = start_mesh(3);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let on_c = connect(&nodes[2]);
+    let first = on_c.subscribe("telemetry.>").unwrap();
+    let second = on_c.subscribe("telemetry.>").unwrap();
+    wait_interest(&all, "n2", "telemetry.>", None, true);
+    let publisher = connect(&nodes[0]);
+    publish_numbered(&publisher, "telemetry.cpu", 0, 100, 100);
+    assert_eq!(drain_numbers(&first, Duration::from_millis(300)).len(), 100);
+    assert_eq!(
+        drain_numbers(&second, Duration::from_millis(300)).len(),
+        100
+    );
+
+    // One of two subscribers leaves: the interest stays, events still cross.
+    drop(first);
+    publish_numbered(&publisher, "telemetry.cpu", 100, 100, 100);
+    assert_eq!(
+        drain_numbers(&second, Duration::from_millis(300)),
+        (100..200).collect::<Vec<_>>()
+    );
+
+    // The last one leaves: once the others know, nothing crosses any link.
+    drop(second);
+    wait_interest(&all, "n2", "telemetry.>", None, false);
+    let sent: Vec<u64> = nodes
+        .iter()
+        .map(|node| link_total(node, "events_out"))
+        .collect();
+    let received: Vec<u64> = nodes
+        .iter()
+        .map(|node| link_total(node, "events_in"))
+        .collect();
+    publish_numbered(&publisher, "telemetry.cpu", 200, 1000, 500);
+    connect(&nodes[1])
+        .publish("telemetry.disk", b"from b")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for (index, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            link_total(node, "events_out"),
+            sent[index],
+            "{} sent",
+            node.name
+        );
+        assert_eq!(
+            link_total(node, "events_in"),
+            received[index],
+            "{} received",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn requests_are_answered_across_nodes_and_no_responders_is_immediate() {
+    let nodes = start_mesh(3);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let service = connect(&nodes[2]);
+    let requests = service.subscribe("inventory.check").unwrap();
+    wait_interest(&all, "n2", "inventory.check", None, true);
+    let replier = std::thread::spawn(move || {
+        let mut answered = 0;
+        while let Ok(request) = requests.recv_timeout(Duration::from_secs(2)) {
+            let item = String::from_utf8_lossy(request.payload()).into_owned();
+            let reply_to = request.reply_to().expect("a request carries its inbox");
+            service
+                .publish(reply_to, format!("{item}: 7 in stock").as_bytes())
+                .unwrap();
+            answered += 1;
+        }
+        answered
+    });
+
+    let asking = connect(&nodes[0]);
+    for round in 0..20 {
+        let item = format!("item-{round}");
+        let reply = asking
+            .request("inventory.check", item.as_bytes(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(reply.payload, format!("{item}: 7 in stock").as_bytes());
+    }
+    let started = Instant::now();
+    let refused = asking.request("inventory.restock", b"x", Duration::from_secs(5));
+    assert!(
+        matches!(refused, Err(ClientError::NoResponders)),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no responders comes at once, not after the timeout"
+    );
+    assert_eq!(replier.join().unwrap(), 20);
+}
+
+#[test]
+fn a_node_killed_under_load_costs_the_survivors_nothing_and_rejoins_after_restart() {
+    const EVENTS: u64 = 20_000;
+    let mut nodes = start_mesh(3);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let on_b = connect(&nodes[1]);
+    let survivor = on_b.subscribe("load.>").unwrap();
+    let on_c = connect(&nodes[2]);
+    let _doomed = on_c.subscribe("load.>").unwrap();
+    wait_interest(&all, "n1", "load.>", None, true);
+    wait_interest(&all, "n2", "load.>", None, true);
+
+    // Publish from A while C is killed part-way through.
+    let publisher = connect(&nodes[0]);
+    let (killed_tx, killed) = std::sync::mpsc::channel();
+    let c_cluster = nodes[2].cluster.clone();
+    let mut c = nodes.pop().unwrap();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SIGKILL: no goodbye to its peers.
+        c.process.0.kill().unwrap();
+        c.process.0.wait().unwrap();
+        killed_tx.send(()).unwrap();
+    });
+    for batch in 0..EVENTS / 500 {
+        publish_numbered(&publisher, "load.tick", batch * 500, 500, 500);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    killer.join().unwrap();
+    killed.recv().unwrap();
+    // A little more after the kill is certain.
+    publish_numbered(&publisher, "load.tick", EVENTS, 1000, 500);
+    let numbers = drain_numbers(&survivor, Duration::from_millis(500));
+    assert_eq!(numbers, (0..EVENTS + 1000).collect::<Vec<_>>());
+    assert_eq!(survivor.dropped(), 0);
+    assert_eq!(
+        link_total(&nodes[0], "dropped_out") + link_total(&nodes[1], "dropped_in"),
+        0,
+        "nothing addressed to B was dropped on the way"
+    );
+
+    // Restarted where it was, C rejoins and its new subscription is served.
+    let c = start_mesh_node("n2", Some(&nodes[0].cluster), Some(&c_cluster));
+    let all = [&nodes[0], &nodes[1], &c];
+    wait_full_mesh(&all);
+    let on_c = connect(&c);
+    let revived = on_c.subscribe("load.>").unwrap();
+    wait_interest(&all, "n2", "load.>", None, true);
+    publish_numbered(&publisher, "load.tick", 0, 100, 100);
+    assert_eq!(
+        drain_numbers(&revived, Duration::from_millis(500)),
+        (0..100).collect::<Vec<_>>()
+    );
+}
