@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod node;
 pub mod stats;

@@ -440,3 +440,41 @@ fn a_node_killed_under_load_costs_the_survivors_nothing_and_rejoins_after_restar
         (0..100).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_demo_runs_a_three_node_food_ordering_mesh_and_exits_zero() {
+    let mut demo = Process(
+        starling(&["demo", "--duration", "1", "--rate", "500"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let output = wait_output(&mut demo, Duration::from_secs(60));
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    for expected in [
+        "mesh: 3 nodes linked over QUIC with mutual TLS",
+        "eventual consistency: analytics subscribed to orders.> on node-a; effective on node-b after",
+        "orders: 500 published, 500 processed",
+        "analytics on node-a saw every order",
+        "inventory: ",
+        "latency: order",
+        "delivery: every order processed exactly once, none lost",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.contains("orders") && line.contains("/s")),
+        "a live line:\n{stdout}"
+    );
+}
