@@ -1,13 +1,53 @@
-//! Starling's node and command line.
+//! Starling's node, its mesh and the command line.
 //!
-//! - [`node`]: a [`Node`] is a bus, the local server in front of it and the
-//!   HTTP endpoint; embed one with [`Node::start`] and use [`Node::bus`];
+//! - [`node`]: a [`Node`] is a bus, the local server in front of it, the
+//!   HTTP endpoint and, if configured, its part of the mesh; embed one with
+//!   [`Node::start`] and use [`Node::bus`];
+//! - [`cluster`]: the mesh: QUIC links with mutual TLS, interest propagation,
+//!   forwarding of events to the peers that want them;
 //! - [`config`]: flags, `STARLING_*` variables and a TOML file;
 //! - [`stats`]: what `/metrics` and `/v1/...` report, per pattern included;
 //! - [`http`]: the HTTP endpoint;
-//! - [`cli`]: `starling node | pub | sub | req | reply`.
+//! - [`demo`]: `starling demo`, a food-ordering system on a 3-node mesh;
+//! - [`cli`]: `starling node | pub | sub | req | reply | cert | demo`.
 //!
-//! The QUIC mesh (peer links, interest propagation, membership) comes next.
+//! Two nodes in one process, meshed over loopback; a subscription on one
+//! receives what the other publishes:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use starling_mesh::{Node, NodeConfig, cluster::ClusterConfig};
+//!
+//! fn mesh_node(name: &str, seeds: Vec<String>) -> Result<Node, starling_mesh::node::NodeError> {
+//!     Node::start(NodeConfig {
+//!         name: name.into(),
+//!         listen: Some("127.0.0.1:0".into()), // local clients, on a free port
+//!         http: None,
+//!         cluster: Some(ClusterConfig {
+//!             node_name: name.into(),
+//!             listen: "127.0.0.1:0".into(),
+//!             seeds,
+//!             ..ClusterConfig::default() // insecure development TLS
+//!         }),
+//!         ..NodeConfig::default()
+//!     })
+//! }
+//!
+//! let a = mesh_node("a", vec![])?;
+//! let b = mesh_node("b", vec![a.cluster().unwrap().local_addr().to_string()])?;
+//! let orders = b.bus().subscribe("orders.>")?;
+//! // The subscription reaches `a` asynchronously: publish until it has.
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! let event = loop {
+//!     a.bus().publish("orders.eu.created", b"hello")?;
+//!     if let Ok(event) = orders.recv_timeout(Duration::from_millis(10)) {
+//!         break event;
+//!     }
+//!     assert!(Instant::now() < deadline, "the mesh formed in time");
+//! };
+//! assert_eq!(event.payload(), b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 

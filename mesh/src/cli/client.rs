@@ -58,8 +58,9 @@ pub(super) fn publish(args: PubArgs) -> Outcome {
     client.flush()?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "published {} events of {} bytes in {seconds:.3} s ({:.0} events/s)",
+        "published {} event{} of {} bytes in {seconds:.3} s ({:.0} events/s)",
         args.count,
+        if args.count == 1 { "" } else { "s" },
         payload.len(),
         args.count as f64 / seconds.max(1e-9),
     );
