@@ -18,6 +18,7 @@
 //! was lost or processed twice.
 
 pub mod convergence;
+pub mod loopback;
 mod services;
 
 use std::io::Write;
@@ -30,10 +31,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use starling_core::{RecvError, Subscription};
 
-use crate::cluster::ClusterConfig;
-use crate::cluster::stats::ClusterView;
 use crate::cluster::tls::{self, TlsError, TlsSource};
-use crate::config::NodeConfig;
 use crate::node::{Node, NodeError};
 use convergence::{ConvergenceError, Prober};
 use services::{REGIONS, Sample, Tally};
@@ -101,11 +99,7 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), DemoError>
     let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
 
     let mesh_started = Instant::now();
-    for node in &nodes {
-        wait_for(node, "links to the other nodes", |view| {
-            view.links.iter().filter(|link| link.state == "up").count() == NODES.len() - 1
-        })?;
-    }
+    loopback::wait_linked(&nodes, SETTLE).map_err(DemoError::Mesh)?;
     writeln!(
         out,
         "mesh: {} nodes linked over QUIC with mutual TLS (cluster {CLUSTER_NAME}) in {:.1} ms",
@@ -149,16 +143,14 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), DemoError>
         (c, "inventory.check"),
     ] {
         for node in nodes.iter().filter(|node| node.name() != owner.name()) {
-            wait_for(
-                node,
-                &format!("{}'s interest in {pattern}", owner.name()),
-                |view| {
-                    view.interest.peers.iter().any(|peer| {
-                        peer.peer_name == owner.name()
-                            && peer.entries.iter().any(|entry| entry.pattern == pattern)
-                    })
-                },
-            )?;
+            let what = format!("{}'s interest in {pattern}", owner.name());
+            loopback::wait_for(node, &what, SETTLE, |view| {
+                view.interest.peers.iter().any(|peer| {
+                    peer.peer_name == owner.name()
+                        && peer.entries.iter().any(|entry| entry.pattern == pattern)
+                })
+            })
+            .map_err(DemoError::Mesh)?;
         }
     }
 
@@ -227,29 +219,12 @@ fn start_nodes(certificates: &Path, out: &mut impl Write) -> Result<Vec<Node>, D
     let mut nodes: Vec<Node> = Vec::with_capacity(NODES.len());
     for name in NODES {
         let pair = tls::write_node_certificate(certificates, name)?;
-        let seeds = nodes
-            .first()
-            .and_then(Node::cluster)
-            .map(|seed| vec![seed.local_addr().to_string()])
-            .unwrap_or_default();
-        let node = Node::start(NodeConfig {
-            name: name.into(),
-            listen: Some("127.0.0.1:0".into()),
-            http: Some("127.0.0.1:0".into()),
-            cluster: Some(ClusterConfig {
-                node_name: name.into(),
-                cluster_name: CLUSTER_NAME.into(),
-                listen: "127.0.0.1:0".into(),
-                seeds,
-                tls: TlsSource::Files {
-                    cert: pair.cert,
-                    key: pair.key,
-                    ca: ca.cert.clone(),
-                },
-                ..ClusterConfig::default()
-            }),
-            ..NodeConfig::default()
-        })?;
+        let certificate = TlsSource::Files {
+            cert: pair.cert,
+            key: pair.key,
+            ca: ca.cert.clone(),
+        };
+        let node = loopback::start_node(name, CLUSTER_NAME, nodes.first(), certificate)?;
         writeln!(
             out,
             "{name}: quic://{}  tcp://{}  http://{}",
@@ -261,28 +236,6 @@ fn start_nodes(certificates: &Path, out: &mut impl Write) -> Result<Vec<Node>, D
         nodes.push(node);
     }
     Ok(nodes)
-}
-
-/// Polls `node`'s view of the mesh until `ready` holds.
-fn wait_for(
-    node: &Node,
-    what: &str,
-    mut ready: impl FnMut(&ClusterView) -> bool,
-) -> Result<(), DemoError> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let view = node.cluster().and_then(|cluster| cluster.view());
-        if view.as_ref().is_some_and(&mut ready) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(DemoError::Mesh(format!(
-                "{} did not see {what} within {SETTLE:?}",
-                node.name()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Analytics: counts orders per region (a plain subscription sees every
