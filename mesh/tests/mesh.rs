@@ -27,22 +27,6 @@ fn start_mesh(count: usize) -> Vec<Node> {
     nodes
 }
 
-fn wait_full_mesh(nodes: &[&Node]) {
-    for node in nodes {
-        let mut others: Vec<String> = nodes
-            .iter()
-            .filter(|other| other.name != node.name)
-            .map(|other| other.name.clone())
-            .collect();
-        others.sort();
-        wait_until(
-            &format!("{} to link with {others:?}", node.name),
-            Duration::from_secs(15),
-            || peers_up(node) == others,
-        );
-    }
-}
-
 fn connect(node: &Node) -> Client {
     Client::connect(&node.tcp).unwrap()
 }

@@ -25,6 +25,8 @@ impl Drop for Process {
 
 /// A running `starling node` and what it printed about itself.
 pub struct Node {
+    /// The network namespace it runs in, if not this process's.
+    pub netns: Option<String>,
     pub process: Process,
     pub tcp: String,
     pub uds: String,
@@ -50,9 +52,27 @@ pub fn temp_dir() -> PathBuf {
 }
 
 pub fn start_node(extra: &[&str], env: &[(&str, &str)]) -> Node {
+    start_node_in(None, extra, env)
+}
+
+/// A `starling` command, run inside network namespace `netns` if given.
+pub fn starling_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, BINARY]);
+            command
+        }
+        None => Command::new(BINARY),
+    }
+}
+
+/// Starts a node inside network namespace `netns` if given (`ip netns exec`
+/// execs the node, so the process handle is the node's own).
+pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Node {
     let dir = temp_dir();
     let uds = dir.join("node.sock");
-    let mut command = Command::new(BINARY);
+    let mut command = starling_command(netns);
     command
         .args([
             "node",
@@ -85,6 +105,7 @@ pub fn start_node(extra: &[&str], env: &[(&str, &str)]) -> Node {
         }
     });
     let mut node = Node {
+        netns: netns.map(str::to_owned),
         process,
         tcp: String::new(),
         uds: String::new(),
@@ -223,17 +244,27 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 /// Starts a node named `name` in a mesh on a free loopback QUIC port (or on
 /// `cluster_listen`, to restart a node where it was), joining through `seed`.
 pub fn start_mesh_node(name: &str, seed: Option<&str>, cluster_listen: Option<&str>) -> Node {
+    start_mesh_node_in(None, name, seed, cluster_listen.unwrap_or("127.0.0.1:0"))
+}
+
+/// Starts a mesh node inside network namespace `netns` if given.
+pub fn start_mesh_node_in(
+    netns: Option<&str>,
+    name: &str,
+    seed: Option<&str>,
+    cluster_listen: &str,
+) -> Node {
     let mut args = vec![
         "--name",
         name,
         "--cluster-listen",
-        cluster_listen.unwrap_or("127.0.0.1:0"),
+        cluster_listen,
         "--insecure-dev-tls",
     ];
     if let Some(seed) = seed {
         args.extend(["--seed", seed]);
     }
-    let node = start_node(&args, &[]);
+    let node = start_node_in(netns, &args, &[]);
     assert!(
         !node.cluster.is_empty(),
         "node {name} printed its cluster address"
@@ -241,9 +272,32 @@ pub fn start_mesh_node(name: &str, seed: Option<&str>, cluster_listen: Option<&s
     node
 }
 
+/// `GET path` from the node's HTTP endpoint, from inside its network
+/// namespace if it has one (with bash's `/dev/tcp`, which every test machine
+/// has).
+pub fn get_from(node: &Node, path: &str) -> (String, String) {
+    let Some(netns) = &node.netns else {
+        return get(&node.http, path);
+    };
+    let (host, port) = node.http.rsplit_once(':').unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns, "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let response = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
 /// `GET path` as JSON.
 pub fn get_json(node: &Node, path: &str) -> serde_json::Value {
-    let (status, body) = get(&node.http, path);
+    let (status, body) = get_from(node, path);
     assert!(status.contains("200"), "{path}: {status} {body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -321,4 +375,21 @@ pub fn link_total(node: &Node, counter: &str) -> u64 {
         .iter()
         .map(|link| link[counter].as_u64().unwrap())
         .sum()
+}
+
+/// Waits until every node has a link up with every other.
+pub fn wait_full_mesh(nodes: &[&Node]) {
+    for node in nodes {
+        let mut others: Vec<String> = nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| other.name.clone())
+            .collect();
+        others.sort();
+        wait_until(
+            &format!("{} to link with {others:?}", node.name),
+            Duration::from_secs(15),
+            || peers_up(node) == others,
+        );
+    }
 }
