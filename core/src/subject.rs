@@ -147,6 +147,32 @@ pub fn pattern_matches(pattern: &str, subject: &str) -> bool {
     subject_tokens.next().is_none()
 }
 
+/// Does `general` match every subject `specific` matches? (`orders.>`
+/// covers `orders.*.created`; `orders.*` does not cover `orders.>`.) A node
+/// that advertises `general` to its peers need not also advertise
+/// `specific`.
+///
+/// Both arguments are assumed valid patterns.
+pub fn pattern_covers(general: &str, specific: &str) -> bool {
+    let mut specific_tokens = tokens(specific);
+    for general_token in tokens(general) {
+        let Some(specific_token) = specific_tokens.next() else {
+            // `specific` matches shorter subjects than `general` needs.
+            return false;
+        };
+        match (general_token, specific_token) {
+            // One or more tokens on both sides from here on.
+            (FULL_WILDCARD, _) => return true,
+            // `specific` matches subjects of any length; `general` does not.
+            (_, FULL_WILDCARD) => return false,
+            (SINGLE_WILDCARD, _) => {}
+            (literal, other) if literal == other => {}
+            _ => return false,
+        }
+    }
+    specific_tokens.next().is_none()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Subject,
@@ -404,5 +430,81 @@ mod tests {
         assert!(has_wildcard("a.*"));
         assert!(has_wildcard(">"));
         assert!(!has_wildcard("a.b"));
+    }
+
+    /// Every pattern of up to three tokens over `a`, `b`, `*` and `>`.
+    fn small_patterns() -> Vec<String> {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut prefixes = vec![String::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for prefix in &prefixes {
+                for token in ["a", "b", "*", ">"] {
+                    let pattern = if prefix.is_empty() {
+                        token.to_owned()
+                    } else {
+                        format!("{prefix}.{token}")
+                    };
+                    patterns.push(pattern.clone());
+                    if token != ">" {
+                        longer.push(pattern);
+                    }
+                }
+            }
+            prefixes = longer;
+        }
+        patterns
+    }
+
+    /// Every subject of one to five tokens over `a`, `b` and `c` (a token no
+    /// pattern names, to tell `*` from a literal).
+    fn small_subjects() -> Vec<String> {
+        let mut subjects = Vec::new();
+        let mut level = vec![String::new()];
+        for _ in 0..5 {
+            level = level
+                .iter()
+                .flat_map(|prefix| {
+                    ["a", "b", "c"].map(|token| {
+                        if prefix.is_empty() {
+                            token.to_owned()
+                        } else {
+                            format!("{prefix}.{token}")
+                        }
+                    })
+                })
+                .collect();
+            subjects.extend(level.iter().cloned());
+        }
+        subjects
+    }
+
+    #[test]
+    fn covering_agrees_with_the_reference_matcher_on_every_small_pattern() {
+        let patterns = small_patterns();
+        let subjects = small_subjects();
+        for general in &patterns {
+            for specific in &patterns {
+                let by_subjects = subjects.iter().all(|subject| {
+                    !pattern_matches(specific, subject) || pattern_matches(general, subject)
+                });
+                assert_eq!(
+                    pattern_covers(general, specific),
+                    by_subjects,
+                    "does {general} cover {specific}?"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn covering_examples() {
+        assert!(pattern_covers("orders.>", "orders.*.created"));
+        assert!(pattern_covers("orders.>", "orders.eu.>"));
+        assert!(pattern_covers(">", "a"));
+        assert!(pattern_covers("orders.*.created", "orders.eu.created"));
+        assert!(!pattern_covers("orders.*", "orders.>"));
+        assert!(!pattern_covers("orders.eu.*", "orders.*.created"));
+        assert!(!pattern_covers("orders.>", "orders"));
     }
 }

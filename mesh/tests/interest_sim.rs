@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use starling_core::subject::pattern_covers;
 use starling_mesh::cluster::interest::{
     Interest, InterestConfig, InterestKey, InterestMessage, NodeId, Output,
 };
@@ -381,9 +382,7 @@ impl Sim {
     /// What is wrong with the mesh now, if anything.
     fn divergence(&self) -> Option<String> {
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
-            let mut wanted: Vec<InterestKey> = node.subscriptions.clone();
-            wanted.sort();
-            wanted.dedup();
+            let wanted = advertised(&node.subscriptions);
             let local: Vec<InterestKey> = node
                 .interest
                 .local_entries()
@@ -392,7 +391,7 @@ impl Sim {
                 .collect();
             if local != wanted {
                 return Some(format!(
-                    "node {i}'s interest {local:?} is not its subscriptions' {wanted:?}"
+                    "node {i}'s interest {local:?} is not what its subscriptions need: {wanted:?}"
                 ));
             }
             for (j, peer) in self.nodes.iter().enumerate() {
@@ -490,6 +489,24 @@ impl Sim {
             }
         }
     }
+}
+
+/// What a node with `subscriptions` should advertise: each key once, except
+/// plain patterns another plain pattern it holds covers.
+fn advertised(subscriptions: &[InterestKey]) -> Vec<InterestKey> {
+    let mut keys: Vec<InterestKey> = subscriptions.to_vec();
+    keys.sort();
+    keys.dedup();
+    let plain_cover = |general: &InterestKey, specific: &InterestKey| {
+        general != specific
+            && general.group.is_none()
+            && specific.group.is_none()
+            && pattern_covers(&general.pattern, &specific.pattern)
+    };
+    keys.iter()
+        .filter(|key| !keys.iter().any(|other| plain_cover(other, key)))
+        .cloned()
+        .collect()
 }
 
 fn seeds() -> Vec<u64> {

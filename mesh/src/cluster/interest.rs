@@ -31,6 +31,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use starling_core::subject::pattern_covers;
+
 /// A node's id: random per start.
 pub type NodeId = u64;
 
@@ -157,18 +159,16 @@ pub struct Interest {
     config: InterestConfig,
     epoch: u64,
     version: u64,
-    local: BTreeMap<InterestKey, LocalEntry>,
+    /// Local subscriptions per key, as the bus reports them.
+    held: BTreeMap<InterestKey, u32>,
+    /// What this node advertises, with each key's id: every held key but the
+    /// plain patterns that another held plain pattern covers.
+    local: BTreeMap<InterestKey, u64>,
     next_id: u64,
     links: BTreeMap<NodeId, Link>,
     remote: BTreeMap<NodeId, RemoteTable>,
     outputs: VecDeque<Output>,
     next_digest: Instant,
-}
-
-#[derive(Debug)]
-struct LocalEntry {
-    count: u32,
-    id: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +196,7 @@ impl Interest {
             config,
             epoch,
             version: 0,
+            held: BTreeMap::new(),
             local: BTreeMap::new(),
             next_id: 1,
             links: BTreeMap::new(),
@@ -206,30 +207,80 @@ impl Interest {
     }
 
     /// A local subscription with `key` was added.
+    ///
+    /// Plain interest is aggregated: a pattern another held plain pattern
+    /// covers (`orders.eu.*` under `orders.>`) is not advertised, since the
+    /// events it wants reach this node anyway. Queue groups are never
+    /// aggregated: each must be chosen among its own members.
     pub fn local_added(&mut self, key: InterestKey) {
-        let next_id = &mut self.next_id;
-        let entry = self.local.entry(key.clone()).or_insert_with(|| {
-            let id = *next_id;
-            *next_id += 1;
-            LocalEntry { count: 0, id }
-        });
-        entry.count += 1;
-        if entry.count == 1 {
-            let change = Change::Add { id: entry.id, key };
-            self.broadcast_change(change);
+        let count = self.held.entry(key.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            return;
+        }
+        if key.group.is_some() {
+            self.advertise(key);
+            return;
+        }
+        if self.local.keys().any(|other| plain_covers(other, &key)) {
+            return;
+        }
+        let covered: Vec<InterestKey> = self
+            .local
+            .keys()
+            .filter(|other| plain_covers(&key, other))
+            .cloned()
+            .collect();
+        // The new key first, so that peers never miss what it covers.
+        self.advertise(key);
+        for other in covered {
+            self.withdraw_local(&other);
         }
     }
 
     /// A local subscription with `key` was removed.
     pub fn local_removed(&mut self, key: &InterestKey) {
-        let Some(entry) = self.local.get_mut(key) else {
+        let Some(count) = self.held.get_mut(key) else {
             debug_assert!(false, "removing interest that was never added");
             return;
         };
-        entry.count -= 1;
-        if entry.count == 0 {
-            let id = entry.id;
-            self.local.remove(key);
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        self.held.remove(key);
+        if !self.local.contains_key(key) {
+            // It was covered by another pattern, which stays.
+            return;
+        }
+        if key.group.is_none() {
+            // What it covered and nothing else covers now stands for itself,
+            // advertised before the key goes.
+            let uncovered: Vec<InterestKey> = self
+                .held
+                .keys()
+                .filter(|held| {
+                    plain_covers(key, held)
+                        && !self.held.keys().any(|other| plain_covers(other, held))
+                })
+                .cloned()
+                .collect();
+            for held in uncovered {
+                self.advertise(held);
+            }
+        }
+        self.withdraw_local(key);
+    }
+
+    fn advertise(&mut self, key: InterestKey) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.local.insert(key.clone(), id);
+        self.broadcast_change(Change::Add { id, key });
+    }
+
+    fn withdraw_local(&mut self, key: &InterestKey) {
+        if let Some(id) = self.local.remove(key) {
             self.broadcast_change(Change::Remove { id });
         }
     }
@@ -307,7 +358,7 @@ impl Interest {
                     &self
                         .local
                         .iter()
-                        .map(|(key, entry)| (entry.id, key.clone()))
+                        .map(|(key, id)| (*id, key.clone()))
                         .collect(),
                 ),
             };
@@ -352,7 +403,7 @@ impl Interest {
     pub fn local_entries(&self) -> Vec<(u64, InterestKey)> {
         self.local
             .iter()
-            .map(|(key, entry)| (entry.id, key.clone()))
+            .map(|(key, id)| (*id, key.clone()))
             .collect()
     }
 
@@ -496,6 +547,14 @@ impl Interest {
 }
 
 /// FNV-1a over the entries in id order: equal sets hash equal everywhere.
+/// Does plain key `general` cover another plain key `specific`?
+fn plain_covers(general: &InterestKey, specific: &InterestKey) -> bool {
+    general.group.is_none()
+        && specific.group.is_none()
+        && general != specific
+        && pattern_covers(&general.pattern, &specific.pattern)
+}
+
 fn hash_of(entries: &BTreeMap<u64, InterestKey>) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     let mut feed = |bytes: &[u8]| {
@@ -551,6 +610,79 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// The changes a node sent, in order, as (added?, pattern) with ids
+    /// resolved.
+    fn sent_changes(node: &mut Interest, ids: &mut BTreeMap<u64, String>) -> Vec<(bool, String)> {
+        drain(node)
+            .into_iter()
+            .filter_map(|output| match output {
+                Output::Send {
+                    message: InterestMessage::Delta { change, .. },
+                    ..
+                } => Some(change),
+                _ => None,
+            })
+            .map(|change| match change {
+                Change::Add { id, key } => {
+                    ids.insert(id, key.pattern.clone());
+                    (true, key.pattern)
+                }
+                Change::Remove { id } => (false, ids[&id].clone()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_covered_plain_pattern_is_not_advertised_until_its_cover_goes() {
+        let now = Instant::now();
+        let mut a = Interest::new(1, InterestConfig::default(), now);
+        a.link_up(2);
+        drain(&mut a);
+        let mut ids = BTreeMap::new();
+        let change = |added: bool, pattern: &str| (added, pattern.to_owned());
+        a.local_added(key("orders.eu.*"));
+        a.local_added(key("orders.>"));
+        assert_eq!(
+            sent_changes(&mut a, &mut ids),
+            [
+                change(true, "orders.eu.*"),
+                change(true, "orders.>"),
+                change(false, "orders.eu.*")
+            ],
+            "the cover goes out before what it covers is withdrawn"
+        );
+        a.local_added(key("orders.*.created"));
+        a.local_added(key("orders.eu.*"));
+        let grouped = InterestKey {
+            pattern: "orders.eu.*".into(),
+            group: Some("billing".into()),
+        };
+        a.local_added(grouped.clone());
+        assert_eq!(
+            sent_changes(&mut a, &mut ids),
+            [change(true, "orders.eu.*")],
+            "only the queue group travels: groups are never aggregated"
+        );
+        a.local_removed(&key("orders.>"));
+        let mut uncovered = sent_changes(&mut a, &mut ids);
+        assert_eq!(uncovered.pop(), Some(change(false, "orders.>")));
+        uncovered.sort();
+        assert_eq!(
+            uncovered,
+            [
+                change(true, "orders.*.created"),
+                change(true, "orders.eu.*")
+            ]
+        );
+        let mut advertised: Vec<InterestKey> =
+            a.local_entries().into_iter().map(|(_, key)| key).collect();
+        advertised.sort();
+        assert_eq!(
+            advertised,
+            [key("orders.*.created"), key("orders.eu.*"), grouped]
+        );
     }
 
     #[test]
