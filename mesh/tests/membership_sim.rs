@@ -511,7 +511,7 @@ impl Sim {
             } else {
                 String::new()
             };
-            if std::env::var("DEBUG_AT").is_ok() && (self.elapsed - start).as_millis() % 5000 == 0 {
+            if std::env::var("DEBUG_AT").is_ok() && (self.elapsed - start).as_millis() % 500 == 0 {
                 eprintln!("DEBUG {:?} {:?}", self.elapsed - start, self.divergence());
             }
             if self.elapsed - start > bound {
@@ -710,7 +710,12 @@ fn a_hundred_nodes_converge_after_heavy_faults() {
     let mut slowest = Duration::ZERO;
     for seed in seeds(if soak() { 5 } else { 2 }) {
         let (mut sim, _) = run_or_panic(Sim::bootstrap(seed, count));
-        slowest = slowest.max(run_or_panic(sim.run_faults(&faults)));
+        let took = run_or_panic(sim.run_faults(&faults));
+        println!(
+            "seed {seed}: converged {:.1} s after faults stopped",
+            took.as_secs_f64()
+        );
+        slowest = slowest.max(took);
     }
     println!(
         "{count} nodes, heavy faults: slowest convergence {:.1} s after they stopped",
@@ -728,3 +733,92 @@ fn a_thousand_nodes_converge_after_light_faults() {
         took.as_secs_f64()
     );
 }
+
+/// Convergence after one change in a converged cluster of `count` nodes.
+#[derive(Debug)]
+struct Figures {
+    count: usize,
+    /// All nodes joining through one seed at once.
+    bootstrap: Duration,
+    /// A newcomer: until every node knows it and it knows every node.
+    join: Duration,
+    /// A graceful leave: until every node holds the node left.
+    leave: Duration,
+    /// A crash: until every node holds the node dead (probing, the
+    /// suspicion timeout, then spreading the verdict).
+    crash: Duration,
+}
+
+fn measure(seed: u64, count: usize) -> Result<(Sim, Figures), String> {
+    let bound = Duration::from_secs(120);
+    let (mut sim, bootstrap) = Sim::bootstrap(seed, count)?;
+    let live = sim.live();
+    let seeds = sim.seeds_for(sim.slots.len(), &live);
+    let newcomer = sim.add_slot(&seeds);
+    let join = sim.converge(bound)?;
+    let leaving = sim.random_slot(&live);
+    sim.leave(leaving)?;
+    let leave = sim.converge(bound)?;
+    let live = sim.live();
+    let crashing = sim.random_slot(&live);
+    sim.crash(crashing);
+    let crash = sim.converge(bound)?;
+    sim.note(format!("measured with newcomer {newcomer}"));
+    Ok((
+        sim,
+        Figures {
+            count,
+            bootstrap,
+            join,
+            leave,
+            crash,
+        },
+    ))
+}
+
+#[test]
+fn convergence_grows_like_log_n() {
+    let seed = seeds(1)[0];
+    let round = config().gossip_interval;
+    let rounds = |time: Duration| time.as_secs_f64() / round.as_secs_f64();
+    println!(
+        "convergence, virtual time (gossip rounds of {} ms), seed {seed}:",
+        round.as_millis()
+    );
+    println!("    N  bootstrap        join             leave            crash");
+    for count in [10, 100, 1000] {
+        let (mut sim, figures) = run_or_panic(measure(seed, count));
+        println!(
+            "{:>5}  {:>5.2} s ({:>4.1})  {:>5.2} s ({:>4.1})  {:>5.2} s ({:>4.1})  {:>5.2} s ({:>4.1})",
+            figures.count,
+            figures.bootstrap.as_secs_f64(),
+            rounds(figures.bootstrap),
+            figures.join.as_secs_f64(),
+            rounds(figures.join),
+            figures.leave.as_secs_f64(),
+            rounds(figures.leave),
+            figures.crash.as_secs_f64(),
+            rounds(figures.crash),
+        );
+        // News spreads like an epidemic: O(log N) rounds. A newcomer's
+        // arrival is pure dissemination (a leave may miss a node, repaired
+        // by the next digest exchange; a crash waits for a probe and the
+        // suspicion timeout, which grows with log N by design).
+        let bound = LOG_ROUNDS_PER_DOUBLING * (count as f64).log2();
+        assert!(
+            rounds(figures.join) <= bound,
+            "{}",
+            sim.failure(&format!(
+                "a join took {:.1} rounds with {count} nodes, more than {LOG_ROUNDS_PER_DOUBLING}·log2 N = {bound:.1}",
+                rounds(figures.join)
+            ))
+        );
+        if count == 1000 {
+            let idle = run_or_panic(sim.idle_bytes_per_node_second(Duration::from_secs(60)));
+            println!("idle gossip with {count} nodes: {idle:.0} bytes sent per node per second");
+        }
+    }
+}
+
+/// The `c` of the `c·log2 N` bound on dissemination rounds.
+const LOG_ROUNDS_PER_DOUBLING: f64 = 2.0;

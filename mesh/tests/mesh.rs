@@ -448,3 +448,101 @@ fn the_demo_runs_a_three_node_food_ordering_mesh_and_exits_zero() {
         "a live line:\n{stdout}"
     );
 }
+
+/// Kills `node` (SIGKILL) and starts it again at the same cluster address,
+/// joining through `seed`; returns the new process.
+fn restart(node: Node, seed: &str) -> Node {
+    let name = node.name.clone();
+    let cluster = node.cluster.clone();
+    drop(node);
+    start_mesh_node(&name, Some(seed), Some(&cluster))
+}
+
+/// nats-server #2448: in a chain of servers, a subscription stopped being
+/// served after the far end restarted. Here n2 joined through n1, n1
+/// through n0; n2 and then n1 restart, and n0's subscriber still gets what
+/// n2 publishes.
+#[test]
+fn a_chain_keeps_serving_a_subscription_after_the_far_nodes_restart() {
+    let mut nodes = start_mesh(3);
+    let on_n0 = connect(&nodes[0]);
+    let subscription = on_n0.subscribe("chain.>").unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_interest(&all, "n0", "chain.>", None, true);
+
+    for restarted in [2, 1] {
+        let seed = nodes[restarted - 1].cluster.clone();
+        let node = nodes.remove(restarted);
+        nodes.insert(restarted, restart(node, &seed));
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_full_mesh(&all);
+        wait_interest(&all, "n0", "chain.>", None, true);
+        let publisher = connect(&nodes[2]);
+        let subject = format!("chain.after.n{restarted}");
+        publisher.publish(&subject, b"still here").unwrap();
+        publisher.flush().unwrap();
+        assert_eq!(
+            receive(&subscription, 1),
+            [format!("{subject} still here")],
+            "n0's subscription is served after n{restarted} restarted"
+        );
+    }
+}
+
+/// nats-server #6148: after a peer restarted, interest that went away was
+/// not removed everywhere, and events kept flowing where nobody wanted them.
+/// Here n1 restarts while n0 has queue subscribers; they then leave one by
+/// one, and afterwards no node knows any interest of n0's and nothing
+/// crosses a link towards it.
+#[test]
+fn interest_removed_after_a_peer_restart_leaves_nothing_stale() {
+    let mut nodes = start_mesh(3);
+    let on_n0 = connect(&nodes[0]);
+    let mut members: Vec<ClientSubscription> = (0..3)
+        .map(|_| on_n0.queue_subscribe("stale.*", "workers").unwrap())
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_interest(&all, "n0", "stale.*", Some("workers"), true);
+
+    let seed = nodes[0].cluster.clone();
+    let n1 = nodes.remove(1);
+    nodes.insert(1, restart(n1, &seed));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_full_mesh(&all);
+    wait_interest(&all, "n0", "stale.*", Some("workers"), true);
+
+    members.pop();
+    members.pop();
+    // One member is left: the group still has interest, and still gets events.
+    let publisher = connect(&nodes[1]);
+    publisher.publish("stale.one", b"x").unwrap();
+    publisher.flush().unwrap();
+    assert_eq!(receive(&members[0], 1), ["stale.one x"]);
+    members.clear();
+    wait_interest(&all, "n0", "stale.*", Some("workers"), false);
+    // With the client gone too (its request inbox was interest as well),
+    // nothing of n0's is left anywhere.
+    on_n0.close();
+    for node in &nodes[1..] {
+        wait_until(
+            &format!("{} to know no interest of n0's", node.name),
+            RECEIVE,
+            || interest_of(node, "n0").is_empty(),
+        );
+    }
+    let sent: Vec<u64> = nodes[1..]
+        .iter()
+        .map(|node| link_total(node, "events_out"))
+        .collect();
+    for node in &nodes[1..] {
+        let client = connect(node);
+        for _ in 0..100 {
+            client.publish("stale.two", b"x").unwrap();
+        }
+        client.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (node, before) in nodes[1..].iter().zip(sent) {
+        assert_eq!(link_total(node, "events_out"), before, "{} sent", node.name);
+    }
+}

@@ -6,6 +6,10 @@
 //! bound. Everything the test creates lives in namespaces it creates and
 //! deletes; the host's own network is untouched.
 //!
+//! The subscriber on the cut-off node is the one made before the cut: a
+//! link torn down and re-made must bring its interest back (nats-server
+//! #3515: leaf nodes lost their subscriptions after a TCP reset).
+//!
 //! Needs root and iproute2 (`ip`); skips with a printed reason otherwise.
 
 mod common;
