@@ -7,7 +7,11 @@
 //!
 //! - [`consumers`]: persistent consumer threads with per-thread counters, for
 //!   criterion's `iter_custom`, so that thread start-up is never timed;
-//! - [`workload`]: subscription patterns and subjects for the index benches.
+//! - [`workload`]: subscription patterns and subjects for the index benches;
+//! - [`harness`]: the load harness of the `starling-bench` binary: Starling
+//!   in process, through a node and through meshes of nodes, against
+//!   `nats-server` alone and in clusters, in the same run.
 
 pub mod consumers;
+pub mod harness;
 pub mod workload;

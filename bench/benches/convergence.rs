@@ -1,0 +1,101 @@
+//! Interest convergence across a 5-node mesh: a subscription made on one node,
+//! timed until an event published on each other node is delivered to it
+//! (`starling_mesh::demo::convergence`). Five full nodes run in this process,
+//! linked over QUIC on loopback (encrypted; development certificates).
+//!
+//! Each round subscribes on the next node in turn and drops the subscription
+//! after; per round it records the time until every other node delivered
+//! (the figure the goal is about) and each node's own time. Probes go out
+//! every 50 µs, which bounds the resolution.
+//!
+//! `cargo bench -p starling-bench --bench convergence` runs it in full;
+//! without `--bench` (as under `cargo test --benches`) it runs a smoke round.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use starling_mesh::Node;
+use starling_mesh::cluster::tls::TlsSource;
+use starling_mesh::demo::convergence::{self, Prober};
+use starling_mesh::demo::loopback;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const NODES: usize = 5;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let rounds = if full { 500 } else { 10 };
+    let nodes = start_mesh();
+    let mut every_node = histogram();
+    let mut each_node = histogram();
+    for round in 0..rounds {
+        let subscriber = &nodes[round % NODES];
+        let probers: Vec<Prober<'_>> = nodes
+            .iter()
+            .filter(|node| node.name() != subscriber.name())
+            .map(|node| Prober {
+                name: node.name(),
+                bus: node.bus(),
+            })
+            .collect();
+        let (subscription, effective) = convergence::measure(
+            subscriber.bus(),
+            &format!("convergence.r{round}"),
+            &probers,
+            TIMEOUT,
+        )
+        .expect("every node delivers within the timeout");
+        drop(subscription);
+        let slowest = effective.iter().max().expect("four other nodes");
+        every_node.record(micros(*slowest)).unwrap();
+        for time in &effective {
+            each_node.record(micros(*time)).unwrap();
+        }
+        // Let the withdrawal of this round's interest settle.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "interest convergence, {NODES} nodes over QUIC on loopback, {rounds} subscriptions \
+         (probe interval {} µs)",
+        convergence::PROBE_INTERVAL.as_micros()
+    );
+    println!(
+        "{:<40} {:>9} {:>9} {:>9} {:>9}",
+        "subscribe -> delivered from", "p50 µs", "p90 µs", "p99 µs", "max µs"
+    );
+    for (label, histogram) in [
+        ("every other node (slowest of 4)", &every_node),
+        ("each other node", &each_node),
+    ] {
+        println!(
+            "{label:<40} {:>9} {:>9} {:>9} {:>9}",
+            histogram.value_at_quantile(0.50),
+            histogram.value_at_quantile(0.90),
+            histogram.value_at_quantile(0.99),
+            histogram.max()
+        );
+    }
+}
+
+fn start_mesh() -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(NODES);
+    for index in 0..NODES {
+        let name = format!("n{index}");
+        let node = loopback::start_node(&name, "bench", nodes.first(), TlsSource::InsecureDev)
+            .expect("a node starts");
+        nodes.push(node);
+    }
+    loopback::wait_linked(&nodes, TIMEOUT).expect("the mesh forms");
+    nodes
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn micros(duration: Duration) -> u64 {
+    (duration.as_micros() as u64).max(1)
+}
