@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     local: Bus,
     inbox_prefix: String,
     next_tag: AtomicU64,
+    /// Random per client: the high half of its event ids and its inbox name.
+    connection_id: u64,
     write: Mutex<WriteState>,
     write_ready: Condvar,
     control: Mutex<Control>,
@@ -156,8 +158,10 @@ impl Shared {
         options: ClientOptions,
     ) -> Result<Arc<Shared>, ClientError> {
         let (stream, decoder) = open(&url, &options)?;
-        let nuid = format!("{:016x}", starling_core::random_u64());
+        let connection_id = starling_core::random_u64();
+        let nuid = format!("{connection_id:016x}");
         let shared = Arc::new(Shared {
+            connection_id,
             url,
             local: Bus::new(BusConfig {
                 subscription: options.subscription,
@@ -220,7 +224,8 @@ impl Shared {
         tag: u64,
     ) -> Result<(), ClientError> {
         let parts = EventParts {
-            id: (u128::from(starling_core::random_u64()) << 64)
+            // Unique across processes without a random number per event.
+            id: (u128::from(self.connection_id) << 64)
                 | u128::from(self.next_tag.fetch_add(1, Ordering::Relaxed)),
             time_unix_nanos: starling_core::clock::system(),
             subject,
@@ -502,7 +507,7 @@ impl Shared {
             Kind::Msg if tag == INBOX_SID => self.reply(frame.body),
             Kind::Msg => {
                 routing.clear();
-                routing.push_str(&routing_subject(tag));
+                push_routing_subject(routing, tag);
                 // The local queues apply their own policy and count drops; a
                 // malformed event from the node is dropped.
                 let _ = publisher.publish_archive_to(routing, frame.body);
@@ -724,5 +729,14 @@ fn push_frame(buffer: &mut AlignedVec<FRAME_ALIGN>, kind: Kind, tag: u64, body: 
 
 /// The local subject a subscription's events are routed on.
 fn routing_subject(sid: u64) -> String {
-    format!("_SID.{sid}")
+    let mut subject = String::new();
+    push_routing_subject(&mut subject, sid);
+    subject
+}
+
+/// Appends [`routing_subject`] to `out`, without allocating once `out` has
+/// grown: the reader does this for every event it receives.
+fn push_routing_subject(out: &mut String, sid: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "_SID.{sid}");
 }
