@@ -11,6 +11,10 @@
 //! `STARLING_SIM_SEED=<seed> cargo test -p starling-mesh --test interest_sim -- --nocapture`;
 //! run more seeds with `STARLING_SIM_SEEDS=<count>`.
 
+mod sim;
+
+use sim::seeds;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -509,27 +513,11 @@ fn advertised(subscriptions: &[InterestKey]) -> Vec<InterestKey> {
         .collect()
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("STARLING_SIM_SEED") {
-        return vec![seed.parse().expect("STARLING_SIM_SEED is a u64")];
-    }
-    let count: u64 = std::env::var("STARLING_SIM_SEEDS")
-        .map_or(40, |n| n.parse().expect("STARLING_SIM_SEEDS is a count"));
-    // Different seeds on every run find more; each failure prints its own.
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as u64;
-    (0..count)
-        .map(|k| start.wrapping_add(k.wrapping_mul(7919)))
-        .collect()
-}
-
 #[test]
 fn interest_converges_after_any_faults() {
     let mut slowest = Duration::ZERO;
     let mut runs = 0;
-    for seed in seeds() {
+    for seed in seeds(40) {
         for network in NETWORKS {
             let mut sim = Sim::new(seed, network);
             match sim.run() {

@@ -26,6 +26,7 @@ mod driver;
 mod egress;
 pub mod interest;
 mod link;
+pub mod membership;
 pub mod stats;
 pub mod tls;
 pub mod wire;
