@@ -18,7 +18,7 @@ pub const REGIONS: [&str; 3] = ["eu", "us", "apac"];
 pub const MENU: [&str; 5] = ["espresso", "croissant", "ramen", "taco", "bagel"];
 /// Enough for part of the run: later orders find some items short, and the
 /// inventory says so.
-const STOCK_START: u64 = 5_000;
+const STOCK_START: u64 = 3_500;
 /// How long a blocked service waits before it looks at its stop flag.
 const POLL: Duration = Duration::from_millis(50);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
