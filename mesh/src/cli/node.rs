@@ -4,6 +4,8 @@
 use std::error::Error;
 use std::process::ExitCode;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use super::NodeArgs;
 use crate::config::{NodeConfig, Overrides};
 use crate::node::Node;
@@ -26,6 +28,9 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         insecure_dev_tls: args.insecure_dev_tls,
     };
     let config = NodeConfig::load(args.config.as_deref(), overrides)?;
+    // Before anything is printed: a script may signal the node as soon as it
+    // has read the addresses, and an uncaught SIGTERM would kill it undrained.
+    let signals = StopSignals::install()?;
     let node = Node::start(config)?;
     // One line per fact, for people and for scripts that start nodes.
     println!("starling node {} is up", node.name());
@@ -50,23 +55,46 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let starling_transport::server::Backend::Epoll { reason } = node.backend() {
         tracing::warn!("io_uring is not used: {reason}");
     }
-    wait_for_signal()?;
+    signals.wait();
     println!("stopping: draining connections");
     node.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = terminate.recv() => Ok(()),
-        }
-    })
+/// SIGINT and SIGTERM, caught from the moment of [`StopSignals::install`].
+struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (interrupt, terminate) = {
+            let _context = runtime.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        Ok(StopSignals {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    /// Blocks until either signal has arrived (or had arrived since
+    /// `install`).
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        });
+    }
 }
