@@ -49,6 +49,29 @@
 //! [`Output`]s; the simulator in `mesh/tests/membership_sim.rs` drives up to
 //! a thousand instances in one thread with seeded loss, delay, partitions,
 //! crashes, restarts and leaves.
+//!
+//! # Driving it (what the QUIC runtime is to do; not wired yet)
+//!
+//! - Start: `Identity::new(node_id, advertise, wall-clock ms of the start)`,
+//!   then `Membership::new(identity, MembershipConfig::lan(), random seed, now)`.
+//! - A link to a seed is up: `join(hello.advertise, now)`, with the address
+//!   the seed advertises in its handshake (joins match by address, so an
+//!   alias of it would not do).
+//! - A datagram arrived: `handle_packet(bytes, now)`. An error means only
+//!   that the packet was dropped: log it, never close the link for it.
+//! - Timers: sleep until `poll_timeout()`, then `handle_timeout(now)`.
+//! - A link went down: nothing to call; failure detection decides.
+//! - Shutdown: `leave(now)`, send every queued `Send`, then close the links.
+//! - After every call, drain `poll_output()`: `Send` goes as one datagram on
+//!   the link to `to.advertise()` (dial it if needed; route by address, as a
+//!   seed known only by address has id 0); `Alive` links to the member if not
+//!   linked; `Suspect` keeps link and interest for now; `Dead` and `Left`
+//!   drop the link and withdraw the member's interest everywhere (`Left` may
+//!   follow `Dead` when a departure notice comes late); `Restarted { old,
+//!   new }` forgets `old` at once, and an `Alive(new)` follows.
+//! - `/v1/members`: `members()`, with names and this node added by the
+//!   runtime; `incarnation` is `renewal * 65536 + foca's incarnation`, so it
+//!   only grows.
 
 mod wire;
 
