@@ -21,7 +21,7 @@
 //! fn mesh_node(name: &str, seeds: Vec<String>) -> Result<Node, starling_mesh::node::NodeError> {
 //!     Node::start(NodeConfig {
 //!         name: name.into(),
-//!         listen: Some("127.0.0.1:0".into()), // local clients, on a free port
+//!         listen: None, // no local server: the bus is used directly
 //!         http: None,
 //!         cluster: Some(ClusterConfig {
 //!             node_name: name.into(),

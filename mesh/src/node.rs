@@ -40,8 +40,9 @@ pub struct NodeState {
     pub config: NodeConfig,
     /// The bus every client and in-process user shares.
     pub bus: Bus,
-    /// The local server.
-    pub server: Server,
+    /// The local server; `None` for a node embedded without one (no TCP
+    /// address and no Unix socket configured), used through its bus only.
+    pub server: Option<Server>,
     /// The node's part of the mesh, if it joined one.
     pub cluster: Option<Cluster>,
     pub(crate) started: Instant,
@@ -61,24 +62,28 @@ impl Node {
             memory_bytes_max: config.limits.memory_bytes_max,
             ..BusConfig::default()
         });
-        let server = Server::start(
-            bus.clone(),
-            ServerConfig {
-                tcp: config.listen.clone(),
-                uds: config.uds.clone(),
-                backend: config.io_backend,
-                connections_max: config.limits.connections_max,
-                session: SessionConfig {
-                    server_name: config.name.clone(),
-                    token: config.token.clone(),
-                    subscriptions_max: config.limits.subscriptions_per_connection_max,
-                    body_bytes_max: limits.archive_bytes_max(),
-                    pending_events_max: config.limits.pending_events_per_connection_max,
-                    ..SessionConfig::default()
+        let listens = config.listen.is_some() || config.uds.is_some();
+        let server = listens.then(|| {
+            Server::start(
+                bus.clone(),
+                ServerConfig {
+                    tcp: config.listen.clone(),
+                    uds: config.uds.clone(),
+                    backend: config.io_backend,
+                    connections_max: config.limits.connections_max,
+                    session: SessionConfig {
+                        server_name: config.name.clone(),
+                        token: config.token.clone(),
+                        subscriptions_max: config.limits.subscriptions_per_connection_max,
+                        body_bytes_max: limits.archive_bytes_max(),
+                        pending_events_max: config.limits.pending_events_per_connection_max,
+                        ..SessionConfig::default()
+                    },
+                    ..ServerConfig::default()
                 },
-                ..ServerConfig::default()
-            },
-        )?;
+            )
+        });
+        let server = server.transpose()?;
         let cluster = match &config.cluster {
             Some(cluster) => Some(Cluster::start(bus.clone(), cluster.clone())?),
             None => None,
@@ -97,7 +102,14 @@ impl Node {
             Some(address) => Some(HttpServer::start(address, state.clone())?),
             None => None,
         };
-        tracing::info!(name = %state.config.name, backend = %state.server.backend(), "node started");
+        match &state.server {
+            Some(server) => {
+                tracing::info!(name = %state.config.name, backend = %server.backend(), "node started");
+            }
+            None => {
+                tracing::info!(name = %state.config.name, "node started, without a local server")
+            }
+        }
         Ok(Node { state, http })
     }
 
@@ -114,12 +126,12 @@ impl Node {
 
     /// The TCP address local clients connect to.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.state.server.tcp_addr()
+        self.state.server.as_ref()?.tcp_addr()
     }
 
     /// The Unix socket local clients connect to.
     pub fn uds_path(&self) -> Option<&Path> {
-        self.state.server.uds_path()
+        self.state.server.as_ref()?.uds_path()
     }
 
     /// The HTTP endpoint's address.
@@ -132,9 +144,9 @@ impl Node {
         self.state.cluster.as_ref()
     }
 
-    /// The local server's I/O backend.
-    pub fn backend(&self) -> &Backend {
-        self.state.server.backend()
+    /// The local server's I/O backend; `None` without a local server.
+    pub fn backend(&self) -> Option<&Backend> {
+        self.state.server.as_ref().map(Server::backend)
     }
 
     /// Stops: the HTTP endpoint, then the local server (clients are told and
@@ -150,7 +162,9 @@ impl Drop for Node {
         if let Some(http) = self.http.take() {
             http.shutdown();
         }
-        self.state.server.shutdown();
+        if let Some(server) = &self.state.server {
+            server.shutdown();
+        }
         tracing::info!(name = %self.state.config.name, "node stopped");
     }
 }

@@ -19,7 +19,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 use starling_core::SubscriptionInfo;
-use starling_transport::server::{ConnectionInfo, ConnectionTotals};
+use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
 
 use crate::cluster::stats::ClusterView;
 use crate::node::NodeState;
@@ -150,7 +150,8 @@ impl Snapshot {
     /// Reads the node's state; `cluster` is the mesh's report, if any (see
     /// [`crate::cluster::Cluster::view`]).
     pub fn take(state: &NodeState, cluster: Option<ClusterView>) -> Snapshot {
-        let connections = state.server.connections();
+        let server = state.server.as_ref();
+        let connections = server.map(Server::connections).unwrap_or_default();
         let bus_subscriptions = state.bus.subscriptions();
         let memory = state.bus.stats().memory;
         let node = NodeView {
@@ -158,11 +159,12 @@ impl Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: state.started.elapsed().as_secs_f64(),
             started_unix_nanos: state.started_unix_nanos,
-            io_backend: state.server.backend().to_string(),
-            tcp: state.server.tcp_addr().map(|a| format!("tcp://{a}")),
-            uds: state
-                .server
-                .uds_path()
+            io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
+            tcp: server
+                .and_then(Server::tcp_addr)
+                .map(|a| format!("tcp://{a}")),
+            uds: server
+                .and_then(Server::uds_path)
                 .map(|p| format!("unix://{}", p.display())),
             connections: connections.len(),
             subscriptions: bus_subscriptions.len(),
@@ -175,7 +177,7 @@ impl Snapshot {
         let subscriptions = subscription_views(&bus_subscriptions, &connections);
         Snapshot {
             node,
-            totals: state.server.totals(),
+            totals: server.map(Server::totals).unwrap_or_default(),
             connections,
             subscriptions,
             cluster,

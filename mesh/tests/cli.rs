@@ -273,3 +273,14 @@ fn sigterm_drains_and_stops_cleanly() {
     );
     node.tcp.clear();
 }
+
+#[test]
+fn a_node_with_nothing_to_listen_on_is_refused() {
+    let output = run(&["node", "--listen", "", "--http", ""]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("nothing to listen on"),
+        "{}",
+        text(&output.stderr)
+    );
+}

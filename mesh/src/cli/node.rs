@@ -28,6 +28,11 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         insecure_dev_tls: args.insecure_dev_tls,
     };
     let config = NodeConfig::load(args.config.as_deref(), overrides)?;
+    // Embedded nodes may go without a local server; a node run on its own is
+    // there to serve clients.
+    if config.listen.is_none() && config.uds.is_none() {
+        return Err("nothing to listen on: give --listen or --uds".into());
+    }
     // Before anything is printed: a script may signal the node as soon as it
     // has read the addresses, and an uncaught SIGTERM would kill it undrained.
     let signals = StopSignals::install()?;
@@ -50,10 +55,12 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
             cluster.node_id()
         );
     }
-    // Last: scripts may read up to this line.
-    println!("io backend {}", node.backend());
-    if let starling_transport::server::Backend::Epoll { reason } = node.backend() {
-        tracing::warn!("io_uring is not used: {reason}");
+    if let Some(backend) = node.backend() {
+        // Last: scripts may read up to this line.
+        println!("io backend {backend}");
+        if let starling_transport::server::Backend::Epoll { reason } = backend {
+            tracing::warn!("io_uring is not used: {reason}");
+        }
     }
     signals.wait();
     println!("stopping: draining connections");
