@@ -20,7 +20,9 @@
 //! tls_ca = "ca.pem"
 //! insecure_dev_tls = false         # ... or, for development only, none of it
 //! digest_interval_ms = 5000        # anti-entropy
-//! grace_ms = 10000                 # a peer down this long is forgotten
+//! grace_ms = 10000                 # a peer's interest outlives its link this long
+//! probe_interval_ms = 1000         # membership: each node probes one member this often;
+//!                                  # a dead member is declared so within ~5-8 probes
 //! data_streams = 2
 //! peer_queue_events = 65536
 //!
@@ -139,6 +141,7 @@ struct FileCluster {
     insecure_dev_tls: Option<bool>,
     digest_interval_ms: Option<u64>,
     grace_ms: Option<u64>,
+    probe_interval_ms: Option<u64>,
     data_streams: Option<usize>,
     peer_queue_events: Option<usize>,
 }
@@ -313,6 +316,15 @@ fn cluster_config(
     if let Some(ms) = file.grace_ms {
         interest.withdraw_after = std::time::Duration::from_millis(ms);
     }
+    let mut membership = defaults.membership.clone();
+    if let Some(ms) = file.probe_interval_ms {
+        if ms < 10 {
+            return Err(ConfigError::Cluster(format!(
+                "probe_interval_ms = {ms}: at least 10 ms (probes would flood the links)"
+            )));
+        }
+        membership = membership.with_probe_period(std::time::Duration::from_millis(ms));
+    }
     Ok(Some(ClusterConfig {
         cluster_name: overrides
             .cluster_name
@@ -324,6 +336,7 @@ fn cluster_config(
         seeds,
         tls,
         interest,
+        membership,
         data_streams: file
             .data_streams
             .unwrap_or(defaults.data_streams)

@@ -445,9 +445,10 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
     gauge(
         out,
         "starling_mesh_members",
-        "Members of the mesh known to this node, itself included.",
+        "Members of the mesh known to this node, itself included, in any state.",
         &[(&[], cluster.members.len())],
     );
+    membership_metrics(out, cluster);
     type Field = fn(&crate::cluster::stats::LinkView) -> u64;
     let families: [(&str, &str, Field); 7] = [
         (
@@ -504,6 +505,108 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
             .collect();
         counter(out, name, help, &samples);
     }
+}
+
+/// Membership's view and traffic, and how far interest has spread.
+fn membership_metrics(out: &mut String, cluster: &ClusterView) {
+    use crate::cluster::membership::MemberState;
+    let states = [
+        ("alive", MemberState::Alive),
+        ("suspect", MemberState::Suspect),
+        ("dead", MemberState::Dead),
+        ("left", MemberState::Left),
+    ];
+    let by_state: Vec<[(&str, &str); 1]> =
+        states.iter().map(|(name, _)| [("state", *name)]).collect();
+    let samples: Vec<(&[(&str, &str)], usize)> = by_state
+        .iter()
+        .zip(&states)
+        .map(|(labels, (_, state))| {
+            let count = cluster.members.iter().filter(|m| m.state == *state).count();
+            (&labels[..], count)
+        })
+        .collect();
+    gauge(
+        out,
+        "starling_mesh_members_by_state",
+        "Members of the mesh by state as membership has it, this node included.",
+        &samples,
+    );
+    let figures = &cluster.membership;
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "starling_membership_packets_out_total",
+            "Membership packets (QUIC datagrams) sent.",
+            figures.packets_out,
+        ),
+        (
+            "starling_membership_bytes_out_total",
+            "Bytes of membership packets sent.",
+            figures.bytes_out,
+        ),
+        (
+            "starling_membership_packets_in_total",
+            "Membership packets received.",
+            figures.packets_in,
+        ),
+        (
+            "starling_membership_bytes_in_total",
+            "Bytes of membership packets received.",
+            figures.bytes_in,
+        ),
+        (
+            "starling_membership_rejected_in_total",
+            "Membership packets received and dropped as malformed.",
+            figures.rejected_in,
+        ),
+        (
+            "starling_membership_unsent_out_total",
+            "Membership packets not sent: no link could be made, or the path refused them.",
+            figures.unsent_out,
+        ),
+        (
+            "starling_membership_changes_total",
+            "Member state changes seen: joins, suspicions, verdicts, departures, restarts.",
+            figures.changes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(out, name, help, &[(&[], value)]);
+    }
+    gauge(
+        out,
+        "starling_membership_stable_seconds",
+        "Seconds since the last member state change.",
+        &[(&[], figures.since_change_ms as f64 / 1000.0)],
+    );
+    gauge(
+        out,
+        "starling_mesh_interest_version",
+        "This node's interest version (changes in its epoch): peers that hold the same for it have converged.",
+        &[(&[], cluster.interest.version)],
+    );
+    let labels: Vec<[(&str, &str); 2]> = cluster
+        .interest
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                ("peer", p.peer_name.as_str()),
+                ("peer_id", p.peer_id.as_str()),
+            ]
+        })
+        .collect();
+    let samples: Vec<(&[(&str, &str)], u64)> = labels
+        .iter()
+        .zip(&cluster.interest.peers)
+        .filter_map(|(labels, peer)| Some((&labels[..], peer.version?)))
+        .collect();
+    gauge(
+        out,
+        "starling_mesh_peer_interest_version",
+        "Each peer's interest version as known here.",
+        &samples,
+    );
 }
 
 fn gauge<V: std::fmt::Display>(

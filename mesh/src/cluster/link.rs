@@ -192,7 +192,6 @@ fn control_name(message: &Control) -> &'static str {
     match message {
         Control::Hello(_) => "HELLO",
         Control::Refuse(_) => "REFUSE",
-        Control::Members(_) => "MEMBERS",
         Control::Interest(_) => "INTEREST",
     }
 }
@@ -289,6 +288,21 @@ pub(crate) async fn control_reader(
         reason,
         departed,
     });
+}
+
+/// Hands each datagram from the peer (membership packets) to the driver,
+/// until the connection closes. Their content is checked there: a bad one
+/// is dropped, and the link stays.
+pub(crate) async fn datagrams(
+    connection: Connection,
+    peer: NodeId,
+    driver: UnboundedSender<Event>,
+) {
+    while let Ok(packet) = connection.read_datagram().await {
+        if driver.send(Event::Datagram { peer, packet }).is_err() {
+            return;
+        }
+    }
 }
 
 /// Accepts the peer's data streams and reads each.

@@ -239,6 +239,23 @@ impl MembershipConfig {
         }
     }
 
+    /// The same protocol around another probe period: the other timings
+    /// keep their ratio to it; how long the dead are remembered does not
+    /// change.
+    pub fn with_probe_period(self, probe_period: Duration) -> Self {
+        assert!(!probe_period.is_zero(), "a probe period of zero would spin");
+        let ratio = probe_period.as_secs_f64() / self.probe_period.as_secs_f64();
+        Self {
+            probe_period,
+            probe_rtt: self.probe_rtt.mul_f64(ratio),
+            gossip_interval: self.gossip_interval.mul_f64(ratio),
+            sync_interval: self.sync_interval.mul_f64(ratio),
+            dead_announce_interval: self.dead_announce_interval.mul_f64(ratio),
+            rejoin_interval: self.rejoin_interval.mul_f64(ratio),
+            ..self
+        }
+    }
+
     /// foca's configuration for a cluster of `members` (besides this node).
     fn foca_config(&self, members: usize) -> foca::Config {
         let n = (members + 1) as f64;
@@ -631,11 +648,26 @@ impl Membership {
                     id: identity.id,
                     advertise: identity.advertise.to_string(),
                     state: state_of(member, &journal.departed),
-                    incarnation: (u64::from(identity.renewal) << 16)
-                        | u64::from(member.incarnation()),
+                    incarnation: incarnation(identity, member.incarnation()),
                 }
             })
             .collect()
+    }
+
+    /// This node as its members see it: alive, at its latest incarnation
+    /// (as of the last packet it sent).
+    pub fn own_status(&self) -> MemberStatus {
+        let identity = self.identity();
+        MemberStatus {
+            id: identity.id,
+            advertise: identity.advertise.to_string(),
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            incarnation: incarnation(identity, self.journal.lock().own_incarnation),
+        }
     }
 
     /// How many members are alive or suspect, this node excluded.
@@ -967,6 +999,12 @@ fn state_of(member: &Member<Identity>, departed: &HashMap<u64, Identity>) -> Mem
         State::Down if departed.get(&member.id().addr()) == Some(member.id()) => MemberState::Left,
         State::Down => MemberState::Dead,
     }
+}
+
+/// The incarnation reported for a member: `renewal · 65536 + foca's
+/// incarnation`, so that it only grows.
+fn incarnation(identity: &Identity, foca_incarnation: u16) -> u64 {
+    (u64::from(identity.renewal) << 16) | u64::from(foca_incarnation)
 }
 
 /// FNV-1a, 64 bits.

@@ -15,7 +15,9 @@
 //! - [`tls`]: mutual TLS from a cluster CA, development certificates;
 //! - `link`: handshakes, control streams, receiving events;
 //! - `egress`: sending events, from each peer's mailbox;
-//! - `driver`: the task that ties them together (membership, dialing);
+//! - [`membership`]: SWIM membership as a state machine without I/O;
+//! - `driver`: the task that ties them together (membership packets as
+//!   QUIC datagrams, verdicts, dialing);
 //! - [`stats`]: counters and reports.
 //!
 //! Everything runs on one thread (`starling-mesh`) with a single-threaded
@@ -42,8 +44,9 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
 use self::driver::{Driver, Event};
-use self::interest::{Interest, InterestConfig, NodeId};
+use self::interest::{InterestConfig, NodeId};
 use self::link::Local;
+use self::membership::{Identity, MembershipConfig, MembershipError};
 use self::stats::ClusterView;
 use self::tls::{LinkTls, TlsError, TlsSource};
 use self::wire::{Hello, MESH_PROTOCOL_VERSION};
@@ -72,6 +75,8 @@ pub struct ClusterConfig {
     /// Timing of interest propagation: the digest interval, and the grace
     /// period after which a peer whose link is down is forgotten.
     pub interest: InterestConfig,
+    /// Timing of membership (SWIM): probes, suspicion, gossip.
+    pub membership: MembershipConfig,
     /// Data streams per link and direction; events are spread over them by
     /// subject, so each subject keeps its order.
     pub data_streams: usize,
@@ -102,6 +107,7 @@ impl Default for ClusterConfig {
                 digest_interval: Duration::from_secs(5),
                 withdraw_after: Duration::from_secs(10),
             },
+            membership: MembershipConfig::lan(),
             data_streams: 2,
             peer_queue_events: 65_536,
             control_bytes_max: 64 << 20,
@@ -126,6 +132,9 @@ pub enum ClusterError {
         /// Why.
         source: std::io::Error,
     },
+    /// This node cannot take part in membership as configured.
+    #[error("mesh membership: {0}")]
+    Membership(#[from] MembershipError),
     /// Something else the runtime needs failed.
     #[error("mesh runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -201,6 +210,10 @@ impl Cluster {
                 .unwrap_or_else(|| local_addr.to_string()),
             inbox_prefix: bus.inbox_prefix(),
         };
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let identity = Identity::new(node_id, &hello.advertise, started_ms)?;
         if !tls.authenticated {
             tracing::warn!(
                 "INSECURE: mesh links use --insecure-dev-tls: encrypted, but any peer is accepted \
@@ -238,23 +251,14 @@ impl Cluster {
                     });
                     // Built here: it holds each peer's mailbox, which stays on
                     // this thread.
-                    let driver = Driver {
-                        interest: Interest::new(
-                            starling_core::random_u64(),
-                            config.interest,
-                            std::time::Instant::now(),
-                        ),
-                        local: driver_local,
+                    let driver = Driver::new(
+                        driver_local,
                         config,
                         bus,
-                        endpoint: driver_endpoint,
-                        events: driver_events,
-                        peers: Default::default(),
-                        dialing: Default::default(),
-                        backoff: Default::default(),
-                        seed_peers: Default::default(),
-                        refusals_logged: Default::default(),
-                    };
+                        driver_endpoint,
+                        driver_events,
+                        identity,
+                    );
                     driver.run(receiver).await;
                 });
             })?;

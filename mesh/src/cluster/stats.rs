@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use super::membership::MemberState;
+
 /// Counters of one peer's link, each written by one task. Relaxed: they are
 /// figures, not synchronization.
 #[derive(Debug, Default)]
@@ -32,12 +34,45 @@ pub struct LinkCounters {
 pub struct MemberView {
     /// Its node id, hex.
     pub id: String,
-    /// Its name.
+    /// Its name, from its link's handshake; its address until a link was
+    /// up.
     pub name: String,
     /// Where it is dialed.
     pub advertise: String,
-    /// `up` if linked, `down` otherwise.
-    pub state: &'static str,
+    /// `alive`, `suspect`, `dead` or `left`, as membership has it.
+    pub state: MemberState,
+    /// Grows each time the member refutes a suspicion or renews itself
+    /// after a wrong verdict; a restart starts a new member (new id).
+    pub incarnation: u64,
+    /// Whether a link to it is up.
+    pub linked: bool,
+    /// Whether it is this node.
+    #[serde(rename = "self")]
+    pub this_node: bool,
+}
+
+/// Membership's traffic and changes, since the node started.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MembershipFigures {
+    /// Membership packets (QUIC datagrams) sent.
+    pub packets_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Membership packets received.
+    pub packets_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Packets received and dropped as malformed or unexpected.
+    pub rejected_in: u64,
+    /// Packets not sent: no link to the member could be made, or the
+    /// path refused the datagram.
+    pub unsent_out: u64,
+    /// Changes of a member's state reported by membership (joins,
+    /// suspicions, verdicts, departures, restarts).
+    pub changes: u64,
+    /// Milliseconds since the last of those changes: how long the view has
+    /// been stable.
+    pub since_change_ms: u64,
 }
 
 /// One link as this node sees it.
@@ -118,6 +153,12 @@ pub struct PeerInterestView {
     pub peer_id: String,
     /// The peer's name.
     pub peer_name: String,
+    /// The peer's interest epoch (per start), hex, as known here; `None`
+    /// before its first snapshot.
+    pub epoch: Option<String>,
+    /// The peer's interest version in that epoch, as known here: equal to
+    /// the peer's own `version` once converged.
+    pub version: Option<u64>,
     /// The peer's entries.
     pub entries: Vec<InterestEntryView>,
 }
@@ -133,8 +174,10 @@ pub struct ClusterView {
     pub cluster_addr: String,
     /// Whether peers are authenticated by certificate.
     pub authenticated: bool,
-    /// Every member known.
+    /// Every member known, this node first.
     pub members: Vec<MemberView>,
+    /// Membership's traffic and changes.
+    pub membership: MembershipFigures,
     /// Every link, up or down.
     pub links: Vec<LinkView>,
     /// Interest.

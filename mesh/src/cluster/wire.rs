@@ -8,8 +8,12 @@
 //! |---|---|
 //! | 1 `HELLO` | [`Hello`], hand-encoded so that builds that differ in anything else can still tell each other why they cannot talk |
 //! | 2 `REFUSE` | the reason, UTF-8 |
-//! | 3 `MEMBERS` | an rkyv archive of `Vec<Member>` |
 //! | 4 `INTEREST` | an rkyv archive of [`InterestMessage`] |
+//!
+//! (Type 3 carried member lists in protocol 1; membership is SWIM's now.)
+//!
+//! **Datagrams**: membership packets (see [`super::membership`]), one per
+//! QUIC datagram, at most [`super::membership::PACKET_BYTES_MAX`] bytes.
 //!
 //! **Data streams** (a few per direction, unidirectional): the local path's
 //! frames ([`starling_transport::frame`]), of kind `FORWARD` only. A forward
@@ -31,7 +35,7 @@ use thiserror::Error;
 use super::interest::{InterestMessage, NodeId};
 
 /// The mesh protocol version this build speaks.
-pub const MESH_PROTOCOL_VERSION: u32 = 1;
+pub const MESH_PROTOCOL_VERSION: u32 = 2;
 
 /// The ALPN protocol of mesh links.
 pub const ALPN: &[u8] = b"starling-mesh/1";
@@ -42,7 +46,6 @@ pub const FRAME_GROUPS_MAX: usize = 16;
 const HELLO_MAGIC: &[u8; 4] = b"STRM";
 const TYPE_HELLO: u8 = 1;
 const TYPE_REFUSE: u8 = 2;
-const TYPE_MEMBERS: u8 = 3;
 const TYPE_INTEREST: u8 = 4;
 
 /// Why bytes from a peer were refused.
@@ -201,17 +204,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A member of the mesh, as nodes tell each other.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct Member {
-    /// Its node id.
-    pub id: NodeId,
-    /// Its name.
-    pub name: String,
-    /// Where its cluster port can be dialed.
-    pub advertise: String,
-}
-
 /// A message on a link's control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -219,8 +211,6 @@ pub enum Control {
     Hello(Hello),
     /// The handshake failed; the reason, for the log.
     Refuse(String),
-    /// Members the sender knows.
-    Members(Vec<Member>),
     /// Interest propagation.
     Interest(InterestMessage),
 }
@@ -238,12 +228,6 @@ impl Control {
             Control::Refuse(reason) => {
                 out.push(TYPE_REFUSE);
                 out.extend_from_slice(reason.as_bytes());
-            }
-            Control::Members(members) => {
-                out.push(TYPE_MEMBERS);
-                let archive = rkyv::to_bytes::<rancor::Error>(members)
-                    .expect("archiving plain data cannot fail");
-                out.extend_from_slice(&archive);
             }
             Control::Interest(message) => {
                 out.push(TYPE_INTEREST);
@@ -278,7 +262,6 @@ impl Control {
         match kind {
             TYPE_HELLO => Hello::decode_body(body).map(Control::Hello),
             TYPE_REFUSE => Ok(Control::Refuse(String::from_utf8_lossy(body).into_owned())),
-            TYPE_MEMBERS => archived::<Vec<Member>>(body, "MEMBERS").map(Control::Members),
             TYPE_INTEREST => archived::<InterestMessage>(body, "INTEREST").map(Control::Interest),
             other => Err(WireError::UnknownType(other)),
         }
@@ -431,11 +414,6 @@ mod tests {
         let messages = [
             Control::Hello(hello()),
             Control::Refuse("cluster 'x' is not ours ('y')".into()),
-            Control::Members(vec![Member {
-                id: 9,
-                name: "node-b".into(),
-                advertise: "127.0.0.1:7411".into(),
-            }]),
             Control::Interest(InterestMessage::Delta {
                 epoch: 3,
                 version: 4,

@@ -86,6 +86,9 @@ pub(super) struct Journal {
     pub departed: HashMap<u64, Identity>,
     /// Departures learned since the wrapper last looked.
     pub new_departures: Vec<Identity>,
+    /// This node's incarnation, as of the last packet it sent (foca keeps
+    /// it to itself; every probe carries it).
+    pub own_incarnation: u16,
 }
 
 /// One piece of news about a member.
@@ -134,6 +137,7 @@ impl Codec<Identity> for WireCodec {
         header: &Header<Identity>,
         mut buf: impl BufMut,
     ) -> Result<(), WireError> {
+        self.journal.lock().own_incarnation = header.src_incarnation;
         let mut bytes = Vec::with_capacity(128);
         put_identity(&mut bytes, &header.src);
         bytes.put_u16(header.src_incarnation);

@@ -1,20 +1,32 @@
-//! The mesh's driver: one task that owns the interest state machine, the
-//! members and the links, and turns what happens (local subscriptions,
-//! handshakes, control messages, closed connections, timers) into what must
-//! be done (messages to peers, routes on the bus, dials).
+//! The mesh's driver: one task that owns the membership and interest state
+//! machines and the links, and turns what happens (local subscriptions,
+//! handshakes, datagrams, control messages, closed connections, timers) into
+//! what must be done (packets and messages to peers, routes on the bus,
+//! dials).
 //!
-//! **Joining.** A node dials its seeds. Once a link is up, each side sends
-//! the members it knows, and tells its other peers about the new one; of two
-//! nodes that learn of each other this way, the one with the lower node id
-//! dials. Seeds are redialed for as long as the node runs; other peers are
-//! redialed (by the lower id) until their grace period ends.
+//! **Joining.** A node dials its seeds; once a seed's link is up, it joins
+//! the seed's SWIM cluster ([`super::membership`]) and learns every member
+//! from it. Every member learned of gets a link: the one with the lower
+//! node id dials, and a membership packet for a member without a link dials
+//! it too (that is how the two sides of a healed partition find each
+//! other). Seeds are redialed for as long as the node runs; other members,
+//! by the lower id, for as long as membership holds them alive.
+//!
+//! **Deaths.** A member that membership declares dead or departed is
+//! forgotten at once: its link closes and its interest goes. A link that
+//! goes down without a verdict keeps its peer; the interest machine
+//! withdraws the peer's interest after the grace period.
 //!
 //! **Duplicates.** If two nodes dial each other at once, both keep the
 //! connection dialed by the lower node id and close the other: the rule
 //! gives the same answer on both sides, whatever the order of events.
 //!
 //! **Restarts.** A node that comes back on the same address has a new id; a
-//! link from it makes its peers forget the old id at once.
+//! link from it, or membership's news of it, makes its peers forget the old
+//! id at once.
+
+mod membership;
+mod view;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,23 +35,27 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint};
 use starling_core::{Bus, InterestChange, QueueCounters, SlowConsumerPolicy, SubscribeOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
+use self::membership::Gossip;
 use super::ClusterConfig;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
 use super::link::{self, Established, Local, close};
-use super::stats::{
-    ClusterView, InterestEntryView, InterestView, LinkCounters, LinkView, MemberView,
-    PeerInterestView, hex_id,
-};
-use super::wire::{Control, Member};
+use super::membership::Identity;
+use super::stats::{ClusterView, LinkCounters, hex_id};
+use super::wire::Control;
 
 /// The first wait before redialing; it doubles up to the configured most.
 const REDIAL_FIRST: Duration = Duration::from_millis(100);
+
+/// How long a stopping node lets its departure notices go out before it
+/// closes its links.
+const LEAVE_FLUSH: Duration = Duration::from_millis(20);
 
 /// What the driver hears.
 #[derive(Debug)]
@@ -55,6 +71,8 @@ pub(crate) enum Event {
     },
     /// Time to dial `address` again.
     Redial { address: String },
+    /// A datagram (a membership packet) on a connection from `peer`.
+    Datagram { peer: NodeId, packet: Bytes },
     /// A message on the control stream of `peer`'s connection `link`.
     Control {
         peer: NodeId,
@@ -76,24 +94,27 @@ pub(crate) enum Event {
 }
 
 pub(crate) struct Driver {
-    pub local: Arc<Local>,
-    pub config: ClusterConfig,
-    pub bus: Bus,
-    pub endpoint: Endpoint,
-    pub events: UnboundedSender<Event>,
-    pub interest: Interest,
-    pub peers: BTreeMap<NodeId, Peer>,
+    local: Arc<Local>,
+    config: ClusterConfig,
+    bus: Bus,
+    endpoint: Endpoint,
+    events: UnboundedSender<Event>,
+    interest: Interest,
+    gossip: Gossip,
+    /// Shutting down: no more dials.
+    stopping: bool,
+    peers: BTreeMap<NodeId, Peer>,
     /// Addresses with a dial under way or scheduled.
-    pub dialing: HashSet<String>,
+    dialing: HashSet<String>,
     /// The next wait before redialing each address that failed.
-    pub backoff: HashMap<String, Duration>,
+    backoff: HashMap<String, Duration>,
     /// The peer each seed address led to.
-    pub seed_peers: HashMap<String, NodeId>,
+    seed_peers: HashMap<String, NodeId>,
     /// When a failed handshake from each address was last logged.
-    pub refusals_logged: HashMap<SocketAddr, Instant>,
+    refusals_logged: HashMap<SocketAddr, Instant>,
 }
 
-pub(crate) struct Peer {
+struct Peer {
     name: String,
     advertise: String,
     link: Option<LinkState>,
@@ -117,6 +138,34 @@ struct PeerEgress {
 }
 
 impl Driver {
+    /// A driver for the node `local` describes. Must be made on the mesh
+    /// thread: peers' mailboxes stay on it.
+    pub(crate) fn new(
+        local: Arc<Local>,
+        config: ClusterConfig,
+        bus: Bus,
+        endpoint: Endpoint,
+        events: UnboundedSender<Event>,
+        identity: Identity,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            interest: Interest::new(starling_core::random_u64(), config.interest, now),
+            gossip: Gossip::new(identity, config.membership.clone(), now),
+            stopping: false,
+            local,
+            config,
+            bus,
+            endpoint,
+            events,
+            peers: BTreeMap::new(),
+            dialing: HashSet::new(),
+            backoff: HashMap::new(),
+            seed_peers: HashMap::new(),
+            refusals_logged: HashMap::new(),
+        }
+    }
+
     fn our_id(&self) -> NodeId {
         self.local.hello.node_id
     }
@@ -126,15 +175,16 @@ impl Driver {
             self.dial(seed);
         }
         loop {
-            let deadline = tokio::time::Instant::from_std(self.interest.poll_timeout());
+            let deadline = self.interest.poll_timeout().min(self.gossip.poll_timeout());
             tokio::select! {
                 event = events.recv() => match event {
                     None | Some(Event::Shutdown) => break,
                     Some(event) => self.handle(event),
                 },
-                () = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
                     self.interest.handle_timeout(now);
+                    self.gossip.handle_timeout(now);
                     self.expire_peers(now);
                 }
             }
@@ -146,7 +196,9 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Local(change) => self.local_change(change),
-            Event::Accepted(Ok(established)) => self.established(established),
+            Event::Accepted(Ok(established)) => {
+                self.established(established);
+            }
             Event::Accepted(Err((remote, error))) => {
                 // A misconfigured node retries every few seconds: say it once
                 // a minute per address, not every time.
@@ -166,12 +218,17 @@ impl Driver {
                 match result {
                     Ok(established) => {
                         self.backoff.remove(&address);
-                        if self.config.seeds.contains(&address) {
+                        let seed = self.config.seeds.contains(&address);
+                        if seed {
                             self.seed_peers.insert(address, established.hello.node_id);
                         }
-                        self.established(established);
+                        let advertise = established.hello.advertise.clone();
+                        if self.established(established) && seed {
+                            self.gossip.join(&advertise);
+                        }
                     }
                     Err(error) => {
+                        self.gossip.unreachable(&address);
                         let first = !self.backoff.contains_key(&address);
                         if first {
                             tracing::warn!(%address, "link failed: {error}; retrying");
@@ -188,6 +245,7 @@ impl Driver {
                     self.dial(address);
                 }
             }
+            Event::Datagram { peer, packet } => self.gossip.received(peer, &packet),
             Event::Control {
                 peer,
                 link,
@@ -197,7 +255,6 @@ impl Driver {
                     return;
                 }
                 match message {
-                    Control::Members(members) => self.learn(members),
                     Control::Interest(message) => self.interest.handle(peer, message),
                     Control::Hello(_) | Control::Refuse(_) => {}
                 }
@@ -243,7 +300,9 @@ impl Driver {
             .is_some_and(|l| l.connection.stable_id() == link)
     }
 
-    fn established(&mut self, established: Established) {
+    /// Makes a handshaken connection the peer's link, unless a better one
+    /// exists. Returns whether it was kept.
+    fn established(&mut self, established: Established) -> bool {
         let Established {
             connection,
             hello,
@@ -261,6 +320,7 @@ impl Driver {
         for old in restarted {
             self.forget(old, "it restarted with a new id");
         }
+        self.gossip.name(id, &hello.name);
         let dialer = if dialed.is_some() { self.our_id() } else { id };
         let peer = self.peers.entry(id).or_insert_with(|| Peer {
             name: hello.name.clone(),
@@ -269,12 +329,14 @@ impl Driver {
             down_since: None,
             egress: None,
         });
+        // Learned of by membership first, it may have been named by address.
+        peer.name.clone_from(&hello.name);
         if let Some(existing) = &peer.link {
             // Two connections to one peer: keep the one the lower id dialed
             // (both sides choose the same); on a tie, the older one.
             if dialer >= existing.dialer {
                 link::close_with(&connection, close::DUPLICATE, "a link to this node exists");
-                return;
+                return false;
             }
             link::close_with(
                 &existing.connection,
@@ -294,6 +356,7 @@ impl Driver {
             self.local.control_bytes_max,
             self.events.clone(),
         ));
+        tokio::spawn(link::datagrams(connection.clone(), id, self.events.clone()));
         tokio::task::spawn_local(link::ingress(
             connection.clone(),
             self.bus.clone(),
@@ -310,6 +373,8 @@ impl Driver {
             dialed = dialed.is_some(),
             "link up"
         );
+        self.gossip
+            .link_up(&connection, &hello.advertise, dialed.as_deref());
         peer.link = Some(LinkState {
             connection,
             dialer,
@@ -317,58 +382,7 @@ impl Driver {
         });
         peer.down_since = None;
         self.interest.link_up(id);
-        // Everyone this node knows goes to the new peer; the new peer goes to
-        // everyone else.
-        let mut members = vec![Member {
-            id: self.our_id(),
-            name: self.local.hello.name.clone(),
-            advertise: self.local.hello.advertise.clone(),
-        }];
-        members.extend(
-            self.peers
-                .iter()
-                .filter(|(other, _)| **other != id)
-                .map(|(other, p)| Member {
-                    id: *other,
-                    name: p.name.clone(),
-                    advertise: p.advertise.clone(),
-                }),
-        );
-        self.send(id, Control::Members(members));
-        let newcomer = Member {
-            id,
-            name: hello.name,
-            advertise: hello.advertise,
-        };
-        let others: Vec<NodeId> = self.up_peers().filter(|other| *other != id).collect();
-        for other in others {
-            self.send(other, Control::Members(vec![newcomer.clone()]));
-        }
-    }
-
-    fn learn(&mut self, members: Vec<Member>) {
-        let now = Instant::now();
-        for member in members {
-            if member.id == self.our_id() || self.peers.contains_key(&member.id) {
-                continue;
-            }
-            tracing::debug!(peer = %member.name, address = %member.advertise, "learned of a member");
-            let dial = self.our_id() < member.id;
-            let address = member.advertise.clone();
-            self.peers.insert(
-                member.id,
-                Peer {
-                    name: member.name,
-                    advertise: member.advertise,
-                    link: None,
-                    down_since: Some(now),
-                    egress: None,
-                },
-            );
-            if dial {
-                self.dial(address);
-            }
-        }
+        true
     }
 
     fn link_closed(&mut self, id: NodeId, link: usize, reason: String, departed: bool) {
@@ -407,8 +421,10 @@ impl Driver {
         self.interest.forget(id);
     }
 
-    /// Peers whose link stayed down past the grace period are forgotten (the
-    /// interest machine has withdrawn their interest already).
+    /// Peers whose link stayed down past the grace period, and that
+    /// membership does not hold alive, are forgotten (the interest machine
+    /// has withdrawn their interest already). Those it holds alive are
+    /// kept, and redialed: a link can fail where probes pass.
     fn expire_peers(&mut self, now: Instant) {
         let grace = self.config.interest.withdraw_after;
         let expired: Vec<NodeId> = self
@@ -418,6 +434,7 @@ impl Driver {
                 p.link.is_none() && p.down_since.is_some_and(|since| now >= since + grace)
             })
             .map(|(id, _)| *id)
+            .filter(|id| !self.gossip.is_live(*id))
             .collect();
         for id in expired {
             self.forget(id, "its link stayed down past the grace period");
@@ -467,13 +484,6 @@ impl Driver {
         });
     }
 
-    fn up_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.link.is_some())
-            .map(|(id, _)| *id)
-    }
-
     fn send(&self, to: NodeId, message: Control) {
         if let Some(link) = self.peers.get(&to).and_then(|p| p.link.as_ref()) {
             let _ = link.control.send(message);
@@ -481,6 +491,8 @@ impl Driver {
     }
 
     fn apply_outputs(&mut self) {
+        // Membership first: a verdict withdraws interest.
+        self.apply_membership();
         while let Some(output) = self.interest.poll_output() {
             match output {
                 Output::Send { to, message } => self.send(to, Control::Interest(message)),
@@ -500,88 +512,13 @@ impl Driver {
         }
     }
 
-    fn view(&self) -> ClusterView {
-        let members = std::iter::once(MemberView {
-            id: hex_id(self.our_id()),
-            name: self.local.hello.name.clone(),
-            advertise: self.local.hello.advertise.clone(),
-            state: "self",
-        })
-        .chain(self.peers.iter().map(|(id, peer)| MemberView {
-            id: hex_id(*id),
-            name: peer.name.clone(),
-            advertise: peer.advertise.clone(),
-            state: if peer.link.is_some() { "up" } else { "down" },
-        }))
-        .collect();
-        let links = self
-            .peers
-            .iter()
-            .filter_map(|(id, peer)| {
-                let egress = peer.egress.as_ref()?;
-                let mut view = LinkView {
-                    peer_id: hex_id(*id),
-                    peer_name: peer.name.clone(),
-                    address: peer.advertise.clone(),
-                    state: if peer.link.is_some() { "up" } else { "down" },
-                    dialed: peer
-                        .link
-                        .as_ref()
-                        .is_some_and(|l| l.dialer == self.our_id()),
-                    rtt_us: peer
-                        .link
-                        .as_ref()
-                        .map(|l| l.connection.rtt().as_micros() as u64),
-                    events_out: 0,
-                    bytes_out: 0,
-                    events_in: 0,
-                    bytes_in: 0,
-                    dropped_out: egress.queue.dropped(),
-                    unroutable_out: 0,
-                    dropped_in: 0,
-                    pending_out: egress.queue.pending(),
-                    interest_entries: self.interest.remote_entries(*id).len(),
-                };
-                view.counters(&egress.counters);
-                Some(view)
-            })
-            .collect();
-        let entries = |list: Vec<(u64, InterestKey)>| {
-            list.into_iter()
-                .map(|(id, key)| InterestEntryView {
-                    id,
-                    pattern: key.pattern,
-                    queue_group: key.group,
-                })
-                .collect::<Vec<_>>()
-        };
-        let (epoch, version) = self.interest.version();
-        let interest = InterestView {
-            epoch: hex_id(epoch),
-            version,
-            local: entries(self.interest.local_entries()),
-            peers: self
-                .peers
-                .iter()
-                .map(|(id, peer)| PeerInterestView {
-                    peer_id: hex_id(*id),
-                    peer_name: peer.name.clone(),
-                    entries: entries(self.interest.remote_entries(*id)),
-                })
-                .collect(),
-        };
-        ClusterView {
-            node_id: hex_id(self.our_id()),
-            cluster: self.local.hello.cluster.clone(),
-            cluster_addr: self.local.hello.advertise.clone(),
-            authenticated: self.local.authenticated,
-            members,
-            links,
-            interest,
-        }
-    }
-
     async fn shutdown(&mut self) {
+        self.stopping = true;
+        if self.leave() {
+            // quinn sends datagrams from its connection tasks: let them run
+            // before the links close.
+            tokio::time::sleep(LEAVE_FLUSH).await;
+        }
         for peer in self.peers.values() {
             if let Some(link) = &peer.link {
                 link::close_with(&link.connection, close::SHUTDOWN, "the node is stopping");

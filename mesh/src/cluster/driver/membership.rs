@@ -1,0 +1,293 @@
+//! The driver's side of membership: SWIM packets as QUIC datagrams on the
+//! links, and what membership's verdicts do to peers.
+//!
+//! Packets are routed by address (a seed is known by its address alone).
+//! A packet for an address with no link is held (a few per address) and
+//! the address is dialed; the packets go once the link is up, and are
+//! dropped and counted if the dial fails. SWIM takes a lost packet for a
+//! slow member, never for a wrong one, so nothing else is retried here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, SendDatagramError};
+
+use super::{Driver, Peer};
+use crate::cluster::interest::NodeId;
+use crate::cluster::membership::{
+    Identity, MemberState, MemberStatus, Membership, MembershipConfig, Output, PACKET_BYTES_MAX,
+};
+use crate::cluster::stats::{MembershipFigures, hex_id};
+
+/// Packets held for one address while it is dialed: enough for a join (a
+/// state request and a probe or two); SWIM resends what matters.
+const HELD_PER_ADDRESS: usize = 8;
+
+/// How often a rejected packet is logged at warning level, at most.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Membership, with what the runtime keeps around it.
+pub(super) struct Gossip {
+    membership: Membership,
+    /// Names from handshakes: membership knows members by id and address.
+    names: HashMap<NodeId, String>,
+    /// Packets for addresses being dialed.
+    held: HashMap<String, Vec<Bytes>>,
+    figures: MembershipFigures,
+    last_change: Instant,
+    rejection_logged: Option<Instant>,
+    small_path_logged: bool,
+}
+
+impl Gossip {
+    /// Membership for the node `identity`.
+    pub fn new(identity: Identity, config: MembershipConfig, now: Instant) -> Self {
+        Self {
+            membership: Membership::new(identity, config, starling_core::random_u64(), now),
+            names: HashMap::new(),
+            held: HashMap::new(),
+            figures: MembershipFigures::default(),
+            last_change: now,
+            rejection_logged: None,
+            small_path_logged: false,
+        }
+    }
+
+    /// Joins the cluster of the seed that advertises itself at `advertise`.
+    pub fn join(&mut self, advertise: &str) {
+        if let Err(error) = self.membership.join(advertise, Instant::now()) {
+            tracing::warn!(seed = %advertise, "cannot join through this seed: {error}");
+        }
+    }
+
+    /// A datagram from `peer`: bad ones are dropped and counted, and the
+    /// link stays.
+    pub fn received(&mut self, peer: NodeId, packet: &[u8]) {
+        self.figures.packets_in += 1;
+        self.figures.bytes_in += packet.len() as u64;
+        let Err(error) = self.membership.handle_packet(packet, Instant::now()) else {
+            return;
+        };
+        self.figures.rejected_in += 1;
+        let now = Instant::now();
+        if self
+            .rejection_logged
+            .is_none_or(|at| now.duration_since(at) >= REJECTION_LOG_INTERVAL)
+        {
+            self.rejection_logged = Some(now);
+            tracing::warn!(peer = %hex_id(peer), "dropped a membership packet: {error}");
+        } else {
+            tracing::debug!(peer = %hex_id(peer), "dropped a membership packet: {error}");
+        }
+    }
+
+    /// When [`Gossip::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.membership
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(error) = self.membership.handle_timeout(now) {
+            tracing::debug!("membership timer: {error}");
+        }
+    }
+
+    /// Remembers a peer's name, from its handshake.
+    pub fn name(&mut self, id: NodeId, name: &str) {
+        if self.names.len() > 2 * self.membership.live_count() + 64 {
+            let known: std::collections::HashSet<NodeId> =
+                self.membership.members().iter().map(|m| m.id).collect();
+            self.names.retain(|id, _| known.contains(id));
+        }
+        self.names.insert(id, name.to_owned());
+    }
+
+    /// A link is up to the node at `advertise` (dialed as `dialed`): what
+    /// was held for it goes now.
+    pub fn link_up(&mut self, connection: &Connection, advertise: &str, dialed: Option<&str>) {
+        if !self.small_path_logged
+            && connection
+                .max_datagram_size()
+                .is_some_and(|size| size < PACKET_BYTES_MAX)
+        {
+            self.small_path_logged = true;
+            tracing::warn!(
+                peer = %advertise,
+                "the path to this peer carries datagrams of at most {:?} bytes; \
+                 membership packets of up to {PACKET_BYTES_MAX} bytes will be lost",
+                connection.max_datagram_size()
+            );
+        }
+        for address in std::iter::once(advertise).chain(dialed) {
+            for packet in self.held.remove(address).unwrap_or_default() {
+                self.send_on(connection, packet);
+            }
+        }
+    }
+
+    /// A dial of `address` failed: what was held for it is lost.
+    pub fn unreachable(&mut self, address: &str) {
+        if let Some(held) = self.held.remove(address) {
+            self.figures.unsent_out += held.len() as u64;
+        }
+    }
+
+    fn send_on(&mut self, connection: &Connection, packet: Bytes) {
+        let length = packet.len() as u64;
+        match connection.send_datagram(packet) {
+            Ok(()) => {
+                self.figures.packets_out += 1;
+                self.figures.bytes_out += length;
+            }
+            Err(error) => {
+                self.figures.unsent_out += 1;
+                if matches!(error, SendDatagramError::TooLarge) {
+                    tracing::debug!("a membership packet of {length} bytes does not fit the path");
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, address: &str, packet: Bytes) {
+        let held = self.held.entry(address.to_owned()).or_default();
+        if held.len() < HELD_PER_ADDRESS {
+            held.push(packet);
+        } else {
+            self.figures.unsent_out += 1;
+        }
+    }
+
+    /// Whether membership holds the member `id` alive or suspect.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        self.membership.members().iter().any(|member| {
+            member.id == id && matches!(member.state, MemberState::Alive | MemberState::Suspect)
+        })
+    }
+
+    /// Every member, this node first, with its name where known.
+    pub fn members(&self) -> Vec<(MemberStatus, Option<&str>)> {
+        let mut members = vec![(self.membership.own_status(), None)];
+        members.extend(self.membership.members().into_iter().map(|member| {
+            let name = self.names.get(&member.id).map(String::as_str);
+            (member, name)
+        }));
+        members
+    }
+
+    pub fn figures(&self) -> MembershipFigures {
+        MembershipFigures {
+            since_change_ms: self.last_change.elapsed().as_millis() as u64,
+            ..self.figures.clone()
+        }
+    }
+
+    fn changed(&mut self) {
+        self.figures.changes += 1;
+        self.last_change = Instant::now();
+    }
+}
+
+impl Driver {
+    /// Carries out what membership asked for.
+    pub(super) fn apply_membership(&mut self) {
+        while let Some(output) = self.gossip.membership.poll_output() {
+            match output {
+                Output::Send { to, packet } => self.send_packet(to.advertise(), packet.into()),
+                Output::Alive(member) => {
+                    self.gossip.changed();
+                    self.member_alive(&member);
+                }
+                Output::Suspect(member) => {
+                    self.gossip.changed();
+                    tracing::info!(peer = %self.name_of(&member), "member suspected");
+                }
+                Output::Dead(member) => {
+                    self.gossip.changed();
+                    tracing::warn!(peer = %self.name_of(&member), "member declared dead");
+                    self.forget(member.id(), "declared dead");
+                }
+                Output::Left(member) => {
+                    self.gossip.changed();
+                    tracing::info!(peer = %self.name_of(&member), "member left");
+                    self.forget(member.id(), "it left");
+                }
+                Output::Restarted { old, .. } => {
+                    self.gossip.changed();
+                    self.forget(old.id(), "it restarted with a new id");
+                }
+            }
+        }
+    }
+
+    /// Leaves the cluster: the departure goes to a few members on the links
+    /// still up. Returns whether any packet was sent.
+    pub(super) fn leave(&mut self) -> bool {
+        if let Err(error) = self.gossip.membership.leave(Instant::now()) {
+            tracing::debug!("leaving: {error}");
+        }
+        let before = self.gossip.figures.packets_out;
+        self.apply_membership();
+        self.gossip.figures.packets_out > before
+    }
+
+    fn send_packet(&mut self, address: &str, packet: Bytes) {
+        let link = self
+            .peers
+            .values()
+            .filter(|peer| peer.advertise == address)
+            .find_map(|peer| peer.link.as_ref());
+        match link {
+            Some(link) => {
+                let connection = link.connection.clone();
+                self.gossip.send_on(&connection, packet);
+            }
+            None if self.stopping => self.gossip.figures.unsent_out += 1,
+            None => {
+                self.gossip.hold(address, packet);
+                self.dial(address.to_owned());
+            }
+        }
+    }
+
+    fn member_alive(&mut self, member: &Identity) {
+        let id = member.id();
+        if id == self.our_id() || self.peers.contains_key(&id) {
+            return;
+        }
+        let address = member.advertise();
+        let replaced: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.advertise == address)
+            .map(|(other, _)| *other)
+            .collect();
+        for old in replaced {
+            self.forget(old, "it restarted with a new id");
+        }
+        tracing::debug!(peer = %self.name_of(member), "member alive");
+        self.peers.insert(
+            id,
+            Peer {
+                name: self.name_of(member),
+                advertise: address.to_owned(),
+                link: None,
+                down_since: Some(Instant::now()),
+                egress: None,
+            },
+        );
+        if self.our_id() < id {
+            self.dial(address.to_owned());
+        }
+    }
+
+    fn name_of(&self, member: &Identity) -> String {
+        self.gossip
+            .names
+            .get(&member.id())
+            .cloned()
+            .unwrap_or_else(|| member.advertise().to_owned())
+    }
+}
