@@ -366,6 +366,8 @@ fn default_name() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn write(text: &str) -> PathBuf {
@@ -431,5 +433,30 @@ mod tests {
             Overrides::default(),
         );
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn the_probe_interval_sets_membership_timing_and_is_bounded() {
+        let path = write(
+            "[cluster]\nlisten = \"127.0.0.1:0\"\ninsecure_dev_tls = true\nprobe_interval_ms = 200\n",
+        );
+        let config = NodeConfig::load(Some(&path), Overrides::default()).unwrap();
+        let membership = config.cluster.unwrap().membership;
+        let lan = crate::cluster::membership::MembershipConfig::lan();
+        assert_eq!(membership.probe_period, Duration::from_millis(200));
+        assert_eq!(membership.probe_rtt, lan.probe_rtt / 5);
+        assert_eq!(membership.gossip_interval, lan.gossip_interval / 5);
+        assert_eq!(
+            membership.forget_dead_after, lan.forget_dead_after,
+            "the dead are remembered as long"
+        );
+        std::fs::remove_file(path).unwrap();
+
+        let path = write(
+            "[cluster]\nlisten = \"127.0.0.1:0\"\ninsecure_dev_tls = true\nprobe_interval_ms = 1\n",
+        );
+        let error = NodeConfig::load(Some(&path), Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("probe_interval_ms"), "{error}");
+        std::fs::remove_file(path).unwrap();
     }
 }

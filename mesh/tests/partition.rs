@@ -1,9 +1,9 @@
 //! A real network partition: three `starling node` processes, each in a
 //! network namespace of its own, wired to a bridge in a fourth namespace. The
 //! test cuts one node off (its port on the bridge goes down), checks that
-//! both sides go on serving their local subscribers, heals the cut, and
-//! asserts that links, interest and cross-node delivery come back within a
-//! bound. Everything the test creates lives in namespaces it creates and
+//! both sides go on serving their local subscribers and that each side
+//! declares the other dead, heals the cut, and asserts that membership,
+//! links, interest and cross-node delivery come back within a bound. Everything the test creates lives in namespaces it creates and
 //! deletes; the host's own network is untouched.
 //!
 //! The subscriber on the cut-off node is the one made before the cut: a
@@ -22,9 +22,14 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// Longer than the links' idle timeout (5 s), so that the links really go
-/// down and must be re-established.
+/// down and must be re-established; the cut also lasts until each side has
+/// declared the other dead.
 const PARTITION: Duration = Duration::from_secs(7);
-/// How long after healing delivery must work again both ways.
+/// How long each side may take to declare the other dead (about 5 to 8 s
+/// with the default timing).
+const VERDICT_BOUND: Duration = Duration::from_secs(20);
+/// How long after healing membership and delivery must work again both
+/// ways.
 const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 const CLUSTER_PORT: u16 = 7401;
 
@@ -237,11 +242,24 @@ fn a_partitioned_node_serves_locally_and_the_mesh_recovers_after_healing() {
         PARTITION + Duration::from_secs(5),
         || !peers_up(&n0).contains(&"n2".to_owned()),
     );
+    wait_member_state(&[&n0, &n1], "n2", "dead", VERDICT_BOUND);
+    let outside_verdict = cut.elapsed();
+    wait_member_state(&[&n2], "n0", "dead", VERDICT_BOUND);
+    wait_member_state(&[&n2], "n1", "dead", VERDICT_BOUND);
+    let inside_verdict = cut.elapsed();
+    eprintln!(
+        "cut: n0 and n1 declared n2 dead {outside_verdict:?} after the cut, n2 declared them dead after {inside_verdict:?}"
+    );
     std::thread::sleep(PARTITION.saturating_sub(cut.elapsed()));
 
-    // Heal: links, interest and delivery come back, both ways.
+    // Heal: membership, links, interest and delivery come back, both ways.
     topology.plug(2, true);
     let healed = Instant::now();
+    for name in ["n0", "n1", "n2"] {
+        let observers: Vec<&Node> = all.iter().copied().filter(|n| n.name != name).collect();
+        wait_member_state(&observers, name, "alive", RECOVERY_BOUND);
+    }
+    let members_back = healed.elapsed();
     wait_until("the mesh to re-form", RECOVERY_BOUND, || {
         all.iter().all(|node| peers_up(node).len() == 2)
     });
@@ -249,7 +267,8 @@ fn a_partitioned_node_serves_locally_and_the_mesh_recovers_after_healing() {
     let to_n0 = deliver_eventually(&n2, &on_n0, "p.after.n2", RECOVERY_BOUND);
     let recovered = healed.elapsed();
     eprintln!(
-        "partition of {:?}: delivery across the healed cut after {recovered:?} \
+        "partition of {:?}: every member alive everywhere {members_back:?} after healing; \
+         delivery across the healed cut after {recovered:?} \
          (n0 -> n2 within {to_n2:?}, then n2 -> n0 within {to_n0:?})",
         healed - cut
     );

@@ -50,7 +50,7 @@
 //! a thousand instances in one thread with seeded loss, delay, partitions,
 //! crashes, restarts and leaves.
 //!
-//! # Driving it (what the QUIC runtime is to do; not wired yet)
+//! # Driving it (what `cluster/driver` does)
 //!
 //! - Start: `Identity::new(node_id, advertise, wall-clock ms of the start)`,
 //!   then `Membership::new(identity, MembershipConfig::lan(), random seed, now)`.
@@ -60,6 +60,8 @@
 //! - A datagram arrived: `handle_packet(bytes, now)`. An error means only
 //!   that the packet was dropped: log it, never close the link for it.
 //! - Timers: sleep until `poll_timeout()`, then `handle_timeout(now)`.
+//! - A link to any other node is up: `meet(hello.advertise, now)`; it pulls
+//!   the node's view if membership does not know the node yet.
 //! - A link went down: nothing to call; failure detection decides.
 //! - Shutdown: `leave(now)`, send every queued `Send`, then close the links.
 //! - After every call, drain `poll_output()`: `Send` goes as one datagram on
@@ -492,6 +494,24 @@ impl Membership {
             self.seeds.push(seed);
         }
         self.settle(now);
+        Ok(())
+    }
+
+    /// A link is up to the node advertised at `advertise`: if this node
+    /// does not hold it alive, it pulls that node's view, as on a join
+    /// (which also makes this node known there). Links can come up before
+    /// gossip has carried the news either way; this closes that window.
+    /// Unlike a seed, the address is not asked again later.
+    pub fn meet(&mut self, advertise: &str, now: Instant) -> Result<(), MembershipError> {
+        let peer = Identity::new(0, advertise, 0)?;
+        let known = self
+            .foca
+            .iter_members()
+            .any(|member| member.id().addr() == peer.addr());
+        if !known && peer.addr() != self.identity().addr() && !self.left {
+            self.request_state(&peer);
+            self.settle(now);
+        }
         Ok(())
     }
 
@@ -1254,6 +1274,44 @@ mod tests {
             }));
             assert!(!nodes.reports[by].contains(&Output::Dead(old.clone())));
         }
+    }
+
+    #[test]
+    fn meeting_a_linked_node_pulls_its_view_once_and_only_if_unknown() {
+        let mut nodes = Nodes::new(2);
+        // Node 2 is seeded nowhere: it knows nobody until it meets one.
+        nodes.nodes.push(None);
+        nodes.reports.push(Vec::new());
+        nodes.started += 1;
+        let identity = Identity::new(5000, &Nodes::address(2), nodes.started).unwrap();
+        nodes.nodes[2] = Some(Membership::new(identity, config(), 7, nodes.now));
+        nodes.run(Duration::from_millis(500));
+        assert_eq!(nodes.node(2).live_count(), 0);
+
+        let now = nodes.now;
+        let met = nodes.nodes[2].as_mut().unwrap();
+        met.meet(&Nodes::address(1), now).unwrap();
+        let Some(Output::Send { to, packet }) = met.poll_output() else {
+            panic!("meeting an unknown node asks it for its view");
+        };
+        assert_eq!(to.advertise(), Nodes::address(1));
+        assert_eq!(packet[0], KIND_STATE_REQUEST);
+        assert_eq!(met.poll_output(), None, "one request");
+        nodes.nodes[1]
+            .as_mut()
+            .unwrap()
+            .handle_packet(&packet, now)
+            .unwrap();
+        nodes.run(Duration::from_millis(500));
+        for slot in 0..3 {
+            assert_eq!(nodes.node(slot).live_count(), 2, "node {slot}");
+        }
+
+        // Known and alive: meeting it again sends nothing.
+        let now = nodes.now;
+        let met = nodes.nodes[2].as_mut().unwrap();
+        met.meet(&Nodes::address(0), now).unwrap();
+        assert_eq!(met.poll_output(), None);
     }
 
     #[test]

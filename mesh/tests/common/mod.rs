@@ -377,7 +377,8 @@ pub fn link_total(node: &Node, counter: &str) -> u64 {
         .sum()
 }
 
-/// Waits until every node has a link up with every other.
+/// Waits until every node has a link up with every other, and its
+/// membership holds every other alive.
 pub fn wait_full_mesh(nodes: &[&Node]) {
     for node in nodes {
         let mut others: Vec<String> = nodes
@@ -389,7 +390,75 @@ pub fn wait_full_mesh(nodes: &[&Node]) {
         wait_until(
             &format!("{} to link with {others:?}", node.name),
             Duration::from_secs(15),
-            || peers_up(node) == others,
+            || {
+                let alive: Vec<String> = members_of(node)
+                    .into_iter()
+                    .filter(|member| member.state == "alive")
+                    .map(|member| member.name)
+                    .collect();
+                peers_up(node) == others && others.iter().all(|other| alive.contains(other))
+            },
         );
     }
+}
+
+/// One member as a node's `/v1/members` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReport {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub incarnation: u64,
+    pub linked: bool,
+}
+
+/// The members `node` reports, itself excluded, sorted by name.
+pub fn members_of(node: &Node) -> Vec<MemberReport> {
+    let members = get_json(node, "/v1/members");
+    let mut reports: Vec<MemberReport> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|member| member["self"] == false)
+        .map(|member| MemberReport {
+            id: member["id"].as_str().unwrap().to_owned(),
+            name: member["name"].as_str().unwrap().to_owned(),
+            state: member["state"].as_str().unwrap().to_owned(),
+            incarnation: member["incarnation"].as_u64().unwrap(),
+            linked: member["linked"].as_bool().unwrap(),
+        })
+        .collect();
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+    reports
+}
+
+/// The state `node` reports for the member named `name`, if it knows one.
+pub fn state_of(node: &Node, name: &str) -> Option<String> {
+    members_of(node)
+        .into_iter()
+        .find(|member| member.name == name)
+        .map(|member| member.state)
+}
+
+/// Waits until every node in `observers` reports the member named `name` in
+/// `state`; returns how long that took.
+pub fn wait_member_state(
+    observers: &[&Node],
+    name: &str,
+    state: &str,
+    timeout: Duration,
+) -> Duration {
+    let start = Instant::now();
+    for node in observers {
+        while state_of(node, name).as_deref() != Some(state) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {} to report {name} {state}; it reports {:?}",
+                node.name,
+                members_of(node)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    start.elapsed()
 }

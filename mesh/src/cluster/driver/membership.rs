@@ -54,10 +54,18 @@ impl Gossip {
         }
     }
 
-    /// Joins the cluster of the seed that advertises itself at `advertise`.
-    pub fn join(&mut self, advertise: &str) {
-        if let Err(error) = self.membership.join(advertise, Instant::now()) {
-            tracing::warn!(seed = %advertise, "cannot join through this seed: {error}");
+    /// A link is up to the node that advertises itself at `advertise`:
+    /// join its cluster if it is a seed, else make sure membership knows
+    /// it.
+    pub fn linked(&mut self, advertise: &str, seed: bool) {
+        let now = Instant::now();
+        let result = if seed {
+            self.membership.join(advertise, now)
+        } else {
+            self.membership.meet(advertise, now)
+        };
+        if let Err(error) = result {
+            tracing::warn!(peer = %advertise, "membership cannot use this peer: {error}");
         }
     }
 

@@ -197,7 +197,10 @@ impl Driver {
         match event {
             Event::Local(change) => self.local_change(change),
             Event::Accepted(Ok(established)) => {
-                self.established(established);
+                let advertise = established.hello.advertise.clone();
+                if self.established(established) {
+                    self.gossip.linked(&advertise, false);
+                }
             }
             Event::Accepted(Err((remote, error))) => {
                 // A misconfigured node retries every few seconds: say it once
@@ -223,8 +226,8 @@ impl Driver {
                             self.seed_peers.insert(address, established.hello.node_id);
                         }
                         let advertise = established.hello.advertise.clone();
-                        if self.established(established) && seed {
-                            self.gossip.join(&advertise);
+                        if self.established(established) {
+                            self.gossip.linked(&advertise, seed);
                         }
                     }
                     Err(error) => {

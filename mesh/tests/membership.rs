@@ -1,0 +1,200 @@
+//! Membership with real `starling node` processes on loopback: five nodes
+//! joined in a chain of seeds find each other by gossip, a node killed with
+//! SIGKILL is declared dead by every other while they go on delivering, and
+//! once restarted it is alive again and served; a node that stops on
+//! purpose is reported as having left. Every process is killed when its test
+//! ends, pass or fail.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use starling_transport::client::{Client, ClientSubscription};
+
+/// Generous: with the default timing (1 s probes, 4 probe periods to refute
+/// a suspicion) a dead node is declared so in about 5 to 8 s.
+const DEATH_BOUND: Duration = Duration::from_secs(20);
+
+fn connect(node: &Node) -> Client {
+    Client::connect(&node.tcp).unwrap()
+}
+
+/// Every node subscribes to `census.>`; each publishes `census.<name>`, and
+/// every subscriber must get exactly one event from each.
+fn census(nodes: &[&Node], subscriptions: &[ClientSubscription], clients: &[Client], round: &str) {
+    for (node, client) in nodes.iter().zip(clients) {
+        client
+            .publish(&format!("census.{}", node.name), round.as_bytes())
+            .unwrap();
+        client.flush().unwrap();
+    }
+    let mut expected: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("census.{} {round}", node.name))
+        .collect();
+    expected.sort();
+    for (node, subscription) in nodes.iter().zip(subscriptions) {
+        let mut received: Vec<String> = (0..nodes.len())
+            .map(|_| {
+                let event = subscription
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| panic!("{} receives round {round}", node.name));
+                format!(
+                    "{} {}",
+                    event.subject(),
+                    String::from_utf8_lossy(event.payload())
+                )
+            })
+            .collect();
+        received.sort();
+        assert_eq!(received, expected, "what {} received", node.name);
+        assert!(
+            subscription
+                .recv_timeout(Duration::from_millis(200))
+                .is_err(),
+            "{} receives nothing twice",
+            node.name
+        );
+    }
+}
+
+fn subscribe_all(nodes: &[&Node]) -> (Vec<Client>, Vec<ClientSubscription>) {
+    let clients: Vec<Client> = nodes.iter().map(|node| connect(node)).collect();
+    let subscriptions = clients
+        .iter()
+        .map(|client| client.subscribe("census.>").unwrap())
+        .collect();
+    for node in nodes {
+        wait_interest(nodes, &node.name, "census.>", None, true);
+    }
+    (clients, subscriptions)
+}
+
+#[test]
+fn a_killed_member_is_declared_dead_the_rest_deliver_and_once_restarted_it_is_alive_and_served() {
+    // A chain: each node knows only the one before it. n0 learns of n4 only
+    // by gossip, and must link to it all the same.
+    let mut nodes: Vec<Node> = Vec::new();
+    for index in 0..5 {
+        let seed = nodes.last().map(|previous| previous.cluster.clone());
+        nodes.push(start_mesh_node(&format!("n{index}"), seed.as_deref(), None));
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_full_mesh(&all);
+    for node in &all {
+        let members = members_of(node);
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        let expected: Vec<String> = all
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| other.name.clone())
+            .collect();
+        assert_eq!(names, expected, "{} knows every other member", node.name);
+        assert!(
+            members.iter().all(|m| m.state == "alive" && m.linked),
+            "{}: {members:?}",
+            node.name
+        );
+    }
+    let (clients, subscriptions) = subscribe_all(&all);
+    census(&all, &subscriptions, &clients, "before");
+
+    // SIGKILL n2, the seed n3 joined through: no goodbye.
+    let victim = nodes.remove(2);
+    let victim_id = members_of(&nodes[0])
+        .into_iter()
+        .find(|m| m.name == "n2")
+        .unwrap()
+        .id;
+    let victim_cluster = victim.cluster.clone();
+    drop(victim);
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    let survivor_clients: Vec<Client> = [0, 1, 3, 4]
+        .into_iter()
+        .map(|index| clients[index].clone())
+        .collect();
+    let mut subscriptions = subscriptions;
+    subscriptions.remove(2);
+    // Before any verdict, events flow among the rest as before.
+    census(&survivors, &subscriptions, &survivor_clients, "just-killed");
+    let declared = wait_member_state(&survivors, "n2", "dead", DEATH_BOUND);
+    eprintln!("n2 killed: declared dead by all four others after {declared:?}");
+    // Nobody else was suspected on the way.
+    for node in &survivors {
+        for member in members_of(node).iter().filter(|m| m.name != "n2") {
+            assert_eq!(member.state, "alive", "{} on {}", member.name, node.name);
+        }
+        assert!(
+            interest_of(node, "n2").is_empty(),
+            "{} dropped the dead member's interest",
+            node.name
+        );
+    }
+    census(
+        &survivors,
+        &subscriptions,
+        &survivor_clients,
+        "after-verdict",
+    );
+
+    // Restarted where it was, joining through n1: a new member (new id)
+    // that everyone reports alive, links to, and serves.
+    let restarted = start_mesh_node("n2", Some(&nodes[1].cluster), Some(&victim_cluster));
+    let started = Instant::now();
+    let everyone: Vec<&Node> = nodes.iter().chain([&restarted]).collect();
+    wait_member_state(&survivors, "n2", "alive", DEATH_BOUND);
+    wait_full_mesh(&everyone);
+    eprintln!(
+        "n2 restarted: alive and linked everywhere after {:?}",
+        started.elapsed()
+    );
+    for node in &survivors {
+        let n2 = members_of(node)
+            .into_iter()
+            .find(|m| m.name == "n2")
+            .unwrap();
+        assert_ne!(n2.id, victim_id, "{} knows the new start", node.name);
+    }
+    let (clients, subscriptions) = subscribe_all(&everyone);
+    census(&everyone, &subscriptions, &clients, "after-restart");
+}
+
+#[test]
+fn a_member_that_stops_is_reported_left_and_its_interest_goes() {
+    let n0 = start_mesh_node("n0", None, None);
+    let n1 = start_mesh_node("n1", Some(&n0.cluster), None);
+    let mut n2 = start_mesh_node("n2", Some(&n1.cluster), None);
+    let all = [&n0, &n1, &n2];
+    wait_full_mesh(&all);
+    let on_n2 = connect(&n2);
+    let _subscription = on_n2.subscribe("going.>").unwrap();
+    wait_interest(&all, "n2", "going.>", None, true);
+
+    // SIGTERM: the node leaves the cluster before it stops.
+    let pid = n2.process.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(n2.process.0.wait().unwrap().success());
+    // Well under what a verdict of death takes: this is the departure
+    // notice, not failure detection.
+    let reported = wait_member_state(&[&n0, &n1], "n2", "left", Duration::from_secs(3));
+    eprintln!("n2 stopped: reported left after {reported:?}");
+    wait_interest(&[&n0, &n1], "n2", "going.>", None, false);
+    for node in [&n0, &n1] {
+        let members = members_of(node);
+        let n2 = members.iter().find(|m| m.name == "n2").unwrap();
+        assert!(!n2.linked);
+        assert!(
+            members
+                .iter()
+                .filter(|m| m.name != "n2")
+                .all(|m| m.state == "alive")
+        );
+    }
+}
