@@ -164,34 +164,10 @@ impl Cluster {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(config.keep_alive))
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(config.idle_timeout)
-                    .expect("idle timeouts are far below QUIC's limit"),
-            ))
-            .initial_rtt(Duration::from_millis(10))
-            .max_concurrent_uni_streams(quinn::VarInt::from_u32(64))
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
-            .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-            .receive_window(quinn::VarInt::from_u32(32 << 20))
-            .send_window(32 << 20);
-        let transport = Arc::new(transport);
-        let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
-        server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(tls.client.clone());
-        client.transport_config(transport);
-        let mut endpoint = {
+        let endpoint = {
             let _runtime = runtime.enter();
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(server),
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )?
+            link_endpoint(socket, &tls, &config)?
         };
-        endpoint.set_default_client_config(client);
         let node_id = loop {
             let id = starling_core::random_u64();
             if id != 0 {
@@ -300,6 +276,43 @@ impl Cluster {
     pub fn shutdown(self) {
         drop(self);
     }
+}
+
+/// A QUIC endpoint on `socket` that accepts and dials links with `tls`,
+/// with the transport settings links need (keep-alive, idle timeout,
+/// windows sized for bursts of events). Must be called within a tokio
+/// runtime.
+pub(crate) fn link_endpoint(
+    socket: std::net::UdpSocket,
+    tls: &LinkTls,
+    config: &ClusterConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(config.keep_alive))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(config.idle_timeout)
+                .expect("idle timeouts are far below QUIC's limit"),
+        ))
+        .initial_rtt(Duration::from_millis(10))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(64))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
+        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+        .receive_window(quinn::VarInt::from_u32(32 << 20))
+        .send_window(32 << 20);
+    let transport = Arc::new(transport);
+    let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(tls.client.clone());
+    client.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
 }
 
 impl Drop for Cluster {

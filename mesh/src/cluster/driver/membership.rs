@@ -299,3 +299,175 @@ impl Driver {
             .unwrap_or_else(|| member.advertise().to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+    use starling_core::Bus;
+
+    use crate::cluster::link::{self, Local};
+    use crate::cluster::membership::PACKET_BYTES_MAX;
+    use crate::cluster::stats::ClusterView;
+    use crate::cluster::tls::{LinkTls, TlsSource};
+    use crate::cluster::wire::{Hello, MESH_PROTOCOL_VERSION};
+    use crate::cluster::{Cluster, ClusterConfig, link_endpoint};
+
+    fn start(name: &str, seeds: Vec<String>) -> (Bus, Cluster) {
+        let bus = Bus::new(Default::default());
+        let cluster = Cluster::start(
+            bus.clone(),
+            ClusterConfig {
+                node_name: name.into(),
+                listen: "127.0.0.1:0".into(),
+                seeds,
+                ..ClusterConfig::default()
+            },
+        )
+        .unwrap();
+        (bus, cluster)
+    }
+
+    fn wait_view(
+        cluster: &Cluster,
+        what: &str,
+        done: impl Fn(&ClusterView) -> bool,
+    ) -> ClusterView {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = cluster.view().unwrap();
+            if done(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting: {what}: {view:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn link_up(view: &ClusterView, name: &str) -> bool {
+        view.links
+            .iter()
+            .any(|link| link.peer_name == name && link.state == "up")
+    }
+
+    /// Links to the node at `target` as a node would, sends `packets`
+    /// random datagrams (most with a real packet kind in front, to get past
+    /// the first byte into each decoder), reports when all are on the wire,
+    /// and keeps the link until `stop`. Returns why the link closed, if it
+    /// did.
+    fn rogue_peer(
+        seed: u64,
+        target: String,
+        packets: u64,
+        sent: std::sync::mpsc::Sender<()>,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> Option<String> {
+        const KINDS: [u8; 5] = [0x53, 0x51, 0x56, 0x44, 0x4C];
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let advertise = socket.local_addr().unwrap().to_string();
+        let tls = LinkTls::new(&TlsSource::InsecureDev, "rogue").unwrap();
+        let endpoint = {
+            let _runtime = runtime.enter();
+            link_endpoint(socket, &tls, &ClusterConfig::default()).unwrap()
+        };
+        let local = Arc::new(Local {
+            hello: Hello {
+                protocol: MESH_PROTOCOL_VERSION,
+                fingerprint: starling_core::event::format_fingerprint(),
+                node_id: 7,
+                cluster: crate::cluster::DEFAULT_CLUSTER_NAME.into(),
+                name: "rogue".into(),
+                advertise,
+                inbox_prefix: "_INBOX.rogue.".into(),
+            },
+            authenticated: false,
+            control_bytes_max: 1 << 20,
+        });
+        runtime.block_on(async move {
+            let established = link::dial(endpoint, target, local).await.unwrap();
+            let connection = &established.connection;
+            let most = connection
+                .max_datagram_size()
+                .unwrap()
+                .min(PACKET_BYTES_MAX + 20);
+            for number in 0..packets {
+                let length = rng.random_range(0..=most);
+                let mut packet: Vec<u8> = (0..length).map(|_| rng.random()).collect();
+                if let Some(kind) = packet.first_mut().filter(|_| number % 4 != 0) {
+                    *kind = KINDS[rng.random_range(0..KINDS.len())];
+                }
+                connection.send_datagram(packet.into()).unwrap();
+                if number % 16 == 0 {
+                    // Paced, so that no buffer on the way drops any.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            while connection.stats().frame_tx.datagram < packets {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent.send(()).unwrap();
+            let _ = stop.await;
+            connection.close_reason().map(|reason| reason.to_string())
+        })
+    }
+
+    /// A peer that shakes hands like a node, then sends random and damaged
+    /// datagrams: each is dropped and counted, its link stays, and the node
+    /// goes on serving its other peer.
+    #[test]
+    fn bad_membership_datagrams_are_counted_and_dropped_and_harm_nothing() {
+        let seed = starling_core::random_u64();
+        println!("seed {seed}");
+        let (bus_a, a) = start("a", Vec::new());
+        let (bus_b, b) = start("b", vec![a.local_addr().to_string()]);
+        wait_view(&a, "a and b linked", |view| link_up(view, "b"));
+        let on_a = bus_a.subscribe("still.>").unwrap();
+
+        const PACKETS: u64 = 400;
+        let before = a.view().unwrap().membership.rejected_in;
+        let target = a.local_addr().to_string();
+        let (sent_tx, sent) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rogue = std::thread::spawn(move || rogue_peer(seed, target, PACKETS, sent_tx, stopped));
+        sent.recv_timeout(Duration::from_secs(10))
+            .expect("the rogue linked and sent every datagram");
+        let view = wait_view(&a, "every bad datagram counted", |view| {
+            view.membership.rejected_in - before >= PACKETS
+        });
+        assert_eq!(view.membership.rejected_in - before, PACKETS, "seed {seed}");
+        assert!(link_up(&view, "rogue"), "the sender's link stays up");
+        stop.send(()).unwrap();
+        assert_eq!(
+            rogue.join().unwrap(),
+            None,
+            "the rogue's link was not closed"
+        );
+
+        // b is untouched: still alive and linked, and its events still
+        // reach a.
+        let b_alive = view.members.iter().any(|member| {
+            member.name == "b" && member.state == crate::cluster::membership::MemberState::Alive
+        });
+        assert!(b_alive && link_up(&view, "b"), "{view:#?}");
+        wait_view(&b, "b to know a's interest", |view| {
+            view.interest
+                .peers
+                .iter()
+                .any(|peer| peer.peer_name == "a" && !peer.entries.is_empty())
+        });
+        bus_b.publish("still.here", b"yes").unwrap();
+        let event = on_a.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(event.payload(), b"yes");
+    }
+}
