@@ -464,11 +464,11 @@ mod tests {
                 .unwrap()
                 .contains("event format")
         );
-        theirs.protocol = 2;
+        theirs.protocol = MESH_PROTOCOL_VERSION + 1;
+        let why = ours.incompatibility(&theirs).unwrap();
         assert!(
-            ours.incompatibility(&theirs)
-                .unwrap()
-                .contains("mesh protocol 2")
+            why.contains(&format!("mesh protocol {}", MESH_PROTOCOL_VERSION + 1)),
+            "{why}"
         );
     }
 
