@@ -491,12 +491,7 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
         let labels: Vec<[(&str, &str); 2]> = cluster
             .links
             .iter()
-            .map(|l| {
-                [
-                    ("peer", l.peer_name.as_str()),
-                    ("peer_id", l.peer_id.as_str()),
-                ]
-            })
+            .map(|l| peer_labels(&l.peer_name, &l.peer_id))
             .collect();
         let samples: Vec<(&[(&str, &str)], u64)> = labels
             .iter()
@@ -589,12 +584,7 @@ fn membership_metrics(out: &mut String, cluster: &ClusterView) {
         .interest
         .peers
         .iter()
-        .map(|p| {
-            [
-                ("peer", p.peer_name.as_str()),
-                ("peer_id", p.peer_id.as_str()),
-            ]
-        })
+        .map(|p| peer_labels(&p.peer_name, &p.peer_id))
         .collect();
     let samples: Vec<(&[(&str, &str)], u64)> = labels
         .iter()
@@ -607,6 +597,11 @@ fn membership_metrics(out: &mut String, cluster: &ClusterView) {
         "Each peer's interest version as known here.",
         &samples,
     );
+}
+
+/// The labels of a per-peer sample.
+fn peer_labels<'a>(name: &'a str, id: &'a str) -> [(&'static str, &'a str); 2] {
+    [("peer", name), ("peer_id", id)]
 }
 
 fn gauge<V: std::fmt::Display>(
