@@ -71,6 +71,37 @@ fn subscribe_all(nodes: &[&Node]) -> (Vec<Client>, Vec<ClientSubscription>) {
     (clients, subscriptions)
 }
 
+/// Every node holds, for every other, the interest version that node
+/// reports for itself: per-origin versions have converged.
+fn assert_interest_versions_agree(nodes: &[&Node]) {
+    let own: Vec<(String, u64)> = nodes
+        .iter()
+        .map(|node| {
+            let view = get_json(node, "/v1/interest");
+            (
+                view["node_id"].as_str().unwrap().to_owned(),
+                view["interest"]["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for node in nodes {
+        let view = get_json(node, "/v1/interest");
+        for peer in view["interest"]["peers"].as_array().unwrap() {
+            let id = peer["peer_id"].as_str().unwrap();
+            let Some((_, version)) = own.iter().find(|(origin, _)| origin == id) else {
+                continue;
+            };
+            assert_eq!(
+                peer["version"].as_u64(),
+                Some(*version),
+                "{} holds {}'s version",
+                node.name,
+                peer["peer_name"]
+            );
+        }
+    }
+}
+
 #[test]
 fn a_killed_member_is_declared_dead_the_rest_deliver_and_once_restarted_it_is_alive_and_served() {
     // A chain: each node knows only the one before it. n0 learns of n4 only
@@ -137,6 +168,15 @@ fn a_killed_member_is_declared_dead_the_rest_deliver_and_once_restarted_it_is_al
         &survivor_clients,
         "after-verdict",
     );
+    let (_, metrics) = get_from(&nodes[0], "/metrics");
+    for line in [
+        "starling_mesh_members_by_state{state=\"alive\"} 4",
+        "starling_mesh_members_by_state{state=\"dead\"} 1",
+        "starling_mesh_members_by_state{state=\"suspect\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert_interest_versions_agree(&survivors);
 
     // Restarted where it was, joining through n1: a new member (new id)
     // that everyone reports alive, links to, and serves.
