@@ -159,6 +159,11 @@ impl Gossip {
         }
     }
 
+    /// Whether packets wait for a link to `address`.
+    pub fn holds(&self, address: &str) -> bool {
+        self.held.contains_key(address)
+    }
+
     fn hold(&mut self, address: &str, packet: Bytes) {
         let held = self.held.entry(address.to_owned()).or_default();
         if held.len() < HELD_PER_ADDRESS {

@@ -244,7 +244,8 @@ impl Driver {
             }
             Event::Redial { address } => {
                 self.dialing.remove(&address);
-                if self.wanted(&address) {
+                // Membership packets held for it want it dialed too.
+                if self.wanted(&address) || self.gossip.holds(&address) {
                     self.dial(address);
                 }
             }
