@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cluster::ClusterConfig;
+use crate::cluster::membership::MemberState;
 use crate::cluster::stats::ClusterView;
 use crate::cluster::tls::TlsSource;
 use crate::config::NodeConfig;
@@ -62,11 +63,18 @@ pub fn wait_for(
     }
 }
 
-/// Waits until every node has a link up with every other.
+/// Waits until every node has a link up with every other, and its
+/// membership holds every other alive.
 pub fn wait_linked(nodes: &[Node], timeout: Duration) -> Result<(), String> {
     for node in nodes {
-        wait_for(node, "links to every other node", timeout, |view| {
-            view.links.iter().filter(|link| link.state == "up").count() == nodes.len() - 1
+        wait_for(node, "every other node linked and alive", timeout, |view| {
+            let others = nodes.len() - 1;
+            let alive = view
+                .members
+                .iter()
+                .filter(|member| !member.this_node && member.state == MemberState::Alive)
+                .count();
+            view.links.iter().filter(|link| link.state == "up").count() == others && alive == others
         })?;
     }
     Ok(())

@@ -102,7 +102,7 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), DemoError>
     loopback::wait_linked(&nodes, SETTLE).map_err(DemoError::Mesh)?;
     writeln!(
         out,
-        "mesh: {} nodes linked over QUIC with mutual TLS (cluster {CLUSTER_NAME}) in {:.1} ms",
+        "mesh: {} nodes linked over QUIC with mutual TLS (cluster {CLUSTER_NAME}), each alive to the others' SWIM membership, in {:.1} ms",
         nodes.len(),
         mesh_started.elapsed().as_secs_f64() * 1e3
     )?;
