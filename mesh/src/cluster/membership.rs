@@ -548,10 +548,16 @@ impl Membership {
             KIND_STATE => wire::decode_state(body)
                 .map_err(MembershipError::from)
                 .and_then(|(members, departed)| {
-                    let mut journal = self.journal.lock();
+                    // A departure news to this node is news to others too:
+                    // spread it by gossip like a notice, not only by the
+                    // next view exchanges (a node that alone heard a
+                    // notice would otherwise tell the cluster one digest
+                    // exchange at a time, ~log2 N sync intervals).
                     for identity in departed {
-                        journal.record_departure(identity);
+                        self.foca
+                            .add_broadcast(&wire::encode_departure(&identity))?;
                     }
+                    let mut journal = self.journal.lock();
                     // These bypass the codec: note them for `report_changes`.
                     journal.claims.extend(members.iter().map(|member| Claim {
                         identity: member.id().clone(),
