@@ -13,12 +13,11 @@
 
 mod sim;
 
-use sim::seeds;
+use sim::{advertised, local_keys, seeds};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use starling_core::subject::pattern_covers;
 use starling_mesh::cluster::interest::{
     Interest, InterestConfig, InterestKey, InterestMessage, NodeId, Output,
 };
@@ -387,12 +386,7 @@ impl Sim {
     fn divergence(&self) -> Option<String> {
         for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             let wanted = advertised(&node.subscriptions);
-            let local: Vec<InterestKey> = node
-                .interest
-                .local_entries()
-                .into_iter()
-                .map(|(_, key)| key)
-                .collect();
+            let local = local_keys(&node.interest);
             if local != wanted {
                 return Some(format!(
                     "node {i}'s interest {local:?} is not what its subscriptions need: {wanted:?}"
@@ -493,24 +487,6 @@ impl Sim {
             }
         }
     }
-}
-
-/// What a node with `subscriptions` should advertise: each key once, except
-/// plain patterns another plain pattern it holds covers.
-fn advertised(subscriptions: &[InterestKey]) -> Vec<InterestKey> {
-    let mut keys: Vec<InterestKey> = subscriptions.to_vec();
-    keys.sort();
-    keys.dedup();
-    let plain_cover = |general: &InterestKey, specific: &InterestKey| {
-        general != specific
-            && general.group.is_none()
-            && specific.group.is_none()
-            && pattern_covers(&general.pattern, &specific.pattern)
-    };
-    keys.iter()
-        .filter(|key| !keys.iter().any(|other| plain_cover(other, key)))
-        .cloned()
-        .collect()
 }
 
 #[test]

@@ -19,7 +19,7 @@
 
 mod sim;
 
-use sim::seeds;
+use sim::{CALM, LOSSY, Network, seeds, soak};
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -38,24 +38,6 @@ fn config() -> MembershipConfig {
     MembershipConfig::lan()
 }
 
-/// How the simulated network behaves.
-#[derive(Debug, Clone, Copy)]
-struct Network {
-    /// Chance that a datagram is lost.
-    loss: f64,
-    /// Least one-way delay.
-    delay_min: Duration,
-    /// Most one-way delay; datagrams overtake each other within the spread.
-    delay_max: Duration,
-}
-
-/// A LAN on a good day.
-const CALM: Network = Network {
-    loss: 0.0,
-    delay_min: Duration::from_micros(200),
-    delay_max: Duration::from_millis(2),
-};
-
 /// What happens during a run's fault phase.
 #[derive(Debug, Clone, Copy)]
 struct Faults {
@@ -71,11 +53,7 @@ struct Faults {
 
 /// A hundred nodes get this.
 const HEAVY: Faults = Faults {
-    network: Network {
-        loss: 0.10,
-        delay_min: Duration::from_micros(200),
-        delay_max: Duration::from_millis(40),
-    },
+    network: LOSSY,
     duration: Duration::from_secs(40),
     event_interval: Duration::from_millis(700),
     partitions: true,
@@ -643,10 +621,6 @@ impl Sim {
 fn heal_bound() -> Duration {
     let config = config();
     config.dead_announce_interval * 3 + config.sync_interval * 3 + config.probe_period * 10
-}
-
-fn soak() -> bool {
-    std::env::var("STARLING_SIM_SOAK").is_ok_and(|value| value == "1")
 }
 
 fn run_or_panic<T>(result: Result<T, String>) -> T {
