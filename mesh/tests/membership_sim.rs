@@ -71,15 +71,18 @@ const LIGHT: Faults = Faults {
     partitions: false,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fate {
     Live,
     Crashed,
-    /// Left on purpose; `heard` if any of its farewell packets got through.
-    /// Otherwise it is declared dead instead: a node cut off by a partition
-    /// cannot tell anyone.
+    /// Left on purpose; `heard_by` the nodes (slot, id of that start) its
+    /// farewell packets were sent to through the network. It must be held
+    /// left while one of them runs on (it took the notice in, or will);
+    /// if none does, dead is right too: a node cut off by a partition, or
+    /// whose only listeners crashed before passing the news on, has told
+    /// nobody.
     Left {
-        heard: bool,
+        heard_by: Vec<(usize, NodeId)>,
     },
 }
 
@@ -153,7 +156,8 @@ struct Sim {
     sequence: u64,
     bytes_sent: u64,
     /// Packets not dropped by the network.
-    packets_through: u64,
+    /// While a node leaves: where its packets went through the network.
+    farewell_receivers: Option<Vec<usize>>,
     /// The latest start time given out.
     started_ms: u64,
     log: Vec<String>,
@@ -177,7 +181,7 @@ impl Sim {
             events: BinaryHeap::new(),
             sequence: 0,
             bytes_sent: 0,
-            packets_through: 0,
+            farewell_receivers: None,
             started_ms: 0,
             log: Vec::new(),
         };
@@ -272,6 +276,14 @@ impl Sim {
         }
     }
 
+    /// Whether a node that took in (or will take in) a departure notice
+    /// still runs the start that did.
+    fn still_listening(&self, heard_by: &[(usize, NodeId)]) -> bool {
+        heard_by.iter().any(|&(slot, id)| {
+            self.slots[slot].node.is_some() && self.slots[slot].identity.id() == id
+        })
+    }
+
     fn crash(&mut self, slot: usize) {
         self.slots[slot].node = None;
         self.slots[slot].wake = None;
@@ -280,12 +292,19 @@ impl Sim {
     }
 
     fn leave(&mut self, slot: usize) -> Result<(), String> {
-        let before = self.packets_through;
+        self.farewell_receivers = Some(Vec::new());
         self.with_node(slot, |node, now| node.leave(now))?;
-        let heard = self.packets_through > before;
+        let heard_by: Vec<(usize, NodeId)> = self
+            .farewell_receivers
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|to| (to, self.slots[to].identity.id()))
+            .collect();
+        let heard = !heard_by.is_empty();
         self.slots[slot].node = None;
         self.slots[slot].wake = None;
-        self.slots[slot].fate = Fate::Left { heard };
+        self.slots[slot].fate = Fate::Left { heard_by };
         self.note(format!("node {slot} leaves (heard: {heard})"));
         Ok(())
     }
@@ -380,7 +399,9 @@ impl Sim {
         if self.rng.random_bool(self.network.loss) {
             return;
         }
-        self.packets_through += 1;
+        if let Some(receivers) = &mut self.farewell_receivers {
+            receivers.push(to);
+        }
         let spread = self.network.delay_max - self.network.delay_min;
         let delay = self.network.delay_min + spread.mul_f64(self.rng.random());
         self.push(
@@ -444,7 +465,7 @@ impl Sim {
                 let target = &self.slots[of];
                 let current = member.id == target.identity.id();
                 let gone = matches!(member.state, MemberState::Dead | MemberState::Left);
-                let wrong = match target.fate {
+                let wrong = match &target.fate {
                     Fate::Live if !current => Some("live, under an earlier id"),
                     Fate::Live => (member.state != MemberState::Alive).then_some("live"),
                     // An earlier start (the latest may have died unnoticed)
@@ -453,10 +474,10 @@ impl Sim {
                         (!gone).then_some("stopped, under an earlier id")
                     }
                     Fate::Crashed => (member.state != MemberState::Dead).then_some("crashed"),
-                    Fate::Left { heard: true } => {
+                    Fate::Left { heard_by } if self.still_listening(heard_by) => {
                         (member.state != MemberState::Left).then_some("departed")
                     }
-                    Fate::Left { heard: false } => (!gone).then_some("departed unheard"),
+                    Fate::Left { .. } => (!gone).then_some("departed unheard"),
                 };
                 if let Some(what) = wrong {
                     return Some(format!("node {slot} sees node {of} ({what}) as {member:?}"));
