@@ -1,6 +1,6 @@
 //! The client's machinery: the socket, the write buffer and its flusher
-//! thread, the reader thread that dispatches the node's frames, and
-//! reconnecting.
+//! thread, the reader thread that dispatches the node's frames, the timer
+//! thread that ends waits for answers that did not come, and reconnecting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -27,7 +27,7 @@ use crate::url::ServerUrl;
 
 /// The subscription id of the client's reply inbox.
 const INBOX_SID: u64 = u64::MAX;
-/// How often the reader wakes to expire answers that did not come.
+/// How often the reader wakes to see whether the client was closed.
 const READ_TICK: Duration = Duration::from_millis(50);
 /// Bytes per read.
 const READ_BYTES: usize = 64 << 10;
@@ -118,6 +118,18 @@ struct Control {
     acks: HashMap<u64, Pending<Result<(), ClientError>>>,
     requests: HashMap<u64, Pending<Result<Event, ClientError>>>,
     pongs: HashMap<u64, Pending<Result<(), ClientError>>>,
+    /// When the timer thread will wake next, if it will.
+    timer_wakes_at: Option<Instant>,
+}
+
+impl Control {
+    /// The earliest deadline of any answer still awaited.
+    fn next_deadline(&self) -> Option<Instant> {
+        let acks = self.acks.values().map(|p| p.deadline);
+        let requests = self.requests.values().map(|p| p.deadline);
+        let pongs = self.pongs.values().map(|p| p.deadline);
+        acks.chain(requests).chain(pongs).min()
+    }
 }
 
 #[derive(Debug)]
@@ -145,6 +157,9 @@ pub(crate) struct Shared {
     write: Mutex<WriteState>,
     write_ready: Condvar,
     control: Mutex<Control>,
+    /// The timer thread sleeps on it (with `control`) until the next
+    /// deadline.
+    answer_due: Condvar,
     connected: AtomicBool,
     closed: AtomicBool,
     dropped_by_node: AtomicU64,
@@ -178,6 +193,7 @@ impl Shared {
             }),
             write_ready: Condvar::new(),
             control: Mutex::new(Control::default()),
+            answer_due: Condvar::new(),
             connected: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             dropped_by_node: AtomicU64::new(0),
@@ -207,11 +223,18 @@ impl Shared {
                 .spawn(move || shared.flush_loop())
                 .map_err(spawn_error)?
         };
+        let timer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("starling-client-timer".into())
+                .spawn(move || shared.timer_loop())
+                .map_err(spawn_error)?
+        };
         shared
             .threads
             .lock()
             .expect("threads lock")
-            .extend([reader, flusher]);
+            .extend([reader, flusher, timer]);
         Ok(shared)
     }
 
@@ -265,13 +288,15 @@ impl Shared {
         {
             let mut control = self.control.lock().expect("control lock");
             control.subscriptions.insert(sid, request.clone());
+            let deadline = Instant::now() + self.options.answer_timeout;
             control.acks.insert(
                 sid,
                 Pending {
                     completion: completion.clone(),
-                    deadline: Instant::now() + self.options.answer_timeout,
+                    deadline,
                 },
             );
+            self.wake_timer_by(&mut control, deadline);
         }
         let sent = self.enqueue(|buffer| push_frame(buffer, Kind::Sub, sid, &request.encode()));
         let answer = sent.and_then(|()| {
@@ -312,13 +337,18 @@ impl Shared {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("{}{tag}", self.inbox_prefix);
         let completion = Completion::new();
-        self.control.lock().expect("control lock").requests.insert(
-            tag,
-            Pending {
-                completion: completion.clone(),
-                deadline: Instant::now() + timeout,
-            },
-        );
+        {
+            let mut control = self.control.lock().expect("control lock");
+            let deadline = Instant::now() + timeout;
+            control.requests.insert(
+                tag,
+                Pending {
+                    completion: completion.clone(),
+                    deadline,
+                },
+            );
+            self.wake_timer_by(&mut control, deadline);
+        }
         if let Err(error) = self.publish(subject, Some(&reply_to), &[], payload, tag) {
             self.control
                 .lock()
@@ -348,13 +378,18 @@ impl Shared {
     ) -> Result<Arc<Completion<Result<(), ClientError>>>, ClientError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let completion = Completion::new();
-        self.control.lock().expect("control lock").pongs.insert(
-            tag,
-            Pending {
-                completion: completion.clone(),
-                deadline: Instant::now() + self.options.answer_timeout,
-            },
-        );
+        {
+            let mut control = self.control.lock().expect("control lock");
+            let deadline = Instant::now() + self.options.answer_timeout;
+            control.pongs.insert(
+                tag,
+                Pending {
+                    completion: completion.clone(),
+                    deadline,
+                },
+            );
+            self.wake_timer_by(&mut control, deadline);
+        }
         self.enqueue(|buffer| push_frame(buffer, Kind::Ping, tag, &[]))?;
         Ok(completion)
     }
@@ -382,6 +417,12 @@ impl Shared {
             }
         }
         self.write_ready.notify_all();
+        {
+            // Taken so that the timer is either before its check of
+            // `closed` or asleep, and cannot miss this wake-up.
+            let _control = self.control.lock().expect("control lock");
+            self.answer_due.notify_all();
+        }
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         let current = std::thread::current().id();
         for thread in threads {
@@ -446,7 +487,7 @@ impl Shared {
         }
     }
 
-    /// The reader thread: dispatches frames, expires answers, reconnects.
+    /// The reader thread: dispatches frames, reconnects.
     fn read_loop(self: Arc<Self>, mut stream: Arc<Stream>, mut decoder: Decoder) {
         let mut publisher = self.local.publisher();
         let mut buffer = ReadBuffer::new(READ_BYTES);
@@ -474,7 +515,6 @@ impl Shared {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    self.expire();
                     continue;
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -582,19 +622,44 @@ impl Shared {
         }
     }
 
-    /// Completes answers whose time is up with a timeout.
-    fn expire(&self) {
-        let now = Instant::now();
+    /// Makes the timer wake by `deadline`, the deadline of an answer just
+    /// added to `control`. Deadlines mostly come in order, so this seldom
+    /// has to wake the timer early.
+    fn wake_timer_by(&self, control: &mut Control, deadline: Instant) {
+        if control.timer_wakes_at.is_none_or(|at| deadline < at) {
+            control.timer_wakes_at = Some(deadline);
+            self.answer_due.notify_one();
+        }
+    }
+
+    /// The timer thread: completes answers whose time is up with a timeout.
+    /// A thread of its own because the reader cannot be relied on for it:
+    /// a steady stream of frames keeps its reads from ever timing out, and
+    /// reconnecting can take it seconds.
+    fn timer_loop(&self) {
         let mut control = self.control.lock().expect("control lock");
-        control
-            .acks
-            .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
-        control
-            .requests
-            .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
-        control
-            .pongs
-            .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
+        while !self.closed.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            control
+                .acks
+                .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
+            control
+                .requests
+                .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
+            control
+                .pongs
+                .retain(|_, p| keep_or(p, now, || Err(ClientError::Timeout)));
+            control.timer_wakes_at = control.next_deadline();
+            control = match control.timer_wakes_at {
+                Some(at) => {
+                    self.answer_due
+                        .wait_timeout(control, at.saturating_duration_since(now))
+                        .expect("control lock")
+                        .0
+                }
+                None => self.answer_due.wait(control).expect("control lock"),
+            };
+        }
     }
 
     /// The connection is gone for good: every waiter gets an answer.
@@ -602,6 +667,8 @@ impl Shared {
         self.closed.store(true, Ordering::Relaxed);
         self.write_ready.notify_all();
         let mut control = self.control.lock().expect("control lock");
+        // `closed` is set: the timer stops.
+        self.answer_due.notify_all();
         for (_, pending) in control.acks.drain() {
             pending.completion.complete(Err(ClientError::Closed));
         }

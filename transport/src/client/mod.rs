@@ -20,9 +20,10 @@
 //! processed everything published before it. A reader thread takes the node's
 //! frames and hands each delivered event to its subscription's queue (the
 //! same queues as the in-process bus: blocking, timed, async receive, and a
-//! `dropped()` count). If the connection breaks, the reader reconnects with
-//! backoff and subscribes again; events published meanwhile are buffered up
-//! to a limit.
+//! `dropped()` count). A timer thread ends each wait for an answer (a
+//! subscription's acknowledgement, a reply, a flush) at its deadline. If the
+//! connection breaks, the reader reconnects with backoff and subscribes
+//! again; events published meanwhile are buffered up to a limit.
 
 mod completion;
 mod connection;
@@ -218,8 +219,10 @@ impl Client {
         self.shared.finish_request(&pending, outcome)
     }
 
-    /// Like [`Client::request`], for async code.
-    /// The reader thread completes it with a timeout when `timeout` passes.
+    /// Like [`Client::request`], for async code: fails with
+    /// [`ClientError::Timeout`] once `timeout` has passed, whatever else the
+    /// connection is receiving meanwhile (the client's timer thread wakes the
+    /// task, so it works on any executor).
     pub async fn request_async(
         &self,
         subject: &str,
@@ -240,7 +243,9 @@ impl Client {
             .unwrap_or(Err(ClientError::Timeout))
     }
 
-    /// Like [`Client::flush`], for async code.
+    /// Like [`Client::flush`], for async code, with the same bound: fails
+    /// with [`ClientError::Timeout`] if the node has not answered within
+    /// [`ClientOptions::answer_timeout`].
     pub async fn flush_async(&self) -> Result<(), ClientError> {
         let completion = self.shared.send_ping()?;
         completion.wait_async().await
