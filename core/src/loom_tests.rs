@@ -137,7 +137,14 @@ fn ring_hands_over_every_value_once() {
                     for i in 0..2u32 {
                         let value = Box::new(who * 10 + i);
                         if who == 0 {
-                            ring.force_push(value, |old| evicted.push(*old));
+                            // Drop-oldest: take out the oldest until it fits.
+                            let mut value = value;
+                            while let Err(rejected) = ring.push(value) {
+                                value = rejected;
+                                if let Some(old) = ring.pop() {
+                                    evicted.push(*old);
+                                }
+                            }
                         } else if let Err(value) = ring.push(value) {
                             evicted.push(*value);
                         }

@@ -202,20 +202,6 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Adds `value`, taking out the oldest values while the ring is full and
-    /// handing each to `evicted`, oldest first.
-    pub(crate) fn force_push(&self, mut value: T, mut evicted: impl FnMut(T)) {
-        loop {
-            match self.push(value) {
-                Ok(()) => return,
-                Err(rejected) => value = rejected,
-            }
-            if let Some(oldest) = self.pop() {
-                evicted(oldest);
-            }
-        }
-    }
-
     /// True if the next slot to read holds nothing yet. Reads only that slot.
     pub(crate) fn is_empty(&self) -> bool {
         let head = self.head.load(Ordering::Relaxed);
@@ -287,20 +273,6 @@ mod tests {
             assert_eq!(ring.len(), model.len());
             assert_eq!(ring.is_empty(), model.is_empty());
         }
-    }
-
-    #[test]
-    fn force_push_evicts_the_oldest() {
-        let ring = Ring::new(2);
-        let mut evicted = Vec::new();
-        for i in 0..5 {
-            ring.force_push(i, |old| evicted.push(old));
-        }
-        assert_eq!(evicted, vec![0, 1, 2]);
-        assert_eq!(
-            (ring.pop(), ring.pop(), ring.pop()),
-            (Some(3), Some(4), None)
-        );
     }
 
     #[test]

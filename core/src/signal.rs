@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicBool, AtomicWaker, Ordering, fence};
+use crate::sync::{AtomicBool, AtomicWaker, Mutex, Ordering, fence};
 
 /// One consumer's wake-up state.
 #[derive(Debug, Default)]
@@ -117,6 +117,80 @@ impl Signal {
     }
 }
 
+/// "There is room again": how a consumer's queue tells the sources waiting
+/// for it (publishers held back by a full `Block` queue) that they may go on.
+///
+/// The reverse of [`Signal`], with the same Dekker handshake: a source
+/// registers its waker, sets `wanted`, fences, and re-tries its delivery; the
+/// consumer takes an item, fences, and reads `wanted`. At least one of them
+/// sees the other's write, so a source never waits on room that already
+/// exists. The consumer wakes sources only once its queue has drained to
+/// a low watermark (the caller's `drained` test), so a held-back publisher
+/// resumes with room for a batch instead of ping-ponging per event; and only
+/// when someone waits, so a consumer that keeps up pays one fence and one
+/// load of a line nobody writes.
+///
+/// Unlike [`Signal`], any number of sources may wait on one queue (every
+/// publishing connection of a fan-in), so wakers go into a list under a lock.
+/// The lock is taken by a source that is about to wait (it is already off
+/// the fast path: its delivery did not fit) and by the consumer once per
+/// stall episode; never on the path of a delivery that fits.
+#[derive(Debug, Default)]
+pub(crate) struct SpaceSignal {
+    /// True while some source waits for room. Read by the consumer on every
+    /// take; written only when a source starts to wait and when it is woken.
+    wanted: CachePadded<AtomicBool>,
+    /// The waiting sources, each once (`Waker::will_wake`).
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl SpaceSignal {
+    /// Source side: registers `waker` and announces that it waits. The caller
+    /// must then re-try its delivery, and wait only if that fails too.
+    pub(crate) fn register(&self, waker: &Waker) {
+        {
+            let mut waiters = self.waiters.lock().expect("space waiter list");
+            if !waiters.iter().any(|known| known.will_wake(waker)) {
+                waiters.push(waker.clone());
+            }
+        }
+        self.wanted.store(true, Ordering::Relaxed);
+        // SYNC POINT (space): pairs with the fence in `notify_if_drained`.
+        // After it, the caller's re-try sees every item the consumer took
+        // before its fence; a consumer whose fence comes later sees `wanted`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Consumer side, after taking an item: wakes the waiting sources if
+    /// there are any and `drained()` says the queue is down to its low
+    /// watermark.
+    pub(crate) fn notify_if_drained(&self, drained: impl FnOnce() -> bool) {
+        // SYNC POINT (space): pairs with the fence in `register`.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above. The swap lets one caller wake.
+        if self.wanted.load(Ordering::Relaxed) && drained() && self.wanted.swap(false, Ordering::Relaxed)
+        {
+            self.wake_all();
+        }
+    }
+
+    /// Wakes every waiting source whatever the queue holds (the queue was
+    /// demoted or closed: waiting sources must look again).
+    pub(crate) fn notify_all(&self) {
+        self.wanted.store(false, Ordering::Relaxed);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        // Draining keeps the list's capacity: no allocation per episode. The
+        // wakers only queue a task or unpark a thread, never call back here.
+        let mut waiters = self.waiters.lock().expect("space waiter list");
+        for waker in waiters.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
 /// Spins until `ready()`, or the spin time or the deadline is up. Checks back
 /// off exponentially (up to [`SPIN_PAUSES_MAX`] pause instructions apart):
 /// each check reads a line the publisher writes, and checking in a tight loop
@@ -169,6 +243,11 @@ fn park() {
 #[cfg(not(loom))]
 fn park_timeout(timeout: Duration) {
     std::thread::park_timeout(timeout);
+}
+
+/// Parks the calling thread for at most `timeout` (until unparked).
+pub(crate) fn park_for(timeout: Duration) {
+    park_timeout(timeout);
 }
 
 #[cfg(loom)]

@@ -25,6 +25,13 @@ pub(crate) use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
+/// The waiter list of [`crate::signal::SpaceSignal`]: a lock taken only by
+/// sources that must wait and by the consumer waking them, never on delivery.
+#[cfg(loom)]
+pub(crate) use loom::sync::Mutex;
+#[cfg(not(loom))]
+pub(crate) use std::sync::Mutex;
+
 #[cfg(not(loom))]
 pub(crate) use atomic_waker::AtomicWaker;
 /// Under loom: loom's model-checked waker slot, with `atomic_waker`'s interface.

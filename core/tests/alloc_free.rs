@@ -129,8 +129,9 @@ fn across_threads_with_parking() {
     let options = SubscribeOptions {
         capacity: 256,
         policy: SlowConsumerPolicy::Block {
-            timeout: Duration::from_secs(10),
+            max_stall: Duration::from_secs(10),
         },
+        ..SubscribeOptions::default()
     };
     let sub = bus.subscribe_with("x", None, options).unwrap();
     // Rounds are coordinated with atomics: std's channels allocate when a

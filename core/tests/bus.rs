@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,11 @@ use starling_core::{Bus, BusConfig, Header, Message, SlowConsumerPolicy, Subscri
 const SECOND: Duration = Duration::from_secs(1);
 
 fn options(capacity: usize, policy: SlowConsumerPolicy) -> SubscribeOptions {
-    SubscribeOptions { capacity, policy }
+    SubscribeOptions {
+        capacity,
+        policy,
+        ..SubscribeOptions::default()
+    }
 }
 
 #[test]
@@ -109,6 +114,7 @@ fn a_queue_group_gets_each_event_exactly_once_across_threads() {
             options(EVENTS as usize, SlowConsumerPolicy::DropNewest),
         )
         .unwrap();
+    let taken = Arc::new(AtomicU64::new(0));
     let members: Vec<_> = (0..3)
         .map(|_| {
             let member = bus
@@ -118,10 +124,19 @@ fn a_queue_group_gets_each_event_exactly_once_across_threads() {
                     options(EVENTS as usize, SlowConsumerPolicy::DropNewest),
                 )
                 .unwrap();
+            let taken = taken.clone();
             std::thread::spawn(move || {
+                // Until the members together have taken every event, which
+                // must not take 30 s.
                 let mut seen = Vec::new();
-                while let Ok(event) = member.recv_timeout(Duration::from_millis(300)) {
-                    seen.push(u64::from_le_bytes(event.payload().try_into().unwrap()));
+                let deadline = Instant::now() + 30 * SECOND;
+                while taken.load(Ordering::Relaxed) < EVENTS {
+                    if let Ok(event) = member.recv_timeout(Duration::from_millis(10)) {
+                        seen.push(u64::from_le_bytes(event.payload().try_into().unwrap()));
+                        taken.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert!(Instant::now() < deadline, "every event taken in time");
+                    }
                 }
                 assert_eq!(member.dropped(), 0);
                 seen
@@ -164,7 +179,7 @@ fn each_publishers_order_is_preserved() {
             options(
                 64,
                 SlowConsumerPolicy::Block {
-                    timeout: 10 * SECOND,
+                    max_stall: 10 * SECOND,
                 },
             ),
         )
@@ -208,7 +223,7 @@ fn a_subscriber_that_never_reads_neither_stalls_publishers_nor_grows_memory() {
             options(
                 1024,
                 SlowConsumerPolicy::Block {
-                    timeout: 10 * SECOND,
+                    max_stall: 10 * SECOND,
                 },
             ),
         )
@@ -263,7 +278,11 @@ fn block_waits_for_room_then_drops_and_counts() {
     let bus = Bus::default();
     let timeout = Duration::from_millis(50);
     let sub = bus
-        .subscribe_with("t", None, options(1, SlowConsumerPolicy::Block { timeout }))
+        .subscribe_with(
+            "t",
+            None,
+            options(1, SlowConsumerPolicy::Block { max_stall: timeout }),
+        )
         .unwrap();
     bus.publish("t", b"1").unwrap();
     let started = Instant::now();
@@ -337,10 +356,10 @@ fn request_gets_the_first_reply_and_fails_fast_without_responders() {
     let bus = Bus::default();
     let service = bus.subscribe("svc.echo").unwrap();
     let responder = bus.clone();
+    const REQUESTS: u32 = 100;
     let server = std::thread::spawn(move || {
-        // The responder holds a bus handle itself, so the bus never closes
-        // under it: it stops when requests stop coming.
-        while let Ok(request) = service.recv_timeout(Duration::from_millis(300)) {
+        for _ in 0..REQUESTS {
+            let request = service.recv_timeout(SECOND).expect("a request");
             let reply_to = request.reply_to().unwrap();
             assert!(
                 reply_to.starts_with(&responder.inbox_prefix()),
@@ -349,7 +368,7 @@ fn request_gets_the_first_reply_and_fails_fast_without_responders() {
             responder.publish(reply_to, request.payload()).unwrap();
         }
     });
-    for i in 0..100u32 {
+    for i in 0..REQUESTS {
         let reply = bus.request("svc.echo", &i.to_le_bytes(), SECOND).unwrap();
         assert_eq!(reply.payload(), i.to_le_bytes());
     }

@@ -11,7 +11,7 @@
 //!   published for every subscriber.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use starling_core::{Bus, BusConfig, EventRef, SlowConsumerPolicy, SubscribeOptions};
@@ -62,7 +62,7 @@ proptest! {
         ops in prop::collection::vec(op(), 1..300),
     ) {
         let bus = small_bus();
-        let sub = bus.subscribe_with("m", None, SubscribeOptions { capacity, policy }).unwrap();
+        let sub = bus.subscribe_with("m", None, SubscribeOptions { capacity, policy, ..SubscribeOptions::default() }).unwrap();
         let mut publisher = bus.publisher();
         let mut model: VecDeque<(u64, usize)> = VecDeque::new();
         let mut dropped = 0u64;
@@ -129,7 +129,7 @@ fn many_publishers_and_subscribers_account_for_every_event() {
         SlowConsumerPolicy::DropNewest,
         SlowConsumerPolicy::DropOldest,
         SlowConsumerPolicy::Block {
-            timeout: Duration::from_secs(30),
+            max_stall: Duration::from_secs(30),
         },
     ];
     let subscribers: Vec<_> = policies
@@ -142,13 +142,21 @@ fn many_publishers_and_subscribers_account_for_every_event() {
                     SubscribeOptions {
                         capacity: 64,
                         policy,
+                        ..SubscribeOptions::default()
                     },
                 )
                 .unwrap();
             std::thread::spawn(move || {
                 let mut last = [None::<u64>; PUBLISHERS as usize];
                 let mut received = 0u64;
-                while let Ok(event) = sub.recv_timeout(Duration::from_millis(500)) {
+                // Every event is either received or counted as dropped when
+                // published: take them until all are accounted for.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while received + sub.dropped() < PUBLISHERS * PER_PUBLISHER {
+                    let Ok(event) = sub.recv_timeout(Duration::from_millis(10)) else {
+                        assert!(Instant::now() < deadline, "{policy:?}: every event in time");
+                        continue;
+                    };
                     let who = event.payload()[0] as usize;
                     let seq = u64::from_le_bytes(event.payload()[1..9].try_into().unwrap());
                     assert_eq!(

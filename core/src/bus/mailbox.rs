@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::queue::DeliveryQueue;
+use super::queue::{DeliveryQueue, QueueShape};
 use super::subscription::EventRef;
-use super::{BusInner, RecvError, SubscribeError, SubscribeOptions, Target};
+use super::{BusInner, RecvError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Target};
 
 /// A consumer of the bus with its own queue. Each subscription added to it
 /// carries a tag, and every event it receives says which tag matched.
@@ -24,6 +24,8 @@ pub struct Mailbox {
     queue: Arc<DeliveryQueue>,
     /// Subscriptions stand for a peer's interest (see `Bus::peer_mailbox`).
     remote: bool,
+    /// The policy of subscriptions added without one.
+    policy: SlowConsumerPolicy,
     entries: Vec<Entry>,
     _single_consumer: PhantomData<Cell<()>>,
 }
@@ -39,13 +41,17 @@ impl Mailbox {
     pub(super) fn new(inner: Arc<BusInner>, options: SubscribeOptions, remote: bool) -> Self {
         let queue = DeliveryQueue::new(
             inner.next_id(),
-            options.capacity,
-            options.policy,
-            inner.config.spin,
+            QueueShape {
+                capacity: options.capacity,
+                pending_bytes_max: options.pending_bytes_max,
+                segment_bytes: inner.config.segment_bytes,
+                spin: inner.config.spin,
+            },
         );
         Self {
             inner,
             remote,
+            policy: options.policy,
             queue: Arc::new(queue),
             entries: Vec::new(),
             _single_consumer: PhantomData,
@@ -53,18 +59,34 @@ impl Mailbox {
     }
 
     /// Adds a subscription to `pattern` (in queue group `group`, if given)
-    /// whose deliveries carry `tag`. Several subscriptions may share a tag.
+    /// whose deliveries carry `tag`, with the mailbox's policy. Several
+    /// subscriptions may share a tag.
     pub fn subscribe(
         &mut self,
         tag: u64,
         pattern: &str,
         group: Option<&str>,
     ) -> Result<(), SubscribeError> {
+        self.subscribe_with_policy(tag, pattern, group, self.policy)
+    }
+
+    /// Like [`Mailbox::subscribe`], with this subscription's own policy for
+    /// when the mailbox is full: its events wait (`Block`, holding back their
+    /// publishers) or are dropped, whatever the mailbox's other
+    /// subscriptions do.
+    pub fn subscribe_with_policy(
+        &mut self,
+        tag: u64,
+        pattern: &str,
+        group: Option<&str>,
+        policy: SlowConsumerPolicy,
+    ) -> Result<(), SubscribeError> {
         let target = Target {
             id: self.inner.next_id(),
             queue: self.queue.clone(),
             tag,
             remote: self.remote,
+            policy,
             stats: Default::default(),
         };
         let (pattern, group) = self
@@ -152,6 +174,18 @@ impl Mailbox {
         self.queue.pending()
     }
 
+    /// Bytes of event memory the waiting events are charged for (whole
+    /// segments: see [`SubscribeOptions::pending_bytes_max`]).
+    pub fn pending_bytes(&self) -> u64 {
+        self.queue.pending_bytes()
+    }
+
+    /// Times this mailbox was demoted: it held a publisher back for its
+    /// whole `max_stall`, and its events were dropped until it drained.
+    pub fn demotions(&self) -> u64 {
+        self.queue.demotions()
+    }
+
     /// Most events the queue holds.
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
@@ -219,6 +253,16 @@ impl QueueCounters {
     /// See [`Mailbox::pending`].
     pub fn pending(&self) -> usize {
         self.0.pending()
+    }
+
+    /// See [`Mailbox::pending_bytes`].
+    pub fn pending_bytes(&self) -> u64 {
+        self.0.pending_bytes()
+    }
+
+    /// See [`Mailbox::demotions`].
+    pub fn demotions(&self) -> u64 {
+        self.0.demotions()
     }
 }
 

@@ -15,6 +15,7 @@
 //! in recycled segments, queues are fixed-size rings. Subscribing and
 //! unsubscribing (the control plane) take a lock; publishers never wait for it.
 
+mod backlog;
 mod error;
 mod interest;
 mod mailbox;
@@ -29,12 +30,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+pub use backlog::Backlog;
 pub use error::{PublishError, RecvError, RequestError, SubscribeError};
 pub use interest::{InterestChange, InterestWatcher};
 pub use mailbox::Recv;
 pub use mailbox::{Mailbox, QueueCounters};
 pub use publisher::{Message, Publisher};
-pub use queue::SlowConsumerPolicy;
+pub use queue::{DEFAULT_MAX_STALL, SlowConsumerPolicy, UnknownPolicy};
 pub use request::Reply;
 pub use route::{PLAIN_TAG, Scope};
 pub use subscription::{EventRef, Subscription};
@@ -89,9 +91,14 @@ impl Default for BusConfig {
 /// Per-subscription settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscribeOptions {
-    /// Events a subscription can hold before the policy applies.
+    /// Events a subscription (or a mailbox) can hold before the policy applies.
     pub capacity: usize,
-    /// What happens when it is full.
+    /// Bytes of event memory its queued events may pin before the policy
+    /// applies. A queued event pins its record's whole segment, so this
+    /// counts segments (see `BusConfig::segment_bytes`): it is what keeps a
+    /// stuck consumer from holding the bus's memory.
+    pub pending_bytes_max: usize,
+    /// What happens when it is full: wait (`Block`, the default), or drop.
     pub policy: SlowConsumerPolicy,
 }
 
@@ -99,7 +106,8 @@ impl Default for SubscribeOptions {
     fn default() -> Self {
         Self {
             capacity: 4096,
-            policy: SlowConsumerPolicy::DropNewest,
+            pending_bytes_max: 64 << 20,
+            policy: SlowConsumerPolicy::default(),
         }
     }
 }
@@ -166,6 +174,8 @@ pub(crate) struct Target {
     pub(crate) tag: u64,
     /// A peer node's interest rather than a local consumer (see `route`).
     pub(crate) remote: bool,
+    /// What a full queue means for this subscription's events.
+    pub(crate) policy: SlowConsumerPolicy,
     pub(crate) stats: Arc<TargetStats>,
 }
 
@@ -186,9 +196,11 @@ impl Target {
 
     /// Like [`Target::deliver`], with the delivery carrying `tag`.
     pub(crate) fn deliver_tagged(&self, record: RecordRef, tag: u64) -> Outcome {
-        let outcome = self.queue.deliver(Delivery { record, tag });
-        if outcome == Outcome::Dropped {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let outcome = self
+            .queue
+            .deliver(Delivery::new(record, tag), self.policy);
+        if matches!(outcome, Outcome::Dropped) {
+            self.count_dropped();
         }
         outcome
     }
@@ -197,16 +209,19 @@ impl Target {
     /// uncounted.
     pub(crate) fn try_deliver(&self, record: RecordRef) -> Result<(), RecordRef> {
         self.queue
-            .try_offer(Delivery {
-                record,
-                tag: self.tag,
-            })
+            .try_offer(Delivery::new(record, self.tag))
             .map_err(|rejected| rejected.record)
+    }
+
+    /// Counts a dropped event against this subscription (its queue counts
+    /// it separately).
+    pub(crate) fn count_dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event for this subscription could not be stored at all.
     pub(crate) fn miss(&self) {
-        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.count_dropped();
         self.queue.count_dropped();
     }
 }

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use super::backlog::Backlog;
 use super::route::{Scope, route};
 use super::{Bus, BusInner, PublishError, Target};
 use crate::clock::WallClock;
@@ -112,6 +113,39 @@ impl Publisher {
         self.core
             .publish_checked(archive, subject, Scope::Forwarded { plain, groups })
     }
+
+    /// Like [`Publisher::publish_checked`], without waiting: deliveries to
+    /// full `Block` queues are owed in `backlog`, which must be empty when
+    /// called. The caller — an I/O loop publishing for one connection, say —
+    /// stops reading that source until [`Backlog::poll_flush`] is ready, so
+    /// that the source alone is held back and its order kept.
+    pub fn publish_checked_into(
+        &mut self,
+        archive: Checked<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        let subject = archive.event().subject();
+        self.core
+            .publish_checked_into(archive, subject, Scope::Local, backlog)
+    }
+
+    /// Like [`Publisher::publish_forwarded`], without waiting (see
+    /// [`Publisher::publish_checked_into`]).
+    pub fn publish_forwarded_into(
+        &mut self,
+        archive: Checked<'_>,
+        plain: bool,
+        groups: &[&str],
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        let subject = archive.event().subject();
+        self.core.publish_checked_into(
+            archive,
+            subject,
+            Scope::Forwarded { plain, groups },
+            backlog,
+        )
+    }
 }
 
 /// The state of one publisher.
@@ -128,6 +162,9 @@ pub(crate) struct PublisherCore {
     sequence: u64,
     /// Picks the next queue-group member; per publisher, so no shared counter.
     round_robin: usize,
+    /// What this publisher's thread owes full `Block` queues; flushed (the
+    /// thread waits) before a publish returns.
+    backlog: Backlog,
 }
 
 impl PublisherCore {
@@ -141,6 +178,7 @@ impl PublisherCore {
             id_high: super::random_u64(),
             sequence: 0,
             round_robin: 0,
+            backlog: Backlog::new(),
         }
     }
 
@@ -165,19 +203,45 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        route(result, &mut self.round_robin, Scope::Local, |holders| {
-            self.appender.append(&parts, holders)
-        })
+        let routed = route(
+            result,
+            &mut self.round_robin,
+            Scope::Local,
+            &mut self.backlog,
+            |holders| self.appender.append(&parts, holders),
+        );
+        self.backlog.flush_blocking();
+        routed
     }
 
     /// Routes an archive that passed validation by `subject` (its own, or
-    /// another the caller routes it by) and copies it once into event memory.
+    /// another the caller routes it by) and copies it once into event memory;
+    /// waits for room in full `Block` queues.
     pub(crate) fn publish_checked(
         &mut self,
         archive: Checked<'_>,
         subject: &str,
         scope: Scope<'_>,
     ) -> Result<usize, PublishError> {
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let routed = self.publish_checked_into(archive, subject, scope, &mut backlog);
+        backlog.flush_blocking();
+        self.backlog = backlog;
+        routed
+    }
+
+    /// Like `publish_checked`, owing what does not fit in `backlog`.
+    pub(crate) fn publish_checked_into(
+        &mut self,
+        archive: Checked<'_>,
+        subject: &str,
+        scope: Scope<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        debug_assert!(
+            backlog.is_empty(),
+            "a source publishes again only once its backlog is flushed"
+        );
         let cacheable = !subject.starts_with(INBOX_PREFIX);
         let limits = &self.limits;
         let looked_up = self
@@ -186,7 +250,7 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        route(result, &mut self.round_robin, scope, |holders| {
+        route(result, &mut self.round_robin, scope, backlog, |holders| {
             self.appender.append_archive(archive.bytes(), holders)
         })
     }

@@ -1,7 +1,10 @@
 //! The delivery queue of one consumer: a bounded ring of holds on records, the
-//! slow-consumer policy applied when it is full, exact counters, and the
-//! wake-up signal.
+//! slow-consumer policies applied when it is full, the memory it is charged
+//! for, exact counters, and its two signals: "an event is here" (to the
+//! consumer) and "there is room again" (to the sources it held back).
 
+use std::fmt;
+use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -9,45 +12,140 @@ use crossbeam_utils::CachePadded;
 
 use crate::log::RecordRef;
 use crate::ring::Ring;
-use crate::signal::Signal;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::signal::{Signal, SpaceSignal};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-/// How long a publisher blocked on a full queue yields before it sleeps.
-const BLOCK_YIELD: Duration = Duration::from_millis(1);
-/// How long it then sleeps between tries.
-const BLOCK_SLEEP: Duration = Duration::from_micros(50);
+/// How long a `Block` subscriber may hold back a publisher per episode
+/// unless it says otherwise. Long enough that a healthy consumer descheduled
+/// on a loaded machine is never demoted; short enough that a stuck one
+/// releases its publishers quickly.
+pub const DEFAULT_MAX_STALL: Duration = Duration::from_secs(2);
 
 /// What happens to an event that arrives when a consumer's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
-    /// Drop the arriving event (the default). The publisher never waits.
-    #[default]
+    /// Lossless (the default): the event waits for room and the source that
+    /// published it is held back — one in-process publisher, one client
+    /// connection, one data stream of a mesh link; never a whole thread. A
+    /// consumer that keeps up loses nothing. If the queue stays full for
+    /// `max_stall` in one episode, the consumer is *demoted*: its events are
+    /// dropped and counted until it drains below its low watermark, so a
+    /// stuck consumer holds nobody back for longer than that.
+    Block {
+        /// Longest a publisher waits for this consumer per episode.
+        max_stall: Duration,
+    },
+    /// Drop the arriving event. The publisher never waits.
     DropNewest,
     /// Drop the oldest queued event to make room. The publisher never waits;
     /// the consumer sees the most recent events.
     DropOldest,
-    /// Make the publisher wait up to `timeout` for room, then drop the
-    /// arriving event. Only for in-process consumers that must not lose events
-    /// under short bursts; a stuck consumer still cannot stall publishers for
-    /// longer than the timeout per event.
-    Block {
-        /// Longest wait per event.
-        timeout: Duration,
-    },
 }
 
-/// One delivery: a hold on a record, and the tag of the subscription it matched.
+impl Default for SlowConsumerPolicy {
+    fn default() -> Self {
+        SlowConsumerPolicy::Block {
+            max_stall: DEFAULT_MAX_STALL,
+        }
+    }
+}
+
+impl SlowConsumerPolicy {
+    /// The policy's name as the command line and the wire protocol spell it:
+    /// `block`, `drop-newest` or `drop-oldest`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlowConsumerPolicy::Block { .. } => "block",
+            SlowConsumerPolicy::DropNewest => "drop-newest",
+            SlowConsumerPolicy::DropOldest => "drop-oldest",
+        }
+    }
+
+    /// The policy named `name` (see [`SlowConsumerPolicy::name`]); `block`
+    /// gets `max_stall`.
+    pub fn from_name(name: &str, max_stall: Duration) -> Result<Self, UnknownPolicy> {
+        match name {
+            "block" => Ok(SlowConsumerPolicy::Block { max_stall }),
+            "drop-newest" => Ok(SlowConsumerPolicy::DropNewest),
+            "drop-oldest" => Ok(SlowConsumerPolicy::DropOldest),
+            _ => Err(UnknownPolicy(name.into())),
+        }
+    }
+
+    /// This policy with `max_stall` if it is `Block`.
+    pub fn with_max_stall(self, max_stall: Duration) -> Self {
+        match self {
+            SlowConsumerPolicy::Block { .. } => SlowConsumerPolicy::Block { max_stall },
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for SlowConsumerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = UnknownPolicy;
+
+    /// `block` (with [`DEFAULT_MAX_STALL`]), `drop-newest` or `drop-oldest`.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        SlowConsumerPolicy::from_name(name, DEFAULT_MAX_STALL)
+    }
+}
+
+/// A policy name that is none of `block`, `drop-newest`, `drop-oldest`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown slow-consumer policy {0:?}: expected block, drop-newest or drop-oldest")]
+pub struct UnknownPolicy(String);
+
+/// One delivery: a hold on a record, the tag of the subscription it matched,
+/// and the bytes of event memory its queue was charged for it.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub(crate) record: RecordRef,
     pub(crate) tag: u64,
+    pub(crate) charge: u32,
 }
 
-/// Whether a delivery went into the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Delivery {
+    pub(crate) fn new(record: RecordRef, tag: u64) -> Self {
+        Self {
+            record,
+            tag,
+            charge: 0,
+        }
+    }
+}
+
+/// What became of a delivery.
+#[derive(Debug)]
 pub(crate) enum Outcome {
     Queued,
     Dropped,
+    /// A `Block` queue had no room: the caller owes it this delivery (see
+    /// `Backlog`).
+    Full(Delivery),
+}
+
+/// What a consumer is charged for, and up to how much.
+///
+/// A hold pins its record's whole segment, so a consumer is charged whole
+/// segments: a delivery whose record lies in another segment than the one
+/// delivered before it is charged a segment, the others nothing. That
+/// over-counts when publishers interleave (never under-counts by more than
+/// the segment at the head), and it is what makes a stuck consumer of a rare
+/// subject — one event per segment — full after a few segments instead of
+/// pinning the node's whole event memory.
+struct Charges {
+    /// Bytes charged for the deliveries in the queue. Added by publishers,
+    /// taken off by the consumer. Relaxed: a limit, it orders nothing.
+    pending_bytes: AtomicU64,
+    /// The segment of the last charged delivery (its address). Relaxed: a
+    /// racing publisher at worst charges a segment twice.
+    last_segment: AtomicUsize,
 }
 
 /// A consumer's queue.
@@ -55,8 +153,21 @@ pub(crate) struct DeliveryQueue {
     /// Unique within the bus; names the queue (a mailbox) in listings.
     pub(crate) id: u64,
     ring: Ring<Delivery>,
-    policy: SlowConsumerPolicy,
+    /// Waking the consumer.
     pub(crate) signal: Signal,
+    /// Waking sources held back by this queue.
+    pub(crate) space: SpaceSignal,
+    charges: CachePadded<Charges>,
+    /// What one segment change is charged.
+    segment_bytes: u64,
+    /// Most bytes the queue may be charged for.
+    pending_bytes_max: u64,
+    /// True while demoted: `Block` deliveries are dropped (and counted) until
+    /// the queue drains to its low watermark. Read by publishers only when a
+    /// delivery does not fit, or the queue is demoted; written rarely.
+    demoted: AtomicBool,
+    /// Times the queue was demoted.
+    demotions: AtomicU64,
     /// Events this consumer missed. Written by publishers.
     dropped: CachePadded<AtomicU64>,
     /// Events this consumer took out. Written by the consumer only.
@@ -65,39 +176,65 @@ pub(crate) struct DeliveryQueue {
     spin: Duration,
 }
 
+/// How a queue is made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueShape {
+    pub(crate) capacity: usize,
+    pub(crate) pending_bytes_max: usize,
+    pub(crate) segment_bytes: usize,
+    pub(crate) spin: Duration,
+}
+
 impl DeliveryQueue {
-    pub(crate) fn new(
-        id: u64,
-        capacity: usize,
-        policy: SlowConsumerPolicy,
-        spin: Duration,
-    ) -> Self {
-        assert!(capacity > 0, "a delivery queue needs room for one event");
+    pub(crate) fn new(id: u64, shape: QueueShape) -> Self {
+        assert!(shape.capacity > 0, "a delivery queue needs room for one event");
         Self {
             id,
-            ring: Ring::new(capacity),
-            policy,
+            ring: Ring::new(shape.capacity),
             signal: Signal::default(),
+            space: SpaceSignal::default(),
+            charges: CachePadded::new(Charges {
+                pending_bytes: AtomicU64::new(0),
+                last_segment: AtomicUsize::new(0),
+            }),
+            segment_bytes: shape.segment_bytes as u64,
+            // Room for at least one segment, or nothing could ever be queued.
+            pending_bytes_max: (shape.pending_bytes_max as u64).max(shape.segment_bytes as u64),
+            demoted: AtomicBool::new(false),
+            demotions: AtomicU64::new(0),
             dropped: CachePadded::new(AtomicU64::new(0)),
             received: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
-            spin,
+            spin: shape.spin,
         }
     }
 
-    /// Publisher side: queues `delivery` under the policy. The caller then
-    /// runs [`crate::signal::publish_fence`] and [`Signal::wake_if_sleeping`].
-    pub(crate) fn deliver(&self, delivery: Delivery) -> Outcome {
-        match self.policy {
+    /// Publisher side: queues `delivery` under `policy`. The caller then runs
+    /// [`crate::signal::publish_fence`] and [`Signal::wake_if_sleeping`].
+    pub(crate) fn deliver(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Outcome {
+        match policy {
             SlowConsumerPolicy::DropNewest => self.offer(delivery),
             SlowConsumerPolicy::DropOldest => {
-                self.ring.force_push(delivery, |evicted| {
-                    self.count_dropped();
-                    drop(evicted);
-                });
+                self.push_evicting(delivery);
                 Outcome::Queued
             }
-            SlowConsumerPolicy::Block { timeout } => self.deliver_within(delivery, timeout),
+            SlowConsumerPolicy::Block { .. } => self.deliver_or_owe(delivery),
+        }
+    }
+
+    /// `Block`: queues the delivery, drops it while demoted, or hands it
+    /// back to be owed.
+    pub(crate) fn deliver_or_owe(&self, delivery: Delivery) -> Outcome {
+        if self.demoted.load(Ordering::Relaxed) && !self.promote_if_drained() {
+            self.count_dropped();
+            return Outcome::Dropped;
+        }
+        if self.is_closed() {
+            return self.offer(delivery);
+        }
+        match self.try_offer(delivery) {
+            Ok(()) => Outcome::Queued,
+            Err(rejected) => Outcome::Full(rejected),
         }
     }
 
@@ -113,47 +250,100 @@ impl DeliveryQueue {
         }
     }
 
-    /// Queues `delivery` if there is room; hands it back otherwise, uncounted.
-    pub(crate) fn try_offer(&self, delivery: Delivery) -> Result<(), Delivery> {
-        self.ring.push(delivery)
-    }
-
-    fn deliver_within(&self, mut delivery: Delivery, timeout: Duration) -> Outcome {
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut attempt = 0u32;
-        loop {
-            match self.ring.push(delivery) {
-                Ok(()) => return Outcome::Queued,
-                Err(rejected) => delivery = rejected,
+    /// Queues `delivery` if there is room (in the ring and in the queue's
+    /// byte charge); hands it back otherwise, uncounted.
+    pub(crate) fn try_offer(&self, mut delivery: Delivery) -> Result<(), Delivery> {
+        let charge = self.charge_for(&delivery);
+        if charge > 0 && self.charges.pending_bytes.load(Ordering::Relaxed) + charge > self.pending_bytes_max {
+            return Err(delivery);
+        }
+        delivery.charge = charge as u32;
+        let segment = delivery.record.segment_key();
+        match self.ring.push(delivery) {
+            Ok(()) => {
+                if charge > 0 {
+                    self.charges.last_segment.store(segment, Ordering::Relaxed);
+                    self.charges.pending_bytes.fetch_add(charge, Ordering::Relaxed);
+                }
+                Ok(())
             }
-            if self.closed.load(Ordering::Relaxed) {
-                return self.offer(delivery);
-            }
-            // Back off without being woken (so consumers pay nothing for
-            // blocked publishers): spin a little, then yield for the first
-            // millisecond (on two cores the consumer often needs this very
-            // core), then sleep in short steps until the deadline.
-            attempt += 1;
-            if attempt <= 64 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return self.offer(delivery);
-            }
-            if now - started < BLOCK_YIELD {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(BLOCK_SLEEP.min(deadline - now));
+            Err(mut rejected) => {
+                rejected.charge = 0;
+                Err(rejected)
             }
         }
+    }
+
+    /// What queueing `delivery` would be charged: a segment if its record
+    /// lies in another segment than the last charged delivery's.
+    fn charge_for(&self, delivery: &Delivery) -> u64 {
+        if self.charges.last_segment.load(Ordering::Relaxed) == delivery.record.segment_key() {
+            0
+        } else {
+            self.segment_bytes.max(delivery.record.archive().len() as u64)
+        }
+    }
+
+    /// `DropOldest`: takes out the oldest deliveries (counting each) until
+    /// this one fits.
+    fn push_evicting(&self, mut delivery: Delivery) {
+        loop {
+            match self.try_offer(delivery) {
+                Ok(()) => return,
+                Err(rejected) => delivery = rejected,
+            }
+            match self.ring.pop() {
+                Some(evicted) => {
+                    self.release_charge(&evicted);
+                    self.count_dropped();
+                }
+                // Empty yet refused: the event alone is larger than the
+                // queue's byte limit.
+                None => {
+                    self.count_dropped();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Demotes the queue (its `Block` deliveries are dropped until it drains)
+    /// and wakes every source waiting for it.
+    pub(crate) fn demote(&self) {
+        if !self.demoted.swap(true, Ordering::Relaxed) {
+            self.demotions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.space.notify_all();
+    }
+
+    /// A demoted queue that has drained to its low watermark is lossless
+    /// again. Returns true if the queue is (now) not demoted.
+    fn promote_if_drained(&self) -> bool {
+        if self.is_drained() {
+            self.demoted.store(false, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// At or below the low watermark: half the ring, half the byte limit.
+    fn is_drained(&self) -> bool {
+        self.ring.len() <= self.ring.capacity() / 2
+            && self.charges.pending_bytes.load(Ordering::Relaxed) <= self.pending_bytes_max / 2
     }
 
     /// Counts one event this consumer will never see.
     pub(crate) fn count_dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn release_charge(&self, delivery: &Delivery) {
+        if delivery.charge > 0 {
+            self.charges
+                .pending_bytes
+                .fetch_sub(u64::from(delivery.charge), Ordering::Relaxed);
+        }
     }
 
     /// Consumer side: the next delivery, if any.
@@ -163,6 +353,8 @@ impl DeliveryQueue {
         // atomic add. Relaxed: the counter orders nothing.
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received + 1, Ordering::Relaxed);
+        self.release_charge(&delivery);
+        self.space.notify_if_drained(|| self.is_drained());
         Some(delivery)
     }
 
@@ -174,7 +366,9 @@ impl DeliveryQueue {
                 return Some(delivery);
             }
             if self.is_closed() {
-                return None;
+                // Closed after the look above: a delivery queued before the
+                // close is visible now (see `close`).
+                return self.try_take();
             }
             let ready = self.signal.wait(self.spin, deadline, || {
                 !self.ring.is_empty() || self.is_closed()
@@ -192,14 +386,14 @@ impl DeliveryQueue {
             return Poll::Ready(Some(delivery));
         }
         if self.is_closed() {
-            return Poll::Ready(None);
+            return Poll::Ready(self.try_take());
         }
         self.signal.prepare_to_sleep(cx.waker());
         if !self.ring.is_empty() || self.is_closed() {
             self.signal.awake();
             return match self.try_take() {
                 Some(delivery) => Poll::Ready(Some(delivery)),
-                None if self.is_closed() => Poll::Ready(None),
+                None if self.is_closed() => Poll::Ready(self.try_take()),
                 None => {
                     cx.waker().wake_by_ref();
                     Poll::Pending
@@ -209,14 +403,21 @@ impl DeliveryQueue {
         Poll::Pending
     }
 
-    /// No more deliveries will come: wakes the consumer so that it drains and stops.
+    /// No more deliveries will come: wakes the consumer so that it drains and
+    /// stops, and the sources waiting for it so that they stop waiting.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        // SYNC POINT (close): Release pairs with the Acquire in `is_closed`:
+        // a consumer that sees the queue closed also sees every delivery
+        // pushed before the close, so "closed and drained" is never said
+        // while one is still queued.
+        self.closed.store(true, Ordering::Release);
         self.signal.wake();
+        self.space.notify_all();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        // SYNC POINT (close): see `close`.
+        self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -231,19 +432,32 @@ impl DeliveryQueue {
         self.ring.len()
     }
 
+    pub(crate) fn pending_bytes(&self) -> u64 {
+        self.charges.pending_bytes.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.ring.capacity()
     }
+
+    pub(crate) fn is_demoted(&self) -> bool {
+        self.demoted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn demotions(&self) -> u64 {
+        self.demotions.load(Ordering::Relaxed)
+    }
 }
 
-impl std::fmt::Debug for DeliveryQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for DeliveryQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeliveryQueue")
             .field("pending", &self.pending())
+            .field("pending_bytes", &self.pending_bytes())
             .field("capacity", &self.capacity())
-            .field("policy", &self.policy)
             .field("received", &self.received())
             .field("dropped", &self.dropped())
+            .field("demoted", &self.is_demoted())
             .finish()
     }
 }

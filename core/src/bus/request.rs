@@ -35,8 +35,12 @@ impl Inbox {
     fn new(bus: &Bus) -> Result<Self, RequestError> {
         let inner = bus.inner();
         let prefix = format!("{}{}.", bus.inbox_prefix(), inner.next_id());
+        // Only the first reply is used, and the requester may be gone: a
+        // reply never waits for room in an inbox (a responder must not be
+        // held back by a requester that stopped listening).
         let options = SubscribeOptions {
             capacity: INBOX_CAPACITY,
+            policy: super::SlowConsumerPolicy::DropNewest,
             ..SubscribeOptions::default()
         };
         let subscription = bus.subscribe_with(&format!("{prefix}*"), None, options)?;

@@ -17,6 +17,7 @@
 //! member of each group it names.
 
 use super::Target;
+use super::backlog::Backlog;
 use super::queue::Outcome;
 use crate::PublishError;
 use crate::log::{AppendError, Holds, RecordRef};
@@ -42,12 +43,15 @@ pub enum Scope<'a> {
 
 /// Writes the event once (with `append`, given the most holds it may need)
 /// and hands one hold to each chosen consumer. Returns the number of
-/// deliveries. Holds not needed (a peer matched twice, a group out of scope)
-/// are released when the unused rest of `Holds` drops.
+/// deliveries (made, or owed: a `Block` consumer without room is owed its
+/// delivery in `backlog`, which the caller flushes before it publishes
+/// again). Holds not needed (a peer matched twice, a group out of scope) are
+/// released when the unused rest of `Holds` drops.
 pub(crate) fn route(
     result: &MatchResult<Target>,
     round_robin: &mut usize,
     scope: Scope<'_>,
+    backlog: &mut Backlog,
     append: impl FnOnce(u32) -> Result<Holds, AppendError>,
 ) -> Result<usize, PublishError> {
     let most = result.delivery_count();
@@ -77,7 +81,9 @@ pub(crate) fn route(
             }
             let record = holds.next().expect("one hold per possible delivery");
             let tag = if target.remote { PLAIN_TAG } else { target.tag };
-            target.deliver_tagged(record, tag);
+            if let Outcome::Full(delivery) = target.deliver_tagged(record, tag) {
+                backlog.owe(target, delivery);
+            }
             delivered += 1;
         }
     }
@@ -89,7 +95,7 @@ pub(crate) fn route(
         }
         *round_robin = round_robin.wrapping_add(1);
         let record = holds.next().expect("one hold per possible delivery");
-        if deliver_to_group(group, record, *round_robin, scope) {
+        if deliver_to_group(group, record, *round_robin, scope, backlog) {
             delivered += 1;
         }
     }
@@ -113,12 +119,14 @@ fn forward_plain(scope: Scope<'_>, earlier: &[Target], target: &Target) -> bool 
 /// members whose consumer is awake (waking a parked thread costs 20–25 µs on
 /// a VM), any local member with room, a peer with room (forwarded events
 /// never go to peers), and finally the member whose turn it is, under its
-/// own policy. Returns false if no member could take it.
+/// own policy (a `Block` member without room is owed it). Returns false if
+/// no member could take it.
 fn deliver_to_group(
     group: &QueueGroup<Target>,
     record: RecordRef,
     turn: usize,
     scope: Scope<'_>,
+    backlog: &mut Backlog,
 ) -> bool {
     let members = &group.members;
     let first = turn % members.len();
@@ -156,11 +164,17 @@ fn deliver_to_group(
     else {
         return false;
     };
-    let queued = member.deliver(record) == Outcome::Queued;
-    if queued {
-        wake(member);
+    match member.deliver(record) {
+        Outcome::Queued => {
+            wake(member);
+            true
+        }
+        Outcome::Full(delivery) => {
+            backlog.owe(member, delivery);
+            true
+        }
+        Outcome::Dropped => false,
     }
-    queued
 }
 
 fn wake(target: &Target) {

@@ -28,6 +28,14 @@ impl RecordRef {
         Self(record)
     }
 
+    /// Identifies the segment the record lies in (its address): holds with
+    /// the same key pin the same segment.
+    pub(crate) fn segment_key(&self) -> usize {
+        // SAFETY: this hold keeps the record alive; its header is not written
+        // while holds exist.
+        unsafe { self.0.as_ref() }.segment_key()
+    }
+
     /// The archive bytes, in place, 16-byte aligned.
     pub fn archive(&self) -> &[u8] {
         // SAFETY: this hold keeps the record alive and unchanged; the archive

@@ -191,6 +191,11 @@ impl RecordHeader {
         segment.release_record().then_some(self.segment)
     }
 
+    /// The address of the segment this record lies in.
+    pub(crate) fn segment_key(&self) -> usize {
+        self.segment.as_ptr() as usize
+    }
+
     /// Length of the archive in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len as usize

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use starling_core::event::{EncodeError, Event, Header as EventHeader};
 use starling_core::subject::SubjectError;
-use starling_core::{SlowConsumerPolicy, SubscribeOptions};
+use starling_core::SubscribeOptions;
 use thiserror::Error;
 
 use self::connection::Shared;
@@ -76,7 +76,7 @@ impl Default for ClientOptions {
             write_buffer_bytes_max: 8 << 20,
             subscription: SubscribeOptions {
                 capacity: 65_536,
-                policy: SlowConsumerPolicy::DropNewest,
+                ..SubscribeOptions::default()
             },
         }
     }

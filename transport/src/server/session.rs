@@ -90,6 +90,7 @@ impl Session {
         let mailbox = bus.mailbox(SubscribeOptions {
             capacity: config.pending_events_max,
             policy: SlowConsumerPolicy::DropNewest,
+            ..SubscribeOptions::default()
         });
         stats.set_mailbox(mailbox.counters());
         Self {
@@ -404,7 +405,7 @@ impl Protocol {
 }
 
 /// Compares secrets without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -541,6 +541,7 @@ fn start_egress(bus: &Bus, config: &ClusterConfig, inbox_prefix: &str) -> PeerEg
     let mailbox = bus.peer_mailbox(SubscribeOptions {
         capacity: config.peer_queue_events,
         policy: SlowConsumerPolicy::DropNewest,
+        ..SubscribeOptions::default()
     });
     let counters = Arc::new(LinkCounters::default());
     let queue = mailbox.counters();
