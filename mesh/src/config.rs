@@ -271,6 +271,25 @@ fn cluster_config(
     if listen.is_none() && seeds.is_empty() {
         return Ok(None);
     }
+    let advertise = non_empty(overrides.cluster_advertise.clone().or(file.advertise));
+    for seed in &seeds {
+        check_host_port("--seed", seed)?;
+    }
+    if let Some(advertise) = &advertise {
+        check_host_port("--cluster-advertise", advertise)?;
+    } else if let Some(listen) = &listen {
+        // Peers dial what a node advertises; 0.0.0.0 would send them to
+        // themselves.
+        let every_interface = listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|address| address.ip().is_unspecified());
+        if every_interface {
+            return Err(ConfigError::Cluster(format!(
+                "--cluster-listen {listen} is every interface, which peers cannot dial: give \
+                 --cluster-advertise HOST:PORT, the name or address they reach this node at"
+            )));
+        }
+    }
     let insecure = overrides.insecure_dev_tls || file.insecure_dev_tls.unwrap_or(false);
     let files = (
         overrides.tls_cert.clone().or(file.tls_cert),
@@ -308,6 +327,12 @@ fn cluster_config(
             )));
         }
     };
+    // One list of seeds for every node of a cluster (as in a compose file
+    // or a StatefulSet) names each node too: a node does not dial itself.
+    let seeds: Vec<String> = seeds
+        .into_iter()
+        .filter(|seed| Some(seed) != advertise.as_ref())
+        .collect();
     let defaults = ClusterConfig::default();
     let mut interest = defaults.interest;
     if let Some(ms) = file.digest_interval_ms {
@@ -332,7 +357,7 @@ fn cluster_config(
             .or(file.name)
             .unwrap_or(defaults.cluster_name.clone()),
         listen: listen.unwrap_or_else(|| DEFAULT_CLUSTER_LISTEN.into()),
-        advertise: non_empty(overrides.cluster_advertise.clone().or(file.advertise)),
+        advertise,
         seeds,
         tls,
         interest,
@@ -347,6 +372,34 @@ fn cluster_config(
             .max(1),
         ..defaults
     }))
+}
+
+/// Checks that `value` is `HOST:PORT`, HOST a name or an address (IPv6 in
+/// brackets). Names are resolved later, at every dial: one that does not
+/// resolve yet is not an error here.
+fn check_host_port(flag: &str, value: &str) -> Result<(), ConfigError> {
+    let why = match value.rsplit_once(':') {
+        None => Some("no port"),
+        Some((_, port)) if !port.parse::<u16>().is_ok_and(|port| port != 0) => {
+            Some("the port must be a number from 1 to 65535")
+        }
+        Some(("", _)) => Some("no host"),
+        Some((host, _)) => match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => (v6.parse::<std::net::Ipv6Addr>().is_err())
+                .then_some("not an IPv6 address in brackets"),
+            None if host.contains(':') => Some("an IPv6 address needs brackets"),
+            None => (!host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+            .then_some("the host is neither a name nor an address"),
+        },
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(ConfigError::Cluster(format!(
+            "{flag} '{value}': {why}; give HOST:PORT, e.g. node-a:7401 or 10.0.0.5:7401"
+        ))),
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -433,6 +486,64 @@ mod tests {
             Overrides::default(),
         );
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn seeds_and_the_advertised_address_are_host_and_port() {
+        let cluster = |seeds: &[&str], listen: &str, advertise: Option<&str>| {
+            NodeConfig::load(
+                None,
+                Overrides {
+                    seeds: seeds.iter().map(|s| s.to_string()).collect(),
+                    cluster_listen: Some(listen.into()),
+                    cluster_advertise: advertise.map(str::to_owned),
+                    insecure_dev_tls: true,
+                    ..Overrides::default()
+                },
+            )
+        };
+        let good = [
+            "node-a:7401",
+            "starling-0.starling.default.svc:7401",
+            "10.0.0.5:7401",
+            "[::1]:7401",
+        ];
+        let config = cluster(&good, "0.0.0.0:7401", Some("node-b:7401")).unwrap();
+        let config = config.cluster.unwrap();
+        assert_eq!(
+            config.seeds, good,
+            "names are kept, to be resolved at each dial"
+        );
+        assert_eq!(config.advertise.as_deref(), Some("node-b:7401"));
+        let config = cluster(&good, "0.0.0.0:7401", Some(good[1])).unwrap();
+        assert_eq!(
+            config.cluster.unwrap().seeds,
+            [good[0], good[2], good[3]],
+            "a node is not its own seed"
+        );
+        for (seed, why) in [
+            ("node-a", "no port"),
+            ("node-a:http", "port"),
+            ("node-a:0", "port"),
+            (":7401", "no host"),
+            ("::1:7401", "brackets"),
+            ("[node-a]:7401", "IPv6"),
+            ("node a:7401", "neither a name"),
+        ] {
+            let error = cluster(&[seed], "127.0.0.1:0", None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(seed) && error.contains(why),
+                "{seed}: {error}"
+            );
+        }
+        let error = cluster(&[], "0.0.0.0:7401", None).unwrap_err().to_string();
+        assert!(error.contains("--cluster-advertise"), "{error}");
+        let error = cluster(&[], "127.0.0.1:7401", Some("node-b"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--cluster-advertise 'node-b'"), "{error}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod cert;
 mod client;
 mod demo;
+mod health;
 mod node;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Command {
     Reply(ReplyArgs),
     /// Makes a development CA and node certificates for mesh links.
     Cert(CertArgs),
+    /// Exits 0 when a node's /healthz answers, 1 otherwise (for container
+    /// health checks and probes).
+    Health(HealthArgs),
     /// Runs a food-ordering system on a 3-node mesh in this process, prints
     /// a live summary, and exits 0 if every order was processed exactly once.
     Demo(DemoArgs),
@@ -51,6 +55,18 @@ pub struct DemoArgs {
     /// Orders per second.
     #[arg(long, default_value_t = 2_000)]
     rate: u64,
+}
+
+/// `starling health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The node's HTTP endpoint, HOST:PORT or http://HOST:PORT; an address
+    /// on every interface (0.0.0.0) is checked on loopback.
+    #[arg(long, env = "STARLING_HTTP", default_value = crate::config::DEFAULT_HTTP)]
+    http: String,
+    /// How long the check may take, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout: u64,
 }
 
 /// `starling cert`.
@@ -74,6 +90,17 @@ enum CertCommand {
         /// The node's name (as given to `starling node --name`).
         name: String,
         /// Where the CA is, and where to write.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Writes the CA if DIR has none, and a certificate for each NAME that
+    /// has none; keeps every file that exists, so it may run at every start
+    /// (as a one-shot container before the nodes).
+    Cluster {
+        /// The nodes' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Where to write.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
     },
@@ -229,6 +256,7 @@ pub fn main() -> ExitCode {
         Command::Req(args) => client::request(args),
         Command::Reply(args) => client::reply(args),
         Command::Cert(args) => cert::run(args),
+        Command::Health(args) => health::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -68,14 +68,38 @@ pub(crate) struct Local {
     pub control_bytes_max: usize,
 }
 
-/// Dials `address` and shakes hands.
+/// Why a dial failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DialError {
+    /// The address's host name does not resolve: in containers and on
+    /// Kubernetes, a peer's name exists only while the peer runs.
+    Unresolved(String),
+    /// The peer could not be reached, or the handshake failed.
+    Link(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Unresolved(why) => write!(f, "cannot resolve: {why}"),
+            DialError::Link(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Dials `address` and shakes hands. A name is resolved anew at every dial:
+/// a peer that restarts may come back at another address under its name.
 pub(crate) async fn dial(
     endpoint: quinn::Endpoint,
     address: String,
     local: Arc<Local>,
-) -> Result<Established, String> {
+) -> Result<Established, DialError> {
+    let ipv4 = endpoint.local_addr().is_ok_and(|local| local.is_ipv4());
+    let target = tokio::time::timeout(HANDSHAKE_TIMEOUT, resolve(&address, ipv4))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+        .map_err(DialError::Unresolved)?;
     let attempt = async {
-        let target = resolve(&address).await?;
         let connecting = endpoint
             .connect(target, LINK_SERVER_NAME)
             .map_err(|error| format!("cannot dial: {error}"))?;
@@ -114,6 +138,7 @@ pub(crate) async fn dial(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
         .unwrap_or_else(|_| Err("handshake timed out".into()))
+        .map_err(DialError::Link)
 }
 
 /// Accepts an incoming connection and shakes hands.
@@ -180,11 +205,19 @@ fn check_peer(local: &Local, connection: &Connection, theirs: &Hello) -> Option<
     None
 }
 
-async fn resolve(address: &str) -> Result<SocketAddr, String> {
-    tokio::net::lookup_host(address)
+/// The address a name stands for now. An endpoint bound to IPv4 cannot reach
+/// an IPv6 address: of a name with both (`localhost`, a container's name on
+/// a network with IPv6), it takes an IPv4 one.
+async fn resolve(address: &str, ipv4: bool) -> Result<SocketAddr, String> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host(address)
         .await
-        .map_err(|error| format!("cannot resolve: {error}"))?
-        .next()
+        .map_err(|error| error.to_string())?
+        .collect();
+    addresses
+        .iter()
+        .find(|candidate| !ipv4 || candidate.is_ipv4())
+        .or(addresses.first())
+        .copied()
         .ok_or_else(|| "resolves to no address".into())
 }
 

@@ -45,7 +45,7 @@ use self::membership::Gossip;
 use super::ClusterConfig;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
-use super::link::{self, Established, Local, close};
+use super::link::{self, DialError, Established, Local, close};
 use super::membership::Identity;
 use super::stats::{ClusterView, LinkCounters, hex_id};
 use super::wire::Control;
@@ -67,7 +67,7 @@ pub(crate) enum Event {
     /// A dial finished.
     Dialed {
         address: String,
-        result: Result<Established, String>,
+        result: Result<Established, DialError>,
     },
     /// Time to dial `address` again.
     Redial { address: String },
@@ -232,11 +232,19 @@ impl Driver {
                     }
                     Err(error) => {
                         self.gossip.unreachable(&address);
+                        // Said once per run of failures; the redials go on
+                        // quietly, with backoff, until one succeeds.
                         let first = !self.backoff.contains_key(&address);
-                        if first {
-                            tracing::warn!(%address, "link failed: {error}; retrying");
-                        } else {
-                            tracing::debug!(%address, "link failed: {error}");
+                        match &error {
+                            DialError::Unresolved(_) if first => tracing::warn!(
+                                %address,
+                                "{error}; the name may not exist yet (a peer starting): \
+                                 retrying with backoff"
+                            ),
+                            _ if first => {
+                                tracing::warn!(%address, "link failed: {error}; retrying")
+                            }
+                            _ => tracing::debug!(%address, "link failed: {error}"),
                         }
                         self.schedule_redial(address);
                     }
