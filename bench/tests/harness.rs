@@ -2,7 +2,8 @@
 //! every target at a tiny size, checked through its JSON output. Targets
 //! whose servers are not there (no `starling` next to the harness, no
 //! nats-server) must be skipped with a message, never silently; the rest
-//! must deliver every event.
+//! must deliver every event, and every figure must come with what was lost.
+//! Also the report generator's own check of its logic.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -40,7 +41,8 @@ const FIELDS: &[&str] = &[
     "sent",
     "expected",
     "received",
-    "dropped",
+    "lost",
+    "lost_pct",
     "dropped_counted",
     "server_cpu_s_per_million",
     "server_peak_rss_bytes",
@@ -129,6 +131,21 @@ fn smoke_runs_every_scenario_on_every_target_it_has_servers_for() {
         stdout.contains("| scenario |"),
         "the results table:\n{stdout}"
     );
+    assert!(
+        stdout.contains("| sent | received | lost | lost % |"),
+        "the results table's loss columns:\n{stdout}"
+    );
+    match stdout.find("| scenario | payload B | measure ") {
+        // The comparison table's header names the targets compared.
+        Some(at) => {
+            let header = stdout[at..].lines().next().unwrap();
+            assert!(!header.contains("bus"), "the bus compared: {header}");
+        }
+        None => assert!(
+            stdout.contains("no comparison with NATS"),
+            "neither a comparison nor why not:\n{stdout}"
+        ),
+    }
 
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -138,6 +155,8 @@ fn smoke_runs_every_scenario_on_every_target_it_has_servers_for() {
         }
         assert_eq!(row["payload_bytes"], 128);
         assert_eq!(row["received"], row["expected"], "{row}");
+        assert_eq!(row["lost"], 0, "{row}");
+        assert_eq!(row["lost_pct"], 0.0, "{row}");
         assert!(row["events_per_s"].as_f64().unwrap() > 0.0, "{row}");
         let servers = row["server_peak_rss_bytes_each"].as_array().unwrap().len();
         let expected_servers = match row["target"].as_str().unwrap() {
@@ -212,4 +231,24 @@ fn a_payload_too_small_for_its_timestamp_is_refused() {
     );
     assert!(!status.success());
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}
+
+/// The Goals logic and the lead of BENCHMARKS.md live in
+/// scripts/bench-report; its self-test renders made-up runs and checks that
+/// a ratio where either side lost events is marked LOSSY, never met, and
+/// kept out of the comparisons BENCHMARKS.md leads with.
+#[test]
+fn the_report_generator_never_counts_a_lossy_ratio_as_a_goal_met() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench-report");
+    let output = Command::new("python3")
+        .args([script, "--self-test"])
+        .output()
+        .expect("python3 runs scripts/bench-report");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("self-test passed"), "{stdout}");
 }

@@ -16,8 +16,10 @@ use super::targets::Target;
 /// Loads Starling (in process, through a `starling node`, through meshes of
 /// nodes) and `nats-server` (alone and in clusters) with the same scenarios
 /// in one run, and reports throughput, latency percentiles, losses, the
-/// servers' CPU and memory, and each Starling target against its NATS
-/// counterpart. It starts and stops every server itself.
+/// servers' CPU and memory, and each networked Starling target against its
+/// NATS counterpart with what each side lost (a ratio where either side lost
+/// events is marked LOSSY: no result). It starts and stops every server
+/// itself.
 #[derive(Debug, Parser)]
 #[command(name = "starling-bench", version, after_help = USAGE)]
 pub struct Options {

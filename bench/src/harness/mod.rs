@@ -2,7 +2,9 @@
 //! Starling (in process, through a `starling node`, through a mesh of nodes)
 //! and against `nats-server` (alone and in clusters), in one run, with
 //! throughput, latency percentiles, losses, and the servers' CPU and memory
-//! side by side, and each Starling target's ratio to its NATS counterpart.
+//! side by side, and each networked Starling target's ratio to its NATS
+//! counterpart, with what each side lost (a ratio where either lost events
+//! is marked LOSSY).
 //!
 //! The harness starts every server it uses, fresh for each run, and stops
 //! it after; a failed run kills its servers, and so does the kernel if the
@@ -162,10 +164,15 @@ fn print_report(rows: &[Row]) {
     }
     match table::comparison_table(rows) {
         Some(comparison) => println!(
-            "Starling against its NATS counterpart in this run (bus and local-*: nats; \
-             mesh-N: nats-cluster-N); above 1×, Starling does better\n\n{comparison}"
+            "Starling against its NATS counterpart in this run (local-*: nats; \
+             mesh-N: nats-cluster-N; the in-process bus has none); above 1×, Starling \
+             does better. A ratio where either side lost events is LOSSY: no result, \
+             since dropping what cannot be delivered is not speed\n\n{comparison}"
         ),
-        None => println!("no NATS rows: no comparison with NATS\n"),
+        None => println!(
+            "no comparison with NATS: it needs a NATS target and a networked Starling \
+             target (the bus is not compared with a server)\n"
+        ),
     }
     for note in table::loss_notes(rows) {
         println!("uncounted loss: {note}");

@@ -1,12 +1,14 @@
 //! SVG bar charts: one per scenario, events/s for each target, grouped by
-//! payload size.
+//! payload size; the bar of a run that lost events is labelled with how
+//! much it lost, so that no one reads it as speed.
 
 use std::path::{Path, PathBuf};
 
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::Row;
+use super::{Row, percent};
 use crate::harness::error::{Context, Result};
 use crate::harness::scenarios::Scenario;
 use crate::harness::targets::Target;
@@ -105,6 +107,20 @@ fn draw(path: &Path, scenario: Scenario, rows: &[&Row]) -> Result<(), Box<dyn st
             .label(target.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
+    let loss_label = TextStyle::from(("sans-serif", 12))
+        .color(&RED)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    let losses = rows.iter().filter(|row| row.is_lossy()).map(|row| {
+        Text::new(
+            format!("lost {}", percent(row.lost_pct)),
+            (
+                SegmentValue::CenterOf(slot(row.payload_bytes, row.target)),
+                row.events_per_s,
+            ),
+            loss_label.clone(),
+        )
+    });
+    chart.draw_series(losses)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -129,7 +145,7 @@ fn si(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::report::tests::row;
+    use crate::harness::report::tests::{losing, row};
     use crate::harness::targets::process::Scratch;
 
     #[test]
@@ -139,7 +155,10 @@ mod tests {
         big.payload_bytes = 1024;
         let rows = [
             row(Scenario::Pubsub, Target::Bus, 2_000_000.0, 1.0),
-            row(Scenario::Pubsub, Target::LocalTcp, 1_000_000.0, 1.0),
+            losing(
+                row(Scenario::Pubsub, Target::LocalTcp, 1_000_000.0, 1.0),
+                270,
+            ),
             big,
             row(Scenario::Request, Target::Nats, 30_000.0, 1.0),
         ];
@@ -158,6 +177,8 @@ mod tests {
         let text = |content: &str| svg.contains(&format!("\n{content}\n</text>"));
         assert!(text("128 B") && text("1024 B"), "payload labels:\n{svg}");
         assert!(text("bus") && text("local-tcp"), "legend:\n{svg}");
+        assert!(text("lost 27%"), "the lossy bar's label:\n{svg}");
+        assert_eq!(svg.matches("lost ").count(), 1, "only on the lossy bar");
         let request = std::fs::read_to_string(&written[1]).unwrap();
         assert!(request.contains("round trips/s"));
     }

@@ -49,8 +49,12 @@ pub struct Row {
     pub expected: u64,
     /// Deliveries that arrived.
     pub received: u64,
-    /// `expected - received`.
-    pub dropped: u64,
+    /// Deliveries that did not arrive, `expected - received`, whether the
+    /// system counted them (`dropped_counted`) or not. A figure from a run
+    /// that lost any is no measure of speed: see [`Row::is_lossy`].
+    pub lost: u64,
+    /// `lost` as a percentage of `expected`.
+    pub lost_pct: f64,
     /// Deliveries the system itself counted as dropped, where it counts them
     /// exactly (Starling: in client and node queues, and on mesh links);
     /// `null` otherwise (NATS).
@@ -79,6 +83,7 @@ impl Row {
     ) -> Self {
         let events_per_s = measurement::per_second(outcome.received, outcome.elapsed);
         let latency = Percentiles::of(&outcome.latency);
+        let lost = outcome.expected.saturating_sub(outcome.received);
         Self {
             scenario: run.scenario,
             target: run.target,
@@ -94,7 +99,12 @@ impl Row {
             sent: outcome.sent,
             expected: outcome.expected,
             received: outcome.received,
-            dropped: outcome.expected.saturating_sub(outcome.received),
+            lost,
+            lost_pct: if outcome.expected == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / outcome.expected as f64
+            },
             dropped_counted: outcome.dropped_counted,
             server_cpu_s_per_million: server.cpu_seconds_per_million(outcome.received),
             server_peak_rss_bytes: server.peak_rss_bytes.iter().copied().max().unwrap_or(0),
@@ -103,11 +113,34 @@ impl Row {
         }
     }
 
+    /// Whether any delivery went missing. Such a run's throughput is not
+    /// comparable with anything: a system that drops what it cannot deliver
+    /// looks faster for it.
+    pub fn is_lossy(&self) -> bool {
+        self.lost > 0
+    }
+
     /// Deliveries that went missing without the system counting them, where
     /// it promises to count every one.
     pub fn uncounted_losses(&self) -> u64 {
         self.dropped_counted
-            .map_or(0, |counted| self.dropped.saturating_sub(counted))
+            .map_or(0, |counted| self.lost.saturating_sub(counted))
+    }
+}
+
+/// A percentage of deliveries lost, for tables and charts: never rounded
+/// down to nothing when something was lost.
+pub fn percent(pct: f64) -> String {
+    if pct == 0.0 {
+        "0%".to_owned()
+    } else if pct < 0.01 {
+        "<0.01%".to_owned()
+    } else if pct < 1.0 {
+        format!("{pct:.2}%")
+    } else if pct < 10.0 {
+        format!("{pct:.1}%")
+    } else {
+        format!("{pct:.0}%")
     }
 }
 
@@ -141,13 +174,33 @@ pub(crate) mod tests {
             sent: 1000,
             expected: 1000,
             received: 1000,
-            dropped: 0,
+            lost: 0,
+            lost_pct: 0.0,
             dropped_counted: target.is_starling().then_some(0),
             server_cpu_s_per_million: 0.0,
             server_peak_rss_bytes: 0,
             server_peak_rss_bytes_each: Vec::new(),
             io_backend: None,
         }
+    }
+
+    /// `row` with `lost` of its expected deliveries missing.
+    pub(crate) fn losing(row: Row, lost: u64) -> Row {
+        Row {
+            received: row.expected - lost,
+            lost,
+            lost_pct: lost as f64 * 100.0 / row.expected as f64,
+            ..row
+        }
+    }
+
+    #[test]
+    fn a_loss_is_never_shown_as_none() {
+        assert_eq!(percent(0.0), "0%");
+        assert_eq!(percent(1e-5), "<0.01%");
+        assert_eq!(percent(0.5), "0.50%");
+        assert_eq!(percent(2.4), "2.4%");
+        assert_eq!(percent(27.4), "27%");
     }
 
     #[test]
@@ -194,7 +247,8 @@ pub(crate) mod tests {
         close("server_cpu_s_per_million", 100.0);
         assert_eq!(json["sent"], 100);
         assert_eq!(json["received"], 390);
-        assert_eq!(json["dropped"], 10);
+        assert_eq!(json["lost"], 10);
+        close("lost_pct", 2.5);
         assert_eq!(json["dropped_counted"], 10);
         assert_eq!(json["server_peak_rss_bytes"], 3 << 20, "the largest");
         assert_eq!(
@@ -205,6 +259,7 @@ pub(crate) mod tests {
             assert!(json.get(field).is_some(), "{field} is missing");
         }
         assert_eq!(row.uncounted_losses(), 0);
+        assert!(row.is_lossy());
     }
 
     #[test]
@@ -220,7 +275,7 @@ pub(crate) mod tests {
     #[test]
     fn losses_beyond_the_counted_drops_are_uncounted() {
         let mut lossy = row(Scenario::Pubsub, Target::LocalTcp, 1.0, 1.0);
-        lossy.dropped = 25;
+        lossy.lost = 25;
         lossy.dropped_counted = Some(20);
         assert_eq!(lossy.uncounted_losses(), 5);
         lossy.target = Target::Nats;

@@ -1,7 +1,9 @@
 //! The tables printed at the end, in Markdown: aligned for a terminal, ready
 //! to paste into BENCHMARKS.md.
 
-use super::Row;
+use std::fmt;
+
+use super::{Row, percent};
 use crate::harness::scenarios::Scenario;
 use crate::harness::targets::Target;
 
@@ -27,7 +29,8 @@ pub fn results(rows: &[Row]) -> String {
         ("max µs", Right),
         ("sent", Right),
         ("received", Right),
-        ("dropped", Right),
+        ("lost", Right),
+        ("lost %", Right),
         ("server CPU s/M", Right),
         ("server peak RSS MiB", Right),
     ];
@@ -54,7 +57,8 @@ pub fn results(rows: &[Row]) -> String {
                 micros(row.max_us),
                 row.sent.to_string(),
                 row.received.to_string(),
-                row.dropped.to_string(),
+                row.lost.to_string(),
+                percent(row.lost_pct),
                 server(format!("{:.2}", row.server_cpu_s_per_million)),
                 server(format!(
                     "{:.1}",
@@ -99,13 +103,57 @@ impl Measure {
 
     /// `starling` against `nats`, above 1 when Starling does better; `None`
     /// if the divisor is 0 (nothing measured).
-    fn ratio(self, starling: &Row, nats: &Row) -> Option<f64> {
+    fn ratio(self, starling: &Row, nats: &Row) -> Option<Ratio> {
         let (better, worse) = match self {
             Measure::Throughput => (starling.events_per_s, nats.events_per_s),
             Measure::MedianLatency => (nats.p50_us, starling.p50_us),
             Measure::P99Latency => (nats.p99_us, starling.p99_us),
         };
-        (worse > 0.0).then(|| better / worse)
+        (worse > 0.0).then(|| Ratio {
+            value: better / worse,
+            starling_lost_pct: starling.lost_pct,
+            nats_lost_pct: nats.lost_pct,
+        })
+    }
+}
+
+/// A Starling target's figure against its counterpart's, with what each
+/// side lost. Shown as `1.12× (none lost)`, or `1.12× (LOSSY: starling lost
+/// 27%)` when either side lost deliveries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    /// Above 1 when Starling did better.
+    pub value: f64,
+    /// Percent of its deliveries the Starling target lost.
+    pub starling_lost_pct: f64,
+    /// Percent of its deliveries the NATS target lost.
+    pub nats_lost_pct: f64,
+}
+
+impl Ratio {
+    /// Whether either side lost deliveries. Such a ratio is no result: a
+    /// side that drops what it cannot deliver moves more events per second
+    /// than one that slows its publisher down, and is not faster for it.
+    pub fn is_lossy(&self) -> bool {
+        self.starling_lost_pct > 0.0 || self.nats_lost_pct > 0.0
+    }
+}
+
+impl fmt::Display for Ratio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2}×", self.value)?;
+        if !self.is_lossy() {
+            return write!(f, " (none lost)");
+        }
+        let losses: Vec<String> = [
+            ("starling", self.starling_lost_pct),
+            ("nats", self.nats_lost_pct),
+        ]
+        .into_iter()
+        .filter(|&(_, pct)| pct > 0.0)
+        .map(|(side, pct)| format!("{side} lost {}", percent(pct)))
+        .collect();
+        write!(f, " (LOSSY: {})", losses.join(", "))
     }
 }
 
@@ -120,20 +168,24 @@ pub struct Comparison {
     pub payload_bytes: usize,
     /// What is divided.
     pub measure: Measure,
-    /// Each Starling target in the rows, with its ratio if both it and its
-    /// counterpart have a row here.
-    pub ratios: Vec<(Target, Option<f64>)>,
+    /// Each Starling target in the rows that has a counterpart, with its
+    /// ratio if both it and its counterpart have a row here.
+    pub ratios: Vec<(Target, Option<Ratio>)>,
 }
 
 /// A comparison per scenario, payload size and measure for which some NATS
-/// target has a row.
+/// target has a row; empty if no Starling target with a NATS counterpart
+/// has rows (the bus has none).
 pub fn comparisons(rows: &[Row]) -> Vec<Comparison> {
     let present = |target: Target| rows.iter().any(|row| row.target == target);
     let starling: Vec<Target> = Target::ALL
         .iter()
         .copied()
-        .filter(|&t| t.is_starling() && present(t))
+        .filter(|&t| t.nats_counterpart().is_some() && present(t))
         .collect();
+    if starling.is_empty() {
+        return Vec::new();
+    }
     let mut cases: Vec<&Row> = Vec::new();
     for row in rows.iter().filter(|row| !row.target.is_starling()) {
         let case = |other: &&Row| (other.scenario, other.payload_bytes);
@@ -173,7 +225,8 @@ pub fn comparisons(rows: &[Row]) -> Vec<Comparison> {
     comparisons
 }
 
-/// The comparisons with NATS as a table; `None` without NATS rows.
+/// The comparisons with NATS as a table, each ratio with what either side
+/// lost; `None` without anything to compare.
 pub fn comparison_table(rows: &[Row]) -> Option<String> {
     let comparisons = comparisons(rows);
     let first = comparisons.first()?;
@@ -193,7 +246,7 @@ pub fn comparison_table(rows: &[Row]) -> Option<String> {
                 comparison.measure.describe().to_owned(),
             ];
             line.extend(comparison.ratios.iter().map(|(_, ratio)| match ratio {
-                Some(ratio) => format!("{ratio:.2}×"),
+                Some(ratio) => ratio.to_string(),
                 None => "—".to_owned(),
             }));
             line
@@ -213,7 +266,7 @@ pub fn loss_notes(rows: &[Row]) -> Vec<String> {
                 row.scenario.name(),
                 row.target.name(),
                 row.payload_bytes,
-                row.dropped,
+                row.lost,
                 row.dropped_counted.unwrap_or(0),
             )
         })
@@ -293,7 +346,18 @@ fn markdown(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::report::tests::row;
+    use crate::harness::report::tests::{losing, row};
+
+    /// Each target's ratio, without the losses.
+    type Values = Vec<(Target, Option<f64>)>;
+
+    fn values(comparison: &Comparison) -> Values {
+        comparison
+            .ratios
+            .iter()
+            .map(|(target, ratio)| (*target, ratio.map(|ratio| ratio.value)))
+            .collect()
+    }
 
     #[test]
     fn each_target_is_divided_by_its_counterpart_and_latency_the_other_way() {
@@ -307,34 +371,89 @@ mod tests {
             row(Scenario::Request, Target::Nats, 25_000.0, 60.0),
         ];
         let comparisons = comparisons(&rows);
-        let ratios = |ratios: &[Option<f64>]| {
-            [Target::Bus, Target::LocalTcp, Target::Mesh3]
-                .into_iter()
-                .zip(ratios.iter().copied())
-                .collect::<Vec<_>>()
-        };
+        let cases: Vec<(Scenario, Measure, Values)> = comparisons
+            .iter()
+            .map(|c| (c.scenario, c.measure, values(c)))
+            .collect();
         assert_eq!(
-            comparisons,
+            cases,
             [
-                Comparison {
-                    scenario: Scenario::Pubsub,
-                    payload_bytes: 128,
-                    measure: Measure::Throughput,
-                    ratios: ratios(&[Some(7.5), Some(1.5), Some(1.5)]),
-                },
-                Comparison {
-                    scenario: Scenario::Request,
-                    payload_bytes: 128,
-                    measure: Measure::MedianLatency,
-                    ratios: ratios(&[None, Some(0.6), None]),
-                },
-                Comparison {
-                    scenario: Scenario::Request,
-                    payload_bytes: 128,
-                    measure: Measure::P99Latency,
-                    ratios: ratios(&[None, Some(0.6), None]),
-                },
+                (
+                    Scenario::Pubsub,
+                    Measure::Throughput,
+                    vec![(Target::LocalTcp, Some(1.5)), (Target::Mesh3, Some(1.5))]
+                ),
+                (
+                    Scenario::Request,
+                    Measure::MedianLatency,
+                    vec![(Target::LocalTcp, Some(0.6)), (Target::Mesh3, None)]
+                ),
+                (
+                    Scenario::Request,
+                    Measure::P99Latency,
+                    vec![(Target::LocalTcp, Some(0.6)), (Target::Mesh3, None)]
+                ),
             ]
+        );
+        assert!(comparisons.iter().all(|c| c.payload_bytes == 128));
+    }
+
+    #[test]
+    fn the_bus_is_never_compared_with_a_server() {
+        let rows = [
+            row(Scenario::Pubsub, Target::Bus, 3_000_000.0, 5.0),
+            row(Scenario::Pubsub, Target::Nats, 400_000.0, 80.0),
+        ];
+        assert_eq!(comparisons(&rows), []);
+        assert_eq!(comparison_table(&rows), None);
+        let with_a_node = [
+            rows[0].clone(),
+            rows[1].clone(),
+            row(Scenario::Pubsub, Target::LocalUds, 500_000.0, 50.0),
+        ];
+        let table = comparison_table(&with_a_node).unwrap();
+        assert!(
+            table.lines().next().unwrap().ends_with(" local-uds |"),
+            "{table}"
+        );
+        assert!(!table.contains("bus"), "{table}");
+    }
+
+    #[test]
+    fn a_ratio_where_either_side_lost_is_lossy_and_says_who_lost_what() {
+        let starling = losing(row(Scenario::Pubsub, Target::LocalTcp, 1_120.0, 1.0), 270);
+        let nats = row(Scenario::Pubsub, Target::Nats, 1_000.0, 1.0);
+        let ratio = |starling: &Row, nats: &Row| {
+            let comparisons = comparisons(&[starling.clone(), nats.clone()]);
+            comparisons[0].ratios[0].1.expect("both have a row")
+        };
+        let starling_lost = ratio(&starling, &nats);
+        assert!(starling_lost.is_lossy());
+        assert_eq!(
+            starling_lost.to_string(),
+            "1.12× (LOSSY: starling lost 27%)"
+        );
+        let nats_lost = ratio(
+            &row(Scenario::Pubsub, Target::LocalTcp, 1_120.0, 1.0),
+            &losing(nats.clone(), 5),
+        );
+        assert!(nats_lost.is_lossy());
+        assert_eq!(nats_lost.to_string(), "1.12× (LOSSY: nats lost 0.50%)");
+        let both = ratio(&starling, &losing(nats.clone(), 1));
+        assert_eq!(
+            both.to_string(),
+            "1.12× (LOSSY: starling lost 27%, nats lost 0.10%)"
+        );
+        let clean = ratio(
+            &row(Scenario::Pubsub, Target::LocalTcp, 1_120.0, 1.0),
+            &nats,
+        );
+        assert!(!clean.is_lossy());
+        assert_eq!(clean.to_string(), "1.12× (none lost)");
+        let table = comparison_table(&[starling, nats]).unwrap();
+        assert!(
+            table.contains("| 1.12× (LOSSY: starling lost 27%) |"),
+            "{table}"
         );
     }
 
@@ -373,7 +492,7 @@ mod tests {
         let comparisons = comparisons(&[paced(Target::LocalTcp, 40.0), paced(Target::Nats, 100.0)]);
         let measures: Vec<(Measure, Option<f64>)> = comparisons
             .iter()
-            .map(|comparison| (comparison.measure, comparison.ratios[0].1))
+            .map(|comparison| (comparison.measure, values(comparison)[0].1))
             .collect();
         assert_eq!(
             measures,
@@ -386,7 +505,7 @@ mod tests {
 
     #[test]
     fn no_nats_rows_no_comparison_table() {
-        let rows = [row(Scenario::Pubsub, Target::Bus, 1.0, 1.0)];
+        let rows = [row(Scenario::Pubsub, Target::LocalTcp, 1.0, 1.0)];
         assert_eq!(comparison_table(&rows), None);
     }
 
@@ -400,32 +519,42 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "| scenario | payload B | measure                      | local-tcp |"
+            "| scenario | payload B | measure                      |         local-tcp |"
         );
         assert_eq!(
             lines[1],
-            "| -------- | --------: | ---------------------------- | --------: |"
+            "| -------- | --------: | ---------------------------- | ----------------: |"
         );
         assert_eq!(
             lines[2],
-            "| request  |       128 | p50 latency: NATS ÷ Starling |     0.50× |"
+            "| request  |       128 | p50 latency: NATS ÷ Starling | 0.50× (none lost) |"
         );
         assert_eq!(
             lines[3],
-            "| request  |       128 | p99 latency: NATS ÷ Starling |     0.50× |"
+            "| request  |       128 | p99 latency: NATS ÷ Starling | 0.50× (none lost) |"
         );
     }
 
     #[test]
-    fn the_results_table_has_a_line_per_run_and_no_server_figures_for_the_bus() {
+    fn the_results_table_has_a_line_per_run_with_its_loss_and_no_server_figures_for_the_bus() {
         let rows = [
             row(Scenario::Pubsub, Target::Bus, 2_500_000.0, 3.0),
-            row(Scenario::Pubsub, Target::Nats, 1_500.0, 1234.0),
+            losing(row(Scenario::Pubsub, Target::Nats, 1_500.0, 1234.0), 30),
         ];
         let table = results(&rows);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].contains("| sent | received | lost | lost % |"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[2].contains(" 2.50 M |"), "{}", lines[2]);
+        assert!(
+            lines[2].contains("| 1000 |     1000 |    0 |     0% |"),
+            "{}",
+            lines[2]
+        );
         assert!(
             lines[2].ends_with("|              — |                   — |"),
             "{}",
@@ -433,12 +562,16 @@ mod tests {
         );
         assert!(lines[3].contains(" 1.5 k |"), "{}", lines[3]);
         assert!(lines[3].contains(" 1234 |"), "{}", lines[3]);
+        assert!(
+            lines[3].contains("| 1000 |      970 |   30 |   3.0% |"),
+            "{}",
+            lines[3]
+        );
     }
 
     #[test]
     fn uncounted_losses_are_called_out() {
-        let mut lossy = row(Scenario::Fanin, Target::LocalUds, 1.0, 1.0);
-        lossy.dropped = 7;
+        let mut lossy = losing(row(Scenario::Fanin, Target::LocalUds, 1.0, 1.0), 7);
         lossy.dropped_counted = Some(2);
         let notes = loss_notes(&[lossy, row(Scenario::Pubsub, Target::Bus, 1.0, 1.0)]);
         assert_eq!(
