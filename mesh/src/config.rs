@@ -23,8 +23,10 @@
 //! grace_ms = 10000                 # a peer's interest outlives its link this long
 //! probe_interval_ms = 1000         # membership: each node probes one member this often;
 //!                                  # a dead member is declared so within ~5-8 probes
-//! data_streams = 2
+//! data_streams = 8
 //! peer_queue_events = 65536
+//! peer_max_stall_ms = 2000         # a full peer queue holds publishers back this long at most,
+//!                                  # then the peer's events are dropped (counted) until it drains
 //!
 //! [limits]
 //! connections_max = 10000
@@ -144,6 +146,7 @@ struct FileCluster {
     probe_interval_ms: Option<u64>,
     data_streams: Option<usize>,
     peer_queue_events: Option<usize>,
+    peer_max_stall_ms: Option<u64>,
 }
 
 /// Values given on the command line or in the environment (clap merges the
@@ -370,6 +373,9 @@ fn cluster_config(
             .peer_queue_events
             .unwrap_or(defaults.peer_queue_events)
             .max(1),
+        peer_max_stall: file
+            .peer_max_stall_ms
+            .map_or(defaults.peer_max_stall, std::time::Duration::from_millis),
         ..defaults
     }))
 }

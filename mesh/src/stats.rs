@@ -450,7 +450,7 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
     );
     membership_metrics(out, cluster);
     type Field = fn(&crate::cluster::stats::LinkView) -> u64;
-    let families: [(&str, &str, Field); 7] = [
+    let families: [(&str, &str, Field); 8] = [
         (
             "starling_link_events_out_total",
             "Events sent to the peer.",
@@ -473,8 +473,13 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
         ),
         (
             "starling_link_dropped_out_total",
-            "Events for the peer dropped because its queue was full.",
+            "Events for the peer dropped: its queue stayed full too long, or it was forgotten.",
             |l| l.dropped_out,
+        ),
+        (
+            "starling_link_lost_in_flight_total",
+            "Events sent to the peer and not acknowledged when a link to it went down.",
+            |l| l.lost_in_flight,
         ),
         (
             "starling_link_unroutable_out_total",

@@ -11,8 +11,21 @@
 //! Events go out in batches: the first event wakes the task, and whatever
 //! queued meanwhile (up to a batch) goes with it, one write per data stream.
 //! Streams are chosen by subject, so the events of one subject keep their
-//! order. While the link is down the mailbox keeps what arrives, up to its
-//! capacity (then it drops and counts), and sends it when the link is back.
+//! order, and each is written as far as QUIC takes it, independently of the
+//! others: a stream the peer stopped reading (its consumers are full) does
+//! not hold back what is already encoded for the rest. Once a stream has a
+//! backlog of its own, no more events are taken from the mailbox (the next
+//! might be for that stream); the mailbox fills, and, being `Block`, holds
+//! back the publishers of events for the peer, each for at most
+//! `peer_max_stall` per episode, after which the peer's events are dropped
+//! and counted until its queue drains to half. The same holds while the
+//! link is down: the mailbox keeps what arrives and sends it when the link
+//! is back.
+//!
+//! **Accounting.** The peer acknowledges, per stream, the forwards it has
+//! handed to its bus; when a link goes down, what was taken for it and not
+//! acknowledged is counted as lost in flight. When the peer is forgotten,
+//! what is still queued for it is counted as dropped.
 //!
 //! **Replies.** A request that arrives from the peer names a reply subject
 //! in one of the peer's inboxes; the subscription waiting there may not have
@@ -24,20 +37,22 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
-use quinn::{Connection, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use starling_core::bus::PLAIN_TAG;
 use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::interest::InterestKey;
+use super::link::close;
 use super::stats::LinkCounters;
-use super::wire::{FRAME_GROUPS_MAX, encode_forward};
+use super::wire::{ACK_BYTES, FRAME_GROUPS_MAX, WireError, check_ack, encode_forward};
 
 /// The tag of the routes for replies to the peer's request inboxes (interest
 /// ids start at 1, and plain deliveries are tagged `PLAIN_TAG` anyway).
@@ -51,6 +66,10 @@ const REPLY_ROUTES_MAX: usize = 4096;
 const BATCH_EVENTS: usize = 1024;
 /// Most bytes encoded for one round of writes.
 const BATCH_BYTES: usize = 1 << 20;
+/// Bytes encoded for one stream that QUIC has not taken yet (its window is
+/// spent: the peer is not reading it), past which no more events are taken
+/// from the mailbox: the next one might be for that stream.
+const STREAM_BUFFER_MAX: usize = 256 << 10;
 
 /// What the driver tells a peer's egress task.
 #[derive(Debug)]
@@ -65,7 +84,8 @@ pub(crate) enum EgressCommand {
     Disconnect,
 }
 
-/// Drains `mailbox` to the peer until the driver lets go of `commands`.
+/// Drains `mailbox` to the peer until the driver lets go of `commands`;
+/// then counts what it leaves behind as dropped.
 pub(crate) async fn run(
     mailbox: Rc<RefCell<Mailbox>>,
     mut commands: UnboundedReceiver<EgressCommand>,
@@ -73,62 +93,27 @@ pub(crate) async fn run(
     counters: Arc<LinkCounters>,
 ) {
     let mut egress = Egress {
-        groups: HashMap::new(),
+        entries: HashMap::new(),
+        connection: None,
         streams: Vec::new(),
-        buffers: (0..data_streams)
-            .map(|_| Vec::with_capacity(64 << 10))
-            .collect(),
         pending: None,
         pending_groups: Vec::new(),
         counters,
     };
-    loop {
-        let linked = !egress.streams.is_empty();
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(command) = commands.poll_recv(cx) {
-                return Poll::Ready(Next::Command(command));
-            }
-            if linked && let Poll::Ready(event) = mailbox.borrow().poll_recv(cx) {
-                return Poll::Ready(Next::Event(event));
-            }
-            Poll::Pending
-        })
-        .await;
-        match next {
-            Next::Command(None) | Next::Event(Err(RecvError::Closed)) => return,
-            Next::Command(Some(command)) => egress.command(&mailbox, command, data_streams).await,
-            Next::Event(Ok(first)) => {
-                egress.take(first);
-                let mut bytes = 0;
-                for _ in 1..BATCH_EVENTS {
-                    let Some(event) = mailbox.borrow().try_recv() else {
-                        break;
-                    };
-                    bytes += egress.take(event);
-                    if bytes >= BATCH_BYTES {
-                        break;
-                    }
-                }
-                egress.flush_pending();
-                egress.write().await;
-            }
-            Next::Event(Err(_)) => {}
-        }
+    while let Some(command) = poll_fn(|cx| egress.poll(cx, &mailbox, &mut commands)).await {
+        egress.command(&mailbox, command, data_streams).await;
     }
-}
-
-enum Next {
-    Command(Option<EgressCommand>),
-    Event(Result<EventRef, RecvError>),
+    egress.retire(&mut mailbox.borrow_mut());
 }
 
 struct Egress {
-    /// Queue group of each of the peer's group entries, by id.
-    groups: HashMap<u64, Arc<str>>,
+    /// The peer's interest entries routed here, by id, with the queue group
+    /// of each group entry.
+    entries: HashMap<u64, Option<Arc<str>>>,
+    /// The link's connection; `None` while it is down.
+    connection: Option<Connection>,
     /// The link's data streams; empty while it is down.
-    streams: Vec<SendStream>,
-    /// Frames encoded for each stream, written once per batch.
-    buffers: Vec<Vec<u8>>,
+    streams: Vec<DataStream>,
     /// The last event taken, held back in case the next delivery is the same
     /// record for another of the peer's groups.
     pending: Option<Pending>,
@@ -142,7 +127,180 @@ struct Pending {
     plain: bool,
 }
 
+/// One data stream of the link, written on its own: a stream whose peer
+/// stopped reading holds back only what is for it.
+struct DataStream {
+    send: SendStream,
+    /// The peer's acknowledgements.
+    acks: RecvStream,
+    /// Frames encoded for the stream, written from `written` on.
+    buffer: Vec<u8>,
+    written: usize,
+    /// Forward frames encoded for the stream, and acknowledged by the peer.
+    sent: u64,
+    acked: u64,
+    /// Acknowledgement bytes read, whole or not.
+    ack_bytes: [u8; 8 * ACK_BYTES],
+    ack_len: usize,
+    /// The peer finished its side: no more acknowledgements.
+    acks_over: bool,
+}
+
+/// Why a link's streams were given up.
+enum Broken {
+    /// The connection is gone (the driver hears why).
+    Lost,
+    /// The peer acknowledged what it cannot have.
+    Protocol(WireError),
+}
+
+impl DataStream {
+    fn unwritten(&self) -> usize {
+        self.buffer.len() - self.written
+    }
+
+    /// Reads the acknowledgements that arrived and writes what QUIC takes;
+    /// registers `cx` for more of both.
+    fn poll(&mut self, cx: &mut Context<'_>, counters: &LinkCounters) -> Result<(), Broken> {
+        while !self.acks_over {
+            match self.acks.poll_read(cx, &mut self.ack_bytes[self.ack_len..]) {
+                Poll::Ready(Ok(0)) => self.acks_over = true,
+                Poll::Ready(Ok(read)) => {
+                    self.ack_len += read;
+                    let whole = self.ack_len - self.ack_len % ACK_BYTES;
+                    for ack in self.ack_bytes[..whole].chunks_exact(ACK_BYTES) {
+                        let ack = ack.try_into().expect("whole acknowledgements");
+                        self.acked =
+                            check_ack(ack, self.acked, self.sent).map_err(Broken::Protocol)?;
+                    }
+                    self.ack_bytes.copy_within(whole..self.ack_len, 0);
+                    self.ack_len -= whole;
+                }
+                Poll::Ready(Err(_)) => return Err(Broken::Lost),
+                Poll::Pending => break,
+            }
+        }
+        while self.unwritten() > 0 {
+            match Pin::new(&mut self.send).poll_write(cx, &self.buffer[self.written..]) {
+                Poll::Ready(Ok(written)) => {
+                    self.written += written;
+                    counters
+                        .bytes_out
+                        .fetch_add(written as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Err(_)) => return Err(Broken::Lost),
+                Poll::Pending => break,
+            }
+        }
+        if self.unwritten() == 0 {
+            self.buffer.clear();
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
 impl Egress {
+    /// Runs the link until the driver has a command (`Some`) or there is
+    /// nothing more to do (`None`): writes each stream as far as QUIC takes
+    /// it, and takes a batch of events from the mailbox while every stream
+    /// has room. Yields after each batch, so that the thread's other tasks
+    /// run.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mailbox: &RefCell<Mailbox>,
+        commands: &mut UnboundedReceiver<EgressCommand>,
+    ) -> Poll<Option<EgressCommand>> {
+        if let Poll::Ready(command) = commands.poll_recv(cx) {
+            return Poll::Ready(command);
+        }
+        // Down, broken, or a stream with a backlog: nothing is taken.
+        if self.streams.is_empty()
+            || !self.poll_streams(cx)
+            || self
+                .streams
+                .iter()
+                .any(|s| s.unwritten() >= STREAM_BUFFER_MAX)
+        {
+            return Poll::Pending;
+        }
+        let first = match mailbox.borrow().poll_recv(cx) {
+            Poll::Ready(Ok(first)) => first,
+            Poll::Ready(Err(RecvError::Closed)) => return Poll::Ready(None),
+            Poll::Ready(Err(RecvError::Timeout)) | Poll::Pending => return Poll::Pending,
+        };
+        self.take(first);
+        let mut bytes = 0;
+        for _ in 1..BATCH_EVENTS {
+            if bytes >= BATCH_BYTES
+                || self
+                    .streams
+                    .iter()
+                    .any(|s| s.unwritten() >= STREAM_BUFFER_MAX)
+            {
+                break;
+            }
+            let Some(event) = mailbox.borrow().try_recv() else {
+                break;
+            };
+            bytes += self.take(event);
+        }
+        self.flush_pending();
+        self.poll_streams(cx);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Polls every stream; false if the link broke (then it is down here).
+    fn poll_streams(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut broken = None;
+        for stream in &mut self.streams {
+            if let Err(why) = stream.poll(cx, &self.counters) {
+                broken = Some(why);
+                break;
+            }
+        }
+        match broken {
+            None => true,
+            Some(why) => {
+                if let (Broken::Protocol(error), Some(connection)) = (&why, &self.connection) {
+                    let reason = error.to_string();
+                    tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
+                    connection.close(close::PROTOCOL, reason.as_bytes());
+                }
+                self.link_down();
+                false
+            }
+        }
+    }
+
+    /// The link is gone: what the peer had not acknowledged is lost in
+    /// flight, as far as this node can tell.
+    fn link_down(&mut self) {
+        let lost: u64 = self.streams.iter().map(|s| s.sent - s.acked).sum();
+        self.counters
+            .lost_in_flight
+            .fetch_add(lost, Ordering::Relaxed);
+        self.streams.clear();
+        self.connection = None;
+    }
+
+    /// The peer is forgotten (or the node stops): its routes go, and what
+    /// is left for it is counted as dropped.
+    fn retire(&mut self, mailbox: &mut Mailbox) {
+        self.link_down();
+        for id in self.entries.keys() {
+            mailbox.unsubscribe(*id);
+        }
+        mailbox.unsubscribe(REPLY_ROUTE_TAG);
+        let mut left = mailbox.dropped();
+        while mailbox.try_recv().is_some() {
+            left += 1;
+        }
+        self.counters.dropped_out.fetch_add(left, Ordering::Relaxed);
+    }
+
     async fn command(
         &mut self,
         mailbox: &RefCell<Mailbox>,
@@ -161,19 +319,27 @@ impl Egress {
                     tracing::warn!(pattern = %key.pattern, %error, "a peer's interest cannot be routed");
                     return;
                 }
-                if let Some(group) = key.group {
-                    self.groups.insert(id, group.into());
-                }
+                self.entries.insert(id, key.group.map(Arc::from));
             }
             EgressCommand::Unsubscribe { id } => {
                 mailbox.borrow_mut().unsubscribe(id);
-                self.groups.remove(&id);
+                self.entries.remove(&id);
             }
             EgressCommand::Connect(connection) => {
-                self.streams.clear();
+                self.link_down();
                 for _ in 0..data_streams {
-                    match connection.open_uni().await {
-                        Ok(stream) => self.streams.push(stream),
+                    match connection.open_bi().await {
+                        Ok((send, acks)) => self.streams.push(DataStream {
+                            send,
+                            acks,
+                            buffer: Vec::with_capacity(64 << 10),
+                            written: 0,
+                            sent: 0,
+                            acked: 0,
+                            ack_bytes: [0; 8 * ACK_BYTES],
+                            ack_len: 0,
+                            acks_over: false,
+                        }),
                         Err(_) => {
                             // Closed already; the driver hears of it.
                             self.streams.clear();
@@ -181,8 +347,9 @@ impl Egress {
                         }
                     }
                 }
+                self.connection = Some(connection);
             }
-            EgressCommand::Disconnect => self.streams.clear(),
+            EgressCommand::Disconnect => self.link_down(),
         }
     }
 
@@ -204,7 +371,7 @@ impl Egress {
         let pending = self.pending.as_mut().expect("set above");
         if tag == PLAIN_TAG {
             pending.plain = true;
-        } else if let Some(group) = self.groups.get(&tag) {
+        } else if let Some(Some(group)) = self.entries.get(&tag) {
             self.pending_groups.push(group.clone());
         } else {
             // The entry was withdrawn after the event was routed to it.
@@ -213,12 +380,15 @@ impl Egress {
         written
     }
 
-    /// Encodes the held-back event, if any; returns the bytes added.
+    /// Encodes the held-back event, if any, for its subject's stream;
+    /// returns the bytes added.
     fn flush_pending(&mut self) -> usize {
         let Some(pending) = self.pending.take() else {
             return 0;
         };
-        let buffer = &mut self.buffers[shard(pending.event.subject(), self.streams.len().max(1))];
+        let index = shard(pending.event.subject(), self.streams.len());
+        let stream = &mut self.streams[index];
+        let buffer = &mut stream.buffer;
         let before = buffer.len();
         let archive = pending.event.archive();
         let mut names = [""; FRAME_GROUPS_MAX];
@@ -228,10 +398,12 @@ impl Egress {
                 *name = group;
             }
             encode_forward(buffer, plain, &names[..chunk.len()], archive);
+            stream.sent += 1;
             plain = false;
         }
         if plain {
             encode_forward(buffer, true, &[], archive);
+            stream.sent += 1;
         }
         self.pending_groups.clear();
         let written = buffer.len() - before;
@@ -239,20 +411,6 @@ impl Egress {
             self.counters.events_out.fetch_add(1, Ordering::Relaxed);
         }
         written
-    }
-
-    async fn write(&mut self) {
-        for (stream, buffer) in self.streams.iter_mut().zip(&mut self.buffers) {
-            if buffer.is_empty() {
-                continue;
-            }
-            if stream.write_all(buffer).await.is_ok() {
-                self.counters
-                    .bytes_out
-                    .fetch_add(buffer.len() as u64, Ordering::Relaxed);
-            }
-            buffer.clear();
-        }
     }
 }
 

@@ -8,17 +8,20 @@
 //! with the reason as the QUIC close reason.
 
 use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rkyv::util::AlignedVec;
+use starling_core::bus::Backlog;
 use starling_core::event::{self, EventLimits};
-use starling_core::{Bus, PublishError};
-use starling_transport::frame::{DecodeError, Decoder, FRAME_ALIGN};
+use starling_core::{Bus, PublishError, Publisher};
+use starling_transport::frame::{FRAME_ALIGN, Frame, FrameError, HEADER_BYTES, Header};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::driver::Event;
@@ -46,7 +49,7 @@ pub(crate) mod close {
     pub const GONE: VarInt = VarInt::from_u32(4);
 }
 
-/// Bytes read from a data stream at a time.
+/// Bytes read from a data stream at a time (more for a larger frame).
 const READ_CHUNK: usize = 64 << 10;
 
 /// A connection whose handshake succeeded.
@@ -345,8 +348,9 @@ pub(crate) async fn ingress(
     counters: Arc<LinkCounters>,
     replies: Rc<RefCell<ReplyRoutes>>,
 ) {
-    while let Ok(stream) = connection.accept_uni().await {
+    while let Ok((acks, stream)) = connection.accept_bi().await {
         tokio::task::spawn_local(read_data_stream(
+            acks,
             stream,
             connection.clone(),
             bus.clone(),
@@ -359,6 +363,7 @@ pub(crate) async fn ingress(
 /// Why a data stream was given up.
 #[derive(Debug)]
 enum Refusal {
+    Frame(FrameError),
     Wire(WireError),
     Event(event::ValidationError),
 }
@@ -366,13 +371,22 @@ enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Refusal::Frame(error) => write!(f, "{error}"),
             Refusal::Wire(error) => write!(f, "{error}"),
             Refusal::Event(error) => write!(f, "invalid event: {error}"),
         }
     }
 }
 
+/// Hands each event of one data stream to the bus, in order. When some of
+/// its deliveries find a full `Block` queue, the stream is not read until
+/// they are handed over (or the queue is demoted, after its `max_stall`):
+/// QUIC flow control then holds the peer's sender back, and the link's
+/// other streams go on. What was handled is acknowledged on the stream's
+/// reverse direction: every [`ACK_EVERY`] forwards, and whenever the stream
+/// has nothing more to read.
 async fn read_data_stream(
+    mut acks: SendStream,
     mut stream: RecvStream,
     connection: Connection,
     bus: Bus,
@@ -381,39 +395,193 @@ async fn read_data_stream(
 ) {
     let limits: EventLimits = bus.config().limits;
     let mut publisher = bus.publisher();
-    let mut decoder = Decoder::new(limits.archive_bytes_max() + 64 * 1024);
-    let mut chunk = AlignedVec::<FRAME_ALIGN>::with_capacity(READ_CHUNK);
-    chunk.resize(READ_CHUNK, 0);
-    loop {
-        let read = match stream.read(&mut chunk).await {
-            Ok(Some(read)) => read,
-            Ok(None) | Err(_) => return,
-        };
-        counters.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
-        let fed = decoder.feed(&chunk[..read], |frame| {
-            let forward = decode_forward(frame).map_err(Refusal::Wire)?;
-            let checked = event::check(forward.archive, &limits).map_err(Refusal::Event)?;
-            if let Some(reply_to) = checked.event().reply_to() {
-                replies.borrow_mut().learn(reply_to);
-            }
-            match publisher.publish_forwarded(checked, forward.plain, forward.groups()) {
-                Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
-                // Counted by the local consumers it was for.
-                Err(PublishError::OutOfMemory(_)) => {
-                    counters.dropped_in.fetch_add(1, Ordering::Relaxed)
+    let mut inbound = Inbound::new(limits.archive_bytes_max() + 64 * 1024);
+    let mut backlog = Backlog::new();
+    let (mut handled, mut acked) = (0u64, 0u64);
+    let refusal = loop {
+        match inbound.next() {
+            Ok(Some((frame, bytes))) => {
+                let forwarded = forward(
+                    frame,
+                    &limits,
+                    &mut publisher,
+                    &mut backlog,
+                    &counters,
+                    &replies,
+                );
+                if let Err(refusal) = forwarded {
+                    break refusal;
                 }
-                Err(_) => return Ok::<(), Refusal>(()),
-            };
-            Ok(())
-        });
-        let reason = match fed {
-            Ok(()) => continue,
-            Err(DecodeError::Handler(refusal)) => refusal.to_string(),
-            Err(DecodeError::Frame(error)) => error.to_string(),
+                inbound.consume(bytes);
+                handled += 1;
+                if !backlog.is_empty() {
+                    flush(&mut backlog).await;
+                }
+                if handled - acked >= ACK_EVERY {
+                    acked = acknowledge(&mut acks, handled).await;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => break Refusal::Frame(error),
+        }
+        let room = match inbound.room() {
+            Ok(room) => room,
+            Err(error) => break Refusal::Frame(error),
         };
-        tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
-        connection.close(close::PROTOCOL, reason.as_bytes());
-        return;
+        let read = match poll_fn(|cx| Poll::Ready(stream.poll_read(cx, room))).await {
+            Poll::Ready(read) => read,
+            Poll::Pending => {
+                // Nothing more for now: say how far this stream got.
+                if handled > acked {
+                    acked = acknowledge(&mut acks, handled).await;
+                }
+                poll_fn(|cx| stream.poll_read(cx, room)).await
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(read) => {
+                counters.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
+                inbound.filled(read);
+            }
+        }
+    };
+    let reason = refusal.to_string();
+    tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
+    connection.close(close::PROTOCOL, reason.as_bytes());
+}
+
+/// Forwards handled between two acknowledgements, at most, while a stream
+/// keeps arriving.
+const ACK_EVERY: u64 = 1024;
+
+/// Tells the peer that `handled` forwards of a stream were handed to the
+/// bus; returns it. A failure means the link is gone, and its reader says
+/// so.
+async fn acknowledge(acks: &mut SendStream, handled: u64) -> u64 {
+    let _ = acks.write_all(&handled.to_le_bytes()).await;
+    handled
+}
+
+/// Hands one forward frame to the bus; deliveries that find a full `Block`
+/// queue are owed in `backlog`.
+fn forward(
+    frame: Frame<'_>,
+    limits: &EventLimits,
+    publisher: &mut Publisher,
+    backlog: &mut Backlog,
+    counters: &LinkCounters,
+    replies: &RefCell<ReplyRoutes>,
+) -> Result<(), Refusal> {
+    let forward = decode_forward(frame).map_err(Refusal::Wire)?;
+    let checked = event::check(forward.archive, limits).map_err(Refusal::Event)?;
+    if let Some(reply_to) = checked.event().reply_to() {
+        replies.borrow_mut().learn(reply_to);
+    }
+    match publisher.publish_forwarded_into(checked, forward.plain, forward.groups(), backlog) {
+        Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
+        // Counted by the local consumers it was for.
+        Err(PublishError::OutOfMemory(_)) => counters.dropped_in.fetch_add(1, Ordering::Relaxed),
+        // The bus is shutting down.
+        Err(_) => 0,
+    };
+    Ok(())
+}
+
+/// Waits until what `backlog` owes is handed over, or, once its episode's
+/// `max_stall` is over, until the queues still full are demoted (those
+/// deliveries dropped and counted there).
+async fn flush(backlog: &mut Backlog) {
+    while let Some(deadline) = backlog.deadline() {
+        let expiry = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expiry);
+        let flushed = poll_fn(|cx| {
+            if backlog.poll_flush(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            expiry.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if flushed {
+            return;
+        }
+        // Past the deadline: the next poll demotes what is still full.
+    }
+}
+
+/// The bytes read from one data stream, handed out a whole frame at a
+/// time, so that reading can stop between any two. Frames are read in
+/// place: each starts 16-byte aligned, at the buffer's start or where the
+/// previous one ended.
+struct Inbound {
+    buffer: AlignedVec<FRAME_ALIGN>,
+    /// Where the next frame starts.
+    start: usize,
+    /// Where the bytes read end.
+    end: usize,
+    body_bytes_max: usize,
+}
+
+impl Inbound {
+    fn new(body_bytes_max: usize) -> Self {
+        let mut buffer = AlignedVec::with_capacity(READ_CHUNK);
+        buffer.resize(READ_CHUNK, 0);
+        Self {
+            buffer,
+            start: 0,
+            end: 0,
+            body_bytes_max,
+        }
+    }
+
+    /// The next frame and the bytes it takes, once it is whole. A header is
+    /// checked as soon as it is whole, before anything waits for its body.
+    fn next(&self) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+        let bytes = &self.buffer[self.start..self.end];
+        let Some(header) = self.header()? else {
+            return Ok(None);
+        };
+        let frame_bytes = header.frame_bytes();
+        if bytes.len() < frame_bytes {
+            return Ok(None);
+        }
+        let body = &bytes[HEADER_BYTES..HEADER_BYTES + header.length as usize];
+        Ok(Some((Frame { header, body }, frame_bytes)))
+    }
+
+    fn header(&self) -> Result<Option<Header>, FrameError> {
+        let bytes = &self.buffer[self.start..self.end];
+        let Some(header) = bytes.first_chunk::<HEADER_BYTES>() else {
+            return Ok(None);
+        };
+        Header::decode(header, self.body_bytes_max).map(Some)
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        self.start += bytes;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Where to read more: after the bytes held, once an incomplete frame
+    /// is moved to the start (and the buffer grown, if it is larger).
+    fn room(&mut self) -> Result<&mut [u8], FrameError> {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.buffer.len() {
+            // Full of one frame's start: its header was checked.
+            let needed = self.header()?.map_or(READ_CHUNK, |h| h.frame_bytes());
+            self.buffer.resize(needed.max(self.end + FRAME_ALIGN), 0);
+        }
+        Ok(&mut self.buffer[self.end..])
+    }
+
+    fn filled(&mut self, bytes: usize) {
+        self.end += bytes;
     }
 }
 

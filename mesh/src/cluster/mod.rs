@@ -39,6 +39,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use starling_core::Bus;
+use starling_core::bus::DEFAULT_MAX_STALL;
 use thiserror::Error;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
@@ -80,9 +81,15 @@ pub struct ClusterConfig {
     /// Data streams per link and direction; events are spread over them by
     /// subject, so each subject keeps its order.
     pub data_streams: usize,
-    /// Events queued for one peer before further ones are dropped (and
-    /// counted): what a slow or briefly-down link may owe.
+    /// Events queued for one peer: what a slow or briefly-down link may
+    /// owe. When it is full, publishers of events for the peer are held back
+    /// (see `peer_max_stall`).
     pub peer_queue_events: usize,
+    /// Longest a publisher is held back, per episode, by a peer whose queue
+    /// is full (a slow link, a stalled or unreachable peer); after it, the
+    /// peer's events are dropped and counted (`dropped_out`) until its
+    /// queue drains to half.
+    pub peer_max_stall: Duration,
     /// Largest control message (an interest snapshot is the largest).
     pub control_bytes_max: usize,
     /// QUIC keep-alive: also how soon a dead peer is noticed, with
@@ -108,8 +115,9 @@ impl Default for ClusterConfig {
                 withdraw_after: Duration::from_secs(10),
             },
             membership: MembershipConfig::lan(),
-            data_streams: 2,
+            data_streams: 8,
             peer_queue_events: 65_536,
+            peer_max_stall: DEFAULT_MAX_STALL,
             control_bytes_max: 64 << 20,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
@@ -278,10 +286,20 @@ impl Cluster {
     }
 }
 
+/// Bytes a data stream's receiver takes in before the sender must wait:
+/// ingress stops reading a stream whose events have no room here, and the
+/// sender feels it after this much (a few thousand events), not after
+/// megabytes.
+const STREAM_WINDOW: u32 = 1 << 20;
+
 /// A QUIC endpoint on `socket` that accepts and dials links with `tls`,
 /// with the transport settings links need (keep-alive, idle timeout,
-/// windows sized for bursts of events). Must be called within a tokio
-/// runtime.
+/// flow-control windows). Must be called within a tokio runtime.
+///
+/// The connection window covers every data stream's window and the control
+/// stream's, with room to spare: data streams that stopped being read (held
+/// back by a full consumer) can never use up the credit the control stream
+/// or the other streams need.
 pub(crate) fn link_endpoint(
     socket: std::net::UdpSocket,
     tls: &LinkTls,
@@ -295,11 +313,14 @@ pub(crate) fn link_endpoint(
                 .expect("idle timeouts are far below QUIC's limit"),
         ))
         .initial_rtt(Duration::from_millis(10))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(64))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
-        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(32 << 20))
-        .send_window(32 << 20);
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        // The control stream and the data streams.
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(config.data_streams as u32 + 1))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(
+            (config.data_streams as u32 + 3) * STREAM_WINDOW,
+        ))
+        .send_window(u64::from((config.data_streams as u32 + 3) * STREAM_WINDOW));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
     server.transport_config(transport.clone());

@@ -27,6 +27,15 @@ pub struct LinkCounters {
     /// Events received from the peer that found no event memory here
     /// (counted as dropped by the consumers they were for, too).
     pub dropped_in: AtomicU64,
+    /// Events for the peer dropped by its egress rather than by its queue:
+    /// those still queued when the peer was forgotten, and the queue's own
+    /// count, added when the queue goes with it.
+    pub dropped_out: AtomicU64,
+    /// Forwards taken for the peer (written to a link, or about to be)
+    /// that the peer had not acknowledged when the link went down: lost
+    /// with the link, unless the peer handled them just before it died and
+    /// its acknowledgement did not make it back.
+    pub lost_in_flight: AtomicU64,
 }
 
 /// One member of the mesh as this node sees it.
@@ -84,7 +93,8 @@ pub struct LinkView {
     pub peer_name: String,
     /// The peer's address.
     pub address: String,
-    /// `up` or `down`.
+    /// `up`, `down`, or `gone`: forgotten (dead or departed), kept here
+    /// for its figures.
     pub state: &'static str,
     /// Whether this node dialed the link (else it accepted it).
     pub dialed: bool,
@@ -98,9 +108,13 @@ pub struct LinkView {
     pub events_in: u64,
     /// Bytes received.
     pub bytes_in: u64,
-    /// Events for the peer dropped here because its queue was full (a slow
-    /// or long-down link).
+    /// Events for the peer dropped here: its queue stayed full past
+    /// `peer_max_stall` (a slow, stalled or long-down peer), or it was
+    /// forgotten with events queued.
     pub dropped_out: u64,
+    /// Events sent to the peer that it had not acknowledged when a link
+    /// went down (see [`LinkCounters::lost_in_flight`]).
+    pub lost_in_flight: u64,
     /// Events routed to an interest entry the peer had just withdrawn.
     pub unroutable_out: u64,
     /// Events from the peer that found no event memory here.
@@ -112,13 +126,34 @@ pub struct LinkView {
 }
 
 impl LinkView {
-    pub(crate) fn counters(&mut self, counters: &LinkCounters) {
-        self.events_out = counters.events_out.load(Ordering::Relaxed);
-        self.bytes_out = counters.bytes_out.load(Ordering::Relaxed);
-        self.unroutable_out = counters.unroutable_out.load(Ordering::Relaxed);
-        self.events_in = counters.events_in.load(Ordering::Relaxed);
-        self.bytes_in = counters.bytes_in.load(Ordering::Relaxed);
-        self.dropped_in = counters.dropped_in.load(Ordering::Relaxed);
+    /// A link's view with its figures from `counters`; what only a live
+    /// link has (its round trip, its queue) is left for the caller.
+    pub(crate) fn new(
+        peer_id: String,
+        peer_name: String,
+        address: String,
+        state: &'static str,
+        counters: &LinkCounters,
+    ) -> Self {
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Self {
+            peer_id,
+            peer_name,
+            address,
+            state,
+            dialed: false,
+            rtt_us: None,
+            events_out: count(&counters.events_out),
+            bytes_out: count(&counters.bytes_out),
+            events_in: count(&counters.events_in),
+            bytes_in: count(&counters.bytes_in),
+            dropped_out: count(&counters.dropped_out),
+            lost_in_flight: count(&counters.lost_in_flight),
+            unroutable_out: count(&counters.unroutable_out),
+            dropped_in: count(&counters.dropped_in),
+            pending_out: 0,
+            interest_entries: 0,
+        }
     }
 }
 

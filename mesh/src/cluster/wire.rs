@@ -15,8 +15,13 @@
 //! **Datagrams**: membership packets (see [`super::membership`]), one per
 //! QUIC datagram, at most [`super::membership::PACKET_BYTES_MAX`] bytes.
 //!
-//! **Data streams** (a few per direction, unidirectional): the local path's
-//! frames ([`starling_transport::frame`]), of kind `FORWARD` only. A forward
+//! **Data streams** (several per direction, bidirectional, opened by the
+//! sender): the local path's frames ([`starling_transport::frame`]), of kind
+//! `FORWARD` only. The reverse direction carries acknowledgements: each a
+//! `u64 LE`, the count of forward frames received on the stream and handed
+//! to the bus so far (cumulative; never decreasing, never more than were
+//! sent). A sender whose link dies counts what was not acknowledged as lost
+//! in flight. A forward
 //! frame's tag says whether the event is for the receiver's plain
 //! subscriptions (bit 0) and how long the queue-group section is (bits
 //! 32..64, a multiple of 16); the body is that section (each group name as
@@ -35,7 +40,7 @@ use thiserror::Error;
 use super::interest::{InterestMessage, NodeId};
 
 /// The mesh protocol version this build speaks.
-pub const MESH_PROTOCOL_VERSION: u32 = 2;
+pub const MESH_PROTOCOL_VERSION: u32 = 3;
 
 /// The ALPN protocol of mesh links.
 pub const ALPN: &[u8] = b"starling-mesh/1";
@@ -322,6 +327,23 @@ impl Forward<'_> {
     }
 }
 
+/// Bytes of one acknowledgement on a data stream's reverse direction.
+pub const ACK_BYTES: usize = 8;
+
+/// Checks an acknowledgement from the receiver of a data stream: forward
+/// frames it has handled, cumulative. It may not go back (`acked` is the
+/// last one) nor exceed the frames `sent`.
+pub fn check_ack(ack: [u8; ACK_BYTES], acked: u64, sent: u64) -> Result<u64, WireError> {
+    let count = u64::from_le_bytes(ack);
+    if count < acked || count > sent {
+        return Err(malformed(
+            "acknowledgement",
+            format!("{count} forwards, after {acked} of {sent} sent"),
+        ));
+    }
+    Ok(count)
+}
+
 /// Decodes a frame from a data stream.
 pub fn decode_forward(frame: Frame<'_>) -> Result<Forward<'_>, WireError> {
     if frame.header.kind != Kind::Forward {
@@ -535,6 +557,26 @@ mod tests {
             });
             assert_eq!(seen, 1);
         }
+    }
+
+    #[test]
+    fn acknowledgements_never_go_back_nor_past_what_was_sent() {
+        let ack = |count: u64| count.to_le_bytes();
+        assert_eq!(check_ack(ack(5), 3, 9), Ok(5));
+        assert_eq!(check_ack(ack(3), 3, 9), Ok(3));
+        assert_eq!(check_ack(ack(9), 0, 9), Ok(9));
+        assert!(matches!(
+            check_ack(ack(2), 3, 9),
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            check_ack(ack(10), 3, 9),
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            check_ack(ack(u64::MAX), 0, 9),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod membership;
 mod view;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -112,6 +112,19 @@ pub(crate) struct Driver {
     seed_peers: HashMap<String, NodeId>,
     /// When a failed handshake from each address was last logged.
     refusals_logged: HashMap<SocketAddr, Instant>,
+    /// Peers forgotten lately, oldest first, kept for their figures (and
+    /// taken back if one returns under the same id).
+    gone: VecDeque<(NodeId, Gone)>,
+}
+
+/// Forgotten peers whose figures are kept.
+const GONE_MAX: usize = 64;
+
+/// A forgotten peer's figures.
+struct Gone {
+    name: String,
+    advertise: String,
+    counters: Arc<LinkCounters>,
 }
 
 struct Peer {
@@ -163,6 +176,7 @@ impl Driver {
             backoff: HashMap::new(),
             seed_peers: HashMap::new(),
             refusals_logged: HashMap::new(),
+            gone: VecDeque::new(),
         }
     }
 
@@ -356,9 +370,15 @@ impl Driver {
                 "replaced by the link the lower node id dialed",
             );
         }
-        let egress = peer
-            .egress
-            .get_or_insert_with(|| start_egress(&self.bus, &self.config, &hello.inbox_prefix));
+        let egress = peer.egress.get_or_insert_with(|| {
+            // A peer forgotten and back under its id (it was stopped, not
+            // restarted) goes on with its figures.
+            let counters = match self.gone.iter().position(|(gone, _)| *gone == id) {
+                Some(at) => self.gone.remove(at).expect("found").1.counters,
+                None => Arc::default(),
+            };
+            start_egress(&self.bus, &self.config, &hello.inbox_prefix, counters)
+        });
         let (control, control_queue) = unbounded_channel();
         tokio::spawn(link::control_writer(control_send, control_queue));
         tokio::spawn(link::control_reader(
@@ -428,6 +448,18 @@ impl Driver {
             tracing::info!(peer = %peer.name, address = %peer.advertise, "forgetting a peer: {why}");
             if let Some(link) = peer.link {
                 link::close_with(&link.connection, close::GONE, why);
+            }
+            // Its egress counts what it leaves behind as it stops.
+            if let Some(egress) = peer.egress {
+                if self.gone.len() == GONE_MAX {
+                    self.gone.pop_front();
+                }
+                let gone = Gone {
+                    name: peer.name,
+                    advertise: peer.advertise,
+                    counters: egress.counters,
+                };
+                self.gone.push_back((id, gone));
             }
         }
         self.interest.forget(id);
@@ -545,13 +577,19 @@ impl Driver {
 
 /// A peer's mailbox on the bus and the task that drains it. Its first route
 /// carries replies to the peer's own request inboxes.
-fn start_egress(bus: &Bus, config: &ClusterConfig, inbox_prefix: &str) -> PeerEgress {
+fn start_egress(
+    bus: &Bus,
+    config: &ClusterConfig,
+    inbox_prefix: &str,
+    counters: Arc<LinkCounters>,
+) -> PeerEgress {
     let mailbox = bus.peer_mailbox(SubscribeOptions {
         capacity: config.peer_queue_events,
-        policy: SlowConsumerPolicy::DropNewest,
+        policy: SlowConsumerPolicy::Block {
+            max_stall: config.peer_max_stall,
+        },
         ..SubscribeOptions::default()
     });
-    let counters = Arc::new(LinkCounters::default());
     let queue = mailbox.counters();
     // One mailbox, one thread: the egress task drains it, and the link's
     // ingress tasks add reply routes to it, all on the mesh thread.

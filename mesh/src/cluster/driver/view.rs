@@ -41,32 +41,22 @@ impl Driver {
             .iter()
             .filter_map(|(id, peer)| {
                 let egress = peer.egress.as_ref()?;
-                let mut view = LinkView {
-                    peer_id: hex_id(*id),
-                    peer_name: peer.name.clone(),
-                    address: peer.advertise.clone(),
-                    state: if peer.link.is_some() { "up" } else { "down" },
-                    dialed: peer
-                        .link
-                        .as_ref()
-                        .is_some_and(|l| l.dialer == self.our_id()),
-                    rtt_us: peer
-                        .link
-                        .as_ref()
-                        .map(|l| l.connection.rtt().as_micros() as u64),
-                    events_out: 0,
-                    bytes_out: 0,
-                    events_in: 0,
-                    bytes_in: 0,
-                    dropped_out: egress.queue.dropped(),
-                    unroutable_out: 0,
-                    dropped_in: 0,
-                    pending_out: egress.queue.pending(),
-                    interest_entries: self.interest.remote_entries(*id).len(),
-                };
-                view.counters(&egress.counters);
+                let state = if peer.link.is_some() { "up" } else { "down" };
+                let (name, address) = (peer.name.clone(), peer.advertise.clone());
+                let mut view = LinkView::new(hex_id(*id), name, address, state, &egress.counters);
+                if let Some(link) = &peer.link {
+                    view.dialed = link.dialer == self.our_id();
+                    view.rtt_us = Some(link.connection.rtt().as_micros() as u64);
+                }
+                view.dropped_out += egress.queue.dropped();
+                view.pending_out = egress.queue.pending();
+                view.interest_entries = self.interest.remote_entries(*id).len();
                 Some(view)
             })
+            .chain(self.gone.iter().map(|(id, gone)| {
+                let (name, address) = (gone.name.clone(), gone.advertise.clone());
+                LinkView::new(hex_id(*id), name, address, "gone", &gone.counters)
+            }))
             .collect();
         let entries = |list: Vec<(u64, InterestKey)>| {
             list.into_iter()
