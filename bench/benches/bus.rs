@@ -34,8 +34,9 @@ fn blocking() -> SubscribeOptions {
     SubscribeOptions {
         capacity: CAPACITY,
         policy: SlowConsumerPolicy::Block {
-            timeout: Duration::from_secs(60),
+            max_stall: Duration::from_secs(60),
         },
+        ..SubscribeOptions::default()
     }
 }
 
