@@ -8,7 +8,7 @@
 //! start together. The run ends when every expected delivery arrived, or
 //! everything not received is already counted as dropped by the system
 //! itself, or nothing arrived for [`QUIET`], or [`GRACE`] after the last
-//! publish; what has not arrived then is dropped.
+//! publish; what has not arrived then is lost.
 //!
 //! A request run sends sequential requests from one endpoint to a responder
 //! on another, which echoes each payload; the latency is the round trip. One
@@ -414,7 +414,7 @@ fn warm_up(endpoint: &mut dyn Endpoint, subject: &str, payload_bytes: usize) -> 
 }
 
 /// Sends the run's requests one after the other; a request without a reply
-/// in time counts as dropped.
+/// in time counts as lost.
 fn ask(endpoint: &mut dyn Endpoint, subject: &str, load: &Load, clock: Clock) -> Result<Outcome> {
     let mut payload = load::payload(load.payload_bytes);
     let mut latency = measurement::latency_histogram();

@@ -29,7 +29,7 @@ use starling_core::{Mailbox, RecvError};
 use super::error::{Context, Error, Result};
 use super::measurement::ProcessUsage;
 
-/// How long a request waits for its reply before it counts as dropped.
+/// How long a request waits for its reply before it counts as lost.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most events a receive hands over at once: enough to amortize the wait,
