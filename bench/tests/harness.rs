@@ -138,8 +138,17 @@ fn smoke_runs_every_scenario_on_every_target_it_has_servers_for() {
     match stdout.find("| scenario | payload B | measure ") {
         // The comparison table's header names the targets compared.
         Some(at) => {
-            let header = stdout[at..].lines().next().unwrap();
+            let mut table = stdout[at..]
+                .lines()
+                .take_while(|line| line.starts_with('|'));
+            let header = table.next().unwrap();
             assert!(!header.contains("bus"), "the bus compared: {header}");
+            // Every ratio says what was lost beside it; a smoke run loses
+            // nothing.
+            let ratios = table.skip(1).flat_map(|line| line.split('|').skip(4));
+            for cell in ratios.map(str::trim).filter(|cell| cell.contains('×')) {
+                assert!(cell.ends_with("× (none lost)"), "{cell}\n{stdout}");
+            }
         }
         None => assert!(
             stdout.contains("no comparison with NATS"),
