@@ -1,6 +1,8 @@
 //! [`Completion`]: a one-shot result that a thread can block on or a task can
 //! await. Used for the answers the reader thread hands back: a subscription's
-//! `OK`/`ERR`, a request's reply, a flush's `PONG`.
+//! `OK`/`ERR`, a request's reply, a flush's `PONG` — or the timeout the
+//! client's timer thread completes it with at its deadline, which is what
+//! wakes an awaiting task that no answer will.
 
 use std::future::Future;
 use std::pin::Pin;
