@@ -220,7 +220,7 @@ impl Driver {
                 Output::Dead(member) => {
                     self.gossip.changed();
                     tracing::warn!(peer = %self.name_of(&member), "member declared dead");
-                    self.forget(member.id(), "declared dead");
+                    self.declared_dead(member.id());
                 }
                 Output::Left(member) => {
                     self.gossip.changed();

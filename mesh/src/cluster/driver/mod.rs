@@ -12,10 +12,14 @@
 //! other). Seeds are redialed for as long as the node runs; other members,
 //! by the lower id, for as long as membership holds them alive.
 //!
-//! **Deaths.** A member that membership declares dead or departed is
-//! forgotten at once: its link closes and its interest goes. A link that
-//! goes down without a verdict keeps its peer; the interest machine
-//! withdraws the peer's interest after the grace period.
+//! **Deaths.** A member that membership reports departed is forgotten at
+//! once: its link closes and its interest goes. One declared dead has its
+//! link closed, and is then kept like a peer whose link went down: its
+//! interest, and the events queued for it, wait out the grace period (the
+//! interest machine withdraws the interest then, and the peer is forgotten
+//! unless membership holds it alive again). A node that was only paused
+//! (stopped, starved) renews itself after the wrong verdict and gets what
+//! was published meanwhile; what could not wait is dropped and counted.
 //!
 //! **Duplicates.** If two nodes dial each other at once, both keep the
 //! connection dialed by the lower node id and close the other: the rule
@@ -439,6 +443,20 @@ impl Driver {
         self.backoff.remove(&address);
         if self.wanted(&address) {
             self.schedule_redial(address);
+        }
+    }
+
+    /// A member declared dead: its link closes, and the peer waits out the
+    /// grace period as after any link loss (see the module's doc).
+    pub(super) fn declared_dead(&mut self, id: NodeId) {
+        let link = self
+            .peers
+            .get(&id)
+            .and_then(|peer| peer.link.as_ref())
+            .map(|link| link.connection.clone());
+        if let Some(connection) = link {
+            link::close_with(&connection, close::GONE, "declared dead");
+            self.link_closed(id, connection.stable_id(), "declared dead".into(), false);
         }
     }
 
