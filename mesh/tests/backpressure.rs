@@ -4,6 +4,11 @@
 //! flat out across two nodes nothing is lost at all; a publisher held back
 //! by a stalled peer is let go within `max_stall`, even when that peer is
 //! killed. Every process is killed when its test ends, pass or fail.
+//!
+//! And with two nodes in this process (their subscribers on the bus, so
+//! that the link alone carries the pressure): a slow subscriber slows the
+//! publisher on the other node and loses nothing; requests across the link
+//! are answered while a subscriber is stalled.
 
 mod common;
 
@@ -14,6 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
+use starling_core::bus::DEFAULT_MAX_STALL;
+use starling_core::{SubscribeOptions, Subscription};
+use starling_mesh::NodeConfig;
+use starling_mesh::cluster::ClusterConfig;
 use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 
 fn connect(node: &Node) -> Client {
@@ -410,4 +419,188 @@ fn a_publisher_held_back_by_a_peer_killed_during_the_stall_is_freed_within_max_s
     on_a.publish("after.kill", &payload(7)).unwrap();
     assert!(local.recv_timeout(Duration::from_secs(5)).is_ok());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two nodes in this process (no local server): what a peer may owe is
+/// small, so that backpressure reaches publishers after a few hundred
+/// events.
+fn in_process_pair() -> (starling_mesh::Node, starling_mesh::Node) {
+    let node = |name: &str, seeds: Vec<String>| {
+        starling_mesh::Node::start(NodeConfig {
+            name: name.into(),
+            listen: None,
+            http: None,
+            cluster: Some(ClusterConfig {
+                node_name: name.into(),
+                listen: "127.0.0.1:0".into(),
+                seeds,
+                peer_queue_events: 256,
+                ..ClusterConfig::default()
+            }),
+            ..NodeConfig::default()
+        })
+        .unwrap()
+    };
+    let a = node("a", vec![]);
+    let b = node("b", vec![a.cluster().unwrap().local_addr().to_string()]);
+    (a, b)
+}
+
+/// Publishes `probe` on `from` until `subscription` receives it: the
+/// subscription's interest has reached `from`.
+fn wait_routed(from: &starling_mesh::Node, probe: &str, subscription: &Subscription) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        from.bus().publish(probe, b"probe").unwrap();
+        if let Ok(event) = subscription.recv_timeout(Duration::from_millis(20))
+            && event.subject() == probe
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{probe} never arrives");
+    }
+}
+
+/// A slow subscriber on another node (1 ms per event) loses nothing: its
+/// node stops reading the link's stream, QUIC holds the sender back, the
+/// peer's queue fills, and the publisher is slowed to the subscriber's
+/// pace — never demoted, as the subscriber keeps taking events.
+#[test]
+fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
+    const EVENTS: u64 = 3000;
+    const PER_EVENT: Duration = Duration::from_millis(1);
+    let (a, b) = in_process_pair();
+    let slow = b
+        .bus()
+        .subscribe_with(
+            "slow.>",
+            None,
+            SubscribeOptions {
+                capacity: 64,
+                ..SubscribeOptions::default()
+            },
+        )
+        .unwrap();
+    wait_routed(&a, "slow.probe", &slow);
+    while slow.try_recv().is_some() {}
+
+    let bus = a.bus().clone();
+    let publisher = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut publisher = bus.publisher();
+        for number in 0..EVENTS {
+            let mut payload = number.to_le_bytes().to_vec();
+            payload.resize(4096, b'.');
+            publisher.publish("slow.data", &payload).unwrap();
+        }
+        started.elapsed()
+    });
+    let started = Instant::now();
+    let mut next = 0;
+    while next < EVENTS {
+        let event = slow
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("event {next} of {EVENTS}: {error}"));
+        if event.subject() == "slow.probe" {
+            continue;
+        }
+        let number = u64::from_le_bytes(event.payload()[..8].try_into().unwrap());
+        assert_eq!(number, next, "in order, none missing");
+        next += 1;
+        std::thread::sleep(PER_EVENT);
+    }
+    let received = started.elapsed();
+    let published = publisher.join().unwrap();
+    eprintln!(
+        "slow subscriber across a link: {EVENTS} published in {published:?}, received in {received:?}"
+    );
+    assert_eq!(slow.dropped(), 0);
+    assert_eq!(
+        slow.demotions(),
+        0,
+        "never held a publisher back for max_stall"
+    );
+    // What the link, its windows and the peer's queue hold is far less than
+    // the run: most of it was published at the subscriber's pace.
+    assert!(
+        published > PER_EVENT * (EVENTS as u32 / 2),
+        "the publisher was slowed: {published:?}"
+    );
+    let view = a.cluster().unwrap().view().unwrap();
+    let link = &view.links[0];
+    assert_eq!(
+        (link.dropped_out, link.lost_in_flight, link.unroutable_out),
+        (0, 0, 0)
+    );
+}
+
+/// While a subscriber on one node is stalled (it never reads, and a
+/// publisher on the other node floods it), a request from its node to a
+/// responder on the other is still answered: within the stalled
+/// subscriber's `max_stall`, after which it is demoted and the link flows.
+#[test]
+fn requests_across_a_link_are_answered_while_a_subscriber_is_stalled() {
+    let (a, b) = in_process_pair();
+    let stalled = b
+        .bus()
+        .subscribe_with(
+            "busy.>",
+            None,
+            SubscribeOptions {
+                capacity: 64,
+                ..SubscribeOptions::default()
+            },
+        )
+        .unwrap();
+    wait_routed(&a, "busy.probe", &stalled);
+    let requests = a.bus().subscribe("svc.echo").unwrap();
+    let responder_bus = a.bus().clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let responding = done.clone();
+    let responder = std::thread::spawn(move || {
+        while !responding.load(Ordering::Relaxed) {
+            if let Ok(request) = requests.recv_timeout(Duration::from_millis(50)) {
+                let reply_to = request.reply_to().unwrap().to_owned();
+                responder_bus.publish(&reply_to, request.payload()).unwrap();
+            }
+        }
+    });
+    // The responder's interest has reached b once a request is answered.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b
+        .bus()
+        .request("svc.echo", b"ready?", Duration::from_millis(200))
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the responder is never reached");
+    }
+
+    let flooding = done.clone();
+    let bus = a.bus().clone();
+    let flood = std::thread::spawn(move || {
+        let mut publisher = bus.publisher();
+        while !flooding.load(Ordering::Relaxed) {
+            publisher.publish("busy.flood", &[0; 4096]).unwrap();
+        }
+    });
+    // Stalled: b's subscriber is full.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stalled.pending() < 64 {
+        assert!(Instant::now() < deadline, "the subscriber never fills");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for attempt in 0..3 {
+        let asked = Instant::now();
+        let reply = b
+            .bus()
+            .request("svc.echo", b"still there?", Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("request {attempt}: {error}"));
+        assert_eq!(reply.payload(), b"still there?");
+        let waited = asked.elapsed();
+        eprintln!("request {attempt} answered in {waited:?} while a subscriber is stalled");
+        assert!(waited < DEFAULT_MAX_STALL * 2, "answered after {waited:?}");
+    }
+    done.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    responder.join().unwrap();
 }
