@@ -168,7 +168,9 @@ impl SpaceSignal {
         // SYNC POINT (space): pairs with the fence in `register`.
         fence(Ordering::SeqCst);
         // Relaxed: ordered by the fence above. The swap lets one caller wake.
-        if self.wanted.load(Ordering::Relaxed) && drained() && self.wanted.swap(false, Ordering::Relaxed)
+        if self.wanted.load(Ordering::Relaxed)
+            && drained()
+            && self.wanted.swap(false, Ordering::Relaxed)
         {
             self.wake_all();
         }

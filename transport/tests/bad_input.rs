@@ -136,6 +136,7 @@ fn a_truncated_frame_then_a_close_is_harmless() {
             &Subscribe {
                 pattern: "a".into(),
                 queue_group: None,
+                policy: Default::default(),
             }
             .encode(),
         );
@@ -186,6 +187,7 @@ fn frames_before_the_handshake_are_refused() {
             &Subscribe {
                 pattern: "a".into(),
                 queue_group: None,
+                policy: Default::default(),
             }
             .encode(),
         );
@@ -211,6 +213,7 @@ fn invalid_subjects_and_events_get_errors_but_keep_the_connection() {
             &Subscribe {
                 pattern: "a..b".into(),
                 queue_group: None,
+                policy: Default::default(),
             }
             .encode(),
         );
@@ -285,6 +288,7 @@ fn a_subscriber_that_never_reads_does_not_hold_anyone_up() {
             &Subscribe {
                 pattern: "flood".into(),
                 queue_group: None,
+                policy: Default::default(),
             }
             .encode(),
         );

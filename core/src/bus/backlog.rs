@@ -68,11 +68,7 @@ impl Backlog {
     /// When the current episode ends by demotion, if anything is owed.
     pub fn deadline(&self) -> Option<Instant> {
         let since = self.since?;
-        let max_stall = self
-            .owed
-            .iter()
-            .map(|owed| owed.target.max_stall())
-            .min()?;
+        let max_stall = self.owed.iter().map(|owed| owed.target.max_stall()).min()?;
         Some(since + max_stall)
     }
 
@@ -95,8 +91,8 @@ impl Backlog {
         if self.owed.is_empty() {
             return Poll::Ready(());
         }
-        let expired = self.deadline().is_some_and(|deadline| Instant::now() >= deadline);
-        self.pass(expired);
+        let now = Instant::now();
+        self.pass(Some(now));
         if self.owed.is_empty() {
             return Poll::Ready(());
         }
@@ -105,7 +101,7 @@ impl Backlog {
         }
         // Room may have come between the pass and the registration: look
         // again now that a consumer that frees room will see us waiting.
-        self.pass(false);
+        self.pass(None);
         if self.owed.is_empty() {
             Poll::Ready(())
         } else {
@@ -130,8 +126,16 @@ impl Backlog {
     }
 
     /// One pass over what is owed, in order: deliver what fits, drop what a
-    /// demoted queue refuses, demote full queues if `expired`.
-    fn pass(&mut self, expired: bool) {
+    /// demoted queue refuses, and demote a queue still full once its own
+    /// subscription's `max_stall` has passed since the episode began (as of
+    /// `now`; never if `None`). Each subscription's bound is its own: a
+    /// patient one is not demoted because an impatient one was.
+    fn pass(&mut self, now: Option<Instant>) {
+        let since = self.since;
+        let expired = |target: &Target| match (now, since) {
+            (Some(now), Some(since)) => now >= since + target.max_stall(),
+            _ => false,
+        };
         self.full.clear();
         for Owed { target, delivery } in self.owed.drain(..) {
             let queue = &target.queue;
@@ -147,7 +151,7 @@ impl Backlog {
                     queue.signal.wake_if_sleeping();
                 }
                 Outcome::Dropped => target.count_dropped(),
-                Outcome::Full(delivery) if expired => {
+                Outcome::Full(delivery) if expired(&target) => {
                     queue.demote();
                     self.demotions += 1;
                     drop(delivery);

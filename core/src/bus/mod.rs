@@ -196,9 +196,7 @@ impl Target {
 
     /// Like [`Target::deliver`], with the delivery carrying `tag`.
     pub(crate) fn deliver_tagged(&self, record: RecordRef, tag: u64) -> Outcome {
-        let outcome = self
-            .queue
-            .deliver(Delivery::new(record, tag), self.policy);
+        let outcome = self.queue.deliver(Delivery::new(record, tag), self.policy);
         if matches!(outcome, Outcome::Dropped) {
             self.count_dropped();
         }

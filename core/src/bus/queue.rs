@@ -187,7 +187,10 @@ pub(crate) struct QueueShape {
 
 impl DeliveryQueue {
     pub(crate) fn new(id: u64, shape: QueueShape) -> Self {
-        assert!(shape.capacity > 0, "a delivery queue needs room for one event");
+        assert!(
+            shape.capacity > 0,
+            "a delivery queue needs room for one event"
+        );
         Self {
             id,
             ring: Ring::new(shape.capacity),
@@ -254,7 +257,9 @@ impl DeliveryQueue {
     /// byte charge); hands it back otherwise, uncounted.
     pub(crate) fn try_offer(&self, mut delivery: Delivery) -> Result<(), Delivery> {
         let charge = self.charge_for(&delivery);
-        if charge > 0 && self.charges.pending_bytes.load(Ordering::Relaxed) + charge > self.pending_bytes_max {
+        if charge > 0
+            && self.charges.pending_bytes.load(Ordering::Relaxed) + charge > self.pending_bytes_max
+        {
             return Err(delivery);
         }
         delivery.charge = charge as u32;
@@ -263,7 +268,9 @@ impl DeliveryQueue {
             Ok(()) => {
                 if charge > 0 {
                     self.charges.last_segment.store(segment, Ordering::Relaxed);
-                    self.charges.pending_bytes.fetch_add(charge, Ordering::Relaxed);
+                    self.charges
+                        .pending_bytes
+                        .fetch_add(charge, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -280,7 +287,8 @@ impl DeliveryQueue {
         if self.charges.last_segment.load(Ordering::Relaxed) == delivery.record.segment_key() {
             0
         } else {
-            self.segment_bytes.max(delivery.record.archive().len() as u64)
+            self.segment_bytes
+                .max(delivery.record.archive().len() as u64)
         }
     }
 

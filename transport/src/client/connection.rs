@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 use starling_core::event::{self, EventParts, Header as EventHeader};
 use starling_core::subject::{self, INBOX_PREFIX};
-use starling_core::{Bus, BusConfig, Event, Publisher, Subscription};
+use starling_core::{
+    Bus, BusConfig, Event, Publisher, SlowConsumerPolicy, SubscribeOptions, Subscription,
+};
 
 use super::completion::Completion;
 use super::{ClientError, ClientOptions};
@@ -200,9 +202,11 @@ impl Shared {
             reconnects: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         });
+        // Replies never hold a responder back: only the first is used.
         let inbox = Subscribe {
             pattern: format!("{}*", shared.inbox_prefix),
             queue_group: None,
+            policy: SlowConsumerPolicy::DropNewest,
         };
         shared.enqueue(|buffer| push_frame(buffer, Kind::Sub, INBOX_SID, &inbox.encode()))?;
         let spawn_error = |source| ClientError::Connect {
@@ -269,35 +273,40 @@ impl Shared {
         })
     }
 
+    /// Subscribes at the node with `policy`, which also governs the local
+    /// queue: under `Block` a full local queue stops the reader, so the
+    /// connection, then the node, then the publishers are held back.
     pub(crate) fn subscribe(
         &self,
         pattern: &str,
         group: Option<&str>,
+        policy: SlowConsumerPolicy,
     ) -> Result<(u64, Subscription), ClientError> {
         subject::validate_pattern(pattern, &self.local.config().limits.subject)?;
         let sid = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let options = SubscribeOptions {
+            policy,
+            ..self.options.subscription
+        };
         let local = self
             .local
-            .subscribe(&routing_subject(sid))
+            .subscribe_with(&routing_subject(sid), None, options)
             .map_err(|_| ClientError::Closed)?;
         let request = Subscribe {
             pattern: pattern.to_owned(),
             queue_group: group.map(str::to_owned),
+            policy,
         };
-        let completion = Completion::new();
-        {
-            let mut control = self.control.lock().expect("control lock");
-            control.subscriptions.insert(sid, request.clone());
-            let deadline = Instant::now() + self.options.answer_timeout;
-            control.acks.insert(
-                sid,
-                Pending {
-                    completion: completion.clone(),
-                    deadline,
-                },
-            );
-            self.wake_timer_by(&mut control, deadline);
-        }
+        self.control
+            .lock()
+            .expect("control lock")
+            .subscriptions
+            .insert(sid, request.clone());
+        let completion = self.expect_answer(
+            |control| &mut control.acks,
+            sid,
+            self.options.answer_timeout,
+        );
         let sent = self.enqueue(|buffer| push_frame(buffer, Kind::Sub, sid, &request.encode()));
         let answer = sent.and_then(|()| {
             completion
@@ -336,19 +345,7 @@ impl Shared {
     ) -> Result<PendingRequest, ClientError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("{}{tag}", self.inbox_prefix);
-        let completion = Completion::new();
-        {
-            let mut control = self.control.lock().expect("control lock");
-            let deadline = Instant::now() + timeout;
-            control.requests.insert(
-                tag,
-                Pending {
-                    completion: completion.clone(),
-                    deadline,
-                },
-            );
-            self.wake_timer_by(&mut control, deadline);
-        }
+        let completion = self.expect_answer(|control| &mut control.requests, tag, timeout);
         if let Err(error) = self.publish(subject, Some(&reply_to), &[], payload, tag) {
             self.control
                 .lock()
@@ -377,19 +374,11 @@ impl Shared {
         &self,
     ) -> Result<Arc<Completion<Result<(), ClientError>>>, ClientError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let completion = Completion::new();
-        {
-            let mut control = self.control.lock().expect("control lock");
-            let deadline = Instant::now() + self.options.answer_timeout;
-            control.pongs.insert(
-                tag,
-                Pending {
-                    completion: completion.clone(),
-                    deadline,
-                },
-            );
-            self.wake_timer_by(&mut control, deadline);
-        }
+        let completion = self.expect_answer(
+            |control| &mut control.pongs,
+            tag,
+            self.options.answer_timeout,
+        );
         self.enqueue(|buffer| push_frame(buffer, Kind::Ping, tag, &[]))?;
         Ok(completion)
     }
@@ -622,14 +611,32 @@ impl Shared {
         }
     }
 
-    /// Makes the timer wake by `deadline`, the deadline of an answer just
-    /// added to `control`. Deadlines mostly come in order, so this seldom
-    /// has to wake the timer early.
-    fn wake_timer_by(&self, control: &mut Control, deadline: Instant) {
+    /// Awaits the answer filed under `tag` in `table`: the reader completes
+    /// it when the answer comes, the timer with a timeout once `wait` has
+    /// passed.
+    fn expect_answer<T>(
+        &self,
+        table: fn(&mut Control) -> &mut HashMap<u64, Pending<T>>,
+        tag: u64,
+        wait: Duration,
+    ) -> Arc<Completion<T>> {
+        let completion = Completion::new();
+        let deadline = Instant::now() + wait;
+        let mut control = self.control.lock().expect("control lock");
+        table(&mut control).insert(
+            tag,
+            Pending {
+                completion: completion.clone(),
+                deadline,
+            },
+        );
+        // Deadlines mostly come in order, so the timer seldom has to be
+        // woken early.
         if control.timer_wakes_at.is_none_or(|at| deadline < at) {
             control.timer_wakes_at = Some(deadline);
             self.answer_due.notify_one();
         }
+        completion
     }
 
     /// The timer thread: completes answers whose time is up with a timeout.
@@ -694,6 +701,7 @@ impl Shared {
             let inbox = Subscribe {
                 pattern: format!("{}*", self.inbox_prefix),
                 queue_group: None,
+                policy: Default::default(),
             };
             push_frame(&mut frames, Kind::Sub, INBOX_SID, &inbox.encode());
             for (sid, subscription) in &self.control.lock().expect("control lock").subscriptions {

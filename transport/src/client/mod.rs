@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use starling_core::event::{EncodeError, Event, Header as EventHeader};
 use starling_core::subject::SubjectError;
-use starling_core::SubscribeOptions;
+use starling_core::{SlowConsumerPolicy, SubscribeOptions};
 use thiserror::Error;
 
 use self::connection::Shared;
@@ -177,9 +177,10 @@ impl Client {
         self.shared.publish(subject, None, headers, payload, 0)
     }
 
-    /// Subscribes to `pattern`.
+    /// Subscribes to `pattern` with the client's default policy
+    /// ([`ClientOptions::subscription`]; lossless `block` unless changed).
     pub fn subscribe(&self, pattern: &str) -> Result<ClientSubscription, ClientError> {
-        self.subscribe_inner(pattern, None)
+        self.subscribe_with(pattern, None, self.shared.options.subscription.policy)
     }
 
     /// Joins queue group `group` on `pattern`.
@@ -188,15 +189,25 @@ impl Client {
         pattern: &str,
         group: &str,
     ) -> Result<ClientSubscription, ClientError> {
-        self.subscribe_inner(pattern, Some(group))
+        self.subscribe_with(
+            pattern,
+            Some(group),
+            self.shared.options.subscription.policy,
+        )
     }
 
-    fn subscribe_inner(
+    /// Subscribes to `pattern` (in queue group `group`) with `policy`: what
+    /// happens to its events, at the node and in the local queue, when this
+    /// client cannot take them yet. `Block` holds their publishers back (up
+    /// to `max_stall` per episode, then drops and counts until the
+    /// subscription catches up); the drop policies never hold anyone back.
+    pub fn subscribe_with(
         &self,
         pattern: &str,
         group: Option<&str>,
+        policy: SlowConsumerPolicy,
     ) -> Result<ClientSubscription, ClientError> {
-        let (sid, local) = self.shared.subscribe(pattern, group)?;
+        let (sid, local) = self.shared.subscribe(pattern, group, policy)?;
         Ok(ClientSubscription {
             sid,
             local,

@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! HELLO  | version u32 | zero u32 | fingerprint u64 | name: u16 len + bytes | token: u16 len + bytes |
-//! SUB    | pattern: u16 len + bytes | queue group: u16 len + bytes (empty: none) |
+//! SUB    | pattern: u16 len + bytes | queue group: u16 len + bytes (empty: none) | policy u8 | max stall ms u32 |
 //! ERR    | code u16 | reason: u16 len + bytes |
 //! ```
+
+use std::time::Duration;
+
+use starling_core::SlowConsumerPolicy;
 
 use super::{ErrorCode, FrameError, Kind};
 
@@ -34,7 +38,16 @@ pub struct Subscribe {
     pub pattern: String,
     /// The queue group, if any.
     pub queue_group: Option<String>,
+    /// What the node does with this subscription's events when the
+    /// connection cannot take them yet: hold their publishers back
+    /// (`block`, up to `max_stall` per episode) or drop them.
+    pub policy: SlowConsumerPolicy,
 }
+
+/// The wire codes of the slow-consumer policies in a `SUB` body.
+const POLICY_BLOCK: u8 = 0;
+const POLICY_DROP_NEWEST: u8 = 1;
+const POLICY_DROP_OLDEST: u8 = 2;
 
 /// What an `ERR` frame says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +101,33 @@ impl Hello {
 }
 
 impl Subscribe {
-    /// The body bytes.
+    /// A subscription to `pattern` (in `queue_group`) with the default,
+    /// lossless policy.
+    pub fn new(pattern: impl Into<String>, queue_group: Option<&str>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            queue_group: queue_group.map(String::from),
+            policy: SlowConsumerPolicy::default(),
+        }
+    }
+
+    /// The body bytes: pattern, group (empty for none), the policy's code and
+    /// `max_stall` in milliseconds (0 unless `block`).
     pub fn encode(&self) -> Vec<u8> {
         let group = self.queue_group.as_deref().unwrap_or("");
-        let mut out = Vec::with_capacity(4 + self.pattern.len() + group.len());
+        let mut out = Vec::with_capacity(9 + self.pattern.len() + group.len());
         put_string(&mut out, &self.pattern);
         put_string(&mut out, group);
+        let (code, max_stall) = match self.policy {
+            SlowConsumerPolicy::Block { max_stall } => (
+                POLICY_BLOCK,
+                u32::try_from(max_stall.as_millis()).unwrap_or(u32::MAX),
+            ),
+            SlowConsumerPolicy::DropNewest => (POLICY_DROP_NEWEST, 0),
+            SlowConsumerPolicy::DropOldest => (POLICY_DROP_OLDEST, 0),
+        };
+        out.push(code);
+        out.extend_from_slice(&max_stall.to_le_bytes());
         out
     }
 
@@ -102,10 +136,19 @@ impl Subscribe {
         let mut reader = Reader::new(Kind::Sub, body);
         let pattern = reader.string()?;
         let group = reader.string()?;
+        let code = reader.take(1)?[0];
+        let max_stall = Duration::from_millis(u64::from(reader.u32()?));
+        let policy = match code {
+            POLICY_BLOCK => SlowConsumerPolicy::Block { max_stall },
+            POLICY_DROP_NEWEST => SlowConsumerPolicy::DropNewest,
+            POLICY_DROP_OLDEST => SlowConsumerPolicy::DropOldest,
+            _ => return Err(reader.malformed("unknown slow-consumer policy")),
+        };
         reader.finish()?;
         Ok(Self {
             pattern,
             queue_group: (!group.is_empty()).then_some(group),
+            policy,
         })
     }
 }
@@ -225,14 +268,30 @@ mod tests {
         let hello = Hello::ours("client-1", "secret");
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let sub = Subscribe {
-            pattern: "orders.>".into(),
-            queue_group: Some("workers".into()),
+            policy: SlowConsumerPolicy::Block {
+                max_stall: Duration::from_millis(750),
+            },
+            ..Subscribe::new("orders.>", Some("workers"))
         };
         assert_eq!(Subscribe::decode(&sub.encode()).unwrap(), sub);
-        let plain = Subscribe {
-            pattern: "a".into(),
-            queue_group: None,
-        };
+        for policy in [
+            SlowConsumerPolicy::DropNewest,
+            SlowConsumerPolicy::DropOldest,
+        ] {
+            let sub = Subscribe {
+                policy,
+                ..Subscribe::new("a.*", None)
+            };
+            assert_eq!(Subscribe::decode(&sub.encode()).unwrap(), sub);
+        }
+        let mut unknown = Subscribe::new("a", None).encode();
+        let code = unknown.len() - 5;
+        unknown[code] = 9;
+        assert!(
+            Subscribe::decode(&unknown).is_err(),
+            "an unknown policy is refused"
+        );
+        let plain = Subscribe::new("a", None);
         assert_eq!(Subscribe::decode(&plain.encode()).unwrap(), plain);
         let error = ErrorBody::new(ErrorCode::Limit, "too many subscriptions");
         assert_eq!(ErrorBody::decode(&error.encode()).unwrap(), error);

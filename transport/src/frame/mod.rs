@@ -47,7 +47,7 @@ pub const HEADER_BYTES: usize = 16;
 pub const FRAME_ALIGN: usize = 16;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 const _: () = assert!(HEADER_BYTES == 16);
 const _: () = assert!(FRAME_ALIGN == starling_core::event::ARCHIVE_ALIGN);

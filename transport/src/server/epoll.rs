@@ -1,14 +1,15 @@
 //! The portable backend: one epoll loop (through `mio`) driving every session.
 //!
-//! Edge-triggered: on readable, read until the socket would block; on
-//! writable, or whenever a session has output, write (gathered, up to
-//! [`SLICES_MAX`] slices per call) until the socket would block.
+//! Edge-triggered: on readable, read until the socket would block (or the
+//! connection's turn is up, or its session stalls); on writable, or whenever
+//! a session has output, write (gathered, up to [`SLICES_MAX`] slices per
+//! call) until the socket would block.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -22,6 +23,11 @@ use crate::read_buffer::ReadBuffer;
 const SLICES_MAX: usize = 256;
 /// Bytes read per `read` call.
 const READ_BYTES: usize = 64 << 10;
+/// Reads of one connection per turn of the loop. Readiness is edge-triggered,
+/// so a connection not read until it would block is remembered and read
+/// again on the next turn, after every other ready connection had its turn:
+/// one fast publisher cannot starve the rest of the thread.
+const READS_PER_TURN: usize = 4;
 
 const WAKE: Token = Token(0);
 const LISTEN_TCP: Token = Token(1);
@@ -83,6 +89,10 @@ struct Connection {
     task_waker: Waker,
     /// The socket said it would block on the last write.
     write_blocked: bool,
+    /// Not read to the end (its turn was up, or its session stalled): read
+    /// again without waiting for readiness, which will not come again for
+    /// bytes already there.
+    unread: bool,
 }
 
 /// Runs the loop until the server stops. Calls `started` once it is ready.
@@ -114,12 +124,22 @@ pub(crate) fn run(
         connections: slab::Slab::new(),
         ready,
         buffer: ReadBuffer::new(READ_BYTES),
+        turns: Vec::new(),
+        stalled: Vec::new(),
     };
     let mut events = Events::with_capacity(1024);
-    let mut drain_deadline = None;
+    let mut drain_deadline: Option<Instant> = None;
     loop {
-        let timeout = drain_deadline
-            .map(|deadline: Instant| deadline.saturating_duration_since(Instant::now()));
+        let timeout = if state.turns.is_empty() {
+            let wake_at = match (drain_deadline, state.stall_deadline()) {
+                (Some(drain), Some(stall)) => Some(drain.min(stall)),
+                (drain, stall) => drain.or(stall),
+            };
+            wake_at.map(|deadline: Instant| deadline.saturating_duration_since(Instant::now()))
+        } else {
+            // Connections wait for another turn: only look for readiness.
+            Some(Duration::ZERO)
+        };
         if let Err(error) = poll.poll(&mut events, timeout)
             && error.kind() != io::ErrorKind::Interrupted
         {
@@ -149,6 +169,8 @@ pub(crate) fn run(
                 }
             }
         }
+        state.next_turns(poll.registry());
+        state.expire_stalls(poll.registry());
         if shared.stopping.load(Ordering::Acquire) {
             match drain_deadline {
                 None => {
@@ -187,6 +209,10 @@ struct Loop<'a> {
     connections: slab::Slab<Connection>,
     ready: Arc<ReadyQueue>,
     buffer: ReadBuffer,
+    /// Connections whose turn ended before they would block.
+    turns: Vec<usize>,
+    /// Connections whose session stalled, looked at again at their deadlines.
+    stalled: Vec<usize>,
 }
 
 impl Loop<'_> {
@@ -248,6 +274,7 @@ impl Loop<'_> {
             waker,
             task_waker,
             write_blocked: false,
+            unread: false,
         });
     }
 
@@ -255,17 +282,32 @@ impl Loop<'_> {
         let Some(connection) = self.connections.get_mut(index) else {
             return;
         };
+        connection.unread = false;
+        if connection.session.stalled() {
+            // Not now: `resume` reads it once the session has caught up.
+            connection.unread = true;
+            return;
+        }
         let buffer = self.buffer.bytes_mut();
         let mut eof = false;
+        let mut reads = 0;
         loop {
+            if reads == READS_PER_TURN {
+                connection.unread = true;
+                self.turns.push(index);
+                break;
+            }
             match connection.stream.read(buffer) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(n) => connection
-                    .session
-                    .receive(&buffer[..n], &mut self.publisher),
+                Ok(n) => {
+                    reads += 1;
+                    connection
+                        .session
+                        .receive(&buffer[..n], &mut self.publisher);
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -276,6 +318,16 @@ impl Loop<'_> {
             if connection.session.closing() {
                 break;
             }
+            if connection.session.stalled() {
+                // Register for room (the queue may even have drained by now).
+                let mut cx = Context::from_waker(&connection.task_waker);
+                if connection.session.resume(&mut cx, &mut self.publisher) {
+                    // Hold the client back: what it sends stays in the socket.
+                    connection.unread = true;
+                    self.stalled.push(index);
+                    break;
+                }
+            }
         }
         if eof {
             self.close(index, registry);
@@ -284,12 +336,86 @@ impl Loop<'_> {
         self.write(index, registry);
     }
 
+    /// Reads the connections whose turn ended early.
+    fn next_turns(&mut self, registry: &Registry) {
+        let mut turns = std::mem::take(&mut self.turns);
+        for &index in &turns {
+            // A connection closed meanwhile may have left its slot to a new
+            // one: reading that one early finds nothing, or its bytes.
+            self.read(index, registry);
+        }
+        turns.clear();
+        if self.turns.is_empty() {
+            self.turns = turns;
+        }
+    }
+
+    /// The earliest deadline of a stalled session.
+    fn stall_deadline(&mut self) -> Option<Instant> {
+        let connections = &self.connections;
+        self.stalled.retain(|&index| {
+            connections
+                .get(index)
+                .is_some_and(|connection| connection.session.stalled())
+        });
+        self.stalled
+            .iter()
+            .filter_map(|&index| connections.get(index)?.session.stall_deadline())
+            .min()
+    }
+
+    /// Resumes the stalled sessions whose deadline has passed: their full
+    /// queues are demoted and they go on.
+    fn expire_stalls(&mut self, registry: &Registry) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .stalled
+            .iter()
+            .copied()
+            .filter(|&index| {
+                self.connections
+                    .get(index)
+                    .and_then(|connection| connection.session.stall_deadline())
+                    .is_some_and(|deadline| deadline <= now)
+            })
+            .collect();
+        for index in due {
+            self.resume(index, registry);
+        }
+    }
+
+    /// Hands a stalled session's backlog over and handles what it spilled;
+    /// once it has caught up, reads the connection again.
+    fn resume(&mut self, index: usize, registry: &Registry) {
+        let Some(connection) = self.connections.get_mut(index) else {
+            return;
+        };
+        if connection.session.stalled() {
+            let mut cx = Context::from_waker(&connection.task_waker);
+            if connection.session.resume(&mut cx, &mut self.publisher) {
+                if !self.stalled.contains(&index) {
+                    self.stalled.push(index);
+                }
+                self.write(index, registry);
+                return;
+            }
+        }
+        if connection.unread {
+            self.read(index, registry);
+        } else {
+            self.write(index, registry);
+        }
+    }
+
     fn pull_ready(&mut self, registry: &Registry) {
         while let Some(key) = self.ready.pop() {
             let index = key as usize;
             if let Some(connection) = self.connections.get(index) {
                 connection.waker.taken();
-                self.write(index, registry);
+                self.resume(index, registry);
             }
         }
     }

@@ -12,15 +12,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use starling_core::bus::{PublishError, SubscribeError};
+use std::time::Instant;
+
+use rkyv::util::AlignedVec;
+use starling_core::bus::{Backlog, PublishError, SubscribeError};
 use starling_core::event;
 use starling_core::subject::SYSTEM_PREFIX;
-use starling_core::{Bus, EventLimits, Mailbox, Publisher, SlowConsumerPolicy, SubscribeOptions};
+use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
 use super::outbox::{Full, Outbox};
 use super::{ConnectionStats, SubscriptionStats};
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
-use crate::frame::{DecodeError, Decoder, ErrorCode, Frame, Kind, PROTOCOL_VERSION};
+use crate::frame::{
+    DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,
+    PROTOCOL_VERSION, padded,
+};
+use crate::secret::constant_time_eq;
 
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
@@ -37,6 +44,10 @@ pub struct SessionConfig {
     /// written to its socket) before further events for it are dropped and
     /// counted: the per-connection pending limit.
     pub pending_events_max: usize,
+    /// Bytes of event memory a connection's queued deliveries may pin
+    /// (whole segments) before its `Block` subscriptions hold publishers
+    /// back and its drop subscriptions drop.
+    pub pending_bytes_max: usize,
     /// Frames gathered into one send.
     pub outbox_entries: usize,
 }
@@ -49,6 +60,7 @@ impl Default for SessionConfig {
             subscriptions_max: 10_000,
             body_bytes_max: starling_core::EventLimits::default().archive_bytes_max(),
             pending_events_max: 16_384,
+            pending_bytes_max: 64 << 20,
             outbox_entries: 1024,
         }
     }
@@ -73,6 +85,12 @@ struct Protocol {
     outbox: Outbox,
     /// The mailbox's drop count last reported to the client.
     dropped_reported: u64,
+    /// Deliveries of this connection's last event that met full queues.
+    backlog: Backlog,
+    /// Whole frames that arrived while stalled, in order, to handle once
+    /// the backlog is flushed: those before `spill_at` are handled.
+    spill: AlignedVec<FRAME_ALIGN>,
+    spill_at: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +107,7 @@ impl Session {
     pub(crate) fn new(bus: &Bus, config: Arc<SessionConfig>, stats: Arc<ConnectionStats>) -> Self {
         let mailbox = bus.mailbox(SubscribeOptions {
             capacity: config.pending_events_max,
-            policy: SlowConsumerPolicy::DropNewest,
+            pending_bytes_max: config.pending_bytes_max,
             ..SubscribeOptions::default()
         });
         stats.set_mailbox(mailbox.counters());
@@ -104,7 +122,41 @@ impl Session {
                 mailbox,
                 subscriptions: HashMap::new(),
                 dropped_reported: 0,
+                backlog: Backlog::new(),
+                spill: AlignedVec::new(),
+                spill_at: 0,
             },
+        }
+    }
+
+    /// True while the connection must not be read: an event it published
+    /// waits for room, or frames that came meanwhile wait their turn.
+    pub(crate) fn stalled(&self) -> bool {
+        !self.protocol.backlog.is_empty() || self.protocol.spill_at < self.protocol.spill.len()
+    }
+
+    /// When the current stall ends by demoting the full queues, if stalled.
+    pub(crate) fn stall_deadline(&self) -> Option<Instant> {
+        self.protocol.backlog.deadline()
+    }
+
+    /// Hands over what the stalled event owes, then handles the frames that
+    /// came meanwhile, until one stalls again. Returns true if still stalled;
+    /// then `cx`'s waker is registered with every queue it waits for (call
+    /// again on wake-up, or at [`Session::stall_deadline`]).
+    pub(crate) fn resume(&mut self, cx: &mut Context<'_>, publisher: &mut Publisher) -> bool {
+        loop {
+            // Registers the waker for whatever is owed now, including what a
+            // spilled frame handled below has just come to owe.
+            if self.protocol.backlog.poll_flush(cx).is_pending() {
+                return true;
+            }
+            if self.protocol.spill_at == self.protocol.spill.len() {
+                self.protocol.spill.clear();
+                self.protocol.spill_at = 0;
+                return false;
+            }
+            self.protocol.handle_spilled(publisher);
         }
     }
 
@@ -201,7 +253,46 @@ impl Session {
 struct Fatal;
 
 impl Protocol {
+    /// Handles spilled frames in order until one stalls (or none is left).
+    /// They were whole, valid frames when spilled.
+    fn handle_spilled(&mut self, publisher: &mut Publisher) {
+        let spill = std::mem::take(&mut self.spill);
+        let mut at = self.spill_at;
+        while at < spill.len() && self.backlog.is_empty() {
+            let bytes = spill[at..at + HEADER_BYTES]
+                .try_into()
+                .expect("the spill holds whole frames");
+            let header = match Header::decode(bytes, self.config.body_bytes_max) {
+                Ok(header) => header,
+                Err(error) => {
+                    self.fail(ErrorCode::Framing, 0, error.to_string());
+                    at = spill.len();
+                    break;
+                }
+            };
+            let body = &spill[at + HEADER_BYTES..at + HEADER_BYTES + header.length as usize];
+            at += header.frame_bytes();
+            if self.handle(Frame { header, body }, publisher).is_err() {
+                // Fatal: the connection is closing; the rest is ignored.
+                at = spill.len();
+            }
+        }
+        // Nothing was spilled meanwhile: `handle` spills only while a
+        // backlog is owed, and the loop stops as soon as one is.
+        debug_assert!(self.spill.is_empty());
+        self.spill = spill;
+        self.spill_at = at;
+    }
+
     fn handle(&mut self, frame: Frame<'_>, publisher: &mut Publisher) -> Result<(), Fatal> {
+        if !self.backlog.is_empty() {
+            // Stalled: keep the frame, in order, for `Session::resume`.
+            self.spill.extend_from_slice(&frame.header.encode());
+            self.spill.extend_from_slice(frame.body);
+            self.spill
+                .extend_from_slice(&PADDING[..padded(frame.body.len()) - frame.body.len()]);
+            return Ok(());
+        }
         let tag = frame.header.tag;
         match (self.state, frame.header.kind) {
             (State::Closing, _) => Err(Fatal),
@@ -284,9 +375,12 @@ impl Protocol {
             );
             return self.error(ErrorCode::Limit, sid, reason);
         }
-        let subscribed =
-            self.mailbox
-                .subscribe(sid, &request.pattern, request.queue_group.as_deref());
+        let subscribed = self.mailbox.subscribe_with_policy(
+            sid,
+            &request.pattern,
+            request.queue_group.as_deref(),
+            request.policy,
+        );
         match subscribed {
             Ok(()) => {
                 let stats = Arc::new(SubscriptionStats::new(request));
@@ -331,7 +425,7 @@ impl Protocol {
             let reason = format!("subjects under {SYSTEM_PREFIX} belong to the mesh");
             return self.error(ErrorCode::InvalidSubject, tag, reason);
         }
-        match publisher.publish_checked(archive) {
+        match publisher.publish_checked_into(archive, &mut self.backlog) {
             Ok(0) if tag != 0 => self.error(
                 ErrorCode::NoResponders,
                 tag,
@@ -404,15 +498,9 @@ impl Protocol {
     }
 }
 
-/// Compares secrets without stopping at the first difference.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Header, PADDING, padded};
     use proptest::prelude::*;
 
     fn session(bus: &Bus) -> Session {
@@ -496,6 +584,7 @@ mod tests {
             let body = Subscribe {
                 pattern: format!("s.{sid}"),
                 queue_group: None,
+                policy: Default::default(),
             }
             .encode();
             session.receive(

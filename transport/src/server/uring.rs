@@ -283,6 +283,9 @@ struct Connection {
     task_waker: Waker,
     /// The multishot receive is armed.
     receiving: bool,
+    /// The multishot receive was cancelled because the session stalled; it
+    /// is armed again once the session has caught up.
+    receive_cancelled: bool,
     /// A send is in flight; its iovecs and message header must not change.
     sending: bool,
     /// Closing: shut down, waiting for the operations in flight to end.
@@ -315,6 +318,9 @@ struct Loop<'a> {
     tcp: Option<std::net::TcpListener>,
     uds: Option<std::os::unix::net::UnixListener>,
     accepting: bool,
+    /// Connections whose session stalled (slot, generation): looked at
+    /// again at their stall deadlines.
+    stalled: Vec<(u32, u32)>,
 }
 
 fn user_data(kind: u8, generation: u32, slot: u32) -> u64 {
@@ -357,6 +363,7 @@ pub(crate) fn run(
         tcp: listeners.tcp,
         uds: listeners.uds,
         accepting: true,
+        stalled: Vec::new(),
     };
     state.arm_accept(ACCEPT_TCP)?;
     state.arm_accept(ACCEPT_UDS)?;
@@ -375,7 +382,11 @@ impl Loop<'_> {
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            self.wait(drain_deadline)?;
+            let wake_at = match (drain_deadline, self.stall_deadline()) {
+                (Some(drain), Some(stall)) => Some(drain.min(stall)),
+                (drain, stall) => drain.or(stall),
+            };
+            self.wait(wake_at)?;
             completions.clear();
             completions.extend(
                 self.ring
@@ -386,6 +397,7 @@ impl Loop<'_> {
                 self.complete(user_data, result, flags)?;
             }
             self.buffers.publish();
+            self.expire_stalls()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 match drain_deadline {
                     None => {
@@ -480,6 +492,96 @@ impl Loop<'_> {
         self.push(entry)
     }
 
+    /// The earliest deadline of a stalled session.
+    fn stall_deadline(&mut self) -> Option<Instant> {
+        let slots = &mut self.slots;
+        self.stalled.retain(|&(slot, generation)| {
+            live(slots, slot, generation).is_some_and(|c| c.session.stalled())
+        });
+        self.stalled
+            .iter()
+            .filter_map(|&(slot, generation)| {
+                live(slots, slot, generation)?.session.stall_deadline()
+            })
+            .min()
+    }
+
+    /// Resumes the stalled sessions whose deadline has passed: their full
+    /// queues are demoted and they go on.
+    fn expire_stalls(&mut self) -> io::Result<()> {
+        if self.stalled.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let due: Vec<(u32, u32)> = self
+            .stalled
+            .iter()
+            .copied()
+            .filter(|&(slot, generation)| {
+                live(&mut self.slots, slot, generation)
+                    .and_then(|c| c.session.stall_deadline())
+                    .is_some_and(|deadline| deadline <= now)
+            })
+            .collect();
+        for (slot, generation) in due {
+            self.resume(slot, generation)?;
+        }
+        Ok(())
+    }
+
+    /// Hands a stalled session's backlog over and handles what it spilled;
+    /// once it has caught up, reads the connection again.
+    fn resume(&mut self, slot: u32, generation: u32) -> io::Result<()> {
+        let Some(connection) = live(&mut self.slots, slot, generation) else {
+            return Ok(());
+        };
+        if !connection.session.stalled() {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(&connection.task_waker);
+        if connection.session.resume(&mut cx, &mut self.publisher) {
+            // Stalled again by a frame it had spilled.
+            if !self.stalled.contains(&(slot, generation)) {
+                self.stalled.push((slot, generation));
+            }
+        } else {
+            // Caught up: the next stall cancels the receive again.
+            connection.receive_cancelled = false;
+            if !connection.receiving && !connection.closing {
+                self.buffers.publish();
+                self.arm_receive(slot)?;
+            }
+        }
+        self.write(slot)
+    }
+
+    /// After bytes were handed to a session: if it stalled, stop receiving
+    /// (cancel the multishot receive; what still completes is spilled) and
+    /// watch its deadline.
+    fn stop_receiving_if_stalled(&mut self, slot: u32, generation: u32) -> io::Result<()> {
+        let Some(connection) = live(&mut self.slots, slot, generation) else {
+            return Ok(());
+        };
+        if !connection.session.stalled() || connection.receive_cancelled {
+            return Ok(());
+        }
+        // Register for room (the queue may even have drained by now).
+        let mut cx = Context::from_waker(&connection.task_waker);
+        if !connection.session.resume(&mut cx, &mut self.publisher) {
+            return Ok(());
+        }
+        connection.receive_cancelled = true;
+        let receiving = connection.receiving;
+        self.stalled.push((slot, generation));
+        if receiving {
+            let entry = opcode::AsyncCancel::new(user_data(RECV, generation, slot))
+                .build()
+                .user_data(user_data(CANCEL, 0, 0));
+            self.push(entry)?;
+        }
+        Ok(())
+    }
+
     fn stop_accepting(&mut self) -> io::Result<()> {
         self.accepting = false;
         for kind in [ACCEPT_TCP, ACCEPT_UDS] {
@@ -512,6 +614,7 @@ impl Loop<'_> {
                 {
                     let bytes = self.buffers.bytes(id, result as usize);
                     connection.session.receive(bytes, &mut self.publisher);
+                    self.stop_receiving_if_stalled(slot, generation)?;
                 }
                 if let Some(id) = buffer {
                     self.buffers.stage(id);
@@ -521,9 +624,11 @@ impl Loop<'_> {
                     if !more {
                         connection.receiving = false;
                     }
-                    if result == 0 || (result < 0 && result != -libc::ENOBUFS) {
+                    // ECANCELED: we stopped receiving from a stalled session.
+                    let cancelled = result == -libc::ECANCELED;
+                    if result == 0 || (result < 0 && result != -libc::ENOBUFS && !cancelled) {
                         self.close(slot)?;
-                    } else if !more && !connection.closing {
+                    } else if !more && !connection.closing && !connection.session.stalled() {
                         // The buffer ring ran dry (ENOBUFS) or the kernel ended
                         // the multishot: buffers are back, so re-arm at once.
                         self.buffers.publish();
@@ -552,6 +657,7 @@ impl Loop<'_> {
                     let (generation, slot) = ((key >> 32) as u32, key as u32);
                     if let Some(connection) = live(&mut self.slots, slot, generation) {
                         connection.waker.taken();
+                        self.resume(slot, generation)?;
                         self.write(slot)?;
                     }
                 }
@@ -607,6 +713,7 @@ impl Loop<'_> {
             waker,
             task_waker,
             receiving: false,
+            receive_cancelled: false,
             sending: false,
             closing: false,
             iovecs: Box::new(
@@ -627,6 +734,7 @@ impl Loop<'_> {
             return Ok(());
         };
         connection.receiving = true;
+        connection.receive_cancelled = false;
         let entry = opcode::RecvMulti::new(types::Fd(connection.stream.fd()), BUFFER_GROUP)
             .build()
             .user_data(user_data(RECV, generation, slot));

@@ -95,6 +95,8 @@ impl Drop for TempDir {
 pub struct Raw {
     stream: RawStream,
     decoder: Decoder,
+    /// Frames read but not yet returned: one read may carry several.
+    frames: std::collections::VecDeque<(Kind, u64, Vec<u8>)>,
 }
 
 enum RawStream {
@@ -148,6 +150,7 @@ impl Raw {
         Raw {
             stream,
             decoder: Decoder::new(1 << 21),
+            frames: std::collections::VecDeque::new(),
         }
     }
 
@@ -174,22 +177,22 @@ impl Raw {
     pub fn next_frame(&mut self, timeout: Duration) -> Option<(Kind, u64, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         let mut buffer = [0u8; 4096];
-        let mut frames = Vec::new();
         while Instant::now() < deadline {
+            if let Some(frame) = self.frames.pop_front() {
+                return Some(frame);
+            }
             match self.stream.read(&mut buffer) {
                 Ok(0) => return None,
                 Ok(n) => {
                     let mut aligned = AlignedVec::<16>::new();
                     aligned.extend_from_slice(&buffer[..n]);
+                    let frames = &mut self.frames;
                     self.decoder
                         .feed::<()>(&aligned, |f| {
-                            frames.push((f.header.kind, f.header.tag, f.body.to_vec()));
+                            frames.push_back((f.header.kind, f.header.tag, f.body.to_vec()));
                             Ok(())
                         })
                         .expect("the node sends valid frames");
-                    if let Some(first) = frames.first() {
-                        return Some(first.clone());
-                    }
                 }
                 Err(error)
                     if matches!(
@@ -199,7 +202,7 @@ impl Raw {
                 Err(_) => return None,
             }
         }
-        None
+        self.frames.pop_front()
     }
 
     /// Reads until the node sends an `ERR`; returns its code and tag.
