@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use starling_transport::client::{Client, ClientError, ClientSubscription};
 
+/// How long any one awaited event may take.
 const RECEIVE: Duration = Duration::from_secs(10);
+
+/// The subject of a crossing marker (see [`Markers`]).
+const MARKER: &str = "test.marker";
 
 /// Starts `count` nodes named `n0`, `n1`, ...; each joins through the one
 /// before it, so that reaching the full mesh relies on the members the nodes
@@ -47,13 +51,90 @@ fn receive(subscription: &ClientSubscription, count: usize) -> Vec<String> {
         .collect()
 }
 
-fn assert_nothing_more(subscription: &ClientSubscription) {
-    assert!(
-        subscription
-            .recv_timeout(Duration::from_millis(300))
-            .is_err(),
-        "no further event arrives"
-    );
+/// Every node's link counters: (events out, events in).
+fn link_counts(nodes: &[&Node]) -> Vec<(u64, u64)> {
+    nodes
+        .iter()
+        .map(|node| {
+            (
+                link_total(node, "events_out"),
+                link_total(node, "events_in"),
+            )
+        })
+        .collect()
+}
+
+/// A subscription to [`MARKER`] on every node, to show causally that events
+/// did not cross a link: a marker published after them crosses every link
+/// from its node, and a node sends a peer what it wants in the order it was
+/// published (one queue per peer, counted as it leaves), so once the markers
+/// have arrived, anything that was going to cross has been counted.
+struct Markers {
+    watchers: Vec<(Client, ClientSubscription)>,
+}
+
+impl Markers {
+    /// Subscribes on every node of `nodes` and waits until every node knows.
+    fn watch(nodes: &[&Node]) -> Markers {
+        let watchers = nodes
+            .iter()
+            .map(|node| {
+                let client = connect(node);
+                let subscription = client.subscribe(MARKER).unwrap();
+                (client, subscription)
+            })
+            .collect();
+        for node in nodes {
+            wait_interest(nodes, &node.name, MARKER, None, true);
+        }
+        Markers { watchers }
+    }
+
+    /// Asserts that nothing but the markers crossed a link since `before`
+    /// (from [`link_counts`]) was read: each of `publishers` (the index of
+    /// its node, and a client there) publishes a marker after its events.
+    fn assert_nothing_crossed(
+        &self,
+        nodes: &[&Node],
+        before: &[(u64, u64)],
+        publishers: &[(usize, &Client)],
+    ) {
+        for (_, client) in publishers {
+            client.publish(MARKER, END).unwrap();
+            client.flush().unwrap();
+        }
+        for (node, (_, watcher)) in nodes.iter().zip(&self.watchers) {
+            for _ in publishers {
+                let marker = watcher.recv_timeout(RECEIVE).expect("a marker arrives");
+                assert_eq!(marker.payload(), END, "{}", node.name);
+            }
+        }
+        let peers = nodes.len() as u64 - 1;
+        for (index, node) in nodes.iter().enumerate() {
+            let published_here = publishers.iter().filter(|(at, _)| *at == index).count() as u64;
+            let from_elsewhere = publishers.len() as u64 - published_here;
+            let (out, into) = before[index];
+            assert_eq!(
+                link_total(node, "events_out"),
+                out + published_here * peers,
+                "{} sent only its markers",
+                node.name
+            );
+            // Counted once it has been delivered here: the watcher may have
+            // seen the marker a moment before.
+            wait_until(
+                &format!("{} to count its markers in", node.name),
+                RECEIVE,
+                || link_total(node, "events_in") >= into + from_elsewhere,
+            );
+            assert_eq!(
+                link_total(node, "events_in"),
+                into + from_elsewhere,
+                "{} received only markers",
+                node.name
+            );
+        }
+    }
 }
 
 #[test]
@@ -112,9 +193,6 @@ fn three_nodes_deliver_published_events_to_subscribers_on_other_nodes_with_wildc
             "orders.us.created from b"
         ]
     );
-    for subscription in [&created, &everything, &anywhere_on_a] {
-        assert_nothing_more(subscription);
-    }
     // One event per publish per peer on the wire, however many subscriptions
     // it matched there: C got two of A's events (both of its patterns
     // matched the first), and A's event never went on from C to B.
@@ -127,6 +205,18 @@ fn three_nodes_deliver_published_events_to_subscribers_on_other_nodes_with_wildc
         .unwrap();
     assert_eq!(to_c["events_out"], 2);
     assert_eq!(link_total(b, "events_in"), 0, "B wanted nothing of A's");
+    assert_nothing_more(
+        &[
+            (&created, "orders.*.created"),
+            (&everything, "orders.>"),
+            (&anywhere_on_a, "orders.>"),
+        ],
+        &[
+            (&on_a, "orders.eu.created"),
+            (&on_a, "orders.eu.shipped"),
+            (&on_b, "orders.us.created"),
+        ],
+    );
 }
 
 #[test]
@@ -182,8 +272,15 @@ fn five_nodes_each_seeded_with_the_previous_one_form_one_mesh() {
         let mut received = receive(subscription, 5);
         received.sort();
         assert_eq!(received, expected);
-        assert_nothing_more(subscription);
     }
+    let subjects: Vec<String> = (0..5).map(|index| format!("census.n{index}")).collect();
+    let ends: Vec<(&Client, &str)> = clients
+        .iter()
+        .zip(&subjects)
+        .map(|(client, subject)| (client, subject.as_str()))
+        .collect();
+    let census: Vec<_> = subscriptions.iter().map(|s| (s, "census.>")).collect();
+    assert_nothing_more(&census, &ends);
 }
 
 /// Publishes `count` events numbered from `first` on `subject`, flushing
@@ -202,13 +299,44 @@ fn number(payload: &[u8]) -> u64 {
     u64::from_le_bytes(payload.try_into().expect("an 8-byte number"))
 }
 
-/// Drains a subscription until `quiet` passes without an event.
-fn drain_numbers(subscription: &ClientSubscription, quiet: Duration) -> Vec<u64> {
-    let mut numbers = Vec::new();
-    while let Ok(event) = subscription.recv_timeout(quiet) {
-        numbers.push(number(event.payload()));
+/// The numbers of the next `count` events, each awaited for up to
+/// [`RECEIVE`].
+fn receive_numbers(subscription: &ClientSubscription, count: u64) -> Vec<u64> {
+    (0..count)
+        .map(|_| {
+            let event = subscription
+                .recv_timeout(RECEIVE)
+                .expect("an event arrives");
+            number(event.payload())
+        })
+        .collect()
+}
+
+/// The numbers each of the `members` of a queue group receives, until
+/// `count` have arrived among them; fails if [`RECEIVE`] passes without one.
+fn receive_shares(members: &[&ClientSubscription], count: u64) -> Vec<Vec<u64>> {
+    let mut shares = vec![Vec::new(); members.len()];
+    let mut received = 0;
+    let mut last_arrival = Instant::now();
+    while received < count {
+        let before = received;
+        for (member, share) in members.iter().zip(&mut shares) {
+            while let Some(event) = member.try_recv() {
+                share.push(number(event.payload()));
+                received += 1;
+            }
+        }
+        if received > before {
+            last_arrival = Instant::now();
+        } else {
+            assert!(
+                last_arrival.elapsed() < RECEIVE,
+                "{received} of {count} events arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    numbers
+    shares
 }
 
 #[test]
@@ -232,9 +360,11 @@ fn a_queue_group_across_three_nodes_gets_each_event_exactly_once() {
     let publisher = connect(&nodes[0]);
     publish_numbered(&publisher, "jobs.render", 0, EVENTS, 1000);
 
+    let subscriptions: Vec<&ClientSubscription> =
+        members.iter().map(|(_, member)| member).collect();
+    let shares = receive_shares(&subscriptions, EVENTS);
     let mut seen = HashSet::new();
-    for (node, (_, member)) in nodes[1..].iter().zip(&members) {
-        let numbers = drain_numbers(member, Duration::from_millis(500));
+    for ((node, (_, member)), numbers) in nodes[1..].iter().zip(&members).zip(shares) {
         assert!(
             !numbers.is_empty(),
             "the member on {} got a share of the events",
@@ -256,14 +386,14 @@ fn a_queue_group_across_three_nodes_gets_each_event_exactly_once() {
             .iter()
             .any(|entry| entry["queue_group"] == "workers")
     });
-    let sent_before = link_total(&nodes[0], "events_out");
+    let markers = Markers::watch(&all);
+    let before = link_counts(&all);
     publish_numbered(&publisher, "jobs.render", EVENTS, 1000, 1000);
-    let numbers = drain_numbers(&local, Duration::from_millis(500));
-    assert_eq!(numbers, (EVENTS..EVENTS + 1000).collect::<Vec<_>>());
-    assert_eq!(link_total(&nodes[0], "events_out"), sent_before);
-    for (_, member) in &members {
-        assert_nothing_more(member);
-    }
+    assert_eq!(
+        receive_numbers(&local, 1000),
+        (EVENTS..EVENTS + 1000).collect::<Vec<_>>()
+    );
+    markers.assert_nothing_crossed(&all, &before, &[(0, &publisher)]);
 }
 
 #[test]
@@ -276,50 +406,26 @@ fn no_event_crosses_a_link_once_the_last_subscriber_of_a_pattern_has_left() {
     wait_interest(&all, "n2", "telemetry.>", None, true);
     let publisher = connect(&nodes[0]);
     publish_numbered(&publisher, "telemetry.cpu", 0, 100, 100);
-    assert_eq!(drain_numbers(&first, Duration::from_millis(300)).len(), 100);
-    assert_eq!(
-        drain_numbers(&second, Duration::from_millis(300)).len(),
-        100
-    );
+    assert_eq!(receive_numbers(&first, 100), (0..100).collect::<Vec<_>>());
+    assert_eq!(receive_numbers(&second, 100), (0..100).collect::<Vec<_>>());
 
     // One of two subscribers leaves: the interest stays, events still cross.
     drop(first);
     publish_numbered(&publisher, "telemetry.cpu", 100, 100, 100);
     assert_eq!(
-        drain_numbers(&second, Duration::from_millis(300)),
+        receive_numbers(&second, 100),
         (100..200).collect::<Vec<_>>()
     );
 
     // The last one leaves: once the others know, nothing crosses any link.
     drop(second);
     wait_interest(&all, "n2", "telemetry.>", None, false);
-    let sent: Vec<u64> = nodes
-        .iter()
-        .map(|node| link_total(node, "events_out"))
-        .collect();
-    let received: Vec<u64> = nodes
-        .iter()
-        .map(|node| link_total(node, "events_in"))
-        .collect();
+    let markers = Markers::watch(&all);
+    let before = link_counts(&all);
     publish_numbered(&publisher, "telemetry.cpu", 200, 1000, 500);
-    connect(&nodes[1])
-        .publish("telemetry.disk", b"from b")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    for (index, node) in nodes.iter().enumerate() {
-        assert_eq!(
-            link_total(node, "events_out"),
-            sent[index],
-            "{} sent",
-            node.name
-        );
-        assert_eq!(
-            link_total(node, "events_in"),
-            received[index],
-            "{} received",
-            node.name
-        );
-    }
+    let on_b = connect(&nodes[1]);
+    on_b.publish("telemetry.disk", b"from b").unwrap();
+    markers.assert_nothing_crossed(&all, &before, &[(0, &publisher), (1, &on_b)]);
 }
 
 #[test]
@@ -329,21 +435,20 @@ fn requests_are_answered_across_nodes_and_no_responders_is_immediate() {
     let service = connect(&nodes[2]);
     let requests = service.subscribe("inventory.check").unwrap();
     wait_interest(&all, "n2", "inventory.check", None, true);
+    const ROUNDS: usize = 20;
     let replier = std::thread::spawn(move || {
-        let mut answered = 0;
-        while let Ok(request) = requests.recv_timeout(Duration::from_secs(2)) {
+        for _ in 0..ROUNDS {
+            let request = requests.recv_timeout(RECEIVE).expect("a request arrives");
             let item = String::from_utf8_lossy(request.payload()).into_owned();
             let reply_to = request.reply_to().expect("a request carries its inbox");
             service
                 .publish(reply_to, format!("{item}: 7 in stock").as_bytes())
                 .unwrap();
-            answered += 1;
         }
-        answered
     });
 
     let asking = connect(&nodes[0]);
-    for round in 0..20 {
+    for round in 0..ROUNDS {
         let item = format!("item-{round}");
         let reply = asking
             .request("inventory.check", item.as_bytes(), Duration::from_secs(5))
@@ -360,7 +465,7 @@ fn requests_are_answered_across_nodes_and_no_responders_is_immediate() {
         started.elapsed() < Duration::from_secs(1),
         "no responders comes at once, not after the timeout"
     );
-    assert_eq!(replier.join().unwrap(), 20);
+    replier.join().unwrap();
 }
 
 #[test]
@@ -395,8 +500,10 @@ fn a_node_killed_under_load_costs_the_survivors_nothing_and_rejoins_after_restar
     killed.recv().unwrap();
     // A little more after the kill is certain.
     publish_numbered(&publisher, "load.tick", EVENTS, 1000, 500);
-    let numbers = drain_numbers(&survivor, Duration::from_millis(500));
-    assert_eq!(numbers, (0..EVENTS + 1000).collect::<Vec<_>>());
+    assert_eq!(
+        receive_numbers(&survivor, EVENTS + 1000),
+        (0..EVENTS + 1000).collect::<Vec<_>>()
+    );
     assert_eq!(survivor.dropped(), 0);
     assert_eq!(
         link_total(&nodes[0], "dropped_out") + link_total(&nodes[1], "dropped_in"),
@@ -412,10 +519,7 @@ fn a_node_killed_under_load_costs_the_survivors_nothing_and_rejoins_after_restar
     let revived = on_c.subscribe("load.>").unwrap();
     wait_interest(&all, "n2", "load.>", None, true);
     publish_numbered(&publisher, "load.tick", 0, 100, 100);
-    assert_eq!(
-        drain_numbers(&revived, Duration::from_millis(500)),
-        (0..100).collect::<Vec<_>>()
-    );
+    assert_eq!(receive_numbers(&revived, 100), (0..100).collect::<Vec<_>>());
 }
 
 #[test]
@@ -537,19 +641,13 @@ fn interest_removed_after_a_peer_restart_leaves_nothing_stale() {
             || interest_of(node, "n0").is_empty(),
         );
     }
-    let sent: Vec<u64> = nodes[1..]
-        .iter()
-        .map(|node| link_total(node, "events_out"))
-        .collect();
-    for node in &nodes[1..] {
-        let client = connect(node);
+    let markers = Markers::watch(&all);
+    let before = link_counts(&all);
+    let publishers: Vec<Client> = nodes[1..].iter().map(connect).collect();
+    for client in &publishers {
         for _ in 0..100 {
             client.publish("stale.two", b"x").unwrap();
         }
-        client.flush().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
-    for (node, before) in nodes[1..].iter().zip(sent) {
-        assert_eq!(link_total(node, "events_out"), before, "{} sent", node.name);
-    }
+    markers.assert_nothing_crossed(&all, &before, &[(1, &publishers[0]), (2, &publishers[1])]);
 }

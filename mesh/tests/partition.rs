@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -123,20 +123,6 @@ fn unsupported() -> Option<String> {
         return Some("iproute2's `ip` is not installed".into());
     }
     None
-}
-
-/// Skips the test `name` for `reason`, or fails it if `STARLING_REQUIRE`
-/// (a comma-separated list of test names) says it must run here. The line
-/// goes to the process's stderr itself: the test harness swallows what a
-/// passing test prints with `eprintln!`, and a skip must not read as a pass.
-fn skip(name: &str, reason: &str) {
-    let required = std::env::var("STARLING_REQUIRE")
-        .is_ok_and(|names| names.split(',').any(|required| required.trim() == name));
-    assert!(
-        !required,
-        "STARLING_REQUIRE says {name} must run here, but it cannot: {reason}"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: {reason}");
 }
 
 /// A `starling sub` inside a namespace, its lines on a channel.

@@ -140,13 +140,29 @@ fn a_queue_group_across_connections_gets_each_event_once() {
             publisher.publish("jobs.x", &i.to_le_bytes()).unwrap();
         }
         publisher.flush().unwrap();
+        // Take from every member until all the events have arrived among
+        // them, failing once no event has come for a while.
         let mut seen = HashSet::new();
-        for (_, sub) in &members {
-            while let Ok(event) = sub.recv_timeout(Duration::from_millis(300)) {
+        let mut last_arrival = Instant::now();
+        while (seen.len() as u64) < EVENTS {
+            let before = seen.len();
+            for (_, sub) in &members {
+                while let Some(event) = sub.try_recv() {
+                    assert!(
+                        seen.insert(u64::from_le_bytes(event.payload().try_into().unwrap())),
+                        "duplicate"
+                    );
+                }
+            }
+            if seen.len() > before {
+                last_arrival = Instant::now();
+            } else {
                 assert!(
-                    seen.insert(u64::from_le_bytes(event.payload().try_into().unwrap())),
-                    "duplicate"
+                    last_arrival.elapsed() < 5 * SECOND,
+                    "{backend:?}: {} of {EVENTS} events arrived",
+                    seen.len()
                 );
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         assert_eq!(
@@ -164,15 +180,17 @@ fn requests_get_replies_and_fail_fast_without_responders() {
         let service = Client::connect(&node.uds).unwrap();
         let requests = service.subscribe("svc.echo").unwrap();
         let responder = service.clone();
+        const REQUESTS: u32 = 50;
         let server = std::thread::spawn(move || {
-            while let Ok(request) = requests.recv_timeout(Duration::from_millis(500)) {
+            for _ in 0..REQUESTS {
+                let request = requests.recv_timeout(5 * SECOND).expect("a request");
                 responder
                     .publish(request.reply_to().unwrap(), request.payload())
                     .unwrap();
             }
         });
         let client = Client::connect(&node.tcp).unwrap();
-        for i in 0..50u32 {
+        for i in 0..REQUESTS {
             let reply = client
                 .request("svc.echo", &i.to_le_bytes(), SECOND)
                 .unwrap();

@@ -11,6 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use starling_core::subject::pattern_matches;
+use starling_transport::client::{Client, ClientSubscription};
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
 
 /// A child process, killed on drop.
@@ -461,4 +464,58 @@ pub fn wait_member_state(
         }
     }
     start.elapsed()
+}
+
+/// The payload of an end marker (see [`assert_nothing_more`]).
+pub const END: &[u8] = b"end";
+
+/// Asserts that each of `subscriptions` gets nothing more of what the
+/// publishers in `ends` published on their subjects, without waiting out a
+/// quiet spell (a slow machine would pass that by luck): each publishes an
+/// end marker on its subject. One publisher's events on one subject keep
+/// their order to every subscriber, across links too (a link carries a
+/// subject on one data stream), so anything more still due arrives before
+/// the marker. Each subscription (with its pattern) must next receive
+/// exactly the markers its pattern matches, and nothing else.
+pub fn assert_nothing_more(
+    subscriptions: &[(&ClientSubscription, &str)],
+    ends: &[(&Client, &str)],
+) {
+    for (client, subject) in ends {
+        client.publish(subject, END).unwrap();
+        client.flush().unwrap();
+    }
+    for (subscription, pattern) in subscriptions {
+        let markers = ends
+            .iter()
+            .filter(|(_, subject)| pattern_matches(pattern, subject))
+            .count();
+        assert!(markers > 0, "{pattern} matches a marker");
+        for _ in 0..markers {
+            let event = subscription
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an end marker");
+            assert_eq!(
+                event.payload(),
+                END,
+                "{pattern}: nothing arrives before the end markers, but {} did",
+                event.subject()
+            );
+        }
+    }
+}
+
+/// Skips the test `name` for `reason`, or fails it if `STARLING_REQUIRE` (a
+/// comma-separated list of test names, set by CI) says it must run here.
+/// The line goes to the process's stderr itself: the test harness swallows
+/// what a passing test prints with `eprintln!`, and a skip must not read as
+/// a pass.
+pub fn skip(name: &str, reason: &str) {
+    let required = std::env::var("STARLING_REQUIRE")
+        .is_ok_and(|names| names.split(',').any(|required| required.trim() == name));
+    assert!(
+        !required,
+        "STARLING_REQUIRE says {name} must run here, but it cannot: {reason}"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: {reason}");
 }
