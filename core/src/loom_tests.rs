@@ -14,11 +14,12 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
+use crate::bus::queue::{Delivery, DeliveryQueue, QueueShape};
 use crate::log::RecordRef;
 use crate::log::SegmentPool;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::ring::Ring;
-use crate::signal::{Signal, publish_fence};
+use crate::signal::{Signal, SpaceSignal, current_thread_waker, publish_fence};
 use crate::sync::ArrayQueue;
 
 /// Writes one record with `holders` holds at the start of `segment`.
@@ -167,5 +168,95 @@ fn ring_hands_over_every_value_once() {
         }
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 1, 10, 11]);
+    });
+}
+
+/// A publisher finds a one-slot ring full and waits for room while the
+/// consumer takes the item and signals space: the publisher must always be
+/// woken (or find the room itself), never park for good.
+#[test]
+fn space_signal_never_loses_a_wakeup() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::new(1));
+        let space = Arc::new(SpaceSignal::default());
+        assert!(ring.push(0u32).is_ok());
+        // The publisher parks in its own thread: the model thread only
+        // consumes and joins (loom's join and an early unpark of the same
+        // thread do not mix).
+        let publisher = {
+            let (ring, space) = (ring.clone(), space.clone());
+            thread::spawn(move || {
+                let waker = current_thread_waker();
+                let mut value = 1u32;
+                loop {
+                    match ring.push(value) {
+                        Ok(()) => return,
+                        Err(rejected) => value = rejected,
+                    }
+                    space.register(&waker);
+                    match ring.push(value) {
+                        Ok(()) => return,
+                        Err(rejected) => value = rejected,
+                    }
+                    thread::park();
+                }
+            })
+        };
+        let first = loop {
+            if let Some(value) = ring.pop() {
+                break value;
+            }
+            thread::yield_now();
+        };
+        // Drained: a one-slot ring is at its low watermark once empty.
+        space.notify_if_drained(|| true);
+        assert_eq!(first, 0);
+        publisher.join().unwrap();
+        assert_eq!(ring.pop(), Some(1));
+    });
+}
+
+/// A delivery queued just before the queue closes: a consumer waiting for
+/// it must get it, never "closed and drained" while it is still queued.
+#[test]
+fn closing_never_hides_a_queued_delivery() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let segment = pool.take(64).expect("one segment fits the budget");
+        let record = write_record(segment, 1);
+        let queue = Arc::new(DeliveryQueue::new(
+            1,
+            QueueShape {
+                capacity: 1,
+                pending_bytes_max: 1 << 20,
+                segment_bytes: 4096,
+                spin: Duration::ZERO,
+            },
+        ));
+        // The consumer parks in its own thread (see above on loom's join).
+        let consumer = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let delivery = queue
+                    .take_blocking(None)
+                    .expect("the delivery, then closed");
+                assert_eq!(delivery.tag, 7);
+                drop(delivery);
+                assert!(
+                    queue.take_blocking(None).is_none(),
+                    "then closed and drained"
+                );
+            })
+        };
+        // SAFETY: `holders` is 1 and exactly one hold is made.
+        let hold = unsafe { RecordRef::from_raw(record) };
+        assert!(queue.try_offer(Delivery::new(hold, 7)).is_ok());
+        queue.close();
+        consumer.join().unwrap();
+        // SAFETY: the test still owns the segment as its writer; seal it with
+        // its one record (released above) so the pool can drop it cleanly.
+        if unsafe { segment.as_ref() }.seal(1) {
+            SegmentPool::recycle(segment);
+        }
     });
 }

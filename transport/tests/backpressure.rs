@@ -476,3 +476,47 @@ impl Bystander {
         Duration::from_micros(self.worst_micros.load(Ordering::Relaxed))
     }
 }
+
+/// `try_publish` never waits: once the node holds the connection back and
+/// the write buffer is full, it says `WouldBlock` at once and sends nothing.
+#[test]
+fn try_publish_says_would_block_instead_of_waiting() {
+    for backend in backends() {
+        let node = small_queues(backend);
+        let mut stuck = Raw::hello(&node);
+        let subscribe = Subscribe {
+            policy: SlowConsumerPolicy::Block {
+                max_stall: 120 * SECOND,
+            },
+            ..Subscribe::new("held", None)
+        };
+        stuck.send(Kind::Sub, 1, &subscribe.encode());
+        assert_eq!(stuck.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        let publisher = Client::connect_with(
+            &node.tcp,
+            ClientOptions {
+                write_buffer_bytes_max: 64 << 10,
+                ..patient()
+            },
+        )
+        .unwrap();
+        let payload = [4u8; 1024];
+        let until = Instant::now() + 60 * SECOND;
+        let mut accepted = 0u64;
+        loop {
+            let started = Instant::now();
+            match publisher.try_publish("held", &payload) {
+                Ok(()) => accepted += 1,
+                Err(starling_transport::client::ClientError::WouldBlock) => break,
+                Err(error) => panic!("{backend:?}: {error}"),
+            }
+            assert!(
+                started.elapsed() < SECOND,
+                "{backend:?}: try_publish waited {:?}",
+                started.elapsed()
+            );
+            assert!(Instant::now() < until, "{backend:?}: never held back");
+        }
+        assert!(accepted > 0, "{backend:?}");
+    }
+}

@@ -20,7 +20,7 @@ mod error;
 mod interest;
 mod mailbox;
 mod publisher;
-mod queue;
+pub(crate) mod queue;
 mod request;
 pub mod route;
 mod subscription;

@@ -145,6 +145,19 @@ struct WriteState {
     publishers_waiting: usize,
 }
 
+/// How long a frame may wait for room in a full write buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Room {
+    /// As long as it takes (a blocking publish).
+    Wait,
+    /// Until then, then `ClientError::Timeout` (requests, flushes,
+    /// subscribes: they have an answer deadline anyway).
+    Until(Instant),
+    /// Not at all: `ClientError::WouldBlock` (`try_publish`, and the reader
+    /// answering a PING).
+    Now,
+}
+
 /// Everything a client's handles and threads share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -208,7 +221,9 @@ impl Shared {
             queue_group: None,
             policy: SlowConsumerPolicy::DropNewest,
         };
-        shared.enqueue(|buffer| push_frame(buffer, Kind::Sub, INBOX_SID, &inbox.encode()))?;
+        shared.enqueue(Room::Wait, |buffer| {
+            push_frame(buffer, Kind::Sub, INBOX_SID, &inbox.encode())
+        })?;
         let spawn_error = |source| ClientError::Connect {
             url: shared.url.to_string(),
             source,
@@ -244,6 +259,7 @@ impl Shared {
 
     pub(crate) fn publish(
         &self,
+        room: Room,
         subject: &str,
         reply_to: Option<&str>,
         headers: &[EventHeader<'_>],
@@ -261,7 +277,7 @@ impl Shared {
             payload,
         };
         event::check_parts(&parts, &self.local.config().limits)?;
-        self.enqueue(|buffer| {
+        self.enqueue(room, |buffer| {
             let start = buffer.len();
             let bound = parts.archive_bytes_bound();
             buffer.resize(start + HEADER_BYTES + padded(bound), 0);
@@ -307,7 +323,10 @@ impl Shared {
             sid,
             self.options.answer_timeout,
         );
-        let sent = self.enqueue(|buffer| push_frame(buffer, Kind::Sub, sid, &request.encode()));
+        let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
+        let sent = self.enqueue(deadline, |buffer| {
+            push_frame(buffer, Kind::Sub, sid, &request.encode())
+        });
         let answer = sent.and_then(|()| {
             completion
                 .wait_until(Instant::now() + self.options.answer_timeout)
@@ -333,7 +352,8 @@ impl Shared {
             .remove(&sid)
             .is_some();
         if known && !self.closed.load(Ordering::Relaxed) {
-            let _ = self.enqueue(|buffer| push_frame(buffer, Kind::Unsub, sid, &[]));
+            let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
+            let _ = self.enqueue(deadline, |buffer| push_frame(buffer, Kind::Unsub, sid, &[]));
         }
     }
 
@@ -346,7 +366,8 @@ impl Shared {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("{}{tag}", self.inbox_prefix);
         let completion = self.expect_answer(|control| &mut control.requests, tag, timeout);
-        if let Err(error) = self.publish(subject, Some(&reply_to), &[], payload, tag) {
+        let room = Room::Until(Instant::now() + timeout);
+        if let Err(error) = self.publish(room, subject, Some(&reply_to), &[], payload, tag) {
             self.control
                 .lock()
                 .expect("control lock")
@@ -379,7 +400,8 @@ impl Shared {
             tag,
             self.options.answer_timeout,
         );
-        self.enqueue(|buffer| push_frame(buffer, Kind::Ping, tag, &[]))?;
+        let room = Room::Until(Instant::now() + self.options.answer_timeout);
+        self.enqueue(room, |buffer| push_frame(buffer, Kind::Ping, tag, &[]))?;
         Ok(completion)
     }
 
@@ -421,9 +443,16 @@ impl Shared {
         }
     }
 
-    /// Appends frames to the write buffer with `write`, waiting for room if
-    /// it is full (or failing if disconnected), and wakes the flusher.
-    fn enqueue(&self, write: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>)) -> Result<(), ClientError> {
+    /// Appends frames to the write buffer with `write`, waiting for room as
+    /// `room` allows if it is full (or failing if disconnected), and wakes
+    /// the flusher. The buffer is full when the node holds this connection
+    /// back (a `Block` subscriber somewhere has no room): that is how a
+    /// publisher is slowed to its subscribers' pace.
+    fn enqueue(
+        &self,
+        room: Room,
+        write: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>),
+    ) -> Result<(), ClientError> {
         let mut state = self.write.lock().expect("write lock");
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -436,7 +465,24 @@ impl Shared {
                 return Err(ClientError::Disconnected);
             }
             state.publishers_waiting += 1;
-            state = self.write_ready.wait(state).expect("write lock");
+            state = match room {
+                Room::Wait => self.write_ready.wait(state).expect("write lock"),
+                Room::Until(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        state.publishers_waiting -= 1;
+                        return Err(ClientError::Timeout);
+                    }
+                    self.write_ready
+                        .wait_timeout(state, left)
+                        .expect("write lock")
+                        .0
+                }
+                Room::Now => {
+                    state.publishers_waiting -= 1;
+                    return Err(ClientError::WouldBlock);
+                }
+            };
             state.publishers_waiting -= 1;
         }
         write(&mut state.buffer);
@@ -573,7 +619,10 @@ impl Shared {
                 }
             }
             Kind::Ping => {
-                let _ = self.enqueue(|buffer| push_frame(buffer, Kind::Pong, tag, &[]));
+                // Never wait here: the reader must keep reading, or a node
+                // holding this connection back could never drain to it. A
+                // full buffer means the connection is far from idle anyway.
+                let _ = self.enqueue(Room::Now, |buffer| push_frame(buffer, Kind::Pong, tag, &[]));
             }
             Kind::Hello | Kind::Sub | Kind::Unsub | Kind::Pub | Kind::Forward => {}
         }

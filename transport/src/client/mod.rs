@@ -38,7 +38,7 @@ use starling_core::subject::SubjectError;
 use starling_core::{SlowConsumerPolicy, SubscribeOptions};
 use thiserror::Error;
 
-use self::connection::Shared;
+use self::connection::{Room, Shared};
 use crate::frame::ErrorCode;
 use crate::url::{ServerUrl, UrlError};
 
@@ -116,6 +116,10 @@ pub enum ClientError {
     /// A request matched no subscriber anywhere; reported at once.
     #[error("no responders for this subject")]
     NoResponders,
+    /// The write buffer is full (the node is holding this connection back)
+    /// and the call was not to wait; nothing was sent.
+    #[error("the write buffer is full: the node is holding this publisher back")]
+    WouldBlock,
     /// Disconnected and the write buffer is full; the event was not sent.
     #[error("disconnected, and the write buffer is full")]
     Disconnected,
@@ -162,9 +166,19 @@ impl Client {
         })
     }
 
-    /// Publishes `payload` on `subject`.
+    /// Publishes `payload` on `subject`. Waits while the write buffer is
+    /// full: the node is holding this connection back because a subscriber
+    /// of what it publishes has no room (see the delivery contract).
     pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<(), ClientError> {
-        self.shared.publish(subject, None, &[], payload, 0)
+        self.shared
+            .publish(Room::Wait, subject, None, &[], payload, 0)
+    }
+
+    /// Like [`Client::publish`], but never waits: if the write buffer is
+    /// full, returns [`ClientError::WouldBlock`] and sends nothing.
+    pub fn try_publish(&self, subject: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.shared
+            .publish(Room::Now, subject, None, &[], payload, 0)
     }
 
     /// Publishes with headers.
@@ -174,7 +188,8 @@ impl Client {
         headers: &[EventHeader<'_>],
         payload: &[u8],
     ) -> Result<(), ClientError> {
-        self.shared.publish(subject, None, headers, payload, 0)
+        self.shared
+            .publish(Room::Wait, subject, None, headers, payload, 0)
     }
 
     /// Subscribes to `pattern` with the client's default policy
