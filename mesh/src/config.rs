@@ -10,6 +10,9 @@
 //! io_backend = "auto"              # auto | uring | epoll
 //! token = "..."                    # clients must present it
 //!
+//! [nats]                           # NATS clients (any NATS client library)
+//! listen = "127.0.0.1:4222"        # "" for none
+//!
 //! [cluster]                        # the mesh; on when listen or seeds is set
 //! listen = "127.0.0.1:7401"        # UDP, QUIC
 //! advertise = "10.0.0.5:7401"      # what peers dial; the bound address if unset
@@ -66,6 +69,10 @@ pub struct NodeConfig {
     pub io_backend: BackendChoice,
     /// A token clients must present.
     pub token: Option<String>,
+    /// TCP address for NATS clients (`starling node` listens on
+    /// [`crate::nats::DEFAULT_NATS_LISTEN`] unless told otherwise; an
+    /// embedded node, by default, does not).
+    pub nats: Option<String>,
     /// Limits.
     pub limits: Limits,
     /// The mesh, if this node joins one.
@@ -109,6 +116,7 @@ impl Default for NodeConfig {
             http: Some(DEFAULT_HTTP.into()),
             io_backend: BackendChoice::Auto,
             token: None,
+            nats: None,
             limits: Limits::default(),
             cluster: None,
         }
@@ -127,6 +135,14 @@ pub struct FileConfig {
     token: Option<String>,
     limits: Option<Limits>,
     cluster: Option<FileCluster>,
+    nats: Option<FileNats>,
+}
+
+/// The TOML file's `[nats]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileNats {
+    listen: Option<String>,
 }
 
 /// The TOML file's `[cluster]` table.
@@ -165,6 +181,8 @@ pub struct Overrides {
     pub io_backend: Option<String>,
     /// `--token` / `STARLING_TOKEN`.
     pub token: Option<String>,
+    /// `--nats-listen` / `STARLING_NATS_LISTEN`.
+    pub nats_listen: Option<String>,
     /// `--cluster-listen` / `STARLING_CLUSTER_LISTEN`.
     pub cluster_listen: Option<String>,
     /// `--cluster-advertise` / `STARLING_CLUSTER_ADVERTISE`.
@@ -246,6 +264,12 @@ impl NodeConfig {
             http: non_empty(overrides.http.or(file.http).or(defaults.http)),
             io_backend,
             token: non_empty(overrides.token.or(file.token)),
+            nats: non_empty(
+                overrides
+                    .nats_listen
+                    .or(file.nats.and_then(|nats| nats.listen))
+                    .or(Some(crate::nats::DEFAULT_NATS_LISTEN.into())),
+            ),
             limits: file.limits.unwrap_or_default(),
             cluster,
         })
@@ -441,7 +465,7 @@ mod tests {
     #[test]
     fn flags_beat_the_file_which_beats_the_defaults() {
         let path = write(
-            "name = \"from-file\"\nlisten = \"127.0.0.1:9000\"\nio_backend = \"epoll\"\n[limits]\nconnections_max = 5\n",
+            "name = \"from-file\"\nlisten = \"127.0.0.1:9000\"\nio_backend = \"epoll\"\n[limits]\nconnections_max = 5\n[nats]\nlisten = \"127.0.0.1:4333\"\n",
         );
         let overrides = Overrides {
             name: Some("from-flag".into()),
@@ -452,6 +476,7 @@ mod tests {
         assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9000"));
         assert_eq!(config.io_backend, BackendChoice::Epoll);
         assert_eq!(config.http.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(config.nats.as_deref(), Some("127.0.0.1:4333"));
         assert_eq!(config.limits.connections_max, 5);
         assert_eq!(
             config.limits.payload_bytes_max,
@@ -470,6 +495,13 @@ mod tests {
         };
         let config = NodeConfig::load(None, overrides).unwrap();
         assert_eq!((config.listen, config.http), (None, None));
+        let overrides = Overrides {
+            nats_listen: Some(String::new()),
+            ..Overrides::default()
+        };
+        assert_eq!(NodeConfig::load(None, overrides).unwrap().nats, None);
+        let defaults = NodeConfig::load(None, Overrides::default()).unwrap();
+        assert_eq!(defaults.nats.as_deref(), Some("127.0.0.1:4222"));
     }
 
     #[test]

@@ -52,6 +52,9 @@ impl HttpServer {
             .route("/v1/members", get(members))
             .route("/v1/links", get(links))
             .route("/v1/interest", get(interest))
+            .route("/varz", get(varz))
+            .route("/connz", get(connz))
+            .route("/subsz", get(subsz))
             .with_state(state);
         let thread = std::thread::Builder::new()
             .name("starling-http".into())
@@ -120,6 +123,34 @@ async fn connections(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
 
 async fn subscriptions(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     Json(Snapshot::take(&state, None).subscriptions())
+}
+
+/// One of nats-server's monitoring reports on the NATS listener, or 404 if
+/// the node has none.
+fn nats_report(
+    state: &NodeState,
+    report: impl FnOnce(&crate::nats::NatsServer) -> serde_json::Value,
+) -> Response {
+    match &state.nats {
+        Some(nats) => Json(report(nats)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this node has no NATS listener (see --nats-listen)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn varz(State(state): State<Arc<NodeState>>) -> Response {
+    nats_report(&state, crate::nats::NatsServer::varz)
+}
+
+async fn connz(State(state): State<Arc<NodeState>>) -> Response {
+    nats_report(&state, crate::nats::NatsServer::connz)
+}
+
+async fn subsz(State(state): State<Arc<NodeState>>) -> Response {
+    nats_report(&state, crate::nats::NatsServer::subsz)
 }
 
 /// A part of the mesh's report, or 404 if the node is not in a mesh.

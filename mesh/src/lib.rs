@@ -7,7 +7,9 @@
 //!   forwarding of events to the peers that want them;
 //! - [`config`]: flags, `STARLING_*` variables and a TOML file;
 //! - [`stats`]: what `/metrics` and `/v1/...` report, per pattern included;
-//! - [`http`]: the HTTP endpoint;
+//! - [`http`]: the HTTP endpoint (with nats-server's `/varz`, `/connz`,
+//!   `/subsz` for the NATS listener);
+//! - [`nats`]: the NATS listener: any NATS client library works with a node;
 //! - [`demo`]: `starling demo`, a food-ordering system on a 3-node mesh;
 //! - [`cli`]: `starling node | pub | sub | req | reply | cert | demo`.
 //!
@@ -56,6 +58,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod nats;
 pub mod node;
 pub mod stats;
 

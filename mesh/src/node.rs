@@ -1,12 +1,13 @@
-//! [`Node`]: a bus, the local server in front of it, and the HTTP endpoint,
-//! started together and stopped together. The `starling node` command runs
-//! one; an application can embed one and use its bus directly.
+//! [`Node`]: a bus, the local server in front of it, the NATS listener, and
+//! the HTTP endpoint, started together and stopped together. The `starling
+//! node` command runs one; an application can embed one and use its bus
+//! directly.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starling_core::{Bus, BusConfig, EventLimits};
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
@@ -14,6 +15,7 @@ use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::NodeConfig;
 use crate::http::HttpServer;
+use crate::nats::{NatsListenerConfig, NatsServer};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub struct NodeState {
     pub server: Option<Server>,
     /// The node's part of the mesh, if it joined one.
     pub cluster: Option<Cluster>,
+    /// The NATS listener, if configured.
+    pub nats: Option<NatsServer>,
     pub(crate) started: Instant,
     pub(crate) started_unix_nanos: u64,
 }
@@ -84,6 +88,22 @@ impl Node {
             )
         });
         let server = server.transpose()?;
+        let nats = match &config.nats {
+            Some(listen) => Some(NatsServer::start(
+                bus.clone(),
+                NatsListenerConfig {
+                    listen: listen.clone(),
+                    server_name: config.name.clone(),
+                    token: config.token.clone(),
+                    max_payload: limits.payload_bytes_max,
+                    connections_max: config.limits.connections_max,
+                    subscriptions_max: config.limits.subscriptions_per_connection_max,
+                    pending_events_max: config.limits.pending_events_per_connection_max,
+                    ..NatsListenerConfig::default()
+                },
+            )?),
+            None => None,
+        };
         let cluster = match &config.cluster {
             Some(cluster) => Some(Cluster::start(bus.clone(), cluster.clone())?),
             None => None,
@@ -93,6 +113,7 @@ impl Node {
             bus,
             server,
             cluster,
+            nats,
             started: Instant::now(),
             started_unix_nanos: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -139,6 +160,20 @@ impl Node {
         self.http.as_ref().map(HttpServer::addr)
     }
 
+    /// The address NATS clients connect to.
+    pub fn nats_addr(&self) -> Option<SocketAddr> {
+        self.state.nats.as_ref().map(NatsServer::addr)
+    }
+
+    /// Lame-duck mode, as nats-server's: the NATS listener stops accepting
+    /// and tells its clients (an INFO with `ldm`) to move to another node
+    /// before this one stops.
+    pub fn enter_lame_duck(&self) {
+        if let Some(nats) = &self.state.nats {
+            nats.enter_lame_duck();
+        }
+    }
+
     /// The node's part of the mesh, if it joined one.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.state.cluster.as_ref()
@@ -161,6 +196,10 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Some(http) = self.http.take() {
             http.shutdown();
+        }
+        // NATS clients get what is queued for them, within a grace period.
+        if let Some(nats) = &self.state.nats {
+            nats.shutdown(Duration::from_secs(2));
         }
         if let Some(server) = &self.state.server {
             server.shutdown();

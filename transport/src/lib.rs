@@ -6,10 +6,13 @@
 //! - [`server`]: the node's local server over Unix sockets and TCP, driven by
 //!   io_uring or, where io_uring cannot start, epoll;
 //! - [`client`]: the client library, blocking and async;
+//! - [`nats`]: the NATS client protocol, for NATS clients of the node;
 //! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses.
 
 pub mod client;
 pub mod frame;
+pub mod nats;
 mod read_buffer;
+mod secret;
 pub mod server;
 pub mod url;

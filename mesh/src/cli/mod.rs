@@ -26,7 +26,8 @@ pub struct Cli {
 enum Command {
     /// Runs a node: a local server for clients (TCP, Unix socket) and an
     /// HTTP endpoint.
-    Node(NodeArgs),
+    // Boxed: its many flags make it much larger than the other variants.
+    Node(Box<NodeArgs>),
     /// Publishes events.
     Pub(PubArgs),
     /// Subscribes and prints one line per event: the subject, a space, the
@@ -130,6 +131,10 @@ pub struct NodeArgs {
     /// A token clients must present.
     #[arg(long, env = "STARLING_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// TCP address for NATS clients (any NATS client library); "" for none
+    /// [default: 127.0.0.1:4222].
+    #[arg(long, env = "STARLING_NATS_LISTEN")]
+    nats_listen: Option<String>,
     /// UDP address of the cluster port (QUIC) [default, with --seed: 127.0.0.1:7401].
     #[arg(long, env = "STARLING_CLUSTER_LISTEN")]
     cluster_listen: Option<String>,
@@ -250,7 +255,7 @@ pub fn main() -> ExitCode {
     };
     init_logging(default_level);
     let result = match cli.command {
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Pub(args) => client::publish(args),
         Command::Sub(args) => client::subscribe_command(args),
         Command::Req(args) => client::request(args),

@@ -1,8 +1,10 @@
 //! `starling node`: runs a node until SIGINT or SIGTERM, then drains and
-//! stops.
+//! stops. SIGUSR2 puts it in lame-duck mode first, as nats-server: NATS
+//! clients are told to move, and the node stops after a grace period.
 
 use std::error::Error;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -18,6 +20,7 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         http: args.http,
         io_backend: args.io_backend,
         token: args.token,
+        nats_listen: args.nats_listen,
         cluster_listen: args.cluster_listen,
         cluster_advertise: args.cluster_advertise,
         seeds: args.seeds,
@@ -48,6 +51,9 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let Some(addr) = node.http_addr() {
         println!("http http://{addr}");
     }
+    if let Some(addr) = node.nats_addr() {
+        println!("nats nats://{addr}");
+    }
     if let Some(cluster) = node.cluster() {
         println!(
             "cluster quic://{} node id {:016x}",
@@ -62,17 +68,27 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
             tracing::warn!("io_uring is not used: {reason}");
         }
     }
-    signals.wait();
+    signals.wait(&node);
     println!("stopping: draining connections");
     node.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT and SIGTERM, caught from the moment of [`StopSignals::install`].
+/// How long a node in lame-duck mode (SIGUSR2) keeps serving before it
+/// stops, so that NATS clients move elsewhere first.
+const LAME_DUCK_GRACE: Duration = Duration::from_secs(30);
+
+/// Before a node stops on SIGTERM, how long its NATS clients have to take
+/// in the lame-duck notice.
+const LAME_DUCK_NOTICE: Duration = Duration::from_millis(200);
+
+/// SIGINT, SIGTERM and SIGUSR2, caught from the moment of
+/// [`StopSignals::install`].
 struct StopSignals {
     runtime: tokio::runtime::Runtime,
     interrupt: Signal,
     terminate: Signal,
+    lame_duck: Signal,
 }
 
 impl StopSignals {
@@ -80,25 +96,38 @@ impl StopSignals {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (interrupt, terminate) = {
+        let (interrupt, terminate, lame_duck) = {
             let _context = runtime.enter();
             (
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::terminate())?,
+                signal(SignalKind::user_defined2())?,
             )
         };
         Ok(StopSignals {
             runtime,
             interrupt,
             terminate,
+            lame_duck,
         })
     }
 
-    /// Blocks until either signal has arrived (or had arrived since
-    /// `install`).
-    fn wait(mut self) {
+    /// Blocks until the node is to stop: SIGINT at once; SIGTERM after
+    /// telling NATS clients (lame duck) for a moment; SIGUSR2 after
+    /// [`LAME_DUCK_GRACE`], or sooner on SIGINT or SIGTERM.
+    fn wait(mut self, node: &Node) {
         self.runtime.block_on(async {
+            let grace = tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => LAME_DUCK_NOTICE,
+                _ = self.lame_duck.recv() => {
+                    println!("lame duck: NATS clients are told to move; stopping in {} s", LAME_DUCK_GRACE.as_secs());
+                    LAME_DUCK_GRACE
+                }
+            };
+            node.enter_lame_duck();
             tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
                 _ = self.interrupt.recv() => {}
                 _ = self.terminate.recv() => {}
             }

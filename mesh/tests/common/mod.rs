@@ -34,6 +34,8 @@ pub struct Node {
     pub tcp: String,
     pub uds: String,
     pub http: String,
+    /// `nats://HOST:PORT`, where NATS clients connect.
+    pub nats: String,
     pub backend: String,
     pub name: String,
     /// The cluster port's address, if the node is in a mesh.
@@ -87,6 +89,13 @@ pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) 
         ])
         .arg(&uds)
         .args(extra)
+        // A free port rather than NATS's 4222, unless the test chose one.
+        .args(
+            (!extra.contains(&"--nats-listen"))
+                .then_some(["--nats-listen", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+        )
         .env_remove("STARLING_NAME")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -113,6 +122,7 @@ pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) 
         tcp: String::new(),
         uds: String::new(),
         http: String::new(),
+        nats: String::new(),
         backend: String::new(),
         name: String::new(),
         cluster: String::new(),
@@ -132,6 +142,8 @@ pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) 
             node.uds = format!("unix://{url}");
         } else if let Some(url) = line.strip_prefix("http http://") {
             node.http = url.to_owned();
+        } else if let Some(url) = line.strip_prefix("nats ") {
+            node.nats = url.to_owned();
         } else if let Some(rest) = line.strip_prefix("cluster quic://") {
             node.cluster = rest.split(' ').next().unwrap_or_default().to_owned();
         } else if let Some(backend) = line.strip_prefix("io backend ") {

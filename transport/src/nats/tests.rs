@@ -1,0 +1,331 @@
+//! The session against a real bus, and the parser under random input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use starling_core::{Bus, SubscribeOptions};
+
+use super::parser::{ClientOp, MAX_CONTROL_LINE, Parsed, Parser};
+use super::proto::{self, ServerInfo};
+use super::session::{Close, Input, NatsConfig, Session};
+
+fn config(token: Option<&str>) -> Arc<NatsConfig> {
+    Arc::new(NatsConfig {
+        info: ServerInfo {
+            server_id: "test".into(),
+            server_name: "test".into(),
+            version: super::NATS_VERSION.into(),
+            go: "starling".into(),
+            host: "127.0.0.1".into(),
+            port: 4222,
+            headers: true,
+            auth_required: token.is_some(),
+            tls_required: false,
+            max_payload: 1024,
+            proto: 1,
+            client_id: 0,
+            client_ip: String::new(),
+            ldm: false,
+        },
+        token: token.map(Into::into),
+        max_control_line: MAX_CONTROL_LINE,
+        subscriptions_max: 4,
+        mailbox: SubscribeOptions::default(),
+        max_pings_out: 2,
+    })
+}
+
+/// Feeds `input` to the session as the listener would, publishing on `bus`;
+/// returns what it wrote and whether it closed.
+fn run(session: &mut Session, bus: &Bus, input: &[u8]) -> (String, Option<Close>) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let closed = loop {
+        match session.handle_input(&input[at..], &mut out) {
+            Ok(Input::Handled { used }) => at += used,
+            Ok(Input::Publish { used, publish }) => {
+                let outcome = bus.publish_message(&publish.message());
+                if let Err(close) = session.published(&publish, outcome, &mut out) {
+                    break Some(close);
+                }
+                at += used;
+            }
+            Ok(Input::Incomplete { .. }) => break None,
+            Err(close) => break Some(close),
+        }
+    };
+    while let Some(event) = session.mailbox().try_recv() {
+        session.deliver(&event, &mut out);
+    }
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[test]
+fn pub_sub_with_headers_and_auto_unsubscribe() {
+    let bus = Bus::default();
+    let mut session = Session::new(config(None), &bus, 1, "127.0.0.1".into());
+    let (out, closed) = run(
+        &mut session,
+        &bus,
+        b"CONNECT {\"verbose\":true,\"headers\":true}\r\nSUB a.* 1\r\nUNSUB 1 2\r\n",
+    );
+    assert_eq!((out.as_str(), closed), ("+OK\r\n+OK\r\n+OK\r\n", None));
+    let (out, _) = run(
+        &mut session,
+        &bus,
+        b"PUB a.x r 2\r\nhi\r\nHPUB a.y 18 20\r\nNATS/1.0\r\nK: v\r\n\r\nyo\r\nPUB a.z 0\r\n\r\n",
+    );
+    assert_eq!(
+        out,
+        "+OK\r\n+OK\r\n+OK\r\nMSG a.x 1 r 2\r\nhi\r\nHMSG a.y 1 18 20\r\nNATS/1.0\r\nK: v\r\n\r\nyo\r\n",
+        "the third message is past UNSUB's maximum"
+    );
+    assert_eq!(bus.stats().subscriptions, 0, "unsubscribed after 2");
+}
+
+#[test]
+fn what_was_published_before_a_ping_goes_out_before_the_pong() {
+    let bus = Bus::default();
+    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut out = Vec::new();
+    let input = b"SUB a 1\r\nPUB a 1\r\nx\r\nPING\r\n";
+    let mut at = 0;
+    while at < input.len() {
+        match session.handle_input(&input[at..], &mut out).unwrap() {
+            Input::Handled { used } => at += used,
+            Input::Publish { used, publish } => {
+                let outcome = bus.publish_message(&publish.message());
+                session.published(&publish, outcome, &mut out).unwrap();
+                at += used;
+            }
+            Input::Incomplete { .. } => unreachable!("the input is whole"),
+        }
+    }
+    assert_eq!(out, b"MSG a 1 1\r\nx\r\nPONG\r\n");
+}
+
+#[test]
+fn a_request_to_nobody_gets_a_503_on_the_inbox() {
+    let bus = Bus::default();
+    let mut session = Session::new(config(None), &bus, 1, "127.0.0.1".into());
+    let (out, _) = run(
+        &mut session,
+        &bus,
+        b"CONNECT {\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.x.* 9\r\nPUB svc _INBOX.x.1 0\r\n\r\n",
+    );
+    assert_eq!(out, "HMSG _INBOX.x.1 9 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
+}
+
+#[test]
+fn nothing_but_connect_before_authentication() {
+    let bus = Bus::default();
+    for input in [
+        &b"PUB a 0\r\n\r\n"[..],
+        b"CONNECT {\"auth_token\":\"no\"}\r\n",
+        b"x",
+    ] {
+        let mut session = Session::new(config(Some("secret")), &bus, 1, String::new());
+        let (out, closed) = run(&mut session, &bus, input);
+        assert_eq!(out, "-ERR 'Authorization Violation'\r\n");
+        assert!(closed.is_some());
+    }
+    let mut session = Session::new(config(Some("secret")), &bus, 1, String::new());
+    let (out, closed) = run(
+        &mut session,
+        &bus,
+        b"CONNECT {\"auth_token\":\"secret\"}\r\nPING\r\n",
+    );
+    assert_eq!((out.as_str(), closed), ("PONG\r\n", None));
+}
+
+#[test]
+fn errors_are_nats_servers() {
+    let bus = Bus::default();
+    let cases: [(&[u8], &str, bool); 6] = [
+        (b"SUB a..b 1\r\n", "-ERR 'Invalid Subject'\r\n", false),
+        (b"FOO\r\n", "-ERR 'Unknown Protocol Operation'\r\n", true),
+        (
+            b"PUB a 2048\r\n",
+            "-ERR 'Maximum Payload Violation'\r\n",
+            true,
+        ),
+        (
+            b"PUB a 1\r\nxyz\r\n",
+            "-ERR 'Unknown Protocol Operation'\r\n",
+            true,
+        ),
+        (b"PUB a b c d\r\n", "", true),
+        (
+            b"CONNECT {\"pedantic\":true}\r\nPUB a.* 0\r\n\r\n",
+            "-ERR 'Invalid Publish Subject'\r\n",
+            false,
+        ),
+    ];
+    for (input, expected, closes) in cases {
+        let mut session = Session::new(config(None), &bus, 1, String::new());
+        let (out, closed) = run(&mut session, &bus, input);
+        assert_eq!(
+            (out.as_str(), closed.is_some()),
+            (expected, closes),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let (out, _) = run(
+        &mut session,
+        &bus,
+        b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB d 4\r\nSUB e 5\r\n",
+    );
+    assert_eq!(out, "-ERR 'maximum subscriptions exceeded'\r\n");
+}
+
+#[test]
+fn unanswered_pings_make_a_connection_stale() {
+    let bus = Bus::default();
+    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut out = Vec::new();
+    session.handle_ping_timer(&mut out).unwrap();
+    run(&mut session, &bus, b"PONG\r\n");
+    session.handle_ping_timer(&mut out).unwrap();
+    session.handle_ping_timer(&mut out).unwrap();
+    assert!(session.handle_ping_timer(&mut out).is_err());
+    assert_eq!(out, b"PING\r\nPING\r\nPING\r\n-ERR 'Stale Connection'\r\n");
+    let mut out = Vec::new();
+    session.enter_lame_duck(&mut out);
+    let info = String::from_utf8(out).unwrap();
+    assert!(
+        info.starts_with("INFO {") && info.contains("\"ldm\":true"),
+        "{info}"
+    );
+}
+
+#[test]
+fn a_starling_event_with_headers_reaches_a_nats_client_as_hmsg() {
+    let bus = Bus::default();
+    let mut session = Session::new(config(None), &bus, 1, String::new());
+    run(
+        &mut session,
+        &bus,
+        b"CONNECT {\"headers\":true}\r\nSUB orders.> s1\r\n",
+    );
+    bus.request_with_headers(
+        "orders.eu",
+        &[starling_core::Header("ce-type", b"created")],
+        b"{}",
+        Duration::from_millis(1),
+    )
+    .unwrap_err();
+    let (out, _) = run(&mut session, &bus, b"");
+    let inbox = out.split(' ').nth(3).unwrap().to_owned();
+    assert_eq!(
+        out,
+        format!("HMSG orders.eu s1 {inbox} 30 32\r\nNATS/1.0\r\nce-type: created\r\n\r\n{{}}\r\n")
+    );
+}
+
+/// Valid operations, for chunking tests.
+fn operation() -> impl Strategy<Value = Vec<u8>> {
+    let token = "[a-z]{1,6}";
+    prop_oneof![
+        Just(b"PING\r\n".to_vec()),
+        Just(b"PONG\r\n".to_vec()),
+        (token, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(subject, payload)| {
+            let mut op = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+            op.extend_from_slice(&payload);
+            op.extend_from_slice(b"\r\n");
+            op
+        }),
+        (token, token, "[a-z ]{0,10}").prop_map(|(subject, reply, value)| {
+            let block = format!("NATS/1.0\r\nK: {value}\r\n\r\n");
+            format!(
+                "HPUB {subject} {reply} {} {}\r\n{block}\r\n",
+                block.len(),
+                block.len()
+            )
+            .into_bytes()
+        }),
+        (token, 0u32..100)
+            .prop_map(|(subject, sid)| format!("SUB {subject} {sid}\r\n").into_bytes()),
+        (0u32..100, 0u32..5).prop_map(|(sid, max)| format!("UNSUB {sid} {max}\r\n").into_bytes()),
+    ]
+}
+
+/// Every operation in `stream`, as the parser sees them with input
+/// arriving in chunks of the given sizes.
+fn parse_in_chunks(stream: &[u8], chunks: &[usize]) -> Vec<String> {
+    let mut parser = Parser::new(MAX_CONTROL_LINE, 1 << 20);
+    let mut ops = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    let mut sizes = chunks.iter().cycle();
+    while start < stream.len() {
+        match parser.parse(&stream[start..end]).unwrap() {
+            Parsed::Op(op, used) => {
+                ops.push(format!("{op:?}"));
+                start += used;
+            }
+            Parsed::Incomplete { needed } => {
+                assert!(end < stream.len(), "the whole stream parses");
+                assert!(needed > end - start);
+                end = (end + sizes.next().unwrap()).min(stream.len());
+            }
+        }
+    }
+    ops
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn chunking_does_not_change_what_is_parsed(
+        ops in proptest::collection::vec(operation(), 1..20),
+        chunks in proptest::collection::vec(1usize..40, 1..8),
+    ) {
+        let stream = ops.concat();
+        let whole = parse_in_chunks(&stream, &[stream.len()]);
+        prop_assert_eq!(whole.len(), ops.len());
+        prop_assert_eq!(parse_in_chunks(&stream, &chunks), whole);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_end_in_an_answer(
+        prefix in proptest::collection::vec(operation(), 0..4),
+        noise in proptest::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let bus = Bus::default();
+        let mut session = Session::new(config(None), &bus, 1, String::new());
+        let mut input = prefix.concat();
+        input.extend_from_slice(&noise);
+        let (out, closed) = run(&mut session, &bus, &input);
+        if closed.is_some() {
+            // Whatever it said, it said it as nats-server would.
+            let last = out.rsplit("\r\n").nth(1).unwrap_or("");
+            prop_assert!(
+                !last.starts_with("-ERR") || [
+                    proto::ERR_UNKNOWN_OPERATION,
+                    proto::ERR_CONTROL_LINE,
+                    proto::ERR_MAX_PAYLOAD,
+                ].iter().any(|err| err.starts_with(last.as_bytes())),
+                "{}", last
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_after_operation_names(
+        name in prop_oneof![Just("PUB "), Just("HPUB "), Just("SUB "), Just("UNSUB "), Just("CONNECT ")],
+        noise in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut parser = Parser::new(64, 1024);
+        let mut input = name.as_bytes().to_vec();
+        input.extend_from_slice(&noise);
+        if let Ok(Parsed::Op(op, used)) = parser.parse(&input) {
+            prop_assert!(used <= input.len());
+            if let ClientOp::Pub(publish) = op {
+                prop_assert!(publish.payload.len() <= 1024);
+            }
+        }
+    }
+}
