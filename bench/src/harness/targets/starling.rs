@@ -146,6 +146,8 @@ impl Node {
         command
             .args(["node", "--name", &format!("starling-bench-{index}")])
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            // Not NATS's 4222: the nodes of a mesh would share it.
+            .args(["--nats-listen", "127.0.0.1:0"])
             .args(["--io-backend", io_backend])
             .arg("--uds")
             .arg(scratch.path().join("node.sock"))
