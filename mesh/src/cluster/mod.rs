@@ -78,8 +78,10 @@ pub struct ClusterConfig {
     pub interest: InterestConfig,
     /// Timing of membership (SWIM): probes, suspicion, gossip.
     pub membership: MembershipConfig,
-    /// Data streams per link and direction; events are spread over them by
-    /// subject, so each subject keeps its order.
+    /// Data streams per link and direction (1 to [`DATA_STREAMS_MAX`]);
+    /// events are spread over them by subject, so each subject keeps its
+    /// order. Each is written on its own: one that its receiver stopped
+    /// reading holds back only what is for it.
     pub data_streams: usize,
     /// Events queued for one peer: what a slow or briefly-down link may
     /// owe. When it is full, publishers of events for the peer are held back
@@ -292,6 +294,15 @@ impl Cluster {
 /// megabytes.
 const STREAM_WINDOW: u32 = 1 << 20;
 
+/// A link's flow-control window: every data stream's, the control stream's,
+/// and as much again to spare.
+const CONNECTION_WINDOW: u32 = (DATA_STREAMS_MAX as u32 + 2) * STREAM_WINDOW;
+
+/// Most data streams a link has per direction: what a node lets its peers
+/// open, and sizes its connection window for, whatever its own
+/// `data_streams`, so that nodes configured differently interoperate.
+pub const DATA_STREAMS_MAX: usize = 16;
+
 /// A QUIC endpoint on `socket` that accepts and dials links with `tls`,
 /// with the transport settings links need (keep-alive, idle timeout,
 /// flow-control windows). Must be called within a tokio runtime.
@@ -315,12 +326,10 @@ pub(crate) fn link_endpoint(
         .initial_rtt(Duration::from_millis(10))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
         // The control stream and the data streams.
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(config.data_streams as u32 + 1))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(DATA_STREAMS_MAX as u32 + 1))
         .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(quinn::VarInt::from_u32(
-            (config.data_streams as u32 + 3) * STREAM_WINDOW,
-        ))
-        .send_window(u64::from((config.data_streams as u32 + 3) * STREAM_WINDOW));
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
     server.transport_config(transport.clone());

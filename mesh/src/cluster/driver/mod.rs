@@ -620,7 +620,7 @@ fn start_egress(
     tokio::task::spawn_local(egress::run(
         mailbox,
         receiver,
-        config.data_streams,
+        config.data_streams.clamp(1, super::DATA_STREAMS_MAX),
         counters.clone(),
     ));
     PeerEgress {
