@@ -421,10 +421,9 @@ fn a_publisher_held_back_by_a_peer_killed_during_the_stall_is_freed_within_max_s
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Two nodes in this process (no local server): what a peer may owe is
-/// small, so that backpressure reaches publishers after a few hundred
-/// events.
-fn in_process_pair() -> (starling_mesh::Node, starling_mesh::Node) {
+/// Two nodes in this process (no local server), each queueing at most
+/// `peer_queue_events` for the other.
+fn in_process_pair(peer_queue_events: usize) -> (starling_mesh::Node, starling_mesh::Node) {
     let node = |name: &str, seeds: Vec<String>| {
         starling_mesh::Node::start(NodeConfig {
             name: name.into(),
@@ -434,7 +433,7 @@ fn in_process_pair() -> (starling_mesh::Node, starling_mesh::Node) {
                 node_name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 seeds,
-                peer_queue_events: 256,
+                peer_queue_events,
                 ..ClusterConfig::default()
             }),
             ..NodeConfig::default()
@@ -464,12 +463,25 @@ fn wait_routed(from: &starling_mesh::Node, probe: &str, subscription: &Subscript
 /// A slow subscriber on another node (1 ms per event) loses nothing: its
 /// node stops reading the link's stream, QUIC holds the sender back, the
 /// peer's queue fills, and the publisher is slowed to the subscriber's
-/// pace — never demoted, as the subscriber keeps taking events.
+/// pace — never demoted, as the subscriber keeps taking events. (A small
+/// peer queue, so that backpressure reaches the publisher within a few
+/// hundred events.)
 #[test]
 fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
-    const EVENTS: u64 = 3000;
+    slow_subscriber_across_a_link(256, 3000);
+}
+
+/// The same behind a peer queue that takes longer than `max_stall` to drain
+/// to its low watermark at the subscriber's pace: the publisher is still
+/// never demoted, as the queue has room again by the end of each episode.
+#[test]
+fn a_slow_subscriber_behind_a_large_peer_queue_loses_nothing() {
+    slow_subscriber_across_a_link(8192, 11_000);
+}
+
+fn slow_subscriber_across_a_link(peer_queue_events: usize, events: u64) {
     const PER_EVENT: Duration = Duration::from_millis(1);
-    let (a, b) = in_process_pair();
+    let (a, b) = in_process_pair(peer_queue_events);
     let slow = b
         .bus()
         .subscribe_with(
@@ -488,7 +500,7 @@ fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
     let publisher = std::thread::spawn(move || {
         let started = Instant::now();
         let mut publisher = bus.publisher();
-        for number in 0..EVENTS {
+        for number in 0..events {
             let mut payload = number.to_le_bytes().to_vec();
             payload.resize(4096, b'.');
             publisher.publish("slow.data", &payload).unwrap();
@@ -497,10 +509,10 @@ fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
     });
     let started = Instant::now();
     let mut next = 0;
-    while next < EVENTS {
+    while next < events {
         let event = slow
             .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|error| panic!("event {next} of {EVENTS}: {error}"));
+            .unwrap_or_else(|error| panic!("event {next} of {events}: {error}"));
         if event.subject() == "slow.probe" {
             continue;
         }
@@ -512,7 +524,7 @@ fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
     let received = started.elapsed();
     let published = publisher.join().unwrap();
     eprintln!(
-        "slow subscriber across a link: {EVENTS} published in {published:?}, received in {received:?}"
+        "slow subscriber across a link: {events} published in {published:?}, received in {received:?}"
     );
     assert_eq!(slow.dropped(), 0);
     assert_eq!(
@@ -520,10 +532,12 @@ fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
         0,
         "never held a publisher back for max_stall"
     );
-    // What the link, its windows and the peer's queue hold is far less than
-    // the run: most of it was published at the subscriber's pace.
+    // What the peer's queue and the link (its windows, the egress's
+    // buffer: some 320 events of 4 KiB) hold is published at once; the
+    // rest, at the subscriber's pace.
+    let held = peer_queue_events as u64 + 1024;
     assert!(
-        published > PER_EVENT * (EVENTS as u32 / 2),
+        published >= PER_EVENT * (events - held) as u32,
         "the publisher was slowed: {published:?}"
     );
     let view = a.cluster().unwrap().view().unwrap();
@@ -540,7 +554,7 @@ fn a_slow_subscriber_across_a_link_slows_the_publisher_and_loses_nothing() {
 /// subscriber's `max_stall`, after which it is demoted and the link flows.
 #[test]
 fn requests_across_a_link_are_answered_while_a_subscriber_is_stalled() {
-    let (a, b) = in_process_pair();
+    let (a, b) = in_process_pair(256);
     let stalled = b
         .bus()
         .subscribe_with(
