@@ -140,6 +140,11 @@ impl Subscribe {
         let max_stall = Duration::from_millis(u64::from(reader.u32()?));
         let policy = match code {
             POLICY_BLOCK => SlowConsumerPolicy::Block { max_stall },
+            // Zero unless `block`, like any field that means nothing: a
+            // sender that sets it believes something this node would ignore.
+            POLICY_DROP_NEWEST | POLICY_DROP_OLDEST if !max_stall.is_zero() => {
+                return Err(reader.malformed("max_stall without the block policy"));
+            }
             POLICY_DROP_NEWEST => SlowConsumerPolicy::DropNewest,
             POLICY_DROP_OLDEST => SlowConsumerPolicy::DropOldest,
             _ => return Err(reader.malformed("unknown slow-consumer policy")),
@@ -295,6 +300,23 @@ mod tests {
         assert_eq!(Subscribe::decode(&plain.encode()).unwrap(), plain);
         let error = ErrorBody::new(ErrorCode::Limit, "too many subscriptions");
         assert_eq!(ErrorBody::decode(&error.encode()).unwrap(), error);
+    }
+
+    /// Found by the `control_bodies` fuzz target: a drop-oldest SUB with a
+    /// max_stall was taken, the max_stall silently dropped.
+    #[test]
+    fn a_max_stall_without_block_is_refused() {
+        let body = [3, 0, b'a', b'*', 3, 0, 0, POLICY_DROP_OLDEST, 0, 1, 0, 114];
+        assert!(matches!(
+            Subscribe::decode(&body),
+            Err(FrameError::Malformed {
+                reason: "max_stall without the block policy",
+                ..
+            })
+        ));
+        let mut zero = body;
+        zero[8..].fill(0);
+        assert!(Subscribe::decode(&zero).is_ok());
     }
 
     #[test]
