@@ -21,6 +21,8 @@ const TARGETS: &[&str] = &[
     "local-tcp-epoll",
     "mesh-2",
     "mesh-3",
+    "nats-port",
+    "mesh-2-nats-port",
     "nats",
     "nats-cluster-2",
     "nats-cluster-3",
@@ -170,7 +172,7 @@ fn smoke_runs_every_scenario_on_every_target_it_has_servers_for() {
         let servers = row["server_peak_rss_bytes_each"].as_array().unwrap().len();
         let expected_servers = match row["target"].as_str().unwrap() {
             "bus" => 0,
-            "mesh-2" | "nats-cluster-2" => 2,
+            "mesh-2" | "mesh-2-nats-port" | "nats-cluster-2" => 2,
             "mesh-3" | "nats-cluster-3" => 3,
             _ => 1,
         };

@@ -32,8 +32,10 @@ pub struct Options {
     /// Systems under test, comma-separated: bus (in process); local-tcp,
     /// local-uds, local-tcp-epoll (one starling node: io_uring over TCP or
     /// its Unix socket, epoll over TCP); mesh-2, mesh-3 (starling nodes
-    /// meshed over QUIC); nats, nats-cluster-2, nats-cluster-3 (nats-server);
-    /// or all [default: all]. In a cluster, publishers connect to the first
+    /// meshed over QUIC); nats-port, mesh-2-nats-port (one node, two meshed:
+    /// clients over their NATS listeners, with the NATS targets' client);
+    /// nats, nats-cluster-2, nats-cluster-3 (nats-server); or all [default:
+    /// all]. In a cluster, publishers connect to the first
     /// server and subscribers to the others
     #[arg(long, value_name = "TARGET", value_delimiter = ',', value_parser = pick::<Target>)]
     pub target: Vec<Pick<Target>>,

@@ -16,6 +16,7 @@
 pub mod bus;
 mod monitor;
 pub mod nats;
+pub mod nats_port;
 pub mod process;
 pub mod starling;
 
@@ -56,6 +57,16 @@ pub enum Target {
     #[value(name = "mesh-3")]
     #[serde(rename = "mesh-3")]
     Mesh3,
+    /// A starling node's NATS listener, driven with async-nats (the `nats`
+    /// target's client).
+    #[value(name = "nats-port")]
+    #[serde(rename = "nats-port")]
+    NatsPort,
+    /// Two starling nodes meshed over QUIC; clients over their NATS
+    /// listeners, with async-nats.
+    #[value(name = "mesh-2-nats-port")]
+    #[serde(rename = "mesh-2-nats-port")]
+    Mesh2NatsPort,
     /// nats-server, driven with async-nats.
     Nats,
     /// Two nats-servers in a cluster.
@@ -77,6 +88,8 @@ impl Target {
         Target::LocalTcpEpoll,
         Target::Mesh2,
         Target::Mesh3,
+        Target::NatsPort,
+        Target::Mesh2NatsPort,
         Target::Nats,
         Target::NatsCluster2,
         Target::NatsCluster3,
@@ -91,6 +104,8 @@ impl Target {
             Target::LocalTcpEpoll => "local-tcp-epoll",
             Target::Mesh2 => "mesh-2",
             Target::Mesh3 => "mesh-3",
+            Target::NatsPort => "nats-port",
+            Target::Mesh2NatsPort => "mesh-2-nats-port",
             Target::Nats => "nats",
             Target::NatsCluster2 => "nats-cluster-2",
             Target::NatsCluster3 => "nats-cluster-3",
@@ -112,8 +127,10 @@ impl Target {
     /// crossbeam channels, is in the criterion benches).
     pub fn nats_counterpart(self) -> Option<Target> {
         match self {
-            Target::LocalTcp | Target::LocalUds | Target::LocalTcpEpoll => Some(Target::Nats),
-            Target::Mesh2 => Some(Target::NatsCluster2),
+            Target::LocalTcp | Target::LocalUds | Target::LocalTcpEpoll | Target::NatsPort => {
+                Some(Target::Nats)
+            }
+            Target::Mesh2 | Target::Mesh2NatsPort => Some(Target::NatsCluster2),
             Target::Mesh3 => Some(Target::NatsCluster3),
             Target::Bus | Target::Nats | Target::NatsCluster2 | Target::NatsCluster3 => None,
         }
@@ -124,8 +141,12 @@ impl Target {
     pub fn servers(self) -> usize {
         match self {
             Target::Bus => 0,
-            Target::LocalTcp | Target::LocalUds | Target::LocalTcpEpoll | Target::Nats => 1,
-            Target::Mesh2 | Target::NatsCluster2 => 2,
+            Target::LocalTcp
+            | Target::LocalUds
+            | Target::LocalTcpEpoll
+            | Target::NatsPort
+            | Target::Nats => 1,
+            Target::Mesh2 | Target::Mesh2NatsPort | Target::NatsCluster2 => 2,
             Target::Mesh3 | Target::NatsCluster3 => 3,
         }
     }
@@ -136,6 +157,12 @@ impl Target {
 
     fn needs_nats_server(self) -> bool {
         !self.is_starling()
+    }
+
+    /// Clients speak NATS (async-nats): the NATS baselines, and Starling's
+    /// NATS listener.
+    fn speaks_nats(self) -> bool {
+        self.needs_nats_server() || matches!(self, Target::NatsPort | Target::Mesh2NatsPort)
     }
 }
 
@@ -291,7 +318,9 @@ fn receive_from_mailbox(
 #[derive(Debug)]
 pub struct Launcher {
     starling: Option<PathBuf>,
-    nats: Option<(PathBuf, tokio::runtime::Runtime)>,
+    nats_server: Option<PathBuf>,
+    /// The runtime async-nats runs on, for targets whose clients speak NATS.
+    nats_client: Option<tokio::runtime::Runtime>,
 }
 
 impl Launcher {
@@ -331,35 +360,42 @@ impl Launcher {
                 ));
             }
         }
-        let mut nats = None;
+        let mut nats_server = None;
         if targets.iter().any(|t| t.needs_nats_server()) {
-            let path = match nats_server_bin {
+            nats_server = match nats_server_bin {
                 Some(path) => Some(path.to_owned()).filter(|path| path.is_file()),
                 None => process::find_program("nats-server"),
             };
-            match path {
-                Some(path) => {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .enable_all()
-                        .thread_name("nats-client")
-                        .build()
-                        .context("starting the tokio runtime for the NATS client")?;
-                    nats = Some((path, runtime));
-                }
-                None => skipped.push(format!(
+            if nats_server.is_none() {
+                skipped.push(format!(
                     "skipping {}: nats-server not found in PATH or /usr/sbin \
                      (install it with scripts/install-nats, or pass --nats-server-bin PATH)",
                     names(Target::needs_nats_server)
-                )),
+                ));
             }
         }
-        Ok((Self { starling, nats }, skipped))
+        let nats_client = if targets.iter().any(|t| t.speaks_nats()) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("nats-client")
+                .build()
+                .context("starting the tokio runtime for the NATS client")?;
+            Some(runtime)
+        } else {
+            None
+        };
+        let launcher = Self {
+            starling,
+            nats_server,
+            nats_client,
+        };
+        Ok((launcher, skipped))
     }
 
     /// Whether `target` can run.
     pub fn available(&self, target: Target) -> bool {
         if target.needs_nats_server() {
-            self.nats.is_some()
+            self.nats_server.is_some()
         } else if target.needs_starling_node() {
             self.starling.is_some()
         } else {
@@ -369,22 +405,33 @@ impl Launcher {
 
     /// Starts `target`'s system: for a server target, fresh servers.
     pub fn start(&self, target: Target) -> Result<Box<dyn System>> {
+        let nats_client = || {
+            self.nats_client
+                .as_ref()
+                .map(|runtime| runtime.handle().clone())
+                .ok_or_else(|| Error::new("no runtime for the NATS client"))
+        };
         if target.needs_nats_server() {
-            let (binary, runtime) = self
-                .nats
+            let binary = self
+                .nats_server
                 .as_ref()
                 .ok_or_else(|| Error::new("no nats-server binary"))?;
             Ok(Box::new(nats::Cluster::start(
                 binary,
                 target.servers(),
-                runtime.handle().clone(),
+                nats_client()?,
             )?))
         } else if target.needs_starling_node() {
             let binary = self
                 .starling
                 .as_deref()
                 .ok_or_else(|| Error::new("no starling binary"))?;
-            Ok(Box::new(starling::Mesh::start(binary, target)?))
+            let mesh = starling::Mesh::start(binary, target)?;
+            if target.speaks_nats() {
+                Ok(Box::new(nats_port::OverNats::new(mesh, nats_client()?)))
+            } else {
+                Ok(Box::new(mesh))
+            }
         } else {
             Ok(Box::new(bus::InProcess::new()))
         }
@@ -464,7 +511,8 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(
             skipped[0].starts_with(
-                "skipping local-tcp, local-uds, local-tcp-epoll, mesh-2, mesh-3: no starling binary"
+                "skipping local-tcp, local-uds, local-tcp-epoll, mesh-2, mesh-3, nats-port, \
+                 mesh-2-nats-port: no starling binary"
             ),
             "{}",
             skipped[0]

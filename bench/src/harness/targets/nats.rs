@@ -199,25 +199,28 @@ fn read_ports(dir: &Path) -> Result<Option<Ports>> {
     Ok(serde_json::from_str(&text).ok())
 }
 
+/// An async-nats connection to the NATS server at `url` (nats-server, or a
+/// starling node's NATS listener), as an endpoint.
+pub(super) fn connect(runtime: &Handle, url: &str) -> Result<Box<dyn Endpoint>> {
+    let connecting = ConnectOptions::new()
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .client_capacity(CLIENT_CAPACITY)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .connect(url);
+    let client = runtime
+        .block_on(connecting)
+        .context(format!("connecting to the NATS server at {url}"))?;
+    Ok(Box::new(NatsEndpoint {
+        client,
+        runtime: runtime.clone(),
+        subject: None,
+    }))
+}
+
 impl System for Cluster {
     fn open(&self, role: Role) -> Result<Box<dyn Endpoint>> {
-        let url = self.servers[role.server(self.servers.len())]
-            .client_url
-            .as_str();
-        let connecting = ConnectOptions::new()
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .client_capacity(CLIENT_CAPACITY)
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .connect(url);
-        let client = self
-            .runtime
-            .block_on(connecting)
-            .context(format!("connecting to nats-server at {url}"))?;
-        Ok(Box::new(NatsEndpoint {
-            client,
-            runtime: self.runtime.clone(),
-            subject: None,
-        }))
+        let url = &self.servers[role.server(self.servers.len())].client_url;
+        connect(&self.runtime, url)
     }
 
     fn await_interest(

@@ -41,6 +41,8 @@ struct Node {
     tcp: String,
     unix: String,
     http: String,
+    /// Its NATS listener's URL.
+    nats: Option<String>,
     /// In a mesh: the address of its cluster port and its node id (hex).
     cluster: Option<(String, String)>,
     io_backend: String,
@@ -105,6 +107,15 @@ impl Mesh {
             mesh.await_links()?;
         }
         Ok(mesh)
+    }
+
+    /// The NATS listener's URL of the node `role` connects to.
+    pub(super) fn nats_url(&self, role: Role) -> Result<&str> {
+        let node = &self.nodes[role.server(self.nodes.len())];
+        node.nats.as_deref().ok_or_else(|| {
+            node.process
+                .failure("did not say where its NATS listener is")
+        })
     }
 
     /// Waits until each node has an `up` link to every other.
@@ -177,6 +188,7 @@ impl Node {
             http: announced
                 .http
                 .ok_or_else(|| process.failure(missing("its HTTP address")))?,
+            nats: announced.nats,
             cluster: announced.cluster,
             io_backend: announced.io_backend.unwrap_or_default(),
             process,
@@ -201,6 +213,7 @@ struct Announced {
     tcp: Option<String>,
     unix: Option<String>,
     http: Option<String>,
+    nats: Option<String>,
     cluster: Option<(String, String)>,
     io_backend: Option<String>,
 }
@@ -214,6 +227,8 @@ impl Announced {
             self.unix = Some(path.to_owned());
         } else if let Some(address) = line.strip_prefix("http http://") {
             self.http = Some(address.to_owned());
+        } else if let Some(url) = line.strip_prefix("nats ") {
+            self.nats = Some(url.to_owned());
         } else if let Some(rest) = line.strip_prefix("cluster quic://") {
             // `cluster quic://ADDRESS node id HEX`
             if let Some((address, id)) = rest.split_once(" node id ") {
@@ -427,6 +442,7 @@ mod tests {
             "local tcp://127.0.0.1:41000",
             "local unix:///tmp/x/node.sock",
             "http http://127.0.0.1:41001",
+            "nats nats://127.0.0.1:41003",
             "cluster quic://127.0.0.1:41002 node id 00c0ffee00c0ffee",
             "io backend epoll (--io-backend epoll)",
         ] {
@@ -438,6 +454,7 @@ mod tests {
                 tcp: Some("127.0.0.1:41000".into()),
                 unix: Some("/tmp/x/node.sock".into()),
                 http: Some("127.0.0.1:41001".into()),
+                nats: Some("nats://127.0.0.1:41003".into()),
                 cluster: Some(("127.0.0.1:41002".into(), "00c0ffee00c0ffee".into())),
                 io_backend: Some("epoll (--io-backend epoll)".into()),
             }
