@@ -35,6 +35,7 @@
 //! connections_max = 10000
 //! subscriptions_per_connection_max = 10000
 //! pending_events_per_connection_max = 16384
+//! pending_bytes_per_connection_max = 67108864
 //! payload_bytes_max = 1048576
 //! memory_bytes_max = 1073741824
 //! ```
@@ -87,8 +88,13 @@ pub struct Limits {
     pub connections_max: usize,
     /// Most subscriptions per connection.
     pub subscriptions_per_connection_max: usize,
-    /// Events queued for one connection before its further events drop.
+    /// Events queued for one connection before its `block` subscriptions
+    /// hold their publishers back (and its drop subscriptions drop).
     pub pending_events_per_connection_max: usize,
+    /// Bytes of event memory one connection's queued events may pin (whole
+    /// 64 KiB segments) before the same happens: what keeps a stuck client
+    /// from holding the node's memory.
+    pub pending_bytes_per_connection_max: usize,
     /// Largest payload.
     pub payload_bytes_max: usize,
     /// Event memory budget.
@@ -101,6 +107,7 @@ impl Default for Limits {
             connections_max: 10_000,
             subscriptions_per_connection_max: 10_000,
             pending_events_per_connection_max: 16_384,
+            pending_bytes_per_connection_max: 64 << 20,
             payload_bytes_max: 1 << 20,
             memory_bytes_max: 1 << 30,
         }

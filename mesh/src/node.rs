@@ -81,6 +81,7 @@ impl Node {
                         subscriptions_max: config.limits.subscriptions_per_connection_max,
                         body_bytes_max: limits.archive_bytes_max(),
                         pending_events_max: config.limits.pending_events_per_connection_max,
+                        pending_bytes_max: config.limits.pending_bytes_per_connection_max,
                         ..SessionConfig::default()
                     },
                     ..ServerConfig::default()

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use serde::Serialize;
-use starling_core::SubscriptionInfo;
+use starling_core::{SlowConsumerPolicy, SubscriptionInfo};
 use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
 
 use crate::cluster::stats::ClusterView;
@@ -106,6 +106,16 @@ pub struct SubscriptionView {
     pub dropped: u64,
     /// Events waiting (in-process subscriptions).
     pub pending: u64,
+    /// `block`, `drop-newest` or `drop-oldest`.
+    pub policy: &'static str,
+    /// How long a `block` subscription holds its publishers back per
+    /// episode, in milliseconds.
+    pub max_stall_ms: Option<u64>,
+    /// Its queue (its connection's, for a client) is demoted: its `block`
+    /// events are dropped until it drains.
+    pub demoted: bool,
+    /// Times its queue was demoted.
+    pub demotions: u64,
 }
 
 /// One entry of `/v1/subscriptions`' `patterns`.
@@ -125,6 +135,8 @@ pub struct PatternView {
     pub dropped: u64,
     /// See the module docs.
     pub pending: u64,
+    /// Demotions of the queues of its subscriptions.
+    pub demotions: u64,
 }
 
 /// `/v1/subscriptions`.
@@ -318,7 +330,7 @@ impl Snapshot {
         );
         let patterns = patterns(&self.subscriptions);
         type Field = fn(&PatternView) -> u64;
-        let series: [(&str, &str, Field, bool); 5] = [
+        let series: [(&str, &str, Field, bool); 6] = [
             (
                 "starling_pattern_subscriptions",
                 "Subscriptions per pattern and queue group.",
@@ -348,6 +360,12 @@ impl Snapshot {
                 "Events waiting in the pattern's in-process queues.",
                 |p| p.pending,
                 false,
+            ),
+            (
+                "starling_pattern_demotions_total",
+                "Times a queue of the pattern's subscribers held its publishers back for its whole max stall and was demoted (its events dropped until it drained).",
+                |p| p.demotions,
+                true,
             ),
         ];
         for (name, help, field, is_counter) in series {
@@ -404,6 +422,13 @@ fn subscription_views(
                 delivered,
                 dropped: s.dropped,
                 pending,
+                policy: s.policy.name(),
+                max_stall_ms: match s.policy {
+                    SlowConsumerPolicy::Block { max_stall } => Some(max_stall.as_millis() as u64),
+                    SlowConsumerPolicy::DropNewest | SlowConsumerPolicy::DropOldest => None,
+                },
+                demoted: s.queue.demoted,
+                demotions: s.queue.demotions,
             }
         })
         .collect()
@@ -424,6 +449,7 @@ fn patterns(subscriptions: &[SubscriptionView]) -> Vec<PatternView> {
         entry.delivered += s.delivered;
         entry.dropped += s.dropped;
         entry.pending += s.pending;
+        entry.demotions += s.demotions;
         entry.published = if s.queue_group.is_some() {
             entry.published + offered
         } else {
@@ -679,6 +705,10 @@ mod tests {
             delivered,
             dropped,
             pending,
+            policy: "block",
+            max_stall_ms: Some(2000),
+            demoted: false,
+            demotions: 0,
         }
     }
 

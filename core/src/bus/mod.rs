@@ -137,6 +137,8 @@ pub struct SubscriptionInfo {
     /// its own queue was offered `queue.received + queue.pending + dropped`
     /// events; a mailbox's consumer counts per tag what it received.)
     pub dropped: u64,
+    /// What a full queue means for its events.
+    pub policy: SlowConsumerPolicy,
     /// The queue it feeds, shared by all subscriptions of one mailbox.
     pub queue: QueueInfo,
 }
@@ -152,8 +154,15 @@ pub struct QueueInfo {
     pub dropped: u64,
     /// Events waiting in it.
     pub pending: usize,
+    /// Bytes of event memory the waiting events are charged for.
+    pub pending_bytes: u64,
     /// Most events it holds.
     pub capacity: usize,
+    /// True while demoted: it held a publisher back for a whole `max_stall`,
+    /// and its `block` events are dropped until it drains.
+    pub demoted: bool,
+    /// Times it was demoted.
+    pub demotions: u64,
 }
 
 /// Figures about a bus.
@@ -258,6 +267,7 @@ struct Registered {
     group: Option<Arc<str>>,
     tag: u64,
     remote: bool,
+    policy: SlowConsumerPolicy,
     stats: Arc<TargetStats>,
     queue: Weak<DeliveryQueue>,
 }
@@ -409,12 +419,16 @@ impl Bus {
                     queue_group: registered.group.as_deref().map(String::from),
                     tag: registered.tag,
                     dropped: registered.stats.dropped.load(Ordering::Relaxed),
+                    policy: registered.policy,
                     queue: QueueInfo {
                         id: queue.id,
                         received: queue.received(),
                         dropped: queue.dropped(),
                         pending: queue.pending(),
+                        pending_bytes: queue.pending_bytes(),
                         capacity: queue.capacity(),
+                        demoted: queue.is_demoted(),
+                        demotions: queue.demotions(),
                     },
                 })
             })
@@ -523,6 +537,7 @@ impl BusInner {
                 group: group.clone(),
                 tag: target.tag,
                 remote: target.remote,
+                policy: target.policy,
                 stats: target.stats.clone(),
                 queue: Arc::downgrade(&target.queue),
             },

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use starling_core::RecvError;
 use starling_core::event::Header;
+use starling_core::{RecvError, SlowConsumerPolicy};
 use starling_transport::client::{Client, ClientError, ClientOptions, ClientSubscription};
 
 use super::{PubArgs, ReplyArgs, ReqArgs, ServerArgs, SubArgs};
@@ -26,11 +26,9 @@ fn subscribe(
     client: &Client,
     pattern: &str,
     queue: Option<&str>,
+    policy: SlowConsumerPolicy,
 ) -> Result<ClientSubscription, ClientError> {
-    match queue {
-        Some(group) => client.queue_subscribe(pattern, group),
-        None => client.subscribe(pattern),
-    }
+    client.subscribe_with(pattern, queue, policy)
 }
 
 pub(super) fn publish(args: PubArgs) -> Outcome {
@@ -70,7 +68,9 @@ pub(super) fn publish(args: PubArgs) -> Outcome {
 
 pub(super) fn subscribe_command(args: SubArgs) -> Outcome {
     let client = connect(&args.server, "starling-sub")?;
-    let subscription = subscribe(&client, &args.pattern, args.queue.as_deref())?;
+    let policy =
+        SlowConsumerPolicy::from_name(&args.policy, Duration::from_millis(args.max_stall))?;
+    let subscription = subscribe(&client, &args.pattern, args.queue.as_deref(), policy)?;
     let deadline = args
         .timeout
         .map(|seconds| Instant::now() + Duration::from_secs_f64(seconds));
@@ -100,7 +100,9 @@ pub(super) fn subscribe_command(args: SubArgs) -> Outcome {
     }
     let dropped = subscription.dropped() + client.dropped_by_node();
     if dropped > 0 {
-        eprintln!("{dropped} events were dropped because this subscriber fell behind");
+        eprintln!(
+            "{dropped} events were dropped because this subscriber fell behind (policy {policy})"
+        );
     }
     if let Some(count) = args.count
         && received < count
@@ -137,7 +139,12 @@ pub(super) fn request(args: ReqArgs) -> Outcome {
 
 pub(super) fn reply(args: ReplyArgs) -> Outcome {
     let client = connect(&args.server, "starling-reply")?;
-    let subscription = subscribe(&client, &args.subject, args.queue.as_deref())?;
+    let subscription = subscribe(
+        &client,
+        &args.subject,
+        args.queue.as_deref(),
+        SlowConsumerPolicy::default(),
+    )?;
     let mut answered = 0u64;
     while args.count.is_none_or(|count| answered < count) {
         let request = match subscription.recv() {

@@ -214,6 +214,16 @@ pub struct SubArgs {
     /// Stop after this many seconds in all (exit 1 if --count was not reached).
     #[arg(long)]
     timeout: Option<f64>,
+    /// What the node does when this subscriber cannot keep up: `block`
+    /// holds the publishers back (lossless, up to --max-stall per episode,
+    /// then drops and counts until it catches up); `drop-newest` and
+    /// `drop-oldest` never hold anyone back.
+    #[arg(long, default_value = "block", value_parser = ["block", "drop-newest", "drop-oldest"])]
+    policy: String,
+    /// Longest a `block` subscriber holds its publishers back per episode,
+    /// in milliseconds.
+    #[arg(long, default_value_t = starling_core::bus::DEFAULT_MAX_STALL.as_millis() as u64)]
+    max_stall: u64,
 }
 
 /// `starling req`.
