@@ -17,11 +17,10 @@ mod common;
 #[path = "deploy/containers.rs"]
 mod containers;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{get_json, run, start_node, temp_dir, text, wait_full_mesh};
+use common::{get_json, run, skip, start_node, temp_dir, text, wait_full_mesh};
 use starling_mesh::config::{NodeConfig, Overrides};
 
 fn repo() -> PathBuf {
@@ -29,7 +28,7 @@ fn repo() -> PathBuf {
 }
 
 /// Whether `program args` runs and succeeds; if not, the test `name` is
-/// skipped (see [`skip`]).
+/// skipped (or fails, where `STARLING_REQUIRE` names it).
 fn tool_works(name: &str, program: &str, args: &[&str], what: &str) -> bool {
     let works = Command::new(program)
         .args(args)
@@ -39,20 +38,6 @@ fn tool_works(name: &str, program: &str, args: &[&str], what: &str) -> bool {
         skip(name, &format!("{what} is missing"));
     }
     works
-}
-
-/// Skips the test `name` for `reason`, or fails it if `STARLING_REQUIRE` (a
-/// comma-separated list of test names, set by CI) says it must run here.
-/// The line goes to the process's stderr itself: the test harness swallows
-/// what a passing test prints.
-fn skip(name: &str, reason: &str) {
-    let required = std::env::var("STARLING_REQUIRE")
-        .is_ok_and(|names| names.split(',').any(|required| required.trim() == name));
-    assert!(
-        !required,
-        "STARLING_REQUIRE says {name} must run here, but it cannot: {reason}"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: {reason}");
 }
 
 #[test]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use starling_transport::client::Client;
 
-use super::common::{Process, wait_until};
-use super::{repo, skip};
+use super::common::{Process, skip, wait_until};
+use super::repo;
 
 /// The name `STARLING_REQUIRE` knows these tests by.
 const TEST: &str = "containers";
