@@ -94,7 +94,8 @@ def host_port(value):
 def start_node(starling):
     """A node on free loopback ports; returns (process, http address)."""
     node = subprocess.Popen(
-        [starling, "node", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        [starling, "node", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
+         "--nats-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("STARLING_")})
     for line in node.stdout:
