@@ -210,6 +210,40 @@ fn smoke_runs_every_scenario_on_every_target_it_has_servers_for() {
     }
 }
 
+/// The delivery contract under load (issue "lossless under load"): flat
+/// out, with healthy subscribers, every Starling target delivers exactly
+/// what was sent times the fan-out, in every scenario that fans events out
+/// or in — the default policy holds publishers back instead of dropping.
+#[test]
+fn flat_out_every_starling_target_delivers_every_event() {
+    let scratch = Scratch::new("lossless");
+    let json = scratch.0.join("rows.json");
+    let (status, stdout, stderr) = harness(
+        &scratch,
+        &[
+            "--scenario",
+            "pubsub,fanout,fanin,queue",
+            "--target",
+            "bus,local-tcp,local-uds,mesh-2,mesh-3",
+            "--payload",
+            "128",
+            "--count",
+            "20000",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        Duration::from_secs(600),
+    );
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 4 * 5, "every scenario on every target ran");
+    for row in &rows {
+        assert_eq!(row["received"], row["expected"], "{row}");
+        assert_eq!(row["lost"], 0, "{row}");
+    }
+}
+
 #[test]
 fn nats_targets_without_nats_server_are_skipped_with_a_message() {
     let scratch = Scratch::new("no-nats");
