@@ -4,6 +4,8 @@
 //! episode, is then demoted (its events dropped and counted) until it
 //! drains, and cannot pin the bus's memory.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -249,7 +251,7 @@ fn an_async_consumer_releases_its_publisher() {
         std::thread::spawn(move || {
             let mut received = 0u32;
             while received < EVENTS {
-                let event = block_on(sub.recv_async()).unwrap();
+                let event = common::block_on(sub.recv_async()).unwrap();
                 assert_eq!(event.payload(), received.to_le_bytes());
                 received += 1;
             }
@@ -262,24 +264,4 @@ fn an_async_consumer_releases_its_publisher() {
     }
     assert_eq!(consumer.join().unwrap(), 0);
     assert!(done.load(Ordering::Relaxed));
-}
-
-/// Polls a future on this thread, parking between wake-ups.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
 }

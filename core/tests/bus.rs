@@ -2,12 +2,11 @@
 //! slow-consumer policies and their counters, request/reply, closing, async
 //! receive, mailboxes and archived ingress.
 
+mod common;
+
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use starling_core::bus::{PublishError, RecvError, RequestError, SubscribeError};
@@ -511,7 +510,8 @@ fn async_receive_wakes_the_task() {
         std::thread::sleep(Duration::from_millis(20));
         publisher.publish("a", b"async").unwrap();
     });
-    let payload = block_on(async { sub.recv_async().await.map(|event| event.payload().to_vec()) });
+    let payload =
+        common::block_on(async { sub.recv_async().await.map(|event| event.payload().to_vec()) });
     assert_eq!(payload.unwrap(), b"async");
     sender.join().unwrap();
 }
@@ -530,25 +530,6 @@ fn many_subscribers_share_one_copy_of_the_payload() {
         .map(|e| e.payload().as_ptr() as usize)
         .collect();
     assert_eq!(addresses.len(), 1, "all four read the same bytes in place");
-}
-
-/// A minimal executor: polls the future on this thread, parking between polls.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park_timeout(SECOND);
-    }
 }
 
 #[test]
