@@ -327,6 +327,21 @@ impl Bus {
         publisher::with_thread_publisher(&self.inner, |publisher| publisher.publish(message))
     }
 
+    /// Like [`Bus::publish_message`], without waiting: deliveries to full
+    /// `Block` queues are owed in `backlog` (which must be empty), and the
+    /// caller — a task publishing for one connection, say — publishes
+    /// nothing more from that source until [`Backlog::poll_flush`] is ready.
+    /// This is how an async source is held back without blocking its thread.
+    pub fn publish_message_into(
+        &self,
+        message: &Message<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        publisher::with_thread_publisher(&self.inner, |publisher| {
+            publisher.publish_into(message, backlog)
+        })
+    }
+
     /// Subscribes to `pattern` with the bus's default options.
     pub fn subscribe(&self, pattern: &str) -> Result<Subscription, SubscribeError> {
         self.subscribe_with(pattern, None, self.inner.config.subscription)

@@ -182,7 +182,25 @@ impl PublisherCore {
         }
     }
 
+    /// Publishes `message`, waiting for room in full `Block` queues.
     pub(crate) fn publish(&mut self, message: &Message<'_>) -> Result<usize, PublishError> {
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let routed = self.publish_into(message, &mut backlog);
+        backlog.flush_blocking();
+        self.backlog = backlog;
+        routed
+    }
+
+    /// Publishes `message`, owing what does not fit in `backlog`.
+    pub(crate) fn publish_into(
+        &mut self,
+        message: &Message<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        debug_assert!(
+            backlog.is_empty(),
+            "a source publishes again only once its backlog is flushed"
+        );
         self.sequence += 1;
         let parts = EventParts {
             id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
@@ -203,15 +221,13 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        let routed = route(
+        route(
             result,
             &mut self.round_robin,
             Scope::Local,
-            &mut self.backlog,
+            backlog,
             |holders| self.appender.append(&parts, holders),
-        );
-        self.backlog.flush_blocking();
-        routed
+        )
     }
 
     /// Routes an archive that passed validation by `subject` (its own, or
