@@ -102,6 +102,43 @@ async fn pub_sub_wildcards_queue_groups_and_headers() {
     assert_eq!(payloads(&mut every_token, 1).await, ["m"]);
 }
 
+/// Flat out, more messages than a subscriber's queue holds: the publisher
+/// is held back while the subscriber catches up (both NATS connections on
+/// one node, so on one runtime: the wait must not block a thread the
+/// subscriber needs), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_out_publisher_is_held_back_and_nothing_is_lost() {
+    const COUNT: usize = 60_000;
+    let node = start_node(&[], &[]);
+    let subscriber = connect(&node).await;
+    let mut flood = subscriber.subscribe("flood").await.unwrap();
+    subscriber.flush().await.unwrap();
+    let publisher = connect(&node).await;
+    let sending = tokio::spawn(async move {
+        for n in 0..COUNT {
+            publisher
+                .publish("flood", n.to_string().into())
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+        publisher
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for expected in 0..COUNT {
+        let message = tokio::time::timeout_at(deadline.into(), flood.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {expected} of {COUNT} in time"))
+            .unwrap();
+        assert_eq!(
+            message.payload,
+            expected.to_string().as_bytes(),
+            "in order, none missing"
+        );
+    }
+    sending.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_and_no_responders() {
     let node = start_node(&[], &[]);

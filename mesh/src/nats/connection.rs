@@ -9,14 +9,24 @@
 //! own task: its output stops being pulled from its mailbox, the mailbox's
 //! slow-consumer policy applies, and after the write deadline the
 //! connection is closed.
+//!
+//! A connection is one *source* of events ([`Source`]): a message that meets
+//! a subscriber's full `Block` queue is owed to it, and the task reads
+//! nothing more from its client until it is handed over (or the subscriber
+//! is demoted after its `max_stall`), so TCP flow control holds the client
+//! back, and only it. The task waits without blocking its thread: a thread
+//! of the listener's runtime serves many connections, the full subscriber's
+//! among them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use starling_core::bus::PublishError;
-use starling_core::{Bus, Message};
+use rkyv::util::AlignedVec;
+use starling_core::bus::{Backlog, PublishError};
+use starling_core::event::{self, EventParts};
+use starling_core::{Bus, Message, Publisher};
 use starling_transport::nats::proto;
 use starling_transport::nats::{Close, Input, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +38,11 @@ use super::{Mode, Shared};
 
 /// Bytes asked of the socket per read, at least.
 const READ_CHUNK: usize = 32 << 10;
+/// A read shorter than this is a quiet connection's: once its input is
+/// used up, its read buffer is given back, so that an idle connection costs
+/// a few hundred bytes rather than a [`READ_CHUNK`]. A busy connection's
+/// reads are longer and keep theirs.
+const SMALL_READ: usize = 4 << 10;
 /// Deliveries are pulled from the mailbox while the output holds less than
 /// this: one write's worth, so a busy subscriber gets large writes.
 const OUT_BATCH: usize = 64 << 10;
@@ -63,9 +78,11 @@ pub(super) async fn serve(
         input: Vec::new(),
         start: 0,
         needed: 0,
+        last_read_len: 0,
         out: Vec::new(),
         written: 0,
         blocked_since: None,
+        source: Source::default(),
     };
     if !shared.register(cid, addr, session.stats().clone()) {
         connection.out.extend_from_slice(proto::ERR_MAX_CONNECTIONS);
@@ -85,11 +102,15 @@ struct Connection {
     start: usize,
     /// The session needs this many unused bytes before it can go on.
     needed: usize,
+    /// Bytes the last read got.
+    last_read_len: usize,
     /// Bytes to write; those before `written` are written.
     out: Vec<u8>,
     written: usize,
     /// Since when output has been waiting on a full socket.
     blocked_since: Option<Instant>,
+    /// What the client publishes goes through here.
+    source: Source,
 }
 
 impl Connection {
@@ -140,7 +161,10 @@ impl Connection {
                     self.input.reserve(READ_CHUNK.max(self.needed));
                     match self.stream.try_read_buf(&mut self.input) {
                         Ok(0) => return "closed by the client",
-                        Ok(_) => last_read = Instant::now(),
+                        Ok(read) => {
+                            last_read = Instant::now();
+                            self.last_read_len = read;
+                        }
                         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return "read error",
                     }
@@ -191,9 +215,12 @@ impl Connection {
             match session.handle_input(input, &mut self.out)? {
                 Input::Handled { used } => self.start += used,
                 Input::Publish { used, publish } => {
-                    let outcome = publish_one(bus, &publish.message()).await;
+                    let outcome = self.source.publish_one(bus, &publish.message());
                     session.published(&publish, outcome, &mut self.out)?;
                     self.start += used;
+                    if !self.source.backlog.is_empty() {
+                        self.wait_for_room(session).await?;
+                    }
                 }
                 Input::Incomplete { needed } => {
                     self.needed = needed;
@@ -205,11 +232,43 @@ impl Connection {
         // Keep only the unused bytes (at most one partial operation), at
         // the front.
         if self.start == self.input.len() {
-            self.input.clear();
+            if self.last_read_len < SMALL_READ {
+                self.input = Vec::new();
+            } else {
+                self.input.clear();
+            }
         } else {
             self.input.drain(..self.start);
         }
         self.start = 0;
+        Ok(())
+    }
+
+    /// Waits until what the last message owes full queues is handed over
+    /// (or their subscribers demoted). Meanwhile the client is not read, but
+    /// it is still written to: its own subscriptions may be the full ones.
+    async fn wait_for_room(&mut self, session: &mut Session) -> Result<(), Close> {
+        while !self.source.backlog.is_empty() {
+            // `poll_flush` demotes what is still full once the episode's
+            // deadline has passed, so it is polled again then.
+            let deadline = self.source.backlog.deadline().map(Instant::from_std);
+            let room_to_deliver = self.pending_out() < OUT_HIGH;
+            tokio::select! {
+                () = std::future::poll_fn(|cx| self.source.backlog.poll_flush(cx)) => {}
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                event = std::future::poll_fn(|cx| session.poll_event(cx)), if room_to_deliver => {
+                    let Ok(event) = event else {
+                        return Err(Close { reason: "the bus closed" });
+                    };
+                    session.deliver(&event, &mut self.out);
+                }
+                ready = self.stream.writable(), if self.pending_out() > 0 => {
+                    if ready.is_err() || self.write().is_err() {
+                        return Err(Close { reason: "write error" });
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -221,7 +280,12 @@ impl Connection {
             Err(error) => return Err(error),
         }
         if self.written == self.out.len() {
-            self.out.clear();
+            // A burst's buffer is not kept for good.
+            if self.out.capacity() > 2 * OUT_BATCH {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
             self.written = 0;
             self.blocked_since = None;
         } else {
@@ -245,23 +309,60 @@ impl Connection {
     }
 }
 
-/// Publishes one message from a NATS client into the bus, returning the
-/// number of deliveries.
+/// One connection as a source of events: its own publisher, and what its
+/// last message still owes to full `Block` queues.
 ///
-/// This is the one place where a NATS connection hands an event to the
-/// bus, and the place for the bus's back-pressure: when a subscriber's
-/// queue is full under the blocking slow-consumer policy, this is where the
-/// connection's task is to wait, asynchronously, for room (bounded by the
-/// policy's `max_stall`). While it waits, the task reads nothing more from
-/// its socket, so TCP flow control carries the pressure back to the
-/// publishing client, and no other connection or thread waits. Until the
-/// bus offers an asynchronous wait, the publish is the bus's own and never
-/// waits.
-async fn publish_one(bus: &Bus, message: &Message<'_>) -> Result<usize, PublishError> {
-    // The thread's publisher (one per runtime worker) rather than one per
-    // connection: a publisher owns a segment of event memory, and ten
-    // thousand idle connections must not pin ten thousand segments. The
-    // publish completes before it returns, so a connection's messages stay
-    // in order even when its task moves between workers.
-    bus.publish_message(message)
+/// A publisher of its own rather than the thread's: the thread's would wait
+/// for room by blocking the thread, which here serves other connections,
+/// possibly the very subscriber being waited for. It is made at the
+/// connection's first message, so connections that only subscribe pin no
+/// event memory; one that publishes pins one segment of it.
+#[derive(Debug, Default)]
+struct Source {
+    publisher: Option<Publisher>,
+    backlog: Backlog,
+    /// The message archived, to be validated and copied in by the publisher.
+    scratch: AlignedVec<16>,
+    /// Event ids: random high half per connection, a count in the low half.
+    id_high: u64,
+    sequence: u64,
+}
+
+/// Scratch space kept between messages; a larger message's is given back.
+const SCRATCH_KEPT: usize = 64 << 10;
+
+impl Source {
+    /// Publishes one message from the client into the bus, returning the
+    /// number of deliveries. Never waits: what full `Block` queues cannot
+    /// take yet is owed in `backlog`, which must be flushed before the next
+    /// message ([`Connection::wait_for_room`]).
+    ///
+    /// This is the one place where a NATS connection hands an event to the
+    /// bus. The message is archived here, as a client library would, and
+    /// published as an archive: that is the bus's non-waiting publish, at
+    /// the cost of one validation pass over bytes just written.
+    fn publish_one(&mut self, bus: &Bus, message: &Message<'_>) -> Result<usize, PublishError> {
+        if self.id_high == 0 {
+            self.id_high = starling_core::random_u64() | 1;
+        }
+        self.sequence += 1;
+        let parts = EventParts {
+            id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
+            time_unix_nanos: (bus.config().clock)(),
+            subject: message.subject,
+            reply_to: message.reply_to,
+            headers: message.headers,
+            payload: message.payload,
+        };
+        if self.scratch.capacity() > SCRATCH_KEPT {
+            self.scratch = AlignedVec::new();
+        }
+        self.scratch.clear();
+        self.scratch.resize(parts.archive_bytes_bound(), 0);
+        let len = event::encode_into(&parts, &mut self.scratch)?;
+        let checked = event::check(&self.scratch[..len], &bus.config().limits)?;
+        self.publisher
+            .get_or_insert_with(|| bus.publisher())
+            .publish_checked_into(checked, &mut self.backlog)
+    }
 }
