@@ -3,7 +3,9 @@
 //! nothing that is not counted, and is served again once it resumes;
 //! flat out across two nodes nothing is lost at all; a publisher held back
 //! by a stalled peer is let go within `max_stall`, even when that peer is
-//! killed. Every process is killed when its test ends, pass or fail.
+//! killed; a slow client subscriber slows the publishing client on the other
+//! node and loses nothing. Every process is killed when its test ends,
+//! pass or fail.
 //!
 //! And with two nodes in this process (their subscribers on the bus, so
 //! that the link alone carries the pressure): a slow subscriber slows the
@@ -349,6 +351,29 @@ fn flat_out_across_two_nodes_nothing_is_lost() {
     assert_eq!(counted_losses(&a, &b), 0, "nothing dropped on the way");
 }
 
+/// A mesh node with `toml` for its configuration file (kept in its
+/// directory), joining through `seed`.
+fn start_configured_mesh_node(name: &str, seed: Option<&str>, toml: &str) -> Node {
+    let dir = temp_dir();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args = vec![
+        "--name",
+        name,
+        "--cluster-listen",
+        "127.0.0.1:0",
+        "--insecure-dev-tls",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    if let Some(seed) = seed {
+        args.extend(["--seed", seed]);
+    }
+    let node = start_node(&args, &[]);
+    std::fs::remove_dir_all(dir).unwrap();
+    node
+}
+
 /// A publisher held back by a stalled peer (stopped: its link's windows
 /// fill, then its queue) is let go within `max_stall` even when that peer
 /// is killed meanwhile: the peer's events are then dropped, and counted.
@@ -356,27 +381,13 @@ fn flat_out_across_two_nodes_nothing_is_lost() {
 fn a_publisher_held_back_by_a_peer_killed_during_the_stall_is_freed_within_max_stall() {
     const QUEUE: u64 = 4096;
     const MAX_STALL: Duration = Duration::from_secs(2);
-    let dir = temp_dir();
-    let config = dir.join("a.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let a = start_configured_mesh_node(
+        "a",
+        None,
+        &format!(
             "[cluster]\npeer_queue_events = {QUEUE}\npeer_max_stall_ms = {}\n",
             MAX_STALL.as_millis()
         ),
-    )
-    .unwrap();
-    let a = start_node(
-        &[
-            "--name",
-            "a",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--insecure-dev-tls",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
     );
     let b = start_mesh_node("b", Some(&a.cluster), None);
     let all = [&a, &b];
@@ -418,7 +429,75 @@ fn a_publisher_held_back_by_a_peer_killed_during_the_stall_is_freed_within_max_s
     on_a.flush().unwrap();
     on_a.publish("after.kill", &payload(7)).unwrap();
     assert!(local.recv_timeout(Duration::from_secs(5)).is_ok());
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A slow client subscriber (1 ms per event) on another node loses
+/// nothing: its connection's queue fills, its node stops reading the
+/// link's stream, QUIC holds the sender back, the peer's queue fills, the
+/// publishing node stops reading the publisher's connection, and the
+/// publisher's `publish` waits — it is slowed to the subscriber's pace.
+/// (Small queues everywhere, so that this happens within a few thousand
+/// events.)
+#[test]
+fn a_slow_client_subscriber_on_another_node_slows_the_publishing_client_and_loses_nothing() {
+    const EVENTS: u64 = 8000;
+    const QUEUE: usize = 256;
+    const PER_EVENT: Duration = Duration::from_millis(1);
+    let toml = format!(
+        "[cluster]\npeer_queue_events = {QUEUE}\n[limits]\npending_events_per_connection_max = {QUEUE}\n"
+    );
+    let a = start_configured_mesh_node("a", None, &toml);
+    let b = start_configured_mesh_node("b", Some(&a.cluster), &toml);
+    let all = [&a, &b];
+    wait_full_mesh(&all);
+    let options = ClientOptions {
+        subscription: SubscribeOptions {
+            capacity: QUEUE,
+            ..SubscribeOptions::default()
+        },
+        ..ClientOptions::default()
+    };
+    let on_b = Client::connect_with(&b.tcp, options).unwrap();
+    let subscription = on_b.subscribe("slow.>").unwrap();
+    wait_interest(&all, "b", "slow.>", None, true);
+
+    // A small write buffer: the client's own buffer holds little.
+    let options = ClientOptions {
+        write_buffer_bytes_max: 64 << 10,
+        ..ClientOptions::default()
+    };
+    let on_a = Client::connect_with(&a.tcp, options).unwrap();
+    let publisher = std::thread::spawn(move || {
+        let started = Instant::now();
+        for number in 0..EVENTS {
+            let mut payload = payload(number);
+            payload.resize(4096, b'.');
+            on_a.publish("slow.data", &payload).unwrap();
+        }
+        on_a.flush().unwrap();
+        started.elapsed()
+    });
+    for next in 0..EVENTS {
+        let event = subscription
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("event {next} of {EVENTS}: {error}"));
+        let number = u64::from_le_bytes(event.payload()[..8].try_into().unwrap());
+        assert_eq!(number, next, "in order, none missing");
+        std::thread::sleep(PER_EVENT);
+    }
+    let published = publisher.join().unwrap();
+    eprintln!("slow client subscriber on another node: {EVENTS} published in {published:?}");
+    assert_eq!(subscription.dropped(), 0);
+    assert_eq!(subscriptions_dropped(&b), 0);
+    assert_eq!(counted_losses(&a, &b), 0);
+    // The queues (client, connection, peer: 3 × 256), the link (1 MiB
+    // window and the egress's 256 KiB: some 320 events of 4 KiB) and the
+    // sockets hold a few thousand events at most; the rest waited for the
+    // subscriber.
+    assert!(
+        published >= PER_EVENT * (EVENTS / 4) as u32,
+        "the publisher was slowed: {published:?}"
+    );
 }
 
 /// Two nodes in this process (no local server), each queueing at most
