@@ -33,8 +33,9 @@ pub struct LinkCounters {
     pub dropped_out: AtomicU64,
     /// Forwards taken for the peer (written to a link, or about to be)
     /// that the peer had not acknowledged when the link went down: lost
-    /// with the link, unless the peer handled them just before it died and
-    /// its acknowledgement did not make it back.
+    /// with the link — at most: a peer may have handled some before its
+    /// acknowledgement could come back, or (a stopped one that resumes)
+    /// after this node gave the link up.
     pub lost_in_flight: AtomicU64,
 }
 
