@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use starling_core::bus::PublishError;
-use starling_core::{Bus, BusConfig, SlowConsumerPolicy, SubscribeOptions};
+use starling_core::bus::{Backlog, PublishError};
+use starling_core::{Bus, BusConfig, Message, SlowConsumerPolicy, SubscribeOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -264,4 +264,30 @@ fn an_async_consumer_releases_its_publisher() {
     }
     assert_eq!(consumer.join().unwrap(), 0);
     assert!(done.load(Ordering::Relaxed));
+}
+
+/// A publisher held back by a subscription that is then dropped is released
+/// at once (not after `max_stall`), and the event it owed is counted.
+#[test]
+fn dropping_a_subscription_releases_its_publisher_and_counts_what_was_owed() {
+    let bus = Bus::default();
+    let sub = bus
+        .subscribe_with("t", None, block(1, 60 * SECOND))
+        .unwrap();
+    let counters = sub.counters();
+    bus.publish("t", b"1").unwrap();
+    let mut backlog = Backlog::new();
+    bus.publish_message_into(&Message::new("t", b"2"), &mut backlog)
+        .unwrap();
+    assert_eq!(backlog.len(), 1, "the queue is full: the delivery is owed");
+    drop(sub);
+    let started = Instant::now();
+    backlog.flush_blocking();
+    assert!(
+        started.elapsed() < 30 * SECOND,
+        "released at once, not at max_stall: {:?}",
+        started.elapsed()
+    );
+    assert!(backlog.is_empty());
+    assert_eq!(counters.dropped(), 1, "what it owed is counted");
 }

@@ -218,6 +218,10 @@ impl Drop for Mailbox {
             self.inner
                 .remove_subscription(entry.pattern, entry.group, entry.target);
         }
+        // Nobody will read it again: publishers that still owe it a delivery
+        // (they matched it before it left the index) drop and count it
+        // instead of waiting for room that never comes.
+        self.queue.close();
     }
 }
 

@@ -233,7 +233,9 @@ impl DeliveryQueue {
             return Outcome::Dropped;
         }
         if self.is_closed() {
-            return self.offer(delivery);
+            // Its consumer is gone: what is owed to it is lost, and counted.
+            self.count_dropped();
+            return Outcome::Dropped;
         }
         match self.try_offer(delivery) {
             Ok(()) => Outcome::Queued,
