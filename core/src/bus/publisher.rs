@@ -184,8 +184,17 @@ impl PublisherCore {
 
     /// Publishes `message`, waiting for room in full `Block` queues.
     pub(crate) fn publish(&mut self, message: &Message<'_>) -> Result<usize, PublishError> {
+        self.waiting(|core, backlog| core.publish_into(message, backlog))
+    }
+
+    /// Runs a publish that owes into this thread's backlog, then waits on
+    /// this thread until what it owes is handed over (or demoted).
+    fn waiting(
+        &mut self,
+        publish: impl FnOnce(&mut Self, &mut Backlog) -> Result<usize, PublishError>,
+    ) -> Result<usize, PublishError> {
         let mut backlog = std::mem::take(&mut self.backlog);
-        let routed = self.publish_into(message, &mut backlog);
+        let routed = publish(self, &mut backlog);
         backlog.flush_blocking();
         self.backlog = backlog;
         routed
@@ -239,11 +248,7 @@ impl PublisherCore {
         subject: &str,
         scope: Scope<'_>,
     ) -> Result<usize, PublishError> {
-        let mut backlog = std::mem::take(&mut self.backlog);
-        let routed = self.publish_checked_into(archive, subject, scope, &mut backlog);
-        backlog.flush_blocking();
-        self.backlog = backlog;
-        routed
+        self.waiting(|core, backlog| core.publish_checked_into(archive, subject, scope, backlog))
     }
 
     /// Like `publish_checked`, owing what does not fit in `backlog`.
