@@ -153,11 +153,17 @@ fn three_nodes_deliver_published_events_to_subscribers_on_other_nodes_with_wildc
     let on_a = connect(a);
     let anywhere_on_a = on_a.subscribe("orders.>").unwrap();
     wait_interest(&all, "n0", "orders.>", None, true);
+    // B wants nothing of A's but the markers A publishes last. A link keeps
+    // one subject's order on one of its data streams, chosen by the
+    // subject's hash: markers on many subjects cross every stream, so once
+    // all are on B, anything A had sent B before them has arrived too.
+    let on_b = connect(b);
+    let markers_on_b = on_b.subscribe("marker.b.*").unwrap();
+    wait_interest(&all, "n1", "marker.b.*", None, true);
 
     on_a.publish("orders.eu.created", b"from a").unwrap();
     on_a.publish("orders.eu.shipped", b"from a").unwrap();
     on_a.flush().unwrap();
-    let on_b = connect(b);
     on_b.publish("orders.us.created", b"from b").unwrap();
     on_b.publish("payments.us.settled", b"from b").unwrap();
     on_b.flush().unwrap();
@@ -204,7 +210,22 @@ fn three_nodes_deliver_published_events_to_subscribers_on_other_nodes_with_wildc
         .find(|link| link["peer_name"] == "n2")
         .unwrap();
     assert_eq!(to_c["events_out"], 2);
-    assert_eq!(link_total(b, "events_in"), 0, "B wanted nothing of A's");
+    const MARKERS: u64 = 64;
+    for marker in 0..MARKERS {
+        on_a.publish(&format!("marker.b.{marker}"), END).unwrap();
+    }
+    on_a.flush().unwrap();
+    for _ in 0..MARKERS {
+        let marker = markers_on_b
+            .recv_timeout(RECEIVE)
+            .expect("A's markers reach B");
+        assert_eq!(marker.payload(), END);
+    }
+    assert_eq!(
+        link_total(b, "events_in"),
+        MARKERS,
+        "B wanted nothing of A's but the markers"
+    );
     assert_nothing_more(
         &[
             (&created, "orders.*.created"),
