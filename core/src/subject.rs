@@ -71,8 +71,11 @@ pub enum SubjectError {
         /// Zero-based index of the empty token.
         index: usize,
     },
-    /// A token holds a space, a tab, a line break or another control character.
-    #[error("token {index} contains whitespace or a control character")]
+    /// A token holds a space, a tab, a line break, another control character,
+    /// or an invisible formatting character (zero-width or bidirectional).
+    #[error(
+        "token {index} contains whitespace, a control character or an invisible formatting character (zero-width, bidi)"
+    )]
     InvalidCharacter {
         /// Zero-based index of the token.
         index: usize,
@@ -272,7 +275,10 @@ impl Tokens<'_> {
             // Unicode has whitespace and control characters outside ASCII too;
             // only tokens with non-ASCII text pay for decoding.
             let text = std::str::from_utf8(token).expect("tokens of a str split at '.' are UTF-8");
-            if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if text
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
+            {
                 return Err(SubjectError::InvalidCharacter { index });
             }
         }
@@ -292,6 +298,38 @@ impl Tokens<'_> {
             Kind::Pattern => Ok(()),
         }
     }
+}
+
+/// Unicode's format characters (general category Cf): they render as
+/// nothing, so a subject holding one looks like another it is not (a
+/// zero-width space in `orders\u{200B}.eu`, a right-to-left override that
+/// shows `orders.ue` as `orders.eu`). Permissions and operators read subjects;
+/// what they see must be what matches.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
@@ -392,6 +430,39 @@ mod tests {
         assert_eq!(
             subject("a\u{2028}b"),
             Err(SubjectError::InvalidCharacter { index: 0 })
+        );
+    }
+
+    #[test]
+    fn refuses_invisible_characters_that_make_one_subject_look_like_another() {
+        for invisible in [
+            '\u{200B}',  // zero-width space
+            '\u{200D}',  // zero-width joiner
+            '\u{2060}',  // word joiner
+            '\u{FEFF}',  // byte-order mark
+            '\u{00AD}',  // soft hyphen
+            '\u{202E}',  // right-to-left override
+            '\u{2067}',  // right-to-left isolate
+            '\u{200F}',  // right-to-left mark
+            '\u{E0041}', // tag latin capital letter a
+        ] {
+            assert_eq!(
+                subject(&format!("orders.e{invisible}u")),
+                Err(SubjectError::InvalidCharacter { index: 1 }),
+                "U+{:04X}",
+                u32::from(invisible)
+            );
+            assert_eq!(
+                pattern(&format!("{invisible}orders.>")),
+                Err(SubjectError::InvalidCharacter { index: 0 }),
+                "U+{:04X}",
+                u32::from(invisible)
+            );
+        }
+        // Visible scripts that write right to left are subjects like any other.
+        assert_eq!(
+            subject("\u{5D4}\u{5D6}\u{5DE}\u{5E0}\u{5D5}\u{5EA}.eu"),
+            Ok(())
         );
     }
 
