@@ -15,4 +15,5 @@ pub mod nats;
 mod read_buffer;
 mod secret;
 pub mod server;
+mod stream;
 pub mod url;

@@ -25,6 +25,7 @@ use crate::frame::{
     DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, padded,
 };
 use crate::read_buffer::ReadBuffer;
+use crate::stream::Stream;
 use crate::url::ServerUrl;
 
 /// The subscription id of the client's reply inbox.
@@ -33,66 +34,6 @@ const INBOX_SID: u64 = u64::MAX;
 const READ_TICK: Duration = Duration::from_millis(50);
 /// Bytes per read.
 const READ_BYTES: usize = 64 << 10;
-
-/// A socket to the node; `&Stream` reads and writes, so the reader and the
-/// flusher share one without a lock.
-#[derive(Debug)]
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn connect(url: &ServerUrl, timeout: Duration) -> io::Result<Stream> {
-        match url {
-            ServerUrl::Tcp(address) => {
-                let mut last = io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the host name resolved to no address",
-                );
-                for addr in address.to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&addr, timeout) {
-                        Ok(stream) => {
-                            stream.set_nodelay(true)?;
-                            return Ok(Stream::Tcp(stream));
-                        }
-                        Err(error) => last = error,
-                    }
-                }
-                Err(last)
-            }
-            ServerUrl::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
-        }
-    }
-
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(timeout),
-            Stream::Unix(s) => s.set_read_timeout(timeout),
-        }
-    }
-
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
-    }
-
-    fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => (&*s).write_all(bytes),
-            Stream::Unix(s) => (&*s).write_all(bytes),
-        }
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-        };
-    }
-}
 
 /// An answer someone waits for, and until when.
 #[derive(Debug)]
@@ -517,7 +458,7 @@ impl Shared {
             };
             // A failed write means the connection broke: the reader notices
             // and reconnects; what was in this buffer is lost in flight.
-            let _ = stream.write_all(&sending);
+            let _ = (&*stream).write_all(&sending);
             sending.clear();
         }
     }
@@ -533,7 +474,7 @@ impl Shared {
                 return;
             }
             let bytes = buffer.bytes_mut();
-            match stream.read(bytes) {
+            match (&*stream).read(bytes) {
                 Ok(0) => {}
                 Ok(n) => {
                     let result = decoder.feed(&bytes[..n], |frame| {
@@ -778,13 +719,36 @@ fn keep_or<T>(pending: &Pending<T>, now: Instant, expired: impl FnOnce() -> T) -
     false
 }
 
+/// Connects to the node at `url`, trying each address a host name resolves to.
+fn connect(url: &ServerUrl, timeout: Duration) -> io::Result<Stream> {
+    match url {
+        ServerUrl::Tcp(address) => {
+            let mut last = io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            );
+            for addr in address.to_socket_addrs()? {
+                match TcpStream::connect_timeout(&addr, timeout) {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(Stream::Tcp(stream));
+                    }
+                    Err(error) => last = error,
+                }
+            }
+            Err(last)
+        }
+        ServerUrl::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+    }
+}
+
 /// Connects and shakes hands: sends our `HELLO`, waits for the node's.
 fn open(url: &ServerUrl, options: &ClientOptions) -> Result<(Arc<Stream>, Decoder), ClientError> {
     let connect_error = |source| ClientError::Connect {
         url: url.to_string(),
         source,
     };
-    let stream = Stream::connect(url, options.connect_timeout).map_err(connect_error)?;
+    let stream = connect(url, options.connect_timeout).map_err(connect_error)?;
     let mut hello = AlignedVec::<FRAME_ALIGN>::new();
     push_frame(
         &mut hello,
@@ -792,14 +756,14 @@ fn open(url: &ServerUrl, options: &ClientOptions) -> Result<(Arc<Stream>, Decode
         0,
         &Hello::ours(&options.name, &options.token).encode(),
     );
-    stream.write_all(&hello).map_err(connect_error)?;
+    (&stream).write_all(&hello).map_err(connect_error)?;
     stream
         .set_read_timeout(Some(options.connect_timeout))
         .map_err(connect_error)?;
     let mut decoder = Decoder::new(starling_core::EventLimits::default().archive_bytes_max());
     let mut buffer = ReadBuffer::new(16 << 10);
     loop {
-        let n = stream.read(buffer.bytes_mut()).map_err(connect_error)?;
+        let n = (&stream).read(buffer.bytes_mut()).map_err(connect_error)?;
         if n == 0 {
             return Err(connect_error(io::ErrorKind::UnexpectedEof.into()));
         }

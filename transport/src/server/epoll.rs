@@ -6,18 +6,21 @@
 //! call) until the socket would block.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::net::{TcpListener, UnixListener};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::session::Session;
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
 use super::{Listeners, Shared};
 use crate::read_buffer::ReadBuffer;
+use crate::stream::Stream;
 
 /// Most slices gathered into one `writev`.
 const SLICES_MAX: usize = 256;
@@ -41,42 +44,6 @@ impl WakeLoop for MioWaker {
     fn wake_loop(&self) {
         // A failure means the loop is gone; nothing is left to wake.
         let _ = self.0.wake();
-    }
-}
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write_vectored(slices),
-            Stream::Unix(s) => s.write_vectored(slices),
-        }
-    }
-
-    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        match self {
-            Stream::Tcp(s) => registry.register(s, token, interest),
-            Stream::Unix(s) => registry.register(s, token, interest),
-        }
-    }
-
-    fn deregister(&mut self, registry: &Registry) {
-        let _ = match self {
-            Stream::Tcp(s) => registry.deregister(s),
-            Stream::Unix(s) => registry.deregister(s),
-        };
     }
 }
 
@@ -221,7 +188,7 @@ impl Loop<'_> {
             match listener.accept() {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    self.admit(Stream::Tcp(stream), "tcp", remote.to_string(), registry);
+                    self.admit(Stream::Tcp(stream.into()), remote.to_string(), registry);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -234,9 +201,7 @@ impl Loop<'_> {
     fn accept_uds(&mut self, listener: &UnixListener, registry: &Registry) {
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
-                    self.admit(Stream::Unix(stream), "unix", String::new(), registry)
-                }
+                Ok((stream, _)) => self.admit(Stream::Unix(stream.into()), String::new(), registry),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -244,22 +209,18 @@ impl Loop<'_> {
         }
     }
 
-    fn admit(
-        &mut self,
-        mut stream: Stream,
-        transport: &'static str,
-        remote: String,
-        registry: &Registry,
-    ) {
+    fn admit(&mut self, stream: Stream, remote: String, registry: &Registry) {
         if self.connections.len() >= self.shared.config.connections_max {
-            refuse(&mut stream, self.shared.config.connections_max);
+            super::refuse(&stream, self.shared.config.connections_max);
             return;
         }
-        let (id, stats) = self.shared.connections.open(transport, remote);
+        let (id, stats) = self.shared.connections.open(stream.transport(), remote);
         let entry = self.connections.vacant_entry();
         let index = entry.key();
-        if stream
-            .register(registry, Token(FIRST_CONNECTION + index))
+        let token = Token(FIRST_CONNECTION + index);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if registry
+            .register(&mut SourceFd(&stream.as_raw_fd()), token, interest)
             .is_err()
         {
             self.shared.connections.close(id);
@@ -297,7 +258,7 @@ impl Loop<'_> {
                 self.turns.push(index);
                 break;
             }
-            match connection.stream.read(buffer) {
+            match (&connection.stream).read(buffer) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -453,8 +414,9 @@ impl Loop<'_> {
     }
 
     fn close(&mut self, index: usize, registry: &Registry) {
-        if let Some(mut connection) = self.connections.try_remove(index) {
-            connection.stream.deregister(registry);
+        if let Some(connection) = self.connections.try_remove(index) {
+            // Fails only if it was never registered.
+            let _ = registry.deregister(&mut SourceFd(&connection.stream.as_raw_fd()));
             self.shared.connections.close(connection.id);
         }
     }
@@ -471,7 +433,7 @@ fn flush(connection: &mut Connection) -> io::Result<bool> {
             count += 1;
             count < SLICES_MAX
         });
-        match connection.stream.write_vectored(&slices[..count]) {
+        match (&connection.stream).write_vectored(&slices[..count]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => connection.session.sent(written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -480,11 +442,4 @@ fn flush(connection: &mut Connection) -> io::Result<bool> {
         }
     }
     Ok(true)
-}
-
-/// Tells a connection over the limit why it is closed, if it can take the
-/// bytes at once, and drops it.
-fn refuse(stream: &mut Stream, limit: usize) {
-    let frame = super::refusal_frame(limit);
-    let _ = stream.write_vectored(&[IoSlice::new(&frame)]);
 }

@@ -26,7 +26,7 @@ mod wake;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ pub use session::SessionConfig;
 use starling_core::{Bus, QueueCounters};
 
 use crate::frame;
+use crate::stream::Stream;
 
 /// Which I/O backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -286,7 +287,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 }
 
 /// The whole `ERR` frame for a connection refused for being over the limit.
-pub(crate) fn refusal_frame(limit: usize) -> Vec<u8> {
+fn refusal_frame(limit: usize) -> Vec<u8> {
     let body = frame::control::ErrorBody::new(
         frame::ErrorCode::Limit,
         format!("the node accepts at most {limit} connections"),
@@ -298,6 +299,14 @@ pub(crate) fn refusal_frame(limit: usize) -> Vec<u8> {
     bytes.extend_from_slice(&body);
     bytes.extend_from_slice(&frame::PADDING[..frame::padded(body.len()) - body.len()]);
     bytes
+}
+
+/// Tells a connection over the limit why it is closed, if it can take the
+/// bytes at once (without blocking the loop), and leaves it to be dropped.
+pub(crate) fn refuse(stream: &Stream, limit: usize) {
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&*stream).write(&refusal_frame(limit));
+    }
 }
 
 /// Counters of one connection, updated by the I/O thread.

@@ -20,9 +20,9 @@
 //! operations is in flight, and its generation changes, so a late completion
 //! for a closed connection is recognized (and its buffer still returned).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -34,6 +34,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use super::session::Session;
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
 use super::{Listeners, Shared};
+use crate::stream::Stream;
 
 /// Submission queue entries.
 const RING_ENTRIES: u32 = 1024;
@@ -258,20 +259,6 @@ impl WakeLoop for EventFd {
         // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
         // counter (EAGAIN) means a wake-up is already pending.
         let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-}
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
     }
 }
 
@@ -669,27 +656,22 @@ impl Loop<'_> {
     }
 
     fn admit(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
-        let (stream, transport, remote) = if kind == ACCEPT_TCP {
+        let (stream, remote) = if kind == ACCEPT_TCP {
             let stream = TcpStream::from(fd);
             let _ = stream.set_nodelay(true);
             let remote = stream
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            (Stream::Tcp(stream), "tcp", remote)
+            (Stream::Tcp(stream), remote)
         } else {
-            (Stream::Unix(UnixStream::from(fd)), "unix", String::new())
+            (Stream::Unix(UnixStream::from(fd)), String::new())
         };
         if self.open >= self.shared.config.connections_max {
-            // Best effort, without blocking the loop.
-            match &stream {
-                Stream::Tcp(s) => s.set_nonblocking(true)?,
-                Stream::Unix(s) => s.set_nonblocking(true)?,
-            }
-            refuse(&stream, self.shared.config.connections_max);
+            super::refuse(&stream, self.shared.config.connections_max);
             return Ok(());
         }
-        let (id, stats) = self.shared.connections.open(transport, remote);
+        let (id, stats) = self.shared.connections.open(stream.transport(), remote);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -735,7 +717,7 @@ impl Loop<'_> {
         };
         connection.receiving = true;
         connection.receive_cancelled = false;
-        let entry = opcode::RecvMulti::new(types::Fd(connection.stream.fd()), BUFFER_GROUP)
+        let entry = opcode::RecvMulti::new(types::Fd(connection.stream.as_raw_fd()), BUFFER_GROUP)
             .build()
             .user_data(user_data(RECV, generation, slot));
         self.push(entry)
@@ -773,10 +755,13 @@ impl Loop<'_> {
         connection.message.msg_iov = connection.iovecs.as_mut_ptr();
         connection.message.msg_iovlen = count as _;
         connection.sending = true;
-        let entry = opcode::SendMsg::new(types::Fd(connection.stream.fd()), &*connection.message)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(SEND, generation, slot));
+        let entry = opcode::SendMsg::new(
+            types::Fd(connection.stream.as_raw_fd()),
+            &*connection.message,
+        )
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build()
+        .user_data(user_data(SEND, generation, slot));
         self.push(entry)
     }
 
@@ -790,7 +775,7 @@ impl Loop<'_> {
         if !connection.closing {
             connection.closing = true;
             // SAFETY: plain syscall on a descriptor we own.
-            unsafe { libc::shutdown(connection.stream.fd(), libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(connection.stream.as_raw_fd(), libc::SHUT_RDWR) };
         }
         self.release_if_done(slot, generation);
         Ok(())
@@ -829,14 +814,4 @@ fn live(slots: &mut [Slot], slot: u32, generation: u32) -> Option<&mut Connectio
         return None;
     }
     entry.connection.as_mut()
-}
-
-/// Tells a connection over the limit why it is closed, if it can take the
-/// bytes at once.
-fn refuse(stream: &Stream, limit: usize) {
-    let frame = super::refusal_frame(limit);
-    let _ = match stream {
-        Stream::Tcp(s) => (&*s).write(&frame),
-        Stream::Unix(s) => (&*s).write(&frame),
-    };
 }
