@@ -52,6 +52,12 @@ pub(crate) mod close {
 /// Bytes read from a data stream at a time (more for a larger frame).
 const READ_CHUNK: usize = 64 << 10;
 
+/// Largest control message before a link is up: a HELLO or a REFUSE is a
+/// few names and addresses, and a connection not yet known to be a peer
+/// gets no more (the configured `control_bytes_max` is for interest
+/// snapshots, between peers that shook hands).
+const HANDSHAKE_BYTES_MAX: usize = 16 << 10;
+
 /// A connection whose handshake succeeded.
 #[derive(Debug)]
 pub(crate) struct Established {
@@ -114,7 +120,7 @@ pub(crate) async fn dial(
             .await
             .map_err(|error| format!("cannot open the control stream: {error}"))?;
         write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
-        match read_control(&mut recv, local.control_bytes_max).await? {
+        match read_control(&mut recv, handshake_bytes_max(&local)).await? {
             Control::Hello(theirs) => {
                 if let Some(why) = check_peer(&local, &connection, &theirs) {
                     connection.close(close::REFUSED, why.as_bytes());
@@ -158,7 +164,7 @@ pub(crate) async fn accept(
             .accept_bi()
             .await
             .map_err(|error| format!("no control stream: {error}"))?;
-        let theirs = match read_control(&mut recv, local.control_bytes_max).await? {
+        let theirs = match read_control(&mut recv, handshake_bytes_max(&local)).await? {
             Control::Hello(theirs) => theirs,
             other => {
                 let why = format!(
@@ -240,17 +246,29 @@ async fn write_control(send: &mut SendStream, message: &Control) -> Result<(), S
         .map_err(|error| format!("control stream: {error}"))
 }
 
+fn handshake_bytes_max(local: &Local) -> usize {
+    HANDSHAKE_BYTES_MAX.min(local.control_bytes_max)
+}
+
 /// Reads one control message, checking its announced length first.
+///
+/// The buffer grows with the bytes that arrive, at most a chunk ahead of
+/// them: an announced length is a claim, not memory to set aside, so a peer
+/// that announces the largest message and sends nothing pins a chunk.
 async fn read_control(recv: &mut RecvStream, max: usize) -> Result<Control, String> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
         .map_err(|error| format!("control stream: {error}"))?;
     let length = Control::announced_length(prefix, max).map_err(|error| error.to_string())?;
-    let mut message = vec![0u8; length];
-    recv.read_exact(&mut message)
-        .await
-        .map_err(|error| format!("control stream: {error}"))?;
+    let mut message = Vec::with_capacity(length.min(READ_CHUNK));
+    while message.len() < length {
+        let start = message.len();
+        message.resize(start + (length - start).min(READ_CHUNK), 0);
+        recv.read_exact(&mut message[start..])
+            .await
+            .map_err(|error| format!("control stream: {error}"))?;
+    }
     Control::decode(&message).map_err(|error| error.to_string())
 }
 
@@ -612,4 +630,61 @@ pub(crate) fn closed_reason(error: &quinn::ConnectionError) -> String {
 /// Closes `connection` with `code` and a reason.
 pub(crate) fn close_with(connection: &Connection, code: VarInt, reason: &str) {
     connection.close(code, reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::tls::{LinkTls, TlsSource};
+    use crate::cluster::{ClusterConfig, link_endpoint};
+
+    fn endpoint() -> quinn::Endpoint {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tls = LinkTls::new(&TlsSource::InsecureDev, "test").unwrap();
+        link_endpoint(socket, &tls, &ClusterConfig::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handshake_announcing_more_than_a_hello_is_refused_before_it_is_read() {
+        let acceptor = endpoint();
+        let local = Arc::new(Local {
+            hello: Hello {
+                protocol: super::super::wire::MESH_PROTOCOL_VERSION,
+                fingerprint: event::format_fingerprint(),
+                node_id: 1,
+                cluster: "test".into(),
+                name: "acceptor".into(),
+                advertise: acceptor.local_addr().unwrap().to_string(),
+                inbox_prefix: "_INBOX.test".into(),
+            },
+            authenticated: false,
+            control_bytes_max: 64 << 20,
+        });
+        let acceptor_address = acceptor.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let incoming = acceptor.accept().await.unwrap();
+            let started = std::time::Instant::now();
+            (accept(incoming, local).await, started.elapsed())
+        });
+        let dialer = endpoint();
+        let connection = dialer
+            .connect(acceptor_address, LINK_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        // A stranger announces a 1 MiB first message (far within the
+        // configured limit for snapshots) and sends nothing of it.
+        send.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+        let (result, took) = accepted.await.unwrap();
+        let (_, why) = result.unwrap_err();
+        assert!(
+            why.contains(&format!("exceeds the limit of {HANDSHAKE_BYTES_MAX}")),
+            "{why}"
+        );
+        assert!(
+            took < HANDSHAKE_TIMEOUT / 2,
+            "refused at once, not when the handshake times out"
+        );
+    }
 }

@@ -86,6 +86,17 @@ pub enum TlsError {
     /// The peer verifier could not be built (for example, an empty CA file).
     #[error("peer verification: {0}")]
     Verifier(String),
+    /// The node's certificate does not name the node: every peer would
+    /// refuse its links, so it is refused at start instead.
+    #[error(
+        "{path}: the certificate is not valid for this node's name '{name}' (make one with `starling cert node {name}`)"
+    )]
+    NotForName {
+        /// The certificate file.
+        path: PathBuf,
+        /// The node's name.
+        name: String,
+    },
 }
 
 /// The crypto half of a node's QUIC endpoint.
@@ -183,7 +194,20 @@ impl LinkTls {
             server_verifier,
             authenticated,
         } = match source {
-            TlsSource::Files { cert, key, ca } => Identity::from_files(cert, key, ca, &provider)?,
+            TlsSource::Files { cert, key, ca } => {
+                let identity = Identity::from_files(cert, key, ca, &provider)?;
+                if !identity
+                    .chain
+                    .first()
+                    .is_some_and(|leaf| names(leaf, node_name))
+                {
+                    return Err(TlsError::NotForName {
+                        path: cert.clone(),
+                        name: node_name.to_owned(),
+                    });
+                }
+                identity
+            }
             TlsSource::InsecureDev => Identity::insecure(node_name, &provider)?,
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -222,7 +246,12 @@ pub fn peer_holds_name(connection: &quinn::Connection, authenticated: bool, name
     let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
         return false;
     };
-    let (Some(leaf), Ok(name)) = (chain.first(), ServerName::try_from(name)) else {
+    chain.first().is_some_and(|leaf| names(leaf, name))
+}
+
+/// Whether the certificate `leaf` is valid for the DNS name `name`.
+fn names(leaf: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(name) = ServerName::try_from(name) else {
         return false;
     };
     ParsedCertificate::try_from(leaf)
@@ -473,8 +502,15 @@ mod tests {
             key: node.key.clone(),
             ca: ca.cert.clone(),
         };
-        let tls = LinkTls::new(&source, "ignored").unwrap();
+        let tls = LinkTls::new(&source, "node-a").unwrap();
         assert!(tls.authenticated);
+        // A node is not started with a certificate its peers would refuse.
+        let error = LinkTls::new(&source, "node-b").unwrap_err();
+        assert!(
+            matches!(&error, TlsError::NotForName { name, .. } if name == "node-b"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("node-a.pem"), "{error}");
         // The certificate is valid for the shared link name and its node's
         // name, and only those.
         let leaf = read_certificates(&node.cert).unwrap().remove(0);
