@@ -24,19 +24,17 @@
 //! Integers are big-endian. Do not change values or order: these bytes are
 //! exchanged between nodes of different versions.
 //!
-//! foca owns its codec and broadcast handler and has no getters for them,
-//! so both share a [`Journal`] with the `Membership` wrapper: what the codec
-//! saw (to find state changes foca does not notify, such as suspicion) and
-//! which members announced a graceful leave.
+//! Both hooks write what they see into the [`SharedJournal`] they share
+//! with the `Membership` wrapper.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut};
 use foca::{BroadcastHandler, Codec, Header, Identity as _, Invalidates, Member, Message, State};
 use thiserror::Error;
 
-use super::Identity;
+use super::identity::Identity;
+use super::journal::{Claim, SharedJournal};
 
 /// A foca packet follows.
 pub(super) const KIND_SWIM: u8 = 0x53;
@@ -51,9 +49,6 @@ pub(super) const KIND_DIGEST: u8 = 0x44;
 pub(super) const KIND_DEPARTURE: u8 = 0x4C;
 /// A member's state in a full view: down, and it left on purpose.
 const STATE_DEPARTED: u8 = 3;
-
-/// Longest advertise address, so that its length fits in one byte.
-pub(super) const ADVERTISE_BYTES_MAX: usize = u8::MAX as usize;
 
 /// Why bytes could not be read or written.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -74,43 +69,6 @@ pub enum WireError {
     /// packet is left as it was).
     #[error("no room in the packet")]
     NoRoom,
-}
-
-/// What one membership instance's codec and broadcast handler tell it.
-#[derive(Debug, Default)]
-pub(super) struct Journal {
-    /// News about members that passed through the codec since the wrapper
-    /// last looked, as foca applies (or generates) them.
-    pub claims: Vec<Claim>,
-    /// The newest identity known to have left, per address key.
-    pub departed: HashMap<u64, Identity>,
-    /// Departures learned since the wrapper last looked.
-    pub new_departures: Vec<Identity>,
-    /// This node's incarnation, as of the last packet it sent (foca keeps
-    /// it to itself; every probe carries it).
-    pub own_incarnation: u16,
-}
-
-/// One piece of news about a member.
-#[derive(Debug, Clone)]
-pub(super) struct Claim {
-    pub identity: Identity,
-    pub incarnation: u16,
-    pub state: State,
-}
-
-/// A handle on a [`Journal`] shared by the wrapper, its codec and its
-/// broadcast handler. A mutex rather than a `RefCell` keeps `Membership`
-/// `Send`; it is never contended (one owner drives all three).
-#[derive(Debug, Clone, Default)]
-pub(super) struct SharedJournal(Arc<Mutex<Journal>>);
-
-impl SharedJournal {
-    pub fn lock(&self) -> MutexGuard<'_, Journal> {
-        self.0
-            .lock()
-            .expect("the journal is only locked briefly, never across a panic")
-    }
 }
 
 /// foca's [`Codec`]: the layout in the module docs.
@@ -215,21 +173,6 @@ impl BroadcastHandler<Identity> for DepartureHandler {
         let address = identity.addr();
         let news = self.journal.lock().record_departure(identity);
         Ok(news.then_some(DepartureKey(address)))
-    }
-}
-
-impl Journal {
-    /// Records that `identity` left; false if that was known already (or
-    /// a newer identity on its address is known to have left).
-    pub fn record_departure(&mut self, identity: Identity) -> bool {
-        if let Some(known) = self.departed.get(&identity.addr())
-            && (known == &identity || known.win_addr_conflict(&identity))
-        {
-            return false;
-        }
-        self.departed.insert(identity.addr(), identity.clone());
-        self.new_departures.push(identity);
-        true
     }
 }
 
