@@ -25,8 +25,11 @@
 //! connection breaks, the reader reconnects with backoff and subscribes
 //! again; events published meanwhile are buffered up to a limit.
 
+mod answers;
 mod completion;
 mod connection;
+mod handshake;
+mod writer;
 
 use std::fmt;
 use std::ops::Deref;
@@ -38,7 +41,8 @@ use starling_core::subject::SubjectError;
 use starling_core::{SlowConsumerPolicy, SubscribeOptions};
 use thiserror::Error;
 
-use self::connection::{Room, Shared};
+use self::connection::Connection;
+use self::writer::Room;
 use crate::frame::ErrorCode;
 use crate::url::{ServerUrl, UrlError};
 
@@ -131,13 +135,13 @@ pub enum ClientError {
 /// A connection to a node. Cheap to clone; every clone is the same connection.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.shared.url.to_string())
+            .field("url", &self.connection.url.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +153,7 @@ impl fmt::Debug for Client {
 pub struct ClientSubscription {
     sid: u64,
     local: starling_core::Subscription,
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
 }
 
 impl Client {
@@ -162,7 +166,7 @@ impl Client {
     pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let url: ServerUrl = url.parse()?;
         Ok(Client {
-            shared: Shared::connect(url, options)?,
+            connection: Connection::connect(url, options)?,
         })
     }
 
@@ -170,14 +174,14 @@ impl Client {
     /// full: the node is holding this connection back because a subscriber
     /// of what it publishes has no room (see the delivery contract).
     pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<(), ClientError> {
-        self.shared
+        self.connection
             .publish(Room::Wait, subject, None, &[], payload, 0)
     }
 
     /// Like [`Client::publish`], but never waits: if the write buffer is
     /// full, returns [`ClientError::WouldBlock`] and sends nothing.
     pub fn try_publish(&self, subject: &str, payload: &[u8]) -> Result<(), ClientError> {
-        self.shared
+        self.connection
             .publish(Room::Now, subject, None, &[], payload, 0)
     }
 
@@ -188,14 +192,14 @@ impl Client {
         headers: &[EventHeader<'_>],
         payload: &[u8],
     ) -> Result<(), ClientError> {
-        self.shared
+        self.connection
             .publish(Room::Wait, subject, None, headers, payload, 0)
     }
 
     /// Subscribes to `pattern` with the client's default policy
     /// ([`ClientOptions::subscription`]; lossless `block` unless changed).
     pub fn subscribe(&self, pattern: &str) -> Result<ClientSubscription, ClientError> {
-        self.subscribe_with(pattern, None, self.shared.options.subscription.policy)
+        self.subscribe_with(pattern, None, self.connection.options.subscription.policy)
     }
 
     /// Joins queue group `group` on `pattern`.
@@ -207,7 +211,7 @@ impl Client {
         self.subscribe_with(
             pattern,
             Some(group),
-            self.shared.options.subscription.policy,
+            self.connection.options.subscription.policy,
         )
     }
 
@@ -222,11 +226,11 @@ impl Client {
         group: Option<&str>,
         policy: SlowConsumerPolicy,
     ) -> Result<ClientSubscription, ClientError> {
-        let (sid, local) = self.shared.subscribe(pattern, group, policy)?;
+        let (sid, local) = self.connection.subscribe(pattern, group, policy)?;
         Ok(ClientSubscription {
             sid,
             local,
-            shared: self.shared.clone(),
+            connection: self.connection.clone(),
         })
     }
 
@@ -240,9 +244,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<Event, ClientError> {
         let deadline = Instant::now() + timeout;
-        let pending = self.shared.send_request(subject, payload, timeout)?;
+        let pending = self.connection.send_request(subject, payload, timeout)?;
         let outcome = pending.wait_until(deadline);
-        self.shared.finish_request(&pending, outcome)
+        self.connection.finish_request(&pending, outcome)
     }
 
     /// Like [`Client::request`], for async code: fails with
@@ -255,17 +259,17 @@ impl Client {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Event, ClientError> {
-        let pending = self.shared.send_request(subject, payload, timeout)?;
+        let pending = self.connection.send_request(subject, payload, timeout)?;
         let outcome = pending.completion.wait_async().await;
-        self.shared.finish_request(&pending, Some(outcome))
+        self.connection.finish_request(&pending, Some(outcome))
     }
 
     /// Writes everything published so far and waits until the node has
     /// processed it (a `PING`/`PONG` round trip).
     pub fn flush(&self) -> Result<(), ClientError> {
-        let completion = self.shared.send_ping()?;
+        let completion = self.connection.send_ping()?;
         completion
-            .wait_until(Instant::now() + self.shared.options.answer_timeout)
+            .wait_until(Instant::now() + self.connection.options.answer_timeout)
             .unwrap_or(Err(ClientError::Timeout))
     }
 
@@ -273,31 +277,31 @@ impl Client {
     /// with [`ClientError::Timeout`] if the node has not answered within
     /// [`ClientOptions::answer_timeout`].
     pub async fn flush_async(&self) -> Result<(), ClientError> {
-        let completion = self.shared.send_ping()?;
+        let completion = self.connection.send_ping()?;
         completion.wait_async().await
     }
 
     /// Events the node dropped for this connection because it read too
     /// slowly, as the node last reported.
     pub fn dropped_by_node(&self) -> u64 {
-        self.shared.dropped_by_node()
+        self.connection.dropped_by_node()
     }
 
     /// Times the connection was re-established.
     pub fn reconnects(&self) -> u64 {
-        self.shared.reconnects()
+        self.connection.reconnects()
     }
 
     /// True while connected.
     pub fn is_connected(&self) -> bool {
-        self.shared.is_connected()
+        self.connection.is_connected()
     }
 
     /// Flushes, then closes the connection and stops the client's threads.
     /// Subscriptions report closed once drained.
     pub fn close(&self) {
         let _ = self.flush();
-        self.shared.close();
+        self.connection.close();
     }
 }
 
@@ -318,6 +322,6 @@ impl Deref for ClientSubscription {
 
 impl Drop for ClientSubscription {
     fn drop(&mut self) {
-        self.shared.unsubscribe(self.sid);
+        self.connection.unsubscribe(self.sid);
     }
 }

@@ -1,0 +1,314 @@
+//! [`Connection`]: one client's connection to its node, shared by the
+//! client's handles and its three threads: the reader (`reader.rs`, which
+//! also reconnects, `reconnect.rs`), the flusher ([`Writer`]) and the timer
+//! ([`Answers`]).
+
+mod reader;
+mod reconnect;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rkyv::util::AlignedVec;
+use starling_core::event::{self, EventParts, Header as EventHeader};
+use starling_core::subject::{self, INBOX_PREFIX};
+use starling_core::{Bus, BusConfig, Event, SlowConsumerPolicy, SubscribeOptions, Subscription};
+
+use super::answers::{Answers, PendingRequest};
+use super::completion::Completion;
+use super::handshake;
+use super::writer::{Room, Writer, push_frame};
+use super::{ClientError, ClientOptions};
+use crate::frame::control::Subscribe;
+use crate::frame::{FRAME_ALIGN, HEADER_BYTES, Header, Kind, padded};
+use crate::url::ServerUrl;
+
+/// The subscription id of the client's reply inbox.
+const INBOX_SID: u64 = u64::MAX;
+
+/// What a client's handles and threads share: the connection's settings,
+/// its write buffer, the answers it awaits, its subscriptions and its state.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) url: ServerUrl,
+    pub(crate) options: ClientOptions,
+    /// Delivers received events to subscriptions' queues.
+    local: Bus,
+    inbox_prefix: String,
+    next_tag: AtomicU64,
+    /// Random per client: the high half of its event ids and its inbox name.
+    connection_id: u64,
+    writer: Writer,
+    answers: Answers,
+    /// Live subscriptions, sent again after a reconnect.
+    subscriptions: Mutex<BTreeMap<u64, Subscribe>>,
+    connected: AtomicBool,
+    closed: AtomicBool,
+    dropped_by_node: AtomicU64,
+    reconnects: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Connection {
+    /// Connects, shakes hands, subscribes the reply inbox and starts the
+    /// reader, flusher and timer threads.
+    pub(crate) fn connect(
+        url: ServerUrl,
+        options: ClientOptions,
+    ) -> Result<Arc<Connection>, ClientError> {
+        let (stream, decoder) = handshake::open(&url, &options)?;
+        let connection_id = starling_core::random_u64();
+        let nuid = format!("{connection_id:016x}");
+        let connection = Arc::new(Connection {
+            connection_id,
+            url,
+            local: Bus::new(BusConfig {
+                subscription: options.subscription,
+                ..BusConfig::default()
+            }),
+            writer: Writer::new(stream.clone(), options.write_buffer_bytes_max),
+            options,
+            inbox_prefix: format!("{INBOX_PREFIX}{nuid}."),
+            next_tag: AtomicU64::new(1),
+            answers: Answers::new(),
+            subscriptions: Mutex::new(BTreeMap::new()),
+            connected: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            dropped_by_node: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        connection.enqueue(Room::Wait, |buffer| connection.push_inbox_subscribe(buffer))?;
+        let reader = connection.spawn("reader", move |c| c.read_loop(stream, decoder))?;
+        let flusher = connection.spawn("flusher", |c| c.writer.flush_loop(&c.closed))?;
+        let timer = connection.spawn("timer", |c| c.answers.timer_loop(&c.closed))?;
+        connection
+            .threads
+            .lock()
+            .expect("threads lock")
+            .extend([reader, flusher, timer]);
+        Ok(connection)
+    }
+
+    /// Starts one of the client's threads, `starling-client-{role}`.
+    fn spawn(
+        self: &Arc<Self>,
+        role: &str,
+        run: impl FnOnce(Arc<Connection>) + Send + 'static,
+    ) -> Result<JoinHandle<()>, ClientError> {
+        let connection = self.clone();
+        std::thread::Builder::new()
+            .name(format!("starling-client-{role}"))
+            .spawn(move || run(connection))
+            .map_err(|source| ClientError::Connect {
+                url: self.url.to_string(),
+                source,
+            })
+    }
+
+    /// Appends the `SUB` of the reply inbox, sent first on every connection.
+    fn push_inbox_subscribe(&self, buffer: &mut AlignedVec<FRAME_ALIGN>) {
+        // Replies never hold a responder back: only the first is used.
+        let inbox = Subscribe {
+            pattern: format!("{}*", self.inbox_prefix),
+            queue_group: None,
+            policy: SlowConsumerPolicy::DropNewest,
+        };
+        push_frame(buffer, Kind::Sub, INBOX_SID, &inbox.encode());
+    }
+
+    pub(crate) fn publish(
+        &self,
+        room: Room,
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: &[EventHeader<'_>],
+        payload: &[u8],
+        tag: u64,
+    ) -> Result<(), ClientError> {
+        let parts = EventParts {
+            // Unique across processes without a random number per event.
+            id: (u128::from(self.connection_id) << 64)
+                | u128::from(self.next_tag.fetch_add(1, Ordering::Relaxed)),
+            time_unix_nanos: starling_core::clock::system(),
+            subject,
+            reply_to,
+            headers,
+            payload,
+        };
+        event::check_parts(&parts, &self.local.config().limits)?;
+        self.enqueue(room, |buffer| {
+            let start = buffer.len();
+            let bound = parts.archive_bytes_bound();
+            buffer.resize(start + HEADER_BYTES + padded(bound), 0);
+            let body = &mut buffer[start + HEADER_BYTES..];
+            let len = event::encode_into(&parts, body).expect("the bound leaves room");
+            buffer[start..start + HEADER_BYTES]
+                .copy_from_slice(&Header::new(Kind::Pub, tag, len).encode());
+            buffer.resize(start + HEADER_BYTES + padded(len), 0);
+        })
+    }
+
+    /// Subscribes at the node with `policy`, which also governs the local
+    /// queue: under `Block` a full local queue stops the reader, so the
+    /// connection, then the node, then the publishers are held back.
+    pub(crate) fn subscribe(
+        &self,
+        pattern: &str,
+        group: Option<&str>,
+        policy: SlowConsumerPolicy,
+    ) -> Result<(u64, Subscription), ClientError> {
+        subject::validate_pattern(pattern, &self.local.config().limits.subject)?;
+        let sid = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let options = SubscribeOptions {
+            policy,
+            ..self.options.subscription
+        };
+        let local = self
+            .local
+            .subscribe_with(&routing_subject(sid), None, options)
+            .map_err(|_| ClientError::Closed)?;
+        let request = Subscribe {
+            pattern: pattern.to_owned(),
+            queue_group: group.map(str::to_owned),
+            policy,
+        };
+        self.subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .insert(sid, request.clone());
+        let completion = self.answers.expect_ack(sid, self.options.answer_timeout);
+        let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
+        let sent = self.enqueue(deadline, |buffer| {
+            push_frame(buffer, Kind::Sub, sid, &request.encode())
+        });
+        let answer = sent.and_then(|()| {
+            completion
+                .wait_until(Instant::now() + self.options.answer_timeout)
+                .unwrap_or(Err(ClientError::Timeout))
+        });
+        match answer {
+            Ok(()) => Ok((sid, local)),
+            Err(error) => {
+                self.subscriptions
+                    .lock()
+                    .expect("subscriptions lock")
+                    .remove(&sid);
+                self.answers.forget_ack(sid);
+                Err(error)
+            }
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, sid: u64) {
+        let known = self
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .remove(&sid)
+            .is_some();
+        if known && !self.closed.load(Ordering::Relaxed) {
+            let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
+            let _ = self.enqueue(deadline, |buffer| push_frame(buffer, Kind::Unsub, sid, &[]));
+        }
+    }
+
+    pub(crate) fn send_request(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<PendingRequest, ClientError> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let reply_to = format!("{}{tag}", self.inbox_prefix);
+        let completion = self.answers.expect_reply(tag, timeout);
+        let room = Room::Until(Instant::now() + timeout);
+        if let Err(error) = self.publish(room, subject, Some(&reply_to), &[], payload, tag) {
+            self.answers.forget_request(tag);
+            return Err(error);
+        }
+        Ok(PendingRequest { tag, completion })
+    }
+
+    pub(crate) fn finish_request(
+        &self,
+        pending: &PendingRequest,
+        outcome: Option<Result<Event, ClientError>>,
+    ) -> Result<Event, ClientError> {
+        self.answers.forget_request(pending.tag);
+        outcome.unwrap_or(Err(ClientError::Timeout))
+    }
+
+    pub(crate) fn send_ping(
+        &self,
+    ) -> Result<Arc<Completion<Result<(), ClientError>>>, ClientError> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let completion = self.answers.expect_pong(tag, self.options.answer_timeout);
+        let room = Room::Until(Instant::now() + self.options.answer_timeout);
+        self.enqueue(room, |buffer| push_frame(buffer, Kind::Ping, tag, &[]))?;
+        Ok(completion)
+    }
+
+    pub(crate) fn dropped_by_node(&self) -> u64 {
+        self.dropped_by_node.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Closes the socket, stops the threads and waits for them (but for the
+    /// one calling, if it is one of them).
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.writer.close();
+        self.answers.stop_timer();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        let current = std::thread::current().id();
+        for thread in threads {
+            if thread.thread().id() != current {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// The connection is gone for good: every waiter gets an answer.
+    fn fail_everything(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.writer.wake_all();
+        // `closed` is set: the timer stops.
+        self.answers.fail_all();
+    }
+
+    /// Appends frames to the write buffer (see [`Writer::enqueue`]).
+    fn enqueue(
+        &self,
+        room: Room,
+        write: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>),
+    ) -> Result<(), ClientError> {
+        self.writer.enqueue(&self.closed, room, write)
+    }
+}
+
+/// The local subject a subscription's events are routed on.
+fn routing_subject(sid: u64) -> String {
+    let mut subject = String::new();
+    push_routing_subject(&mut subject, sid);
+    subject
+}
+
+/// Appends [`routing_subject`] to `out`, without allocating once `out` has
+/// grown: the reader does this for every event it receives.
+fn push_routing_subject(out: &mut String, sid: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "_SID.{sid}");
+}

@@ -1,0 +1,48 @@
+//! Reconnecting after the connection broke: with doubling waits, then the
+//! subscriptions again, ahead of whatever was published meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rkyv::util::AlignedVec;
+
+use super::Connection;
+use crate::client::handshake;
+use crate::client::writer::push_frame;
+use crate::frame::{Decoder, FRAME_ALIGN, Kind};
+use crate::stream::Stream;
+
+/// The first wait before connecting again.
+const FIRST_DELAY: Duration = Duration::from_millis(50);
+
+impl Connection {
+    /// Tries to connect again until it succeeds or the client is closed; on
+    /// success puts the new socket in place and subscribes again ahead of
+    /// any buffered frames.
+    pub(super) fn reconnect(&self) -> Option<(Arc<Stream>, Decoder)> {
+        let mut delay = FIRST_DELAY;
+        while !self.closed.load(Ordering::Relaxed) {
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(self.options.reconnect_delay_max);
+            let Ok((stream, decoder)) = handshake::open(&self.url, &self.options) else {
+                continue;
+            };
+            let mut frames = AlignedVec::<FRAME_ALIGN>::new();
+            self.push_inbox_subscribe(&mut frames);
+            for (sid, subscription) in self
+                .subscriptions
+                .lock()
+                .expect("subscriptions lock")
+                .iter()
+            {
+                push_frame(&mut frames, Kind::Sub, *sid, &subscription.encode());
+            }
+            self.writer.reconnected(stream.clone(), frames);
+            self.connected.store(true, Ordering::Relaxed);
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            return Some((stream, decoder));
+        }
+        None
+    }
+}
