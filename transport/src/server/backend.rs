@@ -7,25 +7,60 @@
 //! an unsupported setup flag) falls back to epoll, and the reason is reported
 //! once, with the backend, to whoever started the server.
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use super::{Backend, BackendChoice, Listeners, Shared};
+use super::ServerState;
+use super::listeners::Listeners;
+
+/// Which I/O backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// io_uring if it works here, else epoll.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+/// The backend a server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring.
+    Uring,
+    /// epoll, and why (`--io-backend epoll`, or why io_uring could not start).
+    Epoll {
+        /// Why epoll was chosen.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Uring => write!(f, "io_uring"),
+            Backend::Epoll { reason } => write!(f, "epoll ({reason})"),
+        }
+    }
+}
 
 /// Runs the chosen backend's loop until the server stops; reports the
 /// backend (or a start-up error) through `started` first.
-pub(crate) fn run(
+pub(super) fn run(
     choice: BackendChoice,
     listeners: Listeners,
-    shared: &Arc<Shared>,
+    server: &Arc<ServerState>,
     started: &Sender<io::Result<Backend>>,
 ) {
     let reason = match choice {
         BackendChoice::Epoll => "--io-backend epoll".to_owned(),
         BackendChoice::Auto | BackendChoice::Uring => match uring_setup() {
             Ok(setup) => {
-                let result = run_uring(setup, listeners, shared, started);
+                let result = run_uring(setup, listeners, server, started);
                 if let Err(error) = result {
                     let _ = started.send(Err(error));
                 }
@@ -42,7 +77,7 @@ pub(crate) fn run(
         },
     };
     let backend = Backend::Epoll { reason };
-    if let Err(error) = super::epoll::run(listeners, shared, &|| {
+    if let Err(error) = super::epoll::run(listeners, server, &|| {
         let _ = started.send(Ok(backend.clone()));
     }) {
         let _ = started.send(Err(error));
@@ -71,10 +106,10 @@ fn uring_setup() -> io::Result<UringSetup> {
 fn run_uring(
     setup: UringSetup,
     listeners: Listeners,
-    shared: &Arc<Shared>,
+    server: &Arc<ServerState>,
     started: &Sender<io::Result<Backend>>,
 ) -> io::Result<()> {
-    super::uring::run(setup, listeners, shared, &|| {
+    super::uring::run(setup, listeners, server, &|| {
         let _ = started.send(Ok(Backend::Uring));
     })
 }
@@ -83,7 +118,7 @@ fn run_uring(
 fn run_uring(
     setup: UringSetup,
     _: Listeners,
-    _: &Arc<Shared>,
+    _: &Arc<ServerState>,
     _: &Sender<io::Result<Backend>>,
 ) -> io::Result<()> {
     match setup {}

@@ -16,9 +16,10 @@ use mio::net::{TcpListener, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
+use super::ServerState;
+use super::listeners::{Listeners, refuse};
 use super::session::Session;
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
-use super::{Listeners, Shared};
 use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
 
@@ -63,15 +64,15 @@ struct Connection {
 }
 
 /// Runs the loop until the server stops. Calls `started` once it is ready.
-pub(crate) fn run(
+pub(super) fn run(
     listeners: Listeners,
-    shared: &Arc<Shared>,
+    server: &Arc<ServerState>,
     started: &dyn Fn(),
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let loop_waker = Arc::new(MioWaker(mio::Waker::new(poll.registry(), WAKE)?));
-    let _ = shared.waker.set(loop_waker.clone());
-    let ready = ReadyQueue::new(shared.config.connections_max, loop_waker);
+    let _ = server.waker.set(loop_waker.clone());
+    let ready = ReadyQueue::new(server.config.connections_max, loop_waker);
 
     let mut tcp = listeners.tcp.map(TcpListener::from_std);
     let mut uds = listeners.uds.map(UnixListener::from_std);
@@ -86,8 +87,8 @@ pub(crate) fn run(
     started();
 
     let mut state = Loop {
-        shared,
-        publisher: shared.bus.publisher(),
+        server,
+        publisher: server.bus.publisher(),
         connections: slab::Slab::new(),
         ready,
         buffer: ReadBuffer::new(READ_BYTES),
@@ -138,14 +139,14 @@ pub(crate) fn run(
         }
         state.next_turns(poll.registry());
         state.expire_stalls(poll.registry());
-        if shared.stopping.load(Ordering::Acquire) {
+        if server.stopping.load(Ordering::Acquire) {
             match drain_deadline {
                 None => {
                     // Stop accepting; tell every client; keep writing until
                     // every outbox is empty or the drain time is up.
                     drop(tcp.take());
                     drop(uds.take());
-                    drain_deadline = Some(Instant::now() + shared.config.drain_timeout);
+                    drain_deadline = Some(Instant::now() + server.config.drain_timeout);
                     let keys: Vec<usize> = state.connections.iter().map(|(key, _)| key).collect();
                     for index in keys {
                         state.connections[index].session.shut_down();
@@ -171,7 +172,7 @@ pub(crate) fn run(
 }
 
 struct Loop<'a> {
-    shared: &'a Arc<Shared>,
+    server: &'a Arc<ServerState>,
     publisher: starling_core::Publisher,
     connections: slab::Slab<Connection>,
     ready: Arc<ReadyQueue>,
@@ -210,11 +211,11 @@ impl Loop<'_> {
     }
 
     fn admit(&mut self, stream: Stream, remote: String, registry: &Registry) {
-        if self.connections.len() >= self.shared.config.connections_max {
-            super::refuse(&stream, self.shared.config.connections_max);
+        if self.connections.len() >= self.server.config.connections_max {
+            refuse(&stream, self.server.config.connections_max);
             return;
         }
-        let (id, stats) = self.shared.connections.open(stream.transport(), remote);
+        let (id, stats) = self.server.connections.open(stream.transport(), remote);
         let entry = self.connections.vacant_entry();
         let index = entry.key();
         let token = Token(FIRST_CONNECTION + index);
@@ -223,7 +224,7 @@ impl Loop<'_> {
             .register(&mut SourceFd(&stream.as_raw_fd()), token, interest)
             .is_err()
         {
-            self.shared.connections.close(id);
+            self.server.connections.close(id);
             return;
         }
         let waker = SessionWaker::new(index as u64, self.ready.clone());
@@ -231,7 +232,7 @@ impl Loop<'_> {
         entry.insert(Connection {
             id,
             stream,
-            session: Session::new(&self.shared.bus, self.shared.session.clone(), stats),
+            session: Session::new(&self.server.bus, self.server.session.clone(), stats),
             waker,
             task_waker,
             write_blocked: false,
@@ -417,7 +418,7 @@ impl Loop<'_> {
         if let Some(connection) = self.connections.try_remove(index) {
             // Fails only if it was never registered.
             let _ = registry.deregister(&mut SourceFd(&connection.stream.as_raw_fd()));
-            self.shared.connections.close(connection.id);
+            self.server.connections.close(connection.id);
         }
     }
 }

@@ -20,8 +20,8 @@ use starling_core::event;
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
+use super::counters::{ConnectionStats, SubscriptionStats};
 use super::outbox::{Full, Outbox};
-use super::{ConnectionStats, SubscriptionStats};
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
 use crate::frame::{
     DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,

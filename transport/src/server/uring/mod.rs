@@ -19,31 +19,33 @@
 //! | slot (32 bits). A connection's slot is freed only when none of its
 //! operations is in flight, and its generation changes, so a late completion
 //! for a closed connection is recognized (and its buffer still returned).
+//!
+//! This file is the loop; `ring.rs` sets up and checks what it runs on (the
+//! ring, the buffer ring, the eventfd).
 
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+mod ring;
+
+pub(super) use ring::Setup;
+
+use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
+
+use super::ServerState;
+use super::listeners::{Listeners, refuse};
 use super::session::Session;
-use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
-use super::{Listeners, Shared};
+use super::wake::{ReadyQueue, SessionWaker};
 use crate::stream::Stream;
 
-/// Submission queue entries.
-const RING_ENTRIES: u32 = 1024;
-/// Receive buffers in the buffer ring (a power of two, at most 32768).
-const BUFFERS: u16 = 256;
-/// Bytes per receive buffer.
-const BUFFER_BYTES: usize = 16 << 10;
-/// The buffer group id of the ring.
-const BUFFER_GROUP: u16 = 0;
 /// Most slices gathered into one send.
 const SLICES_MAX: usize = 256;
 
@@ -53,214 +55,6 @@ const RECV: u8 = 3;
 const SEND: u8 = 4;
 const WAKE: u8 = 5;
 const CANCEL: u8 = 6;
-
-/// A ring, its buffers and its wake-up eventfd, set up and checked on the
-/// thread that will run it.
-pub(crate) struct Setup {
-    ring: IoUring,
-    buffers: BufferRing,
-    eventfd: Arc<EventFd>,
-}
-
-impl Setup {
-    /// Builds the ring and checks everything the loop needs.
-    pub(crate) fn new() -> io::Result<Setup> {
-        check_kernel()?;
-        let ring = build_ring()?;
-        check_opcodes(&ring)?;
-        let buffers = BufferRing::register(&ring)?;
-        let eventfd = Arc::new(EventFd::new()?);
-        Ok(Setup {
-            ring,
-            buffers,
-            eventfd,
-        })
-    }
-}
-
-/// Multishot receive needs Linux 6.0 (multishot accept and buffer rings 5.19),
-/// and a probe cannot tell: it lists opcodes, not their flags.
-fn check_kernel() -> io::Result<()> {
-    // SAFETY: `uname` fills the zeroed struct we own.
-    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut name) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel writes a NUL-terminated string into `release`.
-    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if version < (6, 0) {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("kernel {release} is older than 6.0 (multishot receive)"),
-        ));
-    }
-    Ok(())
-}
-
-fn build_ring() -> io::Result<IoUring> {
-    // Single issuer with deferred task running is the cheapest mode; older
-    // kernels refuse the flags with EINVAL, so step down.
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(RING_ENTRIES)
-        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
-        .or_else(|_| IoUring::new(RING_ENTRIES))
-}
-
-fn check_opcodes(ring: &IoUring) -> io::Result<()> {
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    let needed = [
-        ("ACCEPT", opcode::AcceptMulti::CODE),
-        ("RECV", opcode::RecvMulti::CODE),
-        ("SENDMSG", opcode::SendMsg::CODE),
-        ("READ", opcode::Read::CODE),
-        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
-    ];
-    for (name, code) in needed {
-        if !probe.is_supported(code) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("opcode {name} is not supported"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Receive buffers shared with the kernel through a registered buffer ring.
-struct BufferRing {
-    /// The ring of buffer descriptors, page-aligned, `BUFFERS` entries.
-    entries: *mut types::BufRingEntry,
-    entries_layout: std::alloc::Layout,
-    /// The buffers, `BUFFERS * BUFFER_BYTES` bytes, page-aligned.
-    memory: *mut u8,
-    memory_layout: std::alloc::Layout,
-    /// Our copy of the ring's tail (the kernel reads the shared one).
-    tail: u16,
-}
-
-impl BufferRing {
-    fn register(ring: &IoUring) -> io::Result<BufferRing> {
-        let entries_layout = std::alloc::Layout::from_size_align(
-            BUFFERS as usize * size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .expect("buffer ring layout");
-        let memory_layout =
-            std::alloc::Layout::from_size_align(BUFFERS as usize * BUFFER_BYTES, 4096)
-                .expect("buffer layout");
-        // SAFETY: both layouts have non-zero sizes.
-        let entries =
-            unsafe { std::alloc::alloc_zeroed(entries_layout) }.cast::<types::BufRingEntry>();
-        // SAFETY: as above.
-        let memory = unsafe { std::alloc::alloc_zeroed(memory_layout) };
-        if entries.is_null() || memory.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        let mut buffers = BufferRing {
-            entries,
-            entries_layout,
-            memory,
-            memory_layout,
-            tail: 0,
-        };
-        // SAFETY: the descriptor ring is page-aligned, `BUFFERS` entries long,
-        // and lives (in `buffers`) until after the ring is dropped: `Setup`
-        // and the loop keep the ring and these buffers together and drop the
-        // ring first (see `run`).
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                entries as u64,
-                BUFFERS,
-                BUFFER_GROUP,
-                0,
-            )?
-        };
-        for id in 0..BUFFERS {
-            buffers.stage(id);
-        }
-        buffers.publish();
-        Ok(buffers)
-    }
-
-    /// Buffer `id`'s first `len` bytes.
-    fn bytes(&self, id: u16, len: usize) -> &[u8] {
-        assert!(
-            id < BUFFERS && len <= BUFFER_BYTES,
-            "buffer id and length come from our own ring"
-        );
-        // SAFETY: in bounds of the buffer memory (checked above); the kernel
-        // wrote these bytes before posting the completion that named `id`,
-        // and does not touch the buffer again until we give it back.
-        unsafe { std::slice::from_raw_parts(self.memory.add(id as usize * BUFFER_BYTES), len) }
-    }
-
-    /// Puts buffer `id` back in the ring (visible after [`Self::publish`]).
-    fn stage(&mut self, id: u16) {
-        let slot = self.tail & (BUFFERS - 1);
-        // SAFETY: `slot` < BUFFERS; the entry at the tail is ours to write
-        // until the tail moves past it.
-        let entry = unsafe { &mut *self.entries.add(slot as usize) };
-        // SAFETY: in bounds of the buffer memory.
-        entry.set_addr(unsafe { self.memory.add(id as usize * BUFFER_BYTES) } as u64);
-        entry.set_len(BUFFER_BYTES as u32);
-        entry.set_bid(id);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes staged buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: `entries` is the ring base; the tail field overlays the
-        // first entry's reserved field, which the kernel reads atomically.
-        let tail = unsafe { &*types::BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
-        // SYNC POINT (buffer-ring): Release publishes the staged entries to
-        // the kernel, which reads the tail with acquire semantics.
-        tail.store(self.tail, Ordering::Release);
-    }
-}
-
-impl Drop for BufferRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `register` with these layouts; the ring that
-        // used them is gone (see `run`).
-        unsafe {
-            std::alloc::dealloc(self.entries.cast(), self.entries_layout);
-            std::alloc::dealloc(self.memory, self.memory_layout);
-        }
-    }
-}
-
-/// The loop's wake-up: an eventfd the ring keeps a read on.
-#[derive(Debug)]
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> io::Result<EventFd> {
-        // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `eventfd` returned a new descriptor that we own.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-}
-
-impl WakeLoop for EventFd {
-    fn wake_loop(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
-        // counter (EAGAIN) means a wake-up is already pending.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-}
 
 struct Connection {
     id: u64,
@@ -292,7 +86,7 @@ struct Slot {
 }
 
 struct Loop<'a> {
-    shared: &'a Arc<Shared>,
+    server: &'a Arc<ServerState>,
     ring: IoUring,
     buffers: BufferRing,
     eventfd: Arc<EventFd>,
@@ -323,10 +117,10 @@ fn split(user_data: u64) -> (u8, u32, u32) {
 }
 
 /// Runs the loop until the server stops. Calls `started` once it is ready.
-pub(crate) fn run(
+pub(super) fn run(
     setup: Setup,
     listeners: Listeners,
-    shared: &Arc<Shared>,
+    server: &Arc<ServerState>,
     started: &dyn Fn(),
 ) -> io::Result<()> {
     let Setup {
@@ -334,15 +128,15 @@ pub(crate) fn run(
         buffers,
         eventfd,
     } = setup;
-    let _ = shared.waker.set(eventfd.clone());
-    let ready = ReadyQueue::new(shared.config.connections_max, eventfd.clone());
+    let _ = server.waker.set(eventfd.clone());
+    let ready = ReadyQueue::new(server.config.connections_max, eventfd.clone());
     let mut state = Loop {
-        shared,
+        server,
         ring,
         buffers,
         eventfd,
         wake_buffer: Box::new([0; 8]),
-        publisher: shared.bus.publisher(),
+        publisher: server.bus.publisher(),
         slots: Vec::new(),
         free: Vec::new(),
         open: 0,
@@ -385,10 +179,10 @@ impl Loop<'_> {
             }
             self.buffers.publish();
             self.expire_stalls()?;
-            if self.shared.stopping.load(Ordering::Acquire) {
+            if self.server.stopping.load(Ordering::Acquire) {
                 match drain_deadline {
                     None => {
-                        drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+                        drain_deadline = Some(Instant::now() + self.server.config.drain_timeout);
                         self.stop_accepting()?;
                         for slot in 0..self.slots.len() as u32 {
                             if let Some(connection) = self.connection(slot) {
@@ -470,7 +264,7 @@ impl Loop<'_> {
 
     fn arm_wake(&mut self) -> io::Result<()> {
         let entry = opcode::Read::new(
-            types::Fd(self.eventfd.0.as_raw_fd()),
+            types::Fd(self.eventfd.as_raw_fd()),
             self.wake_buffer.as_mut_ptr(),
             8,
         )
@@ -667,11 +461,11 @@ impl Loop<'_> {
         } else {
             (Stream::Unix(UnixStream::from(fd)), String::new())
         };
-        if self.open >= self.shared.config.connections_max {
-            super::refuse(&stream, self.shared.config.connections_max);
+        if self.open >= self.server.config.connections_max {
+            refuse(&stream, self.server.config.connections_max);
             return Ok(());
         }
-        let (id, stats) = self.shared.connections.open(stream.transport(), remote);
+        let (id, stats) = self.server.connections.open(stream.transport(), remote);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -691,7 +485,7 @@ impl Loop<'_> {
         self.slots[slot as usize].connection = Some(Connection {
             id,
             stream,
-            session: Session::new(&self.shared.bus, self.shared.session.clone(), stats),
+            session: Session::new(&self.server.bus, self.server.session.clone(), stats),
             waker,
             task_waker,
             receiving: false,
@@ -796,7 +590,7 @@ impl Loop<'_> {
         if done {
             let connection = entry.connection.take().expect("checked above");
             entry.generation = entry.generation.wrapping_add(1) & 0x00FF_FFFF;
-            self.shared.connections.close(connection.id);
+            self.server.connections.close(connection.id);
             self.free.push(slot);
             self.open -= 1;
         }

@@ -1,0 +1,101 @@
+//! The listening sockets: bound before the I/O thread starts, so that
+//! errors such as "address in use" reach the caller; and turning away a
+//! connection over the limit.
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use super::ServerConfig;
+use crate::frame;
+use crate::stream::Stream;
+
+/// The listening sockets of a server.
+#[derive(Debug)]
+pub(super) struct Listeners {
+    pub(super) tcp: Option<std::net::TcpListener>,
+    pub(super) uds: Option<UnixListener>,
+}
+
+/// Binds what `config` asks for, non-blocking.
+pub(super) fn bind(config: &ServerConfig) -> io::Result<Listeners> {
+    if config.tcp.is_none() && config.uds.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "nothing to listen on: give a TCP address or a Unix socket path",
+        ));
+    }
+    let tcp = match &config.tcp {
+        Some(address) => {
+            let listener = std::net::TcpListener::bind(address.as_str()).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on tcp://{address}: {error}"),
+                )
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let uds = match &config.uds {
+        Some(path) => {
+            remove_stale_socket(path)?;
+            let listener = UnixListener::bind(path).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on unix://{}: {error}", path.display()),
+                )
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    Ok(Listeners { tcp, uds })
+}
+
+/// Removes a socket file left by a node that did not stop cleanly, but never
+/// a live socket (another node listening) or a file that is not a socket.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another process is listening on {}", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+/// The whole `ERR` frame for a connection refused for being over the limit.
+fn refusal_frame(limit: usize) -> Vec<u8> {
+    let body = frame::control::ErrorBody::new(
+        frame::ErrorCode::Limit,
+        format!("the node accepts at most {limit} connections"),
+    )
+    .encode();
+    let mut bytes = frame::Header::new(frame::Kind::Err, 0, body.len())
+        .encode()
+        .to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&frame::PADDING[..frame::padded(body.len()) - body.len()]);
+    bytes
+}
+
+/// Tells a connection over the limit why it is closed, if it can take the
+/// bytes at once (without blocking the loop), and leaves it to be dropped.
+pub(super) fn refuse(stream: &Stream, limit: usize) {
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&*stream).write(&refusal_frame(limit));
+    }
+}
