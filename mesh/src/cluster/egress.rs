@@ -50,9 +50,8 @@ use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::interest::InterestKey;
-use super::link::close;
 use super::stats::LinkCounters;
-use super::wire::{ACK_BYTES, FRAME_GROUPS_MAX, WireError, check_ack, encode_forward};
+use super::wire::{ACK_BYTES, FRAME_GROUPS_MAX, WireError, check_ack, close, encode_forward};
 
 /// The tag of the routes for replies to the peer's request inboxes (interest
 /// ids start at 1, and plain deliveries are tagged `PLAIN_TAG` anyway).

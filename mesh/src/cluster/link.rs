@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rkyv::util::AlignedVec;
 use starling_core::bus::Backlog;
@@ -24,30 +25,14 @@ use starling_core::{Bus, PublishError, Publisher};
 use starling_transport::frame::{FRAME_ALIGN, Frame, FrameError, HEADER_BYTES, Header};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::driver::Event;
 use super::egress::ReplyRoutes;
 use super::interest::NodeId;
 use super::stats::LinkCounters;
 use super::tls::{LINK_SERVER_NAME, peer_holds_name};
-use super::wire::{Control, Hello, WireError, decode_forward};
+use super::wire::{Control, Hello, WireError, close, decode_forward};
 
 /// How long a handshake may take.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// QUIC application close codes of links.
-pub(crate) mod close {
-    use quinn::VarInt;
-    /// The node is stopping.
-    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
-    /// Another connection to the same peer was kept instead.
-    pub const DUPLICATE: VarInt = VarInt::from_u32(1);
-    /// The handshake failed.
-    pub const REFUSED: VarInt = VarInt::from_u32(2);
-    /// The peer sent bytes that break the protocol.
-    pub const PROTOCOL: VarInt = VarInt::from_u32(3);
-    /// The peer restarted or was forgotten.
-    pub const GONE: VarInt = VarInt::from_u32(4);
-}
 
 /// Bytes read from a data stream at a time (more for a larger frame).
 const READ_CHUNK: usize = 64 << 10;
@@ -57,6 +42,28 @@ const READ_CHUNK: usize = 64 << 10;
 /// gets no more (the configured `control_bytes_max` is for interest
 /// snapshots, between peers that shook hands).
 const HANDSHAKE_BYTES_MAX: usize = 16 << 10;
+
+/// What a link's readers hand to the driver (which wraps it in its own
+/// event type: the readers take any channel whose items convert from it).
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// A datagram (a membership packet) on a connection from `peer`.
+    Datagram { peer: NodeId, packet: Bytes },
+    /// A message on the control stream of `peer`'s connection `link`.
+    Control {
+        peer: NodeId,
+        link: usize,
+        message: Control,
+    },
+    /// `peer`'s connection `link` is gone; `departed` if the peer said it
+    /// is stopping.
+    Closed {
+        peer: NodeId,
+        link: usize,
+        reason: String,
+        departed: bool,
+    },
+}
 
 /// A connection whose handshake succeeded.
 #[derive(Debug)]
@@ -292,12 +299,12 @@ pub(crate) async fn control_writer(mut send: SendStream, mut queue: UnboundedRec
 
 /// Hands each control message from the peer to the driver; reports the
 /// link closed when the stream ends or breaks.
-pub(crate) async fn control_reader(
+pub(crate) async fn control_reader<E: From<LinkEvent>>(
     mut recv: RecvStream,
     connection: Connection,
     peer: NodeId,
     control_bytes_max: usize,
-    driver: UnboundedSender<Event>,
+    driver: UnboundedSender<E>,
 ) {
     let (reason, departed) = loop {
         match read_control(&mut recv, control_bytes_max).await {
@@ -309,11 +316,14 @@ pub(crate) async fn control_reader(
             Ok(message) => {
                 let link = connection.stable_id();
                 if driver
-                    .send(Event::Control {
-                        peer,
-                        link,
-                        message,
-                    })
+                    .send(
+                        LinkEvent::Control {
+                            peer,
+                            link,
+                            message,
+                        }
+                        .into(),
+                    )
                     .is_err()
                 {
                     return;
@@ -336,24 +346,30 @@ pub(crate) async fn control_reader(
         }
     };
     let link = connection.stable_id();
-    let _ = driver.send(Event::Closed {
-        peer,
-        link,
-        reason,
-        departed,
-    });
+    let _ = driver.send(
+        LinkEvent::Closed {
+            peer,
+            link,
+            reason,
+            departed,
+        }
+        .into(),
+    );
 }
 
 /// Hands each datagram from the peer (membership packets) to the driver,
 /// until the connection closes. Their content is checked there: a bad one
 /// is dropped, and the link stays.
-pub(crate) async fn datagrams(
+pub(crate) async fn datagrams<E: From<LinkEvent>>(
     connection: Connection,
     peer: NodeId,
-    driver: UnboundedSender<Event>,
+    driver: UnboundedSender<E>,
 ) {
     while let Ok(packet) = connection.read_datagram().await {
-        if driver.send(Event::Datagram { peer, packet }).is_err() {
+        if driver
+            .send(LinkEvent::Datagram { peer, packet }.into())
+            .is_err()
+        {
             return;
         }
     }

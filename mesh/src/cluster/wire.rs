@@ -28,6 +28,9 @@
 //! `len: u16 LE | UTF-8`, zero-padded) followed by the event's archive, which so
 //! starts 16-byte aligned like every body.
 //!
+//! **Closing**: a link's QUIC connection closes with one of the [`close`]
+//! codes; a peer that reads `SHUTDOWN` knows the node left on purpose.
+//!
 //! Every decoder checks lengths before it reads or allocates and reports bad
 //! input as a [`WireError`]; the link that sent it is closed, other links go
 //! on.
@@ -47,6 +50,21 @@ pub const ALPN: &[u8] = b"starling-mesh/1";
 
 /// Queue groups one forward frame can name; more take more frames.
 pub const FRAME_GROUPS_MAX: usize = 16;
+
+/// QUIC application close codes of links.
+pub(crate) mod close {
+    use quinn::VarInt;
+    /// The node is stopping.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    /// Another connection to the same peer was kept instead.
+    pub const DUPLICATE: VarInt = VarInt::from_u32(1);
+    /// The handshake failed.
+    pub const REFUSED: VarInt = VarInt::from_u32(2);
+    /// The peer sent bytes that break the protocol.
+    pub const PROTOCOL: VarInt = VarInt::from_u32(3);
+    /// The peer restarted or was forgotten.
+    pub const GONE: VarInt = VarInt::from_u32(4);
+}
 
 const HELLO_MAGIC: &[u8; 4] = b"STRM";
 const TYPE_HELLO: u8 = 1;

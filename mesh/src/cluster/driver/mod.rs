@@ -39,7 +39,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use quinn::{Connection, Endpoint};
 use starling_core::{Bus, InterestChange, QueueCounters, SlowConsumerPolicy, SubscribeOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -49,10 +48,10 @@ use self::membership::Gossip;
 use super::ClusterConfig;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
-use super::link::{self, DialError, Established, Local, close};
+use super::link::{self, DialError, Established, LinkEvent, Local};
 use super::membership::Identity;
 use super::stats::{ClusterView, LinkCounters, hex_id};
-use super::wire::Control;
+use super::wire::{Control, close};
 
 /// The first wait before redialing; it doubles up to the configured most.
 const REDIAL_FIRST: Duration = Duration::from_millis(100);
@@ -75,26 +74,18 @@ pub(crate) enum Event {
     },
     /// Time to dial `address` again.
     Redial { address: String },
-    /// A datagram (a membership packet) on a connection from `peer`.
-    Datagram { peer: NodeId, packet: Bytes },
-    /// A message on the control stream of `peer`'s connection `link`.
-    Control {
-        peer: NodeId,
-        link: usize,
-        message: Control,
-    },
-    /// `peer`'s connection `link` is gone; `departed` if the peer said it
-    /// is stopping.
-    Closed {
-        peer: NodeId,
-        link: usize,
-        reason: String,
-        departed: bool,
-    },
+    /// A link's reader heard something.
+    Link(LinkEvent),
     /// A report is wanted.
     View(oneshot::Sender<ClusterView>),
     /// Stop.
     Shutdown,
+}
+
+impl From<LinkEvent> for Event {
+    fn from(event: LinkEvent) -> Self {
+        Event::Link(event)
+    }
 }
 
 pub(crate) struct Driver {
@@ -275,12 +266,14 @@ impl Driver {
                     self.dial(address);
                 }
             }
-            Event::Datagram { peer, packet } => self.gossip.received(peer, &packet),
-            Event::Control {
+            Event::Link(LinkEvent::Datagram { peer, packet }) => {
+                self.gossip.received(peer, &packet)
+            }
+            Event::Link(LinkEvent::Control {
                 peer,
                 link,
                 message,
-            } => {
+            }) => {
                 if !self.is_current(peer, link) {
                     return;
                 }
@@ -289,12 +282,12 @@ impl Driver {
                     Control::Hello(_) | Control::Refuse(_) => {}
                 }
             }
-            Event::Closed {
+            Event::Link(LinkEvent::Closed {
                 peer,
                 link,
                 reason,
                 departed,
-            } => self.link_closed(peer, link, reason, departed),
+            }) => self.link_closed(peer, link, reason, departed),
             Event::View(reply) => {
                 let _ = reply.send(self.view());
             }
