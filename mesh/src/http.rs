@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::sync::oneshot;
 
-use crate::cluster::stats::ClusterView;
-use crate::node::NodeState;
+use crate::cluster::view::ClusterView;
+use crate::node_state::NodeState;
 use crate::stats::Snapshot;
 
 /// A running HTTP endpoint.

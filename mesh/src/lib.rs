@@ -60,6 +60,7 @@ pub mod demo;
 pub mod http;
 pub mod nats;
 pub mod node;
+mod node_state;
 pub mod stats;
 
 pub use config::NodeConfig;

@@ -16,6 +16,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::NodeConfig;
 use crate::http::HttpServer;
 use crate::nats::{NatsListenerConfig, NatsServer};
+pub use crate::node_state::NodeState;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,24 +34,6 @@ pub enum NodeError {
 pub struct Node {
     state: Arc<NodeState>,
     http: Option<HttpServer>,
-}
-
-/// What the node's parts share (the HTTP endpoint reads it).
-#[derive(Debug)]
-pub struct NodeState {
-    /// The configuration the node started with.
-    pub config: NodeConfig,
-    /// The bus every client and in-process user shares.
-    pub bus: Bus,
-    /// The local server; `None` for a node embedded without one (no TCP
-    /// address and no Unix socket configured), used through its bus only.
-    pub server: Option<Server>,
-    /// The node's part of the mesh, if it joined one.
-    pub cluster: Option<Cluster>,
-    /// The NATS listener, if configured.
-    pub nats: Option<NatsServer>,
-    pub(crate) started: Instant,
-    pub(crate) started_unix_nanos: u64,
 }
 
 impl Node {

@@ -49,8 +49,8 @@ use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::counters::LinkCounters;
 use super::interest::InterestKey;
-use super::stats::LinkCounters;
 use super::wire::{ACK_BYTES, FRAME_GROUPS_MAX, WireError, check_ack, close, encode_forward};
 
 /// The tag of the routes for replies to the peer's request inboxes (interest

@@ -25,9 +25,9 @@ use starling_core::{Bus, PublishError, Publisher};
 use starling_transport::frame::{FRAME_ALIGN, Frame, FrameError, HEADER_BYTES, Header};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::counters::LinkCounters;
 use super::egress::ReplyRoutes;
 use super::interest::NodeId;
-use super::stats::LinkCounters;
 use super::tls::{LINK_SERVER_NAME, peer_holds_name};
 use super::wire::{Control, Hello, WireError, close, decode_forward};
 

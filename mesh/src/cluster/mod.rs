@@ -18,19 +18,21 @@
 //! - [`membership`]: SWIM membership as a state machine without I/O;
 //! - `driver`: the task that ties them together (membership packets as
 //!   QUIC datagrams, verdicts, dialing);
-//! - [`stats`]: counters and reports.
+//! - `counters`: per-link counters, kept by the tasks that move the events;
+//! - [`view`]: what the mesh reports (members, links, interest).
 //!
 //! Everything runs on one thread (`starling-mesh`) with a single-threaded
 //! tokio runtime: a link's work is I/O and copying, and one thread keeps the
 //! other cores for publishers, consumers and the local server.
 
+mod counters;
 mod driver;
 mod egress;
 pub mod interest;
 mod link;
 pub mod membership;
-pub mod stats;
 pub mod tls;
+pub mod view;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -48,8 +50,8 @@ use self::driver::{Driver, Event};
 use self::interest::{InterestConfig, NodeId};
 use self::link::Local;
 use self::membership::{Identity, MembershipConfig, MembershipError};
-use self::stats::ClusterView;
 use self::tls::{LinkTls, TlsError, TlsSource};
+use self::view::ClusterView;
 use self::wire::{Hello, MESH_PROTOCOL_VERSION};
 
 /// The default cluster port address.

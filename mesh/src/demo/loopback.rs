@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::ClusterConfig;
 use crate::cluster::membership::MemberState;
-use crate::cluster::stats::ClusterView;
 use crate::cluster::tls::TlsSource;
+use crate::cluster::view::ClusterView;
 use crate::config::NodeConfig;
 use crate::node::{Node, NodeError};
 

@@ -18,7 +18,7 @@ use crate::cluster::interest::NodeId;
 use crate::cluster::membership::{
     Identity, MemberState, MemberStatus, Membership, MembershipConfig, Output, PACKET_BYTES_MAX,
 };
-use crate::cluster::stats::{MembershipFigures, hex_id};
+use crate::cluster::view::{MembershipFigures, hex_id};
 
 /// Packets held for one address while it is dialed: enough for a join (a
 /// state request and a probe or two); SWIM resends what matters.
@@ -316,8 +316,8 @@ mod tests {
 
     use crate::cluster::link::{self, Local};
     use crate::cluster::membership::PACKET_BYTES_MAX;
-    use crate::cluster::stats::ClusterView;
     use crate::cluster::tls::{LinkTls, TlsSource};
+    use crate::cluster::view::ClusterView;
     use crate::cluster::wire::{Hello, MESH_PROTOCOL_VERSION};
     use crate::cluster::{Cluster, ClusterConfig, link_endpoint};
 

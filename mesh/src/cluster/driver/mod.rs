@@ -46,11 +46,12 @@ use tokio::sync::oneshot;
 
 use self::membership::Gossip;
 use super::ClusterConfig;
+use super::counters::LinkCounters;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
 use super::link::{self, DialError, Established, LinkEvent, Local};
 use super::membership::Identity;
-use super::stats::{ClusterView, LinkCounters, hex_id};
+use super::view::{ClusterView, hex_id};
 use super::wire::{Control, close};
 
 /// The first wait before redialing; it doubles up to the configured most.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Driver;
 use crate::cluster::interest::InterestKey;
-use crate::cluster::stats::{
+use crate::cluster::view::{
     ClusterView, InterestEntryView, InterestView, LinkView, MemberView, PeerInterestView, hex_id,
 };
 

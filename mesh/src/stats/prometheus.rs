@@ -1,236 +1,14 @@
-//! What the node reports about itself: the JSON views of `/v1/...` and the
-//! Prometheus text of `/metrics`, both built from one snapshot.
-//!
-//! Per subject pattern (and queue group), across every subscription with it:
-//!
-//! - `delivered`: events handed to the subscriber (for a client connection,
-//!   moved to its socket's send queue; in process, received);
-//! - `dropped`: events its queues dropped because the subscriber fell behind,
-//!   or the memory budget was spent; exact;
-//! - `pending`: events waiting in in-process queues (a connection's pending
-//!   events are reported per connection);
-//! - `published`: events published on subjects the pattern matches, since its
-//!   oldest current subscription was made: for plain subscriptions the largest
-//!   `delivered + dropped + pending` among them (each gets every event), for a
-//!   queue group their sum (each event goes to one member).
+//! `/metrics`: the node's figures in the Prometheus text format.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use serde::Serialize;
-use starling_core::{SlowConsumerPolicy, SubscriptionInfo};
-use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
-
-use crate::cluster::stats::ClusterView;
-use crate::node::NodeState;
-
-/// `/v1/node`.
-#[derive(Debug, Serialize)]
-pub struct NodeView {
-    /// The node's name.
-    pub name: String,
-    /// Starling's version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_seconds: f64,
-    /// Start time, nanoseconds since the Unix epoch.
-    pub started_unix_nanos: u64,
-    /// The local server's I/O backend, and why if epoll.
-    pub io_backend: String,
-    /// `tcp://...`, if listening on TCP.
-    pub tcp: Option<String>,
-    /// `unix://...`, if listening on a Unix socket.
-    pub uds: Option<String>,
-    /// Open local connections.
-    pub connections: usize,
-    /// Live subscriptions (clients' and in-process).
-    pub subscriptions: usize,
-    /// Event memory.
-    pub memory: MemoryView,
-}
-
-/// Event memory figures.
-#[derive(Debug, Serialize)]
-pub struct MemoryView {
-    /// Bytes allocated.
-    pub bytes_allocated: usize,
-    /// The budget.
-    pub bytes_max: usize,
-    /// Times an event could not be stored because the budget was spent.
-    pub exhausted: u64,
-}
-
-/// One entry of `/v1/connections`.
-#[derive(Debug, Serialize)]
-pub struct ConnectionView {
-    /// Connection id.
-    pub id: u64,
-    /// `tcp` or `unix`.
-    pub transport: &'static str,
-    /// Peer address (TCP).
-    pub remote: String,
-    /// The client's name.
-    pub client_name: String,
-    /// Connect time, nanoseconds since the Unix epoch.
-    pub connected_unix_nanos: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Events the client published.
-    pub events_in: u64,
-    /// Events delivered to the client.
-    pub events_out: u64,
-    /// Its subscriptions.
-    pub subscriptions: u64,
-    /// Events dropped because it read too slowly.
-    pub dropped: u64,
-    /// Error frames sent to it.
-    pub errors: u64,
-}
-
-/// One entry of `/v1/subscriptions`' `subscriptions`.
-#[derive(Debug, Serialize)]
-pub struct SubscriptionView {
-    /// The subscription's id in the bus.
-    pub id: u64,
-    /// Its pattern.
-    pub pattern: String,
-    /// Its queue group.
-    pub queue_group: Option<String>,
-    /// The connection it belongs to, if a client's.
-    pub connection: Option<u64>,
-    /// Events delivered.
-    pub delivered: u64,
-    /// Events dropped.
-    pub dropped: u64,
-    /// Events waiting (in-process subscriptions).
-    pub pending: u64,
-    /// `block`, `drop-newest` or `drop-oldest`.
-    pub policy: &'static str,
-    /// How long a `block` subscription holds its publishers back per
-    /// episode, in milliseconds.
-    pub max_stall_ms: Option<u64>,
-    /// Its queue (its connection's, for a client) is demoted: its `block`
-    /// events are dropped until it drains.
-    pub demoted: bool,
-    /// Times its queue was demoted.
-    pub demotions: u64,
-}
-
-/// One entry of `/v1/subscriptions`' `patterns`.
-#[derive(Debug, Serialize, Default)]
-pub struct PatternView {
-    /// The pattern.
-    pub pattern: String,
-    /// The queue group, if the entry is a group.
-    pub queue_group: Option<String>,
-    /// Subscriptions with this pattern and group.
-    pub subscriptions: u64,
-    /// See the module docs.
-    pub published: u64,
-    /// See the module docs.
-    pub delivered: u64,
-    /// See the module docs.
-    pub dropped: u64,
-    /// See the module docs.
-    pub pending: u64,
-    /// Demotions of the queues of its subscriptions.
-    pub demotions: u64,
-}
-
-/// `/v1/subscriptions`.
-#[derive(Debug, Serialize)]
-pub struct SubscriptionsView {
-    /// Every subscription.
-    pub subscriptions: Vec<SubscriptionView>,
-    /// Totals per pattern and queue group.
-    pub patterns: Vec<PatternView>,
-}
-
-/// Everything a report needs, read once.
-#[derive(Debug)]
-pub struct Snapshot {
-    node: NodeView,
-    totals: ConnectionTotals,
-    connections: Vec<ConnectionInfo>,
-    subscriptions: Vec<SubscriptionView>,
-    cluster: Option<ClusterView>,
-}
+use super::Snapshot;
+use super::patterns::patterns;
+use super::views::PatternView;
+use crate::cluster::membership::MemberState;
+use crate::cluster::view::{ClusterView, LinkView};
 
 impl Snapshot {
-    /// Reads the node's state; `cluster` is the mesh's report, if any (see
-    /// [`crate::cluster::Cluster::view`]).
-    pub fn take(state: &NodeState, cluster: Option<ClusterView>) -> Snapshot {
-        let server = state.server.as_ref();
-        let connections = server.map(Server::connections).unwrap_or_default();
-        let bus_subscriptions = state.bus.subscriptions();
-        let memory = state.bus.stats().memory;
-        let node = NodeView {
-            name: state.config.name.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: state.started.elapsed().as_secs_f64(),
-            started_unix_nanos: state.started_unix_nanos,
-            io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
-            tcp: server
-                .and_then(Server::tcp_addr)
-                .map(|a| format!("tcp://{a}")),
-            uds: server
-                .and_then(Server::uds_path)
-                .map(|p| format!("unix://{}", p.display())),
-            connections: connections.len(),
-            subscriptions: bus_subscriptions.len(),
-            memory: MemoryView {
-                bytes_allocated: memory.bytes_allocated,
-                bytes_max: memory.bytes_max,
-                exhausted: memory.exhausted,
-            },
-        };
-        let subscriptions = subscription_views(&bus_subscriptions, &connections);
-        Snapshot {
-            node,
-            totals: server.map(Server::totals).unwrap_or_default(),
-            connections,
-            subscriptions,
-            cluster,
-        }
-    }
-
-    /// `/v1/node`.
-    pub fn node(&self) -> &NodeView {
-        &self.node
-    }
-
-    /// `/v1/connections`.
-    pub fn connections(&self) -> Vec<ConnectionView> {
-        self.connections
-            .iter()
-            .map(|c| ConnectionView {
-                id: c.id,
-                transport: c.transport,
-                remote: c.remote.clone(),
-                client_name: c.client_name.clone(),
-                connected_unix_nanos: c.connected_unix_nanos,
-                bytes_in: c.bytes_in,
-                bytes_out: c.bytes_out,
-                events_in: c.events_in,
-                events_out: c.events_out,
-                subscriptions: c.subscriptions,
-                dropped: c.dropped,
-                errors: c.errors,
-            })
-            .collect()
-    }
-
-    /// `/v1/subscriptions`.
-    pub fn subscriptions(self) -> SubscriptionsView {
-        let patterns = patterns(&self.subscriptions);
-        SubscriptionsView {
-            subscriptions: self.subscriptions,
-            patterns,
-        }
-    }
-
     /// `/metrics`, in the Prometheus text format.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
@@ -391,74 +169,6 @@ impl Snapshot {
     }
 }
 
-fn subscription_views(
-    bus: &[SubscriptionInfo],
-    connections: &[ConnectionInfo],
-) -> Vec<SubscriptionView> {
-    // Which mailbox is which connection's, and what each of its
-    // subscriptions got.
-    let mut by_mailbox: HashMap<u64, (u64, HashMap<u64, u64>)> = HashMap::new();
-    for connection in connections {
-        let delivered = connection
-            .delivered
-            .iter()
-            .map(|d| (d.sid, d.delivered))
-            .collect();
-        by_mailbox.insert(connection.mailbox, (connection.id, delivered));
-    }
-    bus.iter()
-        .map(|s| {
-            let (connection, delivered, pending) = match by_mailbox.get(&s.queue.id) {
-                Some((id, delivered)) => {
-                    (Some(*id), delivered.get(&s.tag).copied().unwrap_or(0), 0)
-                }
-                None => (None, s.queue.received, s.queue.pending as u64),
-            };
-            SubscriptionView {
-                id: s.id,
-                pattern: s.pattern.clone(),
-                queue_group: s.queue_group.clone(),
-                connection,
-                delivered,
-                dropped: s.dropped,
-                pending,
-                policy: s.policy.name(),
-                max_stall_ms: match s.policy {
-                    SlowConsumerPolicy::Block { max_stall } => Some(max_stall.as_millis() as u64),
-                    SlowConsumerPolicy::DropNewest | SlowConsumerPolicy::DropOldest => None,
-                },
-                demoted: s.queue.demoted,
-                demotions: s.queue.demotions,
-            }
-        })
-        .collect()
-}
-
-fn patterns(subscriptions: &[SubscriptionView]) -> Vec<PatternView> {
-    let mut by_key: BTreeMap<(String, Option<String>), PatternView> = BTreeMap::new();
-    for s in subscriptions {
-        let entry = by_key
-            .entry((s.pattern.clone(), s.queue_group.clone()))
-            .or_insert_with(|| PatternView {
-                pattern: s.pattern.clone(),
-                queue_group: s.queue_group.clone(),
-                ..PatternView::default()
-            });
-        let offered = s.delivered + s.dropped + s.pending;
-        entry.subscriptions += 1;
-        entry.delivered += s.delivered;
-        entry.dropped += s.dropped;
-        entry.pending += s.pending;
-        entry.demotions += s.demotions;
-        entry.published = if s.queue_group.is_some() {
-            entry.published + offered
-        } else {
-            entry.published.max(offered)
-        };
-    }
-    by_key.into_values().collect()
-}
-
 /// The mesh's figures: members and, per peer, its link's counters.
 fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
     let up = cluster.links.iter().filter(|l| l.state == "up").count();
@@ -475,7 +185,7 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
         &[(&[], cluster.members.len())],
     );
     membership_metrics(out, cluster);
-    type Field = fn(&crate::cluster::stats::LinkView) -> u64;
+    type Field = fn(&LinkView) -> u64;
     let families: [(&str, &str, Field); 8] = [
         (
             "starling_link_events_out_total",
@@ -535,7 +245,6 @@ fn mesh_metrics(out: &mut String, cluster: &ClusterView) {
 
 /// Membership's view and traffic, and how far interest has spread.
 fn membership_metrics(out: &mut String, cluster: &ClusterView) {
-    use crate::cluster::membership::MemberState;
     let states = [
         ("alive", MemberState::Alive),
         ("suspect", MemberState::Suspect),
@@ -689,60 +398,6 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(
-        pattern: &str,
-        group: Option<&str>,
-        delivered: u64,
-        dropped: u64,
-        pending: u64,
-    ) -> SubscriptionView {
-        SubscriptionView {
-            id: 0,
-            pattern: pattern.into(),
-            queue_group: group.map(Into::into),
-            connection: None,
-            delivered,
-            dropped,
-            pending,
-            policy: "block",
-            max_stall_ms: Some(2000),
-            demoted: false,
-            demotions: 0,
-        }
-    }
-
-    #[test]
-    fn patterns_sum_groups_and_take_the_widest_plain_subscription() {
-        let subs = [
-            view("orders.>", None, 10, 2, 0),
-            view("orders.>", None, 5, 0, 1),
-            view("orders.>", Some("workers"), 4, 0, 0),
-            view("orders.>", Some("workers"), 3, 1, 0),
-        ];
-        let patterns = patterns(&subs);
-        assert_eq!(patterns.len(), 2);
-        let plain = &patterns[0];
-        assert_eq!(
-            (
-                plain.subscriptions,
-                plain.published,
-                plain.delivered,
-                plain.dropped
-            ),
-            (2, 12, 15, 2)
-        );
-        let group = &patterns[1];
-        assert_eq!(
-            (
-                group.subscriptions,
-                group.published,
-                group.delivered,
-                group.dropped
-            ),
-            (2, 8, 7, 1)
-        );
-    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -1,0 +1,115 @@
+//! What the node reports about itself: the JSON views of `/v1/...` and the
+//! Prometheus text of `/metrics`, both built from one [`Snapshot`].
+//!
+//! Per subject pattern (and queue group), across every subscription with it:
+//!
+//! - `delivered`: events handed to the subscriber (for a client connection,
+//!   moved to its socket's send queue; in process, received);
+//! - `dropped`: events its queues dropped because the subscriber fell behind,
+//!   or the memory budget was spent; exact;
+//! - `pending`: events waiting in in-process queues (a connection's pending
+//!   events are reported per connection);
+//! - `published`: events published on subjects the pattern matches, since its
+//!   oldest current subscription was made: for plain subscriptions the largest
+//!   `delivered + dropped + pending` among them (each gets every event), for a
+//!   queue group their sum (each event goes to one member).
+//!
+//! Files: `views` (the JSON views), `patterns` (each subscription's
+//! figures and their sums per pattern), `prometheus` (the `/metrics` text).
+
+mod patterns;
+mod prometheus;
+mod views;
+
+use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
+
+use self::patterns::{patterns, subscription_views};
+pub use self::views::{
+    ConnectionView, MemoryView, NodeView, PatternView, SubscriptionView, SubscriptionsView,
+};
+use crate::cluster::view::ClusterView;
+use crate::node_state::NodeState;
+
+/// Everything a report needs, read once.
+#[derive(Debug)]
+pub struct Snapshot {
+    node: NodeView,
+    totals: ConnectionTotals,
+    connections: Vec<ConnectionInfo>,
+    subscriptions: Vec<SubscriptionView>,
+    cluster: Option<ClusterView>,
+}
+
+impl Snapshot {
+    /// Reads the node's state; `cluster` is the mesh's report, if any (see
+    /// [`crate::cluster::Cluster::view`]).
+    pub fn take(state: &NodeState, cluster: Option<ClusterView>) -> Snapshot {
+        let server = state.server.as_ref();
+        let connections = server.map(Server::connections).unwrap_or_default();
+        let bus_subscriptions = state.bus.subscriptions();
+        let memory = state.bus.stats().memory;
+        let node = NodeView {
+            name: state.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: state.started.elapsed().as_secs_f64(),
+            started_unix_nanos: state.started_unix_nanos,
+            io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
+            tcp: server
+                .and_then(Server::tcp_addr)
+                .map(|a| format!("tcp://{a}")),
+            uds: server
+                .and_then(Server::uds_path)
+                .map(|p| format!("unix://{}", p.display())),
+            connections: connections.len(),
+            subscriptions: bus_subscriptions.len(),
+            memory: MemoryView {
+                bytes_allocated: memory.bytes_allocated,
+                bytes_max: memory.bytes_max,
+                exhausted: memory.exhausted,
+            },
+        };
+        let subscriptions = subscription_views(&bus_subscriptions, &connections);
+        Snapshot {
+            node,
+            totals: server.map(Server::totals).unwrap_or_default(),
+            connections,
+            subscriptions,
+            cluster,
+        }
+    }
+
+    /// `/v1/node`.
+    pub fn node(&self) -> &NodeView {
+        &self.node
+    }
+
+    /// `/v1/connections`.
+    pub fn connections(&self) -> Vec<ConnectionView> {
+        self.connections
+            .iter()
+            .map(|c| ConnectionView {
+                id: c.id,
+                transport: c.transport,
+                remote: c.remote.clone(),
+                client_name: c.client_name.clone(),
+                connected_unix_nanos: c.connected_unix_nanos,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                events_in: c.events_in,
+                events_out: c.events_out,
+                subscriptions: c.subscriptions,
+                dropped: c.dropped,
+                errors: c.errors,
+            })
+            .collect()
+    }
+
+    /// `/v1/subscriptions`.
+    pub fn subscriptions(self) -> SubscriptionsView {
+        let patterns = patterns(&self.subscriptions);
+        SubscriptionsView {
+            subscriptions: self.subscriptions,
+            patterns,
+        }
+    }
+}
