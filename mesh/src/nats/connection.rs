@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::{Mode, Shared};
+use super::{ListenerState, Mode};
 
 /// Bytes asked of the socket per read, at least.
 const READ_CHUNK: usize = 32 << 10;
@@ -61,15 +61,15 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 pub(super) async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<ListenerState>,
     mode: watch::Receiver<Mode>,
 ) {
     // Small frames (PONG, replies) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let cid = shared.next_cid.fetch_add(1, Ordering::Relaxed);
+    let cid = state.next_cid.fetch_add(1, Ordering::Relaxed);
     let mut session = Session::new(
-        shared.session.clone(),
-        &shared.bus,
+        state.session.clone(),
+        &state.bus,
         cid,
         addr.ip().to_string(),
     );
@@ -84,15 +84,15 @@ pub(super) async fn serve(
         blocked_since: None,
         source: Source::default(),
     };
-    if !shared.register(cid, addr, session.stats().clone()) {
+    if !state.register(cid, addr, session.stats().clone()) {
         connection.out.extend_from_slice(proto::ERR_MAX_CONNECTIONS);
         connection.close().await;
         return;
     }
-    let reason = connection.run(&mut session, &shared, mode).await;
+    let reason = connection.run(&mut session, &state, mode).await;
     tracing::debug!(cid, %addr, reason, "NATS connection closed");
     connection.close().await;
-    shared.unregister(cid);
+    state.unregister(cid);
 }
 
 struct Connection {
@@ -123,16 +123,16 @@ impl Connection {
     async fn run(
         &mut self,
         session: &mut Session,
-        shared: &Shared,
+        state: &ListenerState,
         mut mode: watch::Receiver<Mode>,
     ) -> &'static str {
-        let settings = &shared.settings;
+        let settings = &state.settings;
         session.greeting(&mut self.out);
         let auth_deadline = Instant::now() + settings.auth_timeout;
         let mut next_ping = Instant::now() + settings.ping_interval;
         let mut last_read = Instant::now();
         loop {
-            if let Err(Close { reason }) = self.handle_input(session, &shared.bus).await {
+            if let Err(Close { reason }) = self.handle_input(session, &state.bus).await {
                 return reason;
             }
             let room_to_read = self.pending_out() < OUT_HIGH;
@@ -197,7 +197,7 @@ impl Connection {
                     return "authentication timeout";
                 }
                 () = sleep_until(write_deadline.unwrap_or(auth_deadline)), if write_deadline.is_some() => {
-                    shared.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    state.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     self.out.extend_from_slice(proto::ERR_SLOW_CONSUMER);
                     return "slow consumer: written bytes left unread past the write deadline";
                 }

@@ -95,14 +95,14 @@ enum Mode {
 #[derive(Debug)]
 pub struct NatsServer {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<ListenerState>,
     mode: watch::Sender<Mode>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// What the listener and its connection tasks share.
 #[derive(Debug)]
-struct Shared {
+struct ListenerState {
     bus: Bus,
     settings: NatsListenerConfig,
     session: Arc<NatsConfig>,
@@ -171,7 +171,7 @@ impl NatsServer {
             },
             max_pings_out: config.max_pings_out,
         });
-        let shared = Arc::new(Shared {
+        let state = Arc::new(ListenerState {
             bus,
             settings: config,
             session,
@@ -187,10 +187,10 @@ impl NatsServer {
             let _context = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        runtime.spawn(accept(listener, shared.clone(), watching));
+        runtime.spawn(accept(listener, state.clone(), watching));
         Ok(NatsServer {
             addr,
-            shared,
+            state,
             mode,
             runtime: Some(runtime),
         })
@@ -218,24 +218,24 @@ impl NatsServer {
     pub fn shutdown(&self, grace: Duration) {
         self.mode.send_replace(Mode::Stopping);
         let deadline = Instant::now() + grace;
-        while self.shared.connection_count() > 0 && Instant::now() < deadline {
+        while self.state.connection_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// `/varz`.
     pub fn varz(&self) -> serde_json::Value {
-        monitor::varz(&self.shared)
+        monitor::varz(&self.state)
     }
 
     /// `/connz`.
     pub fn connz(&self) -> serde_json::Value {
-        monitor::connz(&self.shared)
+        monitor::connz(&self.state)
     }
 
     /// `/subsz`.
     pub fn subsz(&self) -> serde_json::Value {
-        monitor::subsz(&self.shared)
+        monitor::subsz(&self.state)
     }
 }
 
@@ -250,7 +250,7 @@ impl Drop for NatsServer {
     }
 }
 
-impl Shared {
+impl ListenerState {
     fn connection_count(&self) -> usize {
         self.connections.lock().expect("connections lock").len()
     }
@@ -297,7 +297,7 @@ impl Shared {
 /// Accepts connections until the listener leaves [`Mode::Running`].
 async fn accept(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    state: Arc<ListenerState>,
     mut mode: watch::Receiver<Mode>,
 ) {
     loop {
@@ -309,7 +309,7 @@ async fn accept(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    tokio::spawn(connection::serve(stream, addr, shared.clone(), mode.clone()));
+                    tokio::spawn(connection::serve(stream, addr, state.clone(), mode.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: back off rather

@@ -7,18 +7,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::Shared;
+use super::ListenerState;
 
 /// `/varz`: the server and its totals.
-pub(super) fn varz(shared: &Shared) -> Value {
-    let info = &shared.session.info;
-    let settings = &shared.settings;
-    let connections = shared.connections.lock().expect("connections lock").clone();
+pub(super) fn varz(state: &ListenerState) -> Value {
+    let info = &state.session.info;
+    let settings = &state.settings;
+    let connections = state.connections.lock().expect("connections lock").clone();
     let mut totals = [0u64; 4];
     for stats in connections
         .values()
         .map(|c| &*c.stats)
-        .chain(std::iter::once(&shared.closed))
+        .chain(std::iter::once(&state.closed))
     {
         for (total, counter) in totals.iter_mut().zip([
             &stats.in_msgs,
@@ -44,18 +44,18 @@ pub(super) fn varz(shared: &Shared) -> Value {
         "tls_required": info.tls_required,
         "max_connections": settings.connections_max,
         "max_payload": info.max_payload,
-        "max_control_line": shared.session.max_control_line,
+        "max_control_line": state.session.max_control_line,
         "max_pending": settings.pending_events_max,
         "ping_interval": settings.ping_interval.as_nanos() as u64,
         "ping_max": settings.max_pings_out,
         "auth_timeout": settings.auth_timeout.as_secs_f64(),
         "write_deadline": settings.write_deadline.as_nanos() as u64,
-        "start": rfc3339(shared.started),
+        "start": rfc3339(state.started),
         "now": rfc3339(now),
-        "uptime": uptime(shared.started_at.elapsed()),
+        "uptime": uptime(state.started_at.elapsed()),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "connections": connections.len(),
-        "total_connections": shared.next_cid.load(Ordering::Relaxed) - 1,
+        "total_connections": state.next_cid.load(Ordering::Relaxed) - 1,
         "routes": 0,
         "remotes": 0,
         "leafnodes": 0,
@@ -63,14 +63,14 @@ pub(super) fn varz(shared: &Shared) -> Value {
         "out_msgs": out_msgs,
         "in_bytes": in_bytes,
         "out_bytes": out_bytes,
-        "slow_consumers": shared.slow_consumers.load(Ordering::Relaxed),
-        "subscriptions": shared.bus.stats().subscriptions,
+        "slow_consumers": state.slow_consumers.load(Ordering::Relaxed),
+        "subscriptions": state.bus.stats().subscriptions,
     })
 }
 
 /// `/connz`: every NATS connection, oldest first.
-pub(super) fn connz(shared: &Shared) -> Value {
-    let mut connections: Vec<_> = shared
+pub(super) fn connz(state: &ListenerState) -> Value {
+    let mut connections: Vec<_> = state
         .connections
         .lock()
         .expect("connections lock")
@@ -104,7 +104,7 @@ pub(super) fn connz(shared: &Shared) -> Value {
         })
         .collect();
     json!({
-        "server_id": shared.session.info.server_id,
+        "server_id": state.session.info.server_id,
         "now": rfc3339(now),
         "num_connections": list.len(),
         "total": list.len(),
@@ -115,11 +115,11 @@ pub(super) fn connz(shared: &Shared) -> Value {
 }
 
 /// `/subsz`: the subscription index, as far as the bus counts it.
-pub(super) fn subsz(shared: &Shared) -> Value {
+pub(super) fn subsz(state: &ListenerState) -> Value {
     json!({
-        "server_id": shared.session.info.server_id,
+        "server_id": state.session.info.server_id,
         "now": rfc3339(SystemTime::now()),
-        "num_subscriptions": shared.bus.stats().subscriptions,
+        "num_subscriptions": state.bus.stats().subscriptions,
     })
 }
 
