@@ -9,7 +9,8 @@ use starling_core::QueueCounters;
 
 use crate::frame;
 
-/// Counters of one connection, updated by the I/O thread.
+/// Counters of one connection, updated by the I/O thread. Relaxed
+/// throughout: they are read for listings and order nothing.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
     pub(super) bytes_in: AtomicU64,

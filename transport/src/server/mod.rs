@@ -97,6 +97,9 @@ struct ServerState {
     config: ServerConfig,
     session: Arc<SessionConfig>,
     connections: ConnectionRegistry,
+    /// Set once, by `shutdown`. SYNC POINT (server-stop): the Release store
+    /// pairs with the Acquire load the I/O loop makes every turn; `waker`
+    /// makes it take that turn at once.
     stopping: AtomicBool,
     /// Set by the backend once it runs: how to wake its loop from any thread.
     waker: OnceLock<Arc<dyn wake::WakeLoop>>,

@@ -81,6 +81,7 @@ pub struct ConnectionTotals {
 /// connect, disconnect and listing only).
 #[derive(Debug, Default)]
 pub(super) struct ConnectionRegistry {
+    /// Relaxed: only uniqueness matters, which `fetch_add` gives alone.
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Registered>>,
     /// Counters of connections that have closed, so that totals never go
@@ -88,7 +89,7 @@ pub(super) struct ConnectionRegistry {
     closed: ClosedTotals,
 }
 
-/// Sums over closed connections.
+/// Sums over closed connections (Relaxed: statistics, ordering nothing).
 #[derive(Debug, Default)]
 struct ClosedTotals {
     connections: AtomicU64,

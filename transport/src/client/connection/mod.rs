@@ -38,6 +38,8 @@ pub(crate) struct Connection {
     /// Delivers received events to subscriptions' queues.
     local: Bus,
     inbox_prefix: String,
+    /// Tags of requests and pings, subscription ids, event id low halves.
+    /// Relaxed: only uniqueness matters, which `fetch_add` gives alone.
     next_tag: AtomicU64,
     /// Random per client: the high half of its event ids and its inbox name.
     connection_id: u64,
@@ -45,9 +47,19 @@ pub(crate) struct Connection {
     answers: Answers,
     /// Live subscriptions, sent again after a reconnect.
     subscriptions: Mutex<BTreeMap<u64, Subscribe>>,
+    /// For `is_connected` only; orders nothing (Relaxed).
     connected: AtomicBool,
+    /// Set when the client closes or the connection is lost for good.
+    /// Relaxed: a thread that sleeps checks it under the lock it sleeps
+    /// with (the writer's, the answers'), and whoever sets it takes that lock
+    /// before notifying (`Writer::close`, `Writer::wake_all`,
+    /// `Answers::stop_timer`, `Answers::fail_all`): the lock orders it. The
+    /// reader looks again at least every `READ_TICK`.
     closed: AtomicBool,
+    /// The node's last count of events it dropped for us; a report only
+    /// (Relaxed).
     dropped_by_node: AtomicU64,
+    /// A report only (Relaxed).
     reconnects: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -267,6 +279,8 @@ impl Connection {
     /// Closes the socket, stops the threads and waits for them (but for the
     /// one calling, if it is one of them).
     pub(crate) fn close(&self) {
+        // The swap lets one caller through; what it must order, the locks
+        // order (see `closed`).
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
