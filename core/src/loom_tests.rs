@@ -232,6 +232,7 @@ fn closing_never_hides_a_queued_delivery() {
                 segment_bytes: 4096,
                 spin: Duration::ZERO,
             },
+            Default::default(),
         ));
         // The consumer parks in its own thread (see above on loom's join).
         let consumer = {

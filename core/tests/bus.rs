@@ -332,6 +332,31 @@ fn unsubscribes_on_drop() {
     assert!(bus.subscriptions().is_empty());
 }
 
+/// Issue 15: the subscription index kept what removed subscriptions
+/// pointed to, and with it every departed peer's queue (65,536 slots each):
+/// a node's memory grew with every peer that came and went.
+#[test]
+fn a_mailboxs_queue_is_freed_once_the_mailbox_goes() {
+    let bus = Bus::default();
+    let baseline = bus.stats();
+    for cycle in 0..300 {
+        let mut peer = bus.peer_mailbox(options(65_536, SlowConsumerPolicy::default()));
+        peer.subscribe(1, "orders.>", None).unwrap();
+        peer.subscribe(2, &format!("_INBOX.peer{cycle}.>"), None)
+            .unwrap();
+        assert_eq!(bus.stats().queues, baseline.queues + 1);
+        assert_eq!(bus.stats().queue_slots, baseline.queue_slots + 65_536);
+        // This thread's publisher caches the match, holding the queue...
+        bus.publish("orders.new", b"for the peer").unwrap();
+        drop(peer);
+        // ... until its next lookup brings its cache up to date.
+        bus.publish("anything.else", b"").unwrap();
+        let stats = bus.stats();
+        assert_eq!(stats.queues, baseline.queues, "cycle {cycle}");
+        assert_eq!(stats.queue_slots, baseline.queue_slots, "cycle {cycle}");
+    }
+}
+
 #[test]
 fn lists_subscriptions_with_their_counters() {
     let bus = Bus::default();

@@ -47,6 +47,7 @@ impl Mailbox {
                 segment_bytes: inner.config.segment_bytes,
                 spin: inner.config.spin,
             },
+            inner.queue_census.clone(),
         );
         Self {
             inner,

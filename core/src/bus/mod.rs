@@ -41,7 +41,7 @@ pub use request::Reply;
 pub use route::{PLAIN_TAG, Scope};
 pub use subscription::{EventRef, Subscription};
 
-use self::queue::{Delivery, DeliveryQueue, Outcome};
+use self::queue::{Delivery, DeliveryQueue, Outcome, QueueCensus};
 use self::request::Inbox;
 use crate::event::{EventLimits, Header};
 use crate::log::RecordRef;
@@ -170,6 +170,12 @@ pub struct QueueInfo {
 pub struct BusStats {
     /// Live subscriptions.
     pub subscriptions: usize,
+    /// Delivery queues not freed yet: one per mailbox (a subscription's, a
+    /// client connection's, a peer node's), counted until the last hold on
+    /// it goes.
+    pub queues: usize,
+    /// Their slots, in all: each queue's capacity in events.
+    pub queue_slots: usize,
     /// Event memory.
     pub memory: PoolStats,
 }
@@ -245,6 +251,8 @@ pub(crate) struct BusInner {
     pub(crate) config: BusConfig,
     pub(crate) pool: Arc<SegmentPool>,
     pub(crate) readers: IndexReaders<Target>,
+    /// Every mailbox's queue is counted here until it is freed.
+    pub(crate) queue_census: Arc<QueueCensus>,
     control: Mutex<Control>,
     /// Idle request inboxes, reused so that a request costs no subscribe.
     pub(crate) inboxes: ArrayQueue<Inbox>,
@@ -289,6 +297,7 @@ impl Bus {
             nuid: random_u64(),
             pool,
             readers,
+            queue_census: Arc::default(),
             control: Mutex::new(Control {
                 index,
                 subscriptions: HashMap::new(),
@@ -486,6 +495,8 @@ impl Bus {
         let control = self.inner.control.lock().expect("control plane lock");
         BusStats {
             subscriptions: control.subscriptions.len(),
+            queues: self.inner.queue_census.queues(),
+            queue_slots: self.inner.queue_census.slots(),
             memory: self.inner.pool.stats(),
         }
     }

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,45 @@ struct Charges {
     last_segment: AtomicUsize,
 }
 
+/// The delivery queues of one bus that are not freed yet, and their slots.
+/// A queue counts until its memory goes (the last hold on it dropped), not
+/// until its consumer does, so that a queue something keeps alive by mistake
+/// shows (issue 15: departed peers' queues, 65,536 slots each, were kept).
+///
+/// std's atomics, not loom's, and Relaxed everywhere: figures for reports,
+/// nothing is ordered through them.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCensus {
+    queues: std::sync::atomic::AtomicUsize,
+    slots: std::sync::atomic::AtomicUsize,
+}
+
+impl QueueCensus {
+    /// Queues not freed yet.
+    pub(crate) fn queues(&self) -> usize {
+        self.queues.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Their slots, in all.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self, slots: usize) {
+        self.queues
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.slots
+            .fetch_add(slots, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn uncount(&self, slots: usize) {
+        self.queues
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.slots
+            .fetch_sub(slots, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A consumer's queue.
 pub(crate) struct DeliveryQueue {
     /// Unique within the bus; names the queue (a mailbox) in listings.
@@ -174,6 +214,8 @@ pub(crate) struct DeliveryQueue {
     received: CachePadded<AtomicU64>,
     closed: AtomicBool,
     spin: Duration,
+    /// Where this queue is counted until it is freed.
+    census: Arc<QueueCensus>,
 }
 
 /// How a queue is made.
@@ -186,11 +228,13 @@ pub(crate) struct QueueShape {
 }
 
 impl DeliveryQueue {
-    pub(crate) fn new(id: u64, shape: QueueShape) -> Self {
+    /// A queue counted in `census` until it is dropped.
+    pub(crate) fn new(id: u64, shape: QueueShape, census: Arc<QueueCensus>) -> Self {
         assert!(
             shape.capacity > 0,
             "a delivery queue needs room for one event"
         );
+        census.count(shape.capacity);
         Self {
             id,
             ring: Ring::new(shape.capacity),
@@ -209,6 +253,7 @@ impl DeliveryQueue {
             received: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
             spin: shape.spin,
+            census,
         }
     }
 
@@ -456,6 +501,12 @@ impl DeliveryQueue {
 
     pub(crate) fn demotions(&self) -> u64 {
         self.demotions.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DeliveryQueue {
+    fn drop(&mut self) {
+        self.census.uncount(self.ring.capacity());
     }
 }
 

@@ -7,10 +7,20 @@
 //! the change there. A reader's entry is one atomic increment; it never blocks.
 //!
 //! Each reader keeps its own [`MatchCache`] (a per-publisher level-1 cache, as
-//! NATS keeps one per client). The shared copy carries a generation number and
-//! the last [`LOG_CAPACITY`] changes; a reader that finds the generation moved
-//! applies the changes it missed to its cache, or clears the cache if it missed
-//! too many for patching to be cheaper.
+//! NATS keeps one per client). Each copy carries a generation number and the
+//! patterns of the last [`LOG_CAPACITY`] changes; a reader that finds the
+//! generation moved matches again the cached subjects those patterns touch,
+//! or clears the cache if it missed too many for that to be cheaper.
+//!
+//! **What the index holds on to.** A target (a subscription's queue: for a
+//! peer node, room for tens of thousands of events) must be freed once it is
+//! removed. So the change log keeps patterns, never targets (it kept the
+//! targets of the last 256 changes once, and a node whose peers came and went
+//! kept every departed peer's queue: 29 MB grew to 230 MB in 83 join/leave
+//! cycles), and a removal is published twice, so that both left-right copies
+//! have let go of the target before [`IndexWriter::remove`] returns. What is
+//! left is a reader's cache: a publisher that matched the target lets go of
+//! it at its next lookup.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,34 +30,34 @@ use left_right::{Absorb, ReadHandle, ReadHandleFactory, WriteHandle};
 
 use crate::sync::{AtomicU64, Ordering};
 
-use super::cache::{Change, ChangeKind, MatchCache};
+use super::cache::MatchCache;
 use super::trie::{MatchResult, Trie};
 
 /// Changes kept for readers to catch up with.
 pub const LOG_CAPACITY: usize = 256;
 
 /// A reader that missed more changes than this clears its cache instead:
-/// patching costs a scan of the cache per wildcard change.
-const PATCH_CHANGES_MAX: u64 = 64;
+/// catching up costs a scan of the cache per wildcard change.
+const CATCH_UP_CHANGES_MAX: u64 = 64;
 
 /// The write side of the index. Not `Sync`: callers serialize writers
 /// themselves (the bus holds it under its control-plane lock).
 pub struct IndexWriter<T: Clone + PartialEq> {
-    handle: WriteHandle<Shared<T>, Change<T>>,
+    handle: WriteHandle<VersionedTrie<T>, Change<T>>,
     published: Arc<CachePadded<AtomicU64>>,
 }
 
 /// Hands out readers; cheap to clone, safe to share.
 #[derive(Clone)]
 pub struct IndexReaders<T> {
-    factory: ReadHandleFactory<Shared<T>>,
+    factory: ReadHandleFactory<VersionedTrie<T>>,
     published: Arc<CachePadded<AtomicU64>>,
 }
 
 /// One reader of the index with its private match cache. `Send`, not `Sync`:
 /// each publishing thread owns one.
 pub struct IndexReader<T> {
-    handle: ReadHandle<Shared<T>>,
+    handle: ReadHandle<VersionedTrie<T>>,
     cache: MatchCache<T>,
     /// The generation this reader's cache is up to date with.
     generation: u64,
@@ -57,11 +67,31 @@ pub struct IndexReader<T> {
     scratch: MatchResult<T>,
 }
 
+/// One of the two copies left-right keeps: the trie, how many changes it
+/// has taken in, and the patterns of the latest of them (for readers to
+/// bring their caches up to date with; patterns only, so that a removed
+/// target is not kept alive by the log).
 #[derive(Clone)]
-struct Shared<T> {
+struct VersionedTrie<T> {
     trie: Trie<T>,
     generation: u64,
-    log: VecDeque<Change<T>>,
+    changed_patterns: VecDeque<Arc<str>>,
+}
+
+/// A subscription change as the writer hands it to both copies.
+#[derive(Debug, Clone)]
+struct Change<T> {
+    kind: ChangeKind,
+    pattern: Arc<str>,
+    group: Option<Arc<str>>,
+    target: T,
+}
+
+/// Whether a subscription came or went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChangeKind {
+    Insert,
+    Remove,
 }
 
 /// Creates an empty index.
@@ -69,12 +99,12 @@ pub fn new<T>() -> (IndexWriter<T>, IndexReaders<T>)
 where
     T: Clone + PartialEq + Send + Sync,
 {
-    let empty = Shared {
+    let empty = VersionedTrie {
         trie: Trie::new(),
         generation: 0,
-        log: VecDeque::with_capacity(LOG_CAPACITY),
+        changed_patterns: VecDeque::with_capacity(LOG_CAPACITY),
     };
-    let (handle, reader) = left_right::new_from_empty::<Shared<T>, Change<T>>(empty);
+    let (handle, reader) = left_right::new_from_empty::<VersionedTrie<T>, Change<T>>(empty);
     let published = Arc::new(CachePadded::new(AtomicU64::new(0)));
     (
         IndexWriter {
@@ -96,8 +126,15 @@ impl<T: Clone + PartialEq> IndexWriter<T> {
     }
 
     /// Removes a subscription and makes the removal visible before returning.
+    /// Neither copy of the index holds `target` afterwards.
     pub fn remove(&mut self, pattern: Arc<str>, group: Option<Arc<str>>, target: T) {
         self.change(ChangeKind::Remove, pattern, group, target);
+        // left-right applies a change to the copy readers just left only at
+        // the next publish, and keeps it (target and all) until then: on a
+        // quiet bus, forever. Publishing again now applies it there and
+        // drops it. The writer waits for readers once more; readers see the
+        // same generation and do nothing.
+        self.handle.publish();
     }
 
     /// Number of subscriptions stored.
@@ -198,10 +235,11 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         };
         if shared.generation != self.generation {
             let behind = shared.generation - self.generation;
-            if behind <= PATCH_CHANGES_MAX && behind as usize <= shared.log.len() {
-                let skip = shared.log.len() - behind as usize;
-                for change in shared.log.iter().skip(skip) {
-                    self.cache.apply(change);
+            let logged = shared.changed_patterns.len();
+            if behind <= CATCH_UP_CHANGES_MAX && behind as usize <= logged {
+                let skip = logged - behind as usize;
+                for pattern in shared.changed_patterns.iter().skip(skip) {
+                    self.cache.rematch(pattern, &shared.trie);
                 }
             } else {
                 self.cache.clear();
@@ -228,28 +266,29 @@ impl<T: Clone + PartialEq> IndexReader<T> {
     }
 }
 
-impl<T: Clone + PartialEq> Shared<T> {
+impl<T: Clone + PartialEq> VersionedTrie<T> {
     fn apply(&mut self, change: Change<T>) {
-        match change.kind {
-            ChangeKind::Insert => self.trie.insert(
-                &change.pattern,
-                change.group.as_ref(),
-                change.target.clone(),
-            ),
+        let Change {
+            kind,
+            pattern,
+            group,
+            target,
+        } = change;
+        match kind {
+            ChangeKind::Insert => self.trie.insert(&pattern, group.as_ref(), target),
             ChangeKind::Remove => {
-                self.trie
-                    .remove(&change.pattern, change.group.as_ref(), &change.target);
+                self.trie.remove(&pattern, group.as_ref(), &target);
             }
         }
         self.generation += 1;
-        if self.log.len() == LOG_CAPACITY {
-            self.log.pop_front();
+        if self.changed_patterns.len() == LOG_CAPACITY {
+            self.changed_patterns.pop_front();
         }
-        self.log.push_back(change);
+        self.changed_patterns.push_back(pattern);
     }
 }
 
-impl<T: Clone + PartialEq> Absorb<Change<T>> for Shared<T> {
+impl<T: Clone + PartialEq> Absorb<Change<T>> for VersionedTrie<T> {
     fn absorb_first(&mut self, change: &mut Change<T>, _: &Self) {
         self.apply(change.clone());
     }
@@ -311,6 +350,31 @@ mod tests {
             writer.insert("x".into(), None, i);
         }
         assert_eq!(reader.lookup("x").unwrap().plain.len(), LOG_CAPACITY + 10);
+    }
+
+    /// Issue 15: the change log kept the targets of the last 256 changes,
+    /// and with them every departed peer's queue.
+    #[test]
+    fn a_removed_target_is_let_go_by_the_index_and_by_a_reader_at_its_next_lookup() {
+        let (mut writer, readers) = new::<Arc<u32>>();
+        let mut reader = readers.reader(16);
+        let target = Arc::new(7);
+        writer.insert("a.*".into(), None, target.clone());
+        writer.insert("b".into(), None, Arc::new(8));
+        assert_eq!(reader.lookup("a.x").unwrap().plain, vec![target.clone()]);
+        writer.remove("a.*".into(), None, target.clone());
+        assert_eq!(
+            Arc::strong_count(&target),
+            2,
+            "only the test and the reader's cache hold it"
+        );
+        assert!(reader.lookup("b").unwrap().plain.len() == 1);
+        assert_eq!(
+            Arc::strong_count(&target),
+            1,
+            "the reader's cache let go of it when it caught up"
+        );
+        assert!(reader.lookup("a.x").unwrap().is_empty());
     }
 
     #[test]

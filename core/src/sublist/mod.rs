@@ -1,7 +1,8 @@
 //! The subscription index: which subscriptions does a published subject match?
 //!
 //! - [`trie`]: patterns stored token by token, with `*` and `>` branches.
-//! - [`cache`]: a bounded subject → result cache, patched change by change.
+//! - [`cache`]: a bounded subject → result cache, brought up to date change by
+//!   change.
 //! - [`index`]: the trie shared between one writer and many readers that never
 //!   wait, each reader with its own cache.
 //!
@@ -12,6 +13,6 @@ pub mod cache;
 pub mod index;
 pub mod trie;
 
-pub use cache::{Change, ChangeKind, MatchCache};
+pub use cache::MatchCache;
 pub use index::{IndexReader, IndexReaders, IndexWriter};
 pub use trie::{MatchResult, QueueGroup, Trie};

@@ -51,7 +51,7 @@ impl<T: PartialEq + Clone> MatchResult<T> {
         self.plain.len() + self.groups.len()
     }
 
-    pub(crate) fn add(&mut self, group: Option<&Arc<str>>, target: T) {
+    fn add(&mut self, group: Option<&Arc<str>>, target: T) {
         match group {
             None => self.plain.push(target),
             Some(name) => match self.groups.iter_mut().find(|g| &g.name == name) {
@@ -64,20 +64,6 @@ impl<T: PartialEq + Clone> MatchResult<T> {
         }
     }
 
-    pub(crate) fn remove(&mut self, group: Option<&Arc<str>>, target: &T) {
-        match group {
-            None => remove_one(&mut self.plain, target),
-            Some(name) => {
-                if let Some(index) = self.groups.iter().position(|g| &g.name == name) {
-                    remove_one(&mut self.groups[index].members, target);
-                    if self.groups[index].members.is_empty() {
-                        self.groups.swap_remove(index);
-                    }
-                }
-            }
-        }
-    }
-
     fn extend_from(&mut self, node: &Node<T>) {
         self.plain.extend(node.plain.iter().cloned());
         for group in &node.groups {
@@ -85,12 +71,6 @@ impl<T: PartialEq + Clone> MatchResult<T> {
                 self.add(Some(&group.name), member.clone());
             }
         }
-    }
-}
-
-fn remove_one<T: PartialEq>(list: &mut Vec<T>, target: &T) {
-    if let Some(index) = list.iter().position(|t| t == target) {
-        list.swap_remove(index);
     }
 }
 
