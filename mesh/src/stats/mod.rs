@@ -47,7 +47,7 @@ impl Snapshot {
         let server = state.server.as_ref();
         let connections = server.map(Server::connections).unwrap_or_default();
         let bus_subscriptions = state.bus.subscriptions();
-        let memory = state.bus.stats().memory;
+        let bus = state.bus.stats();
         let node = NodeView {
             name: state.config.name.clone(),
             version: env!("CARGO_PKG_VERSION"),
@@ -62,10 +62,12 @@ impl Snapshot {
                 .map(|p| format!("unix://{}", p.display())),
             connections: connections.len(),
             subscriptions: bus_subscriptions.len(),
+            queues: bus.queues,
+            queue_slots: bus.queue_slots,
             memory: MemoryView {
-                bytes_allocated: memory.bytes_allocated,
-                bytes_max: memory.bytes_max,
-                exhausted: memory.exhausted,
+                bytes_allocated: bus.memory.bytes_allocated,
+                bytes_max: bus.memory.bytes_max,
+                exhausted: bus.memory.exhausted,
             },
         };
         let subscriptions = subscription_views(&bus_subscriptions, &connections);

@@ -47,6 +47,18 @@ impl Snapshot {
         );
         gauge(
             &mut out,
+            "starling_queues",
+            "Delivery queues not freed yet (subscriptions', connections', peers').",
+            &[(&[], node.queues)],
+        );
+        gauge(
+            &mut out,
+            "starling_queue_slots",
+            "Slots of the delivery queues not freed yet.",
+            &[(&[], node.queue_slots)],
+        );
+        gauge(
+            &mut out,
             "starling_memory_bytes",
             "Event memory allocated.",
             &[(&[], node.memory.bytes_allocated)],

@@ -24,6 +24,13 @@ pub struct NodeView {
     pub connections: usize,
     /// Live subscriptions (clients' and in-process).
     pub subscriptions: usize,
+    /// Delivery queues not freed yet: one per in-process subscription,
+    /// client connection and peer node, each counted until nothing holds
+    /// it (a departed peer's must go).
+    pub queues: usize,
+    /// Their slots, in all (events they can hold; a peer's has 65,536 by
+    /// default).
+    pub queue_slots: usize,
     /// Event memory.
     pub memory: MemoryView,
 }
