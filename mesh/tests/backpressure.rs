@@ -23,8 +23,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use starling_core::bus::DEFAULT_MAX_STALL;
 use starling_core::{SubscribeOptions, Subscription};
-use starling_mesh::NodeConfig;
-use starling_mesh::cluster::ClusterConfig;
 use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 
 fn connect(node: &Node) -> Client {
@@ -503,24 +501,9 @@ fn a_slow_client_subscriber_on_another_node_slows_the_publishing_client_and_lose
 /// Two nodes in this process (no local server), each queueing at most
 /// `peer_queue_events` for the other.
 fn in_process_pair(peer_queue_events: usize) -> (starling_mesh::Node, starling_mesh::Node) {
-    let node = |name: &str, seeds: Vec<String>| {
-        starling_mesh::Node::start(NodeConfig {
-            name: name.into(),
-            listen: None,
-            http: None,
-            cluster: Some(ClusterConfig {
-                node_name: name.into(),
-                listen: "127.0.0.1:0".into(),
-                seeds,
-                peer_queue_events,
-                ..ClusterConfig::default()
-            }),
-            ..NodeConfig::default()
-        })
-        .unwrap()
-    };
-    let a = node("a", vec![]);
-    let b = node("b", vec![a.cluster().unwrap().local_addr().to_string()]);
+    let a = start_embedded_node("a", vec![], peer_queue_events);
+    let seed = a.cluster().unwrap().local_addr().to_string();
+    let b = start_embedded_node("b", vec![seed], peer_queue_events);
     (a, b)
 }
 

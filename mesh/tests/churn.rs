@@ -11,27 +11,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use starling_core::Bus;
+use starling_mesh::cluster::ClusterConfig;
 use starling_mesh::cluster::view::ClusterView;
-use starling_mesh::cluster::{Cluster, ClusterConfig};
 
 /// How long one step of a cycle (a link coming up, a queue freed) may take.
 const STEP: Duration = Duration::from_secs(10);
-
-fn embedded(name: &str, seeds: Vec<String>) -> (Bus, Cluster) {
-    let bus = Bus::new(Default::default());
-    let cluster = Cluster::start(
-        bus.clone(),
-        ClusterConfig {
-            node_name: name.into(),
-            listen: "127.0.0.1:0".into(),
-            seeds,
-            ..ClusterConfig::default()
-        },
-    )
-    .unwrap();
-    (bus, cluster)
-}
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + STEP;
@@ -54,13 +38,15 @@ fn link_state(view: &ClusterView, peer: &str) -> Option<&'static str> {
 /// exactly the queues it had before.
 #[test]
 fn a_peer_that_joins_and_leaves_leaves_no_queue_behind() {
-    let (bus, survivor) = embedded("survivor", Vec::new());
+    let queue_events = ClusterConfig::default().peer_queue_events;
+    let node = start_embedded_node("survivor", Vec::new(), queue_events);
+    let (bus, survivor) = (node.bus(), node.cluster().unwrap());
     let seed = survivor.local_addr().to_string();
     let baseline = bus.stats();
     for cycle in 0..20 {
         let name = format!("visitor-{cycle}");
-        let (visitor_bus, visitor) = embedded(&name, vec![seed.clone()]);
-        let inbox = visitor_bus.subscribe("orders.>").unwrap();
+        let visitor = start_embedded_node(&name, vec![seed.clone()], queue_events);
+        let inbox = visitor.bus().subscribe("orders.>").unwrap();
         wait_for(&format!("{name}'s interest routed on the survivor"), || {
             link_state(&survivor.view().unwrap(), &name) == Some("up")
                 && bus

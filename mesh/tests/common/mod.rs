@@ -153,6 +153,30 @@ pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) 
     node
 }
 
+/// A node in this process, in a mesh on a free loopback port (no local
+/// server, no HTTP), joining through `seeds`, queueing at most
+/// `peer_queue_events` for each peer.
+pub fn start_embedded_node(
+    name: &str,
+    seeds: Vec<String>,
+    peer_queue_events: usize,
+) -> starling_mesh::Node {
+    starling_mesh::Node::start(starling_mesh::NodeConfig {
+        name: name.into(),
+        listen: None,
+        http: None,
+        cluster: Some(starling_mesh::cluster::ClusterConfig {
+            node_name: name.into(),
+            listen: "127.0.0.1:0".into(),
+            seeds,
+            peer_queue_events,
+            ..Default::default()
+        }),
+        ..starling_mesh::NodeConfig::default()
+    })
+    .unwrap()
+}
+
 pub fn starling(args: &[&str]) -> Command {
     let mut command = Command::new(BINARY);
     command.args(args).env("RUST_LOG", "warn");
