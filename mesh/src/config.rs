@@ -38,6 +38,8 @@
 //! pending_bytes_per_connection_max = 67108864
 //! payload_bytes_max = 1048576
 //! memory_bytes_max = 1073741824
+//! http_connections_max = 256          # HTTP endpoint: more are closed at once
+//! http_header_timeout_ms = 5000       # a request's head must arrive within this
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -99,6 +101,11 @@ pub struct Limits {
     pub payload_bytes_max: usize,
     /// Event memory budget.
     pub memory_bytes_max: usize,
+    /// Most connections to the HTTP endpoint at once; more are closed at
+    /// once.
+    pub http_connections_max: usize,
+    /// Longest wait for an HTTP request's head; a slower client is cut.
+    pub http_header_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +117,8 @@ impl Default for Limits {
             pending_bytes_per_connection_max: 64 << 20,
             payload_bytes_max: 1 << 20,
             memory_bytes_max: 1 << 30,
+            http_connections_max: 256,
+            http_header_timeout_ms: 5_000,
         }
     }
 }

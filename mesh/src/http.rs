@@ -8,17 +8,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use tokio::sync::oneshot;
+use axum::{Extension, Router};
+use tokio::sync::{Semaphore, oneshot};
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::cluster::view::ClusterView;
 use crate::node_state::NodeState;
 use crate::stats::Snapshot;
+
+mod serve;
+
+pub(crate) use serve::HttpLimits;
+use serve::Peer;
+
+/// Reports built from a snapshot of every connection and subscription at
+/// once: each takes memory in proportion to the node's clients, so a flood
+/// of requests waits its turn instead of multiplying it.
+const SNAPSHOTS_AT_ONCE: usize = 2;
 
 /// A running HTTP endpoint.
 #[derive(Debug)]
@@ -30,7 +42,11 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `address` and serves on a thread of its own.
-    pub(crate) fn start(address: &str, state: Arc<NodeState>) -> io::Result<HttpServer> {
+    pub(crate) fn start(
+        address: &str,
+        limits: HttpLimits,
+        state: Arc<NodeState>,
+    ) -> io::Result<HttpServer> {
         let listener = std::net::TcpListener::bind(address).map_err(|error| {
             io::Error::new(
                 error.kind(),
@@ -43,18 +59,30 @@ impl HttpServer {
             .enable_all()
             .build()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+        let snapshots = Arc::new(Semaphore::new(SNAPSHOTS_AT_ONCE));
+        let about_the_node = Router::new()
             .route("/metrics", get(metrics))
             .route("/v1/node", get(node))
+            .route("/varz", get(varz));
+        // Who is connected and what each subscribes to: for the node's own
+        // operators, who are on its host (or reach it through a tunnel or
+        // `kubectl port-forward`, which arrive from loopback too).
+        let about_the_clients = Router::new()
             .route("/v1/connections", get(connections))
             .route("/v1/subscriptions", get(subscriptions))
+            .route("/connz", get(connz))
+            .route("/subsz", get(subsz))
+            .route_layer(middleware::from_fn(local_operators_only));
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
             .route("/v1/members", get(members))
             .route("/v1/links", get(links))
             .route("/v1/interest", get(interest))
-            .route("/varz", get(varz))
-            .route("/connz", get(connz))
-            .route("/subsz", get(subsz))
+            .merge(
+                about_the_node
+                    .merge(about_the_clients)
+                    .route_layer(GlobalConcurrencyLimitLayer::with_semaphore(snapshots)),
+            )
             .with_state(state);
         let thread = std::thread::Builder::new()
             .name("starling-http".into())
@@ -67,14 +95,7 @@ impl HttpServer {
                             return;
                         }
                     };
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(error) = served {
-                        tracing::error!(%error, "HTTP endpoint stopped");
-                    }
+                    serve::serve(listener, app, limits, stopped).await;
                 });
             })?;
         Ok(HttpServer {
@@ -98,6 +119,29 @@ impl HttpServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Serves the request only to a client on the node's own host.
+async fn local_operators_only(
+    Extension(Peer(peer)): Extension<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_local(peer) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "reports about the node's clients are served on its own host only\n",
+        )
+            .into_response()
+    }
+}
+
+/// Whether `peer` is on this host: a loopback address, also as an
+/// IPv4-mapped IPv6 one.
+fn is_local(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 async fn cluster_view(state: &NodeState) -> Option<ClusterView> {
@@ -185,4 +229,25 @@ async fn interest(State(state): State<Arc<NodeState>>) -> Response {
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_are_local() {
+        for (peer, local) in [
+            ("127.0.0.1:1", true),
+            ("127.8.9.10:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("10.0.0.5:1", false),
+            ("[::ffff:10.0.0.5]:1", false),
+            ("[2001:db8::1]:1", false),
+            ("0.0.0.0:1", false),
+        ] {
+            assert_eq!(is_local(peer.parse().unwrap()), local, "{peer}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::NodeConfig;
-use crate::http::HttpServer;
+use crate::http::{HttpLimits, HttpServer};
 use crate::nats::{NatsListenerConfig, NatsServer};
 pub use crate::node_state::NodeState;
 
@@ -104,7 +104,16 @@ impl Node {
                 .map_or(0, |d| d.as_nanos() as u64),
         });
         let http = match &state.config.http {
-            Some(address) => Some(HttpServer::start(address, state.clone())?),
+            Some(address) => {
+                let limits = HttpLimits {
+                    connections_max: state.config.limits.http_connections_max,
+                    header_read_timeout: Duration::from_millis(
+                        state.config.limits.http_header_timeout_ms,
+                    ),
+                    ..HttpLimits::default()
+                };
+                Some(HttpServer::start(address, limits, state.clone())?)
+            }
             None => None,
         };
         match &state.server {

@@ -1,0 +1,142 @@
+//! The HTTP endpoint under abuse: slow clients, too many clients, and a
+//! half-sent request at shutdown, against a real `starling node`.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A node whose HTTP endpoint has the given `[limits]`.
+fn node_with(limits: &str) -> Node {
+    let dir = temp_dir();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, format!("[limits]\n{limits}\n")).unwrap();
+    let node = start_node(&["--config", config.to_str().unwrap()], &[]);
+    std::fs::remove_dir_all(dir).unwrap();
+    node
+}
+
+/// Waits until the node closes `stream` (end of file or reset), and returns
+/// how long that took; fails after `deadline`.
+fn closed_within(stream: &mut TcpStream, deadline: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(deadline)).unwrap();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return started.elapsed(),
+            // A 408 or 400 may come first: what matters is the close.
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(error) => panic!("not closed within {deadline:?}: {error}"),
+        }
+    }
+}
+
+#[test]
+fn a_slow_loris_is_cut_at_the_header_timeout_while_others_are_served() {
+    let node = node_with("http_header_timeout_ms = 1000");
+    // Fifty clients that send a request head a byte at a time, slower than
+    // the timeout allows the whole head.
+    let mut slow: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&node.http).unwrap();
+            stream.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            stream
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..3 {
+        for stream in &mut slow {
+            // The node may already have cut it: that is the point.
+            let _ = stream.write_all(b"X");
+        }
+        // Meanwhile a client that sends its request whole is served.
+        let (status, body) = get(&node.http, "/healthz");
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.0 200 OK", "ok\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for stream in &mut slow {
+        closed_within(stream, Duration::from_secs(5));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "every slow client is cut soon after the 1 s header timeout, took {took:?}"
+    );
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once_and_the_endpoint_recovers() {
+    let node = node_with("http_connections_max = 8");
+    // Eight connections that say nothing hold every slot.
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&node.http).unwrap())
+        .collect();
+    // Wait until the node has taken all eight: then the next is refused.
+    wait_until(
+        "a ninth connection is refused",
+        Duration::from_secs(10),
+        || {
+            let mut ninth = TcpStream::connect(&node.http).unwrap();
+            let _ = ninth.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut response = String::new();
+            ninth
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            matches!(ninth.read_to_string(&mut response), Ok(0) | Err(_)) && response.is_empty()
+        },
+    );
+    drop(idle);
+    wait_until(
+        "the endpoint serves again once the idle connections are gone",
+        Duration::from_secs(10),
+        || {
+            let mut stream = TcpStream::connect(&node.http).unwrap();
+            let _ = stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response.ends_with("\r\n\r\nok\n")
+        },
+    );
+}
+
+#[test]
+fn a_half_sent_request_does_not_keep_the_node_from_stopping() {
+    let mut node = node_with("http_header_timeout_ms = 60000");
+    let mut half = TcpStream::connect(&node.http).unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHo").unwrap();
+    // The request has reached the node: a whole one on another connection
+    // is answered after it was sent.
+    let (status, _) = get(&node.http, "/healthz");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &node.process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the node still runs 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    closed_within(&mut half, Duration::from_secs(1));
+}
