@@ -13,6 +13,10 @@
 //! - [`demo`]: `starling demo`, a food-ordering system on a 3-node mesh;
 //! - [`cli`]: `starling node | pub | sub | req | reply | cert | demo`.
 //!
+//! To embed a node, depend on this crate with `default-features = false`:
+//! the default `mimalloc` feature is for the `starling` binary, which sets
+//! mimalloc as its global allocator; the library sets none.
+//!
 //! Two nodes in one process, meshed over loopback; a subscription on one
 //! receives what the other publishes:
 //!
