@@ -176,6 +176,30 @@ pub fn pattern_covers(general: &str, specific: &str) -> bool {
     specific_tokens.next().is_none()
 }
 
+/// Is there a subject both patterns match? (`orders.>` and `*.us.*` share
+/// `orders.us.x`; `orders.*` and `orders.*.x` share none.) A subscription
+/// that overlaps a deny-listed pattern must be filtered at delivery.
+///
+/// Both arguments are assumed valid patterns.
+pub fn patterns_overlap(left: &str, right: &str) -> bool {
+    let mut right_tokens = tokens(right);
+    for left_token in tokens(left) {
+        let Some(right_token) = right_tokens.next() else {
+            // `right` matches only shorter subjects than `left` needs.
+            return false;
+        };
+        match (left_token, right_token) {
+            // From here on, one side takes any one or more tokens, and the
+            // other has at least this one.
+            (FULL_WILDCARD, _) | (_, FULL_WILDCARD) => return true,
+            (SINGLE_WILDCARD, _) | (_, SINGLE_WILDCARD) => {}
+            (literal, other) if literal == other => {}
+            _ => return false,
+        }
+    }
+    right_tokens.next().is_none()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Subject,
@@ -563,6 +587,24 @@ mod tests {
                     pattern_covers(general, specific),
                     by_subjects,
                     "does {general} cover {specific}?"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overlap_agrees_with_the_reference_matcher_on_every_small_pattern() {
+        let patterns = small_patterns();
+        let subjects = small_subjects();
+        for left in &patterns {
+            for right in &patterns {
+                let by_subjects = subjects.iter().any(|subject| {
+                    pattern_matches(left, subject) && pattern_matches(right, subject)
+                });
+                assert_eq!(
+                    patterns_overlap(left, right),
+                    by_subjects,
+                    "do {left} and {right} overlap?"
                 );
             }
         }
