@@ -93,7 +93,7 @@ fn session(c: &mut Criterion) {
             client_ip: String::new(),
             ldm: false,
         },
-        token: None,
+        auth: Default::default(),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 16,
         mailbox: SubscribeOptions::default(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use starling_core::{Bus, SubscribeOptions};
+use starling_transport::auth::Authenticator;
 use starling_transport::nats::{
     Close, Input, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo, Session,
 };
@@ -36,7 +37,7 @@ fn config(token: Option<String>) -> Arc<NatsConfig> {
             client_ip: "127.0.0.1".into(),
             ldm: false,
         },
-        token,
+        auth: Arc::new(Authenticator::new(token, Vec::new())),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 16,
         mailbox: SubscribeOptions::default(),

@@ -8,7 +8,22 @@
 //! uds = "/run/starling.sock"       # local clients over a Unix socket
 //! http = "127.0.0.1:7402"          # /healthz, /metrics, /v1/...; "" for none
 //! io_backend = "auto"              # auto | uring | epoll
-//! token = "..."                    # clients must present it
+//! token = "..."                    # clients must present it (no permissions: may do anything)
+//! allow_anonymous = false          # needed to serve clients on a non-loopback address
+//!                                  # without users or a token
+//!
+//! [[users]]                        # one table per user; clients give --user and --password
+//! name = "alice"
+//! password = "$argon2id$v=19$..."  # a PHC hash: `starling passwd` reads the password on stdin
+//! publish = ["orders.>"]           # allow-lists of patterns; absent: everything
+//! publish_deny = ["orders.us.>"]   # deny-lists, over the allow-lists
+//! subscribe = ["orders.>", "inventory.*"]
+//! subscribe_deny = []
+//!
+//! [[users]]
+//! name = "billing"
+//! token = "..."                    # a token user: the client gives --token
+//! subscribe = ["orders.*.paid"]
 //!
 //! [nats]                           # NATS clients (any NATS client library)
 //! listen = "127.0.0.1:4222"        # "" for none
@@ -47,6 +62,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use starling_transport::auth::{self, Permissions, SubjectRules, User, UserSecret};
 use starling_transport::server::BackendChoice;
 
 use crate::cluster::tls::TlsSource;
@@ -72,6 +88,12 @@ pub struct NodeConfig {
     pub io_backend: BackendChoice,
     /// A token clients must present.
     pub token: Option<String>,
+    /// The users clients authenticate as, with their permissions. With
+    /// users (or a token), a client without valid credentials is refused.
+    pub users: Vec<User>,
+    /// Serve clients on a non-loopback address without users or a token;
+    /// without it such a node refuses to start.
+    pub allow_anonymous: bool,
     /// TCP address for NATS clients (`starling node` listens on
     /// [`crate::nats::DEFAULT_NATS_LISTEN`] unless told otherwise; an
     /// embedded node, by default, does not).
@@ -132,6 +154,8 @@ impl Default for NodeConfig {
             http: Some(DEFAULT_HTTP.into()),
             io_backend: BackendChoice::Auto,
             token: None,
+            users: Vec::new(),
+            allow_anonymous: false,
             nats: None,
             limits: Limits::default(),
             cluster: None,
@@ -149,9 +173,26 @@ pub struct FileConfig {
     http: Option<String>,
     io_backend: Option<String>,
     token: Option<String>,
+    allow_anonymous: Option<bool>,
+    users: Vec<FileUser>,
     limits: Option<Limits>,
     cluster: Option<FileCluster>,
     nats: Option<FileNats>,
+}
+
+/// One `[[users]]` table of the TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    name: String,
+    password: Option<String>,
+    token: Option<String>,
+    publish: Option<Vec<String>>,
+    #[serde(default)]
+    publish_deny: Vec<String>,
+    subscribe: Option<Vec<String>>,
+    #[serde(default)]
+    subscribe_deny: Vec<String>,
 }
 
 /// The TOML file's `[nats]` table.
@@ -197,6 +238,8 @@ pub struct Overrides {
     pub io_backend: Option<String>,
     /// `--token` / `STARLING_TOKEN`.
     pub token: Option<String>,
+    /// `--allow-anonymous` / `STARLING_ALLOW_ANONYMOUS`.
+    pub allow_anonymous: bool,
     /// `--nats-listen` / `STARLING_NATS_LISTEN`.
     pub nats_listen: Option<String>,
     /// `--cluster-listen` / `STARLING_CLUSTER_LISTEN`.
@@ -242,6 +285,9 @@ pub enum ConfigError {
     /// The mesh settings do not fit together.
     #[error("{0}")]
     Cluster(String),
+    /// A `[[users]]` table is wrong.
+    #[error("[[users]]: {0}")]
+    Users(String),
 }
 
 impl NodeConfig {
@@ -263,6 +309,7 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let cluster = cluster_config(&overrides, file.cluster.unwrap_or_default())?;
+        let users = users(file.users)?;
         let defaults = NodeConfig::default();
         let io_backend = match overrides.io_backend.or(file.io_backend).as_deref() {
             None | Some("auto") => BackendChoice::Auto,
@@ -280,6 +327,8 @@ impl NodeConfig {
             http: non_empty(overrides.http.or(file.http).or(defaults.http)),
             io_backend,
             token: non_empty(overrides.token.or(file.token)),
+            users,
+            allow_anonymous: overrides.allow_anonymous || file.allow_anonymous.unwrap_or(false),
             nats: non_empty(
                 overrides
                     .nats_listen
@@ -296,6 +345,55 @@ impl NodeConfig {
             config
         })
     }
+}
+
+/// The `[[users]]` tables, checked: unique non-empty names, a password
+/// hash or a token (not both), valid patterns.
+fn users(tables: Vec<FileUser>) -> Result<Vec<User>, ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    tables
+        .into_iter()
+        .map(|table| {
+            let name = table.name;
+            if name.is_empty() || !names.insert(name.clone()) {
+                return Err(ConfigError::Users(format!(
+                    "user name '{name}' is empty or given twice"
+                )));
+            }
+            let secret = match (table.password, table.token) {
+                (Some(hash), None) => {
+                    auth::check_password_hash(&hash)
+                        .map_err(|error| ConfigError::Users(format!("user '{name}': {error}")))?;
+                    UserSecret::PasswordHash(hash)
+                }
+                (None, Some(token)) if !token.is_empty() => UserSecret::Token(token),
+                _ => {
+                    return Err(ConfigError::Users(format!(
+                        "user '{name}' needs either password (a hash from `starling passwd`) or \
+                         a non-empty token"
+                    )));
+                }
+            };
+            let permissions = Permissions {
+                publish: SubjectRules {
+                    allow: table.publish,
+                    deny: table.publish_deny,
+                },
+                subscribe: SubjectRules {
+                    allow: table.subscribe,
+                    deny: table.subscribe_deny,
+                },
+            };
+            permissions
+                .validate()
+                .map_err(|error| ConfigError::Users(format!("user '{name}': {error}")))?;
+            Ok(User {
+                name,
+                secret,
+                permissions,
+            })
+        })
+        .collect()
 }
 
 /// The mesh settings, if the node joins a mesh: flags over the file's

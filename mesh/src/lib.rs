@@ -22,7 +22,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use starling_mesh::{Node, NodeConfig, cluster::ClusterConfig};
+//! use starling_mesh::{Node, NodeConfig, cluster::ClusterConfig, cluster::tls::TlsSource};
 //!
 //! fn mesh_node(name: &str, seeds: Vec<String>) -> Result<Node, starling_mesh::node::NodeError> {
 //!     Node::start(NodeConfig {
@@ -33,7 +33,10 @@
 //!             node_name: name.into(),
 //!             listen: "127.0.0.1:0".into(),
 //!             seeds,
-//!             ..ClusterConfig::default() // insecure development TLS
+//!             // Development only: encrypted, but any peer is accepted. The
+//!             // default (`TlsSource::Unset`) refuses to start.
+//!             tls: TlsSource::InsecureDev,
+//!             ..ClusterConfig::default()
 //!         }),
 //!         ..NodeConfig::default()
 //!     })

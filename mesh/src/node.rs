@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starling_core::{Bus, BusConfig, EventLimits};
+use starling_transport::auth::Authenticator;
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 
 use crate::cluster::{Cluster, ClusterError};
@@ -27,6 +28,14 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Cluster(#[from] ClusterError),
+    /// Clients could reach the node from other hosts, and nothing would
+    /// say who they are.
+    #[error(
+        "refusing to serve clients on {0} without users or a token: anyone who can reach it \
+         could publish and subscribe to everything. Add [[users]] (see `starling passwd`) or a \
+         token, listen on a loopback address, or give --allow-anonymous if that is what you want"
+    )]
+    Anonymous(String),
 }
 
 /// A running node.
@@ -40,6 +49,19 @@ impl Node {
     /// Starts a node: binds every listener first, so that an address in use
     /// is reported before anything runs.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let auth = Arc::new(Authenticator::new(
+            config.token.clone(),
+            config.users.clone(),
+        ));
+        if !auth.required() && !config.allow_anonymous {
+            let exposed = [&config.listen, &config.nats]
+                .into_iter()
+                .flatten()
+                .find(|address| !is_loopback(address));
+            if let Some(address) = exposed {
+                return Err(NodeError::Anonymous(address.clone()));
+            }
+        }
         let limits = EventLimits {
             payload_bytes_max: config.limits.payload_bytes_max,
             ..EventLimits::default()
@@ -60,7 +82,7 @@ impl Node {
                     connections_max: config.limits.connections_max,
                     session: SessionConfig {
                         server_name: config.name.clone(),
-                        token: config.token.clone(),
+                        auth: auth.clone(),
                         subscriptions_max: config.limits.subscriptions_per_connection_max,
                         body_bytes_max: limits.archive_bytes_max(),
                         pending_events_max: config.limits.pending_events_per_connection_max,
@@ -78,7 +100,7 @@ impl Node {
                 NatsListenerConfig {
                     listen: listen.clone(),
                     server_name: config.name.clone(),
-                    token: config.token.clone(),
+                    auth,
                     max_payload: limits.payload_bytes_max,
                     connections_max: config.limits.connections_max,
                     subscriptions_max: config.limits.subscriptions_per_connection_max,
@@ -198,5 +220,49 @@ impl Drop for Node {
             server.shutdown();
         }
         tracing::info!(name = %self.state.config.name, "node stopped");
+    }
+}
+
+/// Is `address` (`HOST:PORT`) reachable only from this host? A name other
+/// than `localhost` is taken as reachable from elsewhere.
+fn is_loopback(address: &str) -> bool {
+    match address.parse::<SocketAddr>() {
+        Ok(address) => address.ip().is_loopback(),
+        Err(_) => address
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exposed_node_without_credentials_refuses_to_start() {
+        for (listen, nats) in [("0.0.0.0:0", "127.0.0.1:0"), ("127.0.0.1:0", "[::]:0")] {
+            let config = NodeConfig {
+                listen: Some(listen.into()),
+                nats: Some(nats.into()),
+                http: None,
+                ..NodeConfig::default()
+            };
+            let error = Node::start(config.clone()).unwrap_err();
+            assert!(matches!(error, NodeError::Anonymous(_)), "{error}");
+            assert!(error.to_string().contains("--allow-anonymous"), "{error}");
+            let opted_in = NodeConfig {
+                allow_anonymous: true,
+                ..config.clone()
+            };
+            Node::start(opted_in).unwrap().shutdown();
+            let with_token = NodeConfig {
+                token: Some("t".into()),
+                ..config
+            };
+            Node::start(with_token).unwrap().shutdown();
+        }
+        assert!(is_loopback("localhost:7400"));
+        assert!(is_loopback("[::1]:7400"));
+        assert!(!is_loopback("node-a:7400"));
     }
 }

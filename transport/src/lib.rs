@@ -7,8 +7,11 @@
 //!   io_uring or, where io_uring cannot start, epoll;
 //! - [`client`]: the client library, blocking and async;
 //! - [`nats`]: the NATS client protocol, for NATS clients of the node;
+//! - [`auth`]: users, passwords and tokens, and what each client may publish
+//!   and subscribe to, for both protocols;
 //! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses.
 
+pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod nats;

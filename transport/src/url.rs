@@ -1,4 +1,5 @@
-//! Server addresses: `tcp://HOST:PORT` and `unix:///path/to.sock`.
+//! Server addresses: `tcp://HOST:PORT` and `unix:///path/to.sock`, and
+//! credentials given in one (`tcp://alice:pw@HOST:PORT`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +31,69 @@ pub enum UrlError {
     /// `unix://` without an absolute path.
     #[error("'{0}' needs an absolute path, as in unix:///run/starling.sock")]
     Path(String),
+    /// Credentials that are not `USER:PASSWORD@`, or in a `unix://` URL.
+    /// (The URL is not repeated: it holds a password.)
+    #[error("credentials in a URL go as tcp://USER:PASSWORD@HOST:PORT (percent-encoded)")]
+    Credentials,
+}
+
+/// A user name and password given in a URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlCredentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlCredentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerUrl {
+    /// Parses a URL that may carry `USER:PASSWORD@` (percent-encoded)
+    /// before a TCP host.
+    pub fn parse_with_credentials(
+        text: &str,
+    ) -> Result<(ServerUrl, Option<UrlCredentials>), UrlError> {
+        let Some(rest) = text.strip_prefix("tcp://") else {
+            return Ok((text.parse()?, None));
+        };
+        let Some((userinfo, host)) = rest.rsplit_once('@') else {
+            return Ok((text.parse()?, None));
+        };
+        let (user, password) = userinfo.split_once(':').ok_or(UrlError::Credentials)?;
+        let credentials = UrlCredentials {
+            user: percent_decode(user)?,
+            password: percent_decode(password)?,
+        };
+        if credentials.user.is_empty() {
+            return Err(UrlError::Credentials);
+        }
+        Ok((format!("tcp://{host}").parse()?, Some(credentials)))
+    }
+}
+
+/// Decodes `%XX` escapes.
+fn percent_decode(text: &str) -> Result<String, UrlError> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2).ok_or(UrlError::Credentials)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| UrlError::Credentials)?;
+            bytes.push(u8::from_str_radix(hex, 16).map_err(|_| UrlError::Credentials)?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| UrlError::Credentials)
 }
 
 impl FromStr for ServerUrl {
@@ -104,5 +168,38 @@ mod tests {
             Err(UrlError::Path(_))
         ));
         assert_eq!(ServerUrl::Unix("/a".into()).to_string(), "unix:///a");
+    }
+
+    #[test]
+    fn credentials_come_out_of_the_url_decoded() {
+        let (url, credentials) =
+            ServerUrl::parse_with_credentials("tcp://alice:p%40ss%3Aw@127.0.0.1:7400").unwrap();
+        assert_eq!(url, ServerUrl::Tcp("127.0.0.1:7400".into()));
+        let credentials = credentials.unwrap();
+        assert_eq!(
+            (credentials.user.as_str(), credentials.password.as_str()),
+            ("alice", "p@ss:w")
+        );
+        assert!(!format!("{credentials:?}").contains("p@ss"), "never logged");
+        assert_eq!(
+            ServerUrl::parse_with_credentials("tcp://h:1").unwrap(),
+            (ServerUrl::Tcp("h:1".into()), None)
+        );
+        for bad in [
+            "tcp://alice@h:1",
+            "tcp://:pw@h:1",
+            "tcp://a:%zz@h:1",
+            "tcp://a:%4@h:1",
+        ] {
+            assert_eq!(
+                ServerUrl::parse_with_credentials(bad),
+                Err(UrlError::Credentials),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            ServerUrl::parse_with_credentials("tcp://a:b@"),
+            Err(UrlError::HostPort(_))
+        ));
     }
 }

@@ -17,6 +17,8 @@ fn connect(server: &ServerArgs, name: &str) -> Result<Client, ClientError> {
     let options = ClientOptions {
         name: format!("{name}-{}", std::process::id()),
         token: server.token.clone(),
+        user: server.user.clone(),
+        password: server.password.clone(),
         ..ClientOptions::default()
     };
     Client::connect_with(&server.server, options)

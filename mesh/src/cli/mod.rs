@@ -6,6 +6,7 @@ mod client;
 mod demo;
 mod health;
 mod node;
+mod passwd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Command {
     Reply(ReplyArgs),
     /// Makes a development CA and node certificates for mesh links.
     Cert(CertArgs),
+    /// Reads a password on standard input and prints its argon2id hash (a
+    /// PHC string) for a `[[users]]` table's `password`.
+    Passwd,
     /// Exits 0 when a node's /healthz answers, 1 otherwise (for container
     /// health checks and probes).
     Health(HealthArgs),
@@ -131,6 +135,11 @@ pub struct NodeArgs {
     /// A token clients must present.
     #[arg(long, env = "STARLING_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve clients on a non-loopback address without users or a token
+    /// (anyone who reaches it may do anything); without it, such a node
+    /// refuses to start.
+    #[arg(long, env = "STARLING_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
     /// TCP address for NATS clients (any NATS client library); "" for none
     /// [default: 127.0.0.1:4222].
     #[arg(long, env = "STARLING_NATS_LISTEN")]
@@ -165,9 +174,21 @@ pub struct NodeArgs {
 /// Where a client command connects.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The node: tcp://HOST:PORT or unix:///path.
+    /// The node: tcp://HOST:PORT or unix:///path; tcp://USER:PASSWORD@HOST:PORT
+    /// gives credentials too.
     #[arg(long, env = "STARLING_URL", default_value = DEFAULT_URL)]
     server: String,
+    /// The user to connect as (a `[[users]]` name of the node).
+    #[arg(long, env = "STARLING_USER", default_value = "")]
+    user: String,
+    /// The user's password.
+    #[arg(
+        long,
+        env = "STARLING_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    password: String,
     /// The node's token, if it requires one.
     #[arg(
         long,
@@ -271,6 +292,7 @@ pub fn main() -> ExitCode {
         Command::Req(args) => client::request(args),
         Command::Reply(args) => client::reply(args),
         Command::Cert(args) => cert::run(args),
+        Command::Passwd => passwd::run(),
         Command::Health(args) => health::run(args),
         Command::Demo(args) => demo::run(args),
     };

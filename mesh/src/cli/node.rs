@@ -20,6 +20,7 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         http: args.http,
         io_backend: args.io_backend,
         token: args.token,
+        allow_anonymous: args.allow_anonymous,
         nats_listen: args.nats_listen,
         cluster_listen: args.cluster_listen,
         cluster_advertise: args.cluster_advertise,

@@ -113,7 +113,7 @@ impl Default for ClusterConfig {
             listen: DEFAULT_CLUSTER_LISTEN.into(),
             advertise: None,
             seeds: Vec::new(),
-            tls: TlsSource::InsecureDev,
+            tls: TlsSource::Unset,
             interest: InterestConfig {
                 digest_interval: Duration::from_secs(5),
                 withdraw_after: Duration::from_secs(10),

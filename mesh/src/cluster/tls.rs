@@ -56,6 +56,9 @@ pub enum TlsSource {
     /// A self-signed certificate made at start, and any peer accepted.
     /// Encrypts, but authenticates nobody: development only.
     InsecureDev,
+    /// Nothing chosen: the mesh refuses to start. The default, so that an
+    /// embedded node never accepts any peer unless it was asked to.
+    Unset,
 }
 
 /// Why link TLS could not be set up.
@@ -97,6 +100,12 @@ pub enum TlsError {
         /// The node's name.
         name: String,
     },
+    /// [`TlsSource::Unset`]: no way to authenticate peers was chosen.
+    #[error(
+        "no link TLS was chosen: give certificate files (TlsSource::Files; `starling cert` \
+         makes them) or, for development only, TlsSource::InsecureDev, which accepts any peer"
+    )]
+    Unset,
 }
 
 /// The crypto half of a node's QUIC endpoint.
@@ -209,6 +218,7 @@ impl LinkTls {
                 identity
             }
             TlsSource::InsecureDev => Identity::insecure(node_name, &provider)?,
+            TlsSource::Unset => return Err(TlsError::Unset),
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -548,6 +558,14 @@ mod tests {
         let error = LinkTls::new(&source, "n").unwrap_err().to_string();
         assert!(error.contains("empty.pem"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_accepts_no_peer_it_does_not_start() {
+        let source = crate::cluster::ClusterConfig::default().tls;
+        assert_eq!(source, TlsSource::Unset);
+        let error = LinkTls::new(&source, "node").unwrap_err();
+        assert!(matches!(error, TlsError::Unset), "{error}");
     }
 
     #[test]

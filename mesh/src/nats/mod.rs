@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use starling_core::{Bus, SubscribeOptions};
+use starling_transport::auth::Authenticator;
 use starling_transport::nats::{
     ConnectionStats, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo,
 };
@@ -36,14 +37,15 @@ use tokio::sync::watch;
 pub const DEFAULT_NATS_LISTEN: &str = "127.0.0.1:4222";
 
 /// How a NATS listener is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NatsListenerConfig {
     /// `HOST:PORT` to listen on.
     pub listen: String,
     /// The node's name (INFO's `server_name`).
     pub server_name: String,
-    /// If set, clients must send it as `auth_token` in CONNECT.
-    pub token: Option<String>,
+    /// Who may connect (the node's users and token; neither: anyone) and
+    /// what each may do.
+    pub auth: Arc<Authenticator>,
     /// Largest payload (INFO's `max_payload`).
     pub max_payload: usize,
     /// Most NATS connections.
@@ -68,7 +70,7 @@ impl Default for NatsListenerConfig {
         Self {
             listen: DEFAULT_NATS_LISTEN.into(),
             server_name: "starling".into(),
-            token: None,
+            auth: Arc::default(),
             max_payload: 1 << 20,
             connections_max: 10_000,
             subscriptions_max: 10_000,
@@ -154,7 +156,7 @@ impl NatsServer {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 headers: true,
-                auth_required: config.token.is_some(),
+                auth_required: config.auth.required(),
                 tls_required: false,
                 max_payload: config.max_payload,
                 proto: 1,
@@ -162,7 +164,7 @@ impl NatsServer {
                 client_ip: String::new(),
                 ldm: false,
             },
-            token: config.token.clone(),
+            auth: config.auth.clone(),
             max_control_line: MAX_CONTROL_LINE,
             subscriptions_max: config.subscriptions_max,
             mailbox: SubscribeOptions {

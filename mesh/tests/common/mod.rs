@@ -170,6 +170,7 @@ pub fn start_embedded_node(
             listen: "127.0.0.1:0".into(),
             seeds,
             peer_queue_events,
+            tls: starling_mesh::cluster::tls::TlsSource::InsecureDev,
             ..Default::default()
         }),
         ..starling_mesh::NodeConfig::default()

@@ -51,6 +51,10 @@ struct Awaited {
     acks: HashMap<u64, Pending<Ack>>,
     requests: HashMap<u64, Pending<Reply>>,
     pongs: HashMap<u64, Pending<Ack>>,
+    /// The first error the node reported about a plain publish (a
+    /// permission, an invalid event) since the last flush, which returns
+    /// it: nobody waits for a publish's answer.
+    refused_publish: Option<ClientError>,
     /// When the timer thread will wake next, if it will.
     timer_wakes_at: Option<Instant>,
 }
@@ -128,6 +132,25 @@ impl Answers {
             .expect("answers lock")
             .requests
             .remove(&tag);
+    }
+
+    /// The node refused a plain publish; kept for the next flush, unless an
+    /// earlier refusal is still kept.
+    pub(super) fn refused_publish(&self, error: ClientError) {
+        self.awaited
+            .lock()
+            .expect("answers lock")
+            .refused_publish
+            .get_or_insert(error);
+    }
+
+    /// The first publish refused since the last call.
+    pub(super) fn take_refused_publish(&self) -> Option<ClientError> {
+        self.awaited
+            .lock()
+            .expect("answers lock")
+            .refused_publish
+            .take()
     }
 
     pub(super) fn answer_ack(&self, sid: u64, answer: Ack) {

@@ -55,7 +55,12 @@ pub(super) fn open(
         &mut hello,
         Kind::Hello,
         0,
-        &Hello::ours(&options.name, &options.token).encode(),
+        &Hello {
+            user: options.user.clone(),
+            password: options.password.clone(),
+            ..Hello::ours(&options.name, &options.token)
+        }
+        .encode(),
     );
     (&stream).write_all(&hello).map_err(connect_error)?;
     stream

@@ -51,8 +51,14 @@ use crate::url::{ServerUrl, UrlError};
 pub struct ClientOptions {
     /// The name sent to the node.
     pub name: String,
-    /// The node's token, if it requires one.
+    /// The node's token (or a token user's), if it requires one.
     pub token: String,
+    /// The user to connect as; empty for none. A URL's
+    /// `tcp://USER:PASSWORD@HOST:PORT` fills this and [`Self::password`]
+    /// when they are empty.
+    pub user: String,
+    /// The user's password.
+    pub password: String,
     /// How long connecting (and the handshake) may take.
     pub connect_timeout: Duration,
     /// How long a subscribe or flush waits for the node's answer.
@@ -73,6 +79,8 @@ impl Default for ClientOptions {
         Self {
             name: format!("starling-client-{}", std::process::id()),
             token: String::new(),
+            user: String::new(),
+            password: String::new(),
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(5),
             reconnect: true,
@@ -163,8 +171,14 @@ impl Client {
     }
 
     /// Connects with `options`.
-    pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let url: ServerUrl = url.parse()?;
+    pub fn connect_with(url: &str, mut options: ClientOptions) -> Result<Client, ClientError> {
+        let (url, credentials) = ServerUrl::parse_with_credentials(url)?;
+        if let Some(credentials) = credentials
+            && options.user.is_empty()
+        {
+            options.user = credentials.user;
+            options.password = credentials.password;
+        }
         Ok(Client {
             connection: Connection::connect(url, options)?,
         })
@@ -265,12 +279,15 @@ impl Client {
     }
 
     /// Writes everything published so far and waits until the node has
-    /// processed it (a `PING`/`PONG` round trip).
+    /// processed it (a `PING`/`PONG` round trip). If the node refused a
+    /// publish since the last flush (a permission, an invalid event), the
+    /// first such error is returned: publishing does not wait to hear it.
     pub fn flush(&self) -> Result<(), ClientError> {
         let completion = self.connection.send_ping()?;
         completion
             .wait_until(Instant::now() + self.connection.options.answer_timeout)
-            .unwrap_or(Err(ClientError::Timeout))
+            .unwrap_or(Err(ClientError::Timeout))?;
+        self.connection.take_publish_error().map_or(Ok(()), Err)
     }
 
     /// Like [`Client::flush`], for async code, with the same bound: fails
@@ -278,7 +295,8 @@ impl Client {
     /// [`ClientOptions::answer_timeout`].
     pub async fn flush_async(&self) -> Result<(), ClientError> {
         let completion = self.connection.send_ping()?;
-        completion.wait_async().await
+        completion.wait_async().await?;
+        self.connection.take_publish_error().map_or(Ok(()), Err)
     }
 
     /// Events the node dropped for this connection because it read too

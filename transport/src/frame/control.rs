@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! HELLO  | version u32 | zero u32 | fingerprint u64 | name: u16 len + bytes | token: u16 len + bytes |
+//!        | user: u16 len + bytes | password: u16 len + bytes |   (protocol 3; the node sends both empty)
 //! SUB    | pattern: u16 len + bytes | queue group: u16 len + bytes (empty: none) | policy u8 | max stall ms u32 |
 //! ERR    | code u16 | reason: u16 len + bytes |
 //! ```
@@ -14,7 +15,7 @@ use starling_core::SlowConsumerPolicy;
 
 use super::{ErrorCode, FrameError, Kind};
 
-/// Longest name, token, pattern, group or reason, in bytes.
+/// Longest name, token, user, password, pattern, group or reason, in bytes.
 pub const STRING_BYTES_MAX: usize = 1024;
 
 /// The opening frame of a connection, from either side.
@@ -29,6 +30,10 @@ pub struct Hello {
     pub name: String,
     /// An authentication token; empty for none.
     pub token: String,
+    /// The user the client connects as; empty for none.
+    pub user: String,
+    /// The user's password; empty for none.
+    pub password: String,
 }
 
 /// A subscription request.
@@ -66,18 +71,30 @@ impl Hello {
             fingerprint: starling_core::event::format_fingerprint(),
             name: name.to_owned(),
             token: token.to_owned(),
+            user: String::new(),
+            password: String::new(),
         }
     }
 
     /// The body bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.name.len() + self.token.len());
+        let strings = self.name.len() + self.token.len() + self.user.len() + self.password.len();
+        let mut out = Vec::with_capacity(24 + strings);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
         put_string(&mut out, &self.name);
         put_string(&mut out, &self.token);
+        put_string(&mut out, &self.user);
+        put_string(&mut out, &self.password);
         out
+    }
+
+    /// The protocol version a body claims, read before the rest: a peer of
+    /// another version may lay out the rest differently, and must be told
+    /// the version, not that its HELLO is malformed.
+    pub fn version_of(body: &[u8]) -> Option<u32> {
+        Some(u32::from_le_bytes(body.get(..4)?.try_into().ok()?))
     }
 
     /// Parses a body.
@@ -90,12 +107,16 @@ impl Hello {
         let fingerprint = reader.u64()?;
         let name = reader.string()?;
         let token = reader.string()?;
+        let user = reader.string()?;
+        let password = reader.string()?;
         reader.finish()?;
         Ok(Self {
             version,
             fingerprint,
             name,
             token,
+            user,
+            password,
         })
     }
 }
@@ -270,7 +291,11 @@ mod tests {
 
     #[test]
     fn control_bodies_round_trip() {
-        let hello = Hello::ours("client-1", "secret");
+        let hello = Hello {
+            user: "alice".into(),
+            password: "wonderland".into(),
+            ..Hello::ours("client-1", "secret")
+        };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let sub = Subscribe {
             policy: SlowConsumerPolicy::Block {
@@ -317,6 +342,19 @@ mod tests {
         let mut zero = body;
         zero[8..].fill(0);
         assert!(Subscribe::decode(&zero).is_ok());
+    }
+
+    /// A protocol 2 client's HELLO (no user, no password) is malformed as
+    /// protocol 3, but its version can still be read.
+    #[test]
+    fn an_older_hello_still_tells_its_version() {
+        let mut old = Hello::ours("old", "");
+        old.version = 2;
+        let mut body = old.encode();
+        body.truncate(body.len() - 4);
+        assert!(Hello::decode(&body).is_err());
+        assert_eq!(Hello::version_of(&body), Some(2));
+        assert_eq!(Hello::version_of(&body[..3]), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! [`control`]. `PUB` and `MSG` bodies are archived [`starling_core::Event`]s.
 //!
 //! A connection starts with the client's `HELLO` (protocol version, archive
-//! format fingerprint, client name, optional token) and the server's `HELLO`
+//! format fingerprint, client name, optional token, user and password) and the server's `HELLO`
 //! in reply; anything else first is a protocol error. Every decoder here
 //! checks lengths before it allocates or reads, and reports bad input as a
 //! [`FrameError`] with a stable [`ErrorCode`].
@@ -46,8 +46,9 @@ pub const HEADER_BYTES: usize = 16;
 /// Alignment of every frame in the stream, and of every body.
 pub const FRAME_ALIGN: usize = 16;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. 3: `HELLO` carries a user and
+/// a password.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const _: () = assert!(HEADER_BYTES == 16);
 const _: () = assert!(FRAME_ALIGN == starling_core::event::ARCHIVE_ALIGN);
@@ -170,7 +171,7 @@ pub enum ErrorCode {
     Handshake = 2,
     /// The peer speaks another protocol version or archive format.
     Incompatible = 3,
-    /// The token was missing or wrong.
+    /// The credentials (token, or user and password) were missing or wrong.
     Unauthorized = 4,
     /// A subject or pattern is invalid.
     InvalidSubject = 5,
@@ -190,6 +191,9 @@ pub enum ErrorCode {
     /// A request (a `PUB` with a reply subject and a non-zero tag) matched no
     /// subscriber anywhere; the tag is the request's.
     NoResponders = 12,
+    /// A publish or subscribe outside the user's permissions; nothing was
+    /// done. The reason names the subject or pattern.
+    PermissionDenied = 13,
 }
 
 impl ErrorCode {
@@ -208,6 +212,7 @@ impl ErrorCode {
             10 => ErrorCode::ShuttingDown,
             11 => ErrorCode::OutOfMemory,
             12 => ErrorCode::NoResponders,
+            13 => ErrorCode::PermissionDenied,
             _ => return None,
         })
     }
@@ -227,6 +232,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::OutOfMemory => "out-of-memory",
             ErrorCode::NoResponders => "no-responders",
+            ErrorCode::PermissionDenied => "permission-denied",
         }
     }
 }

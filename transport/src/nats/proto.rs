@@ -122,6 +122,40 @@ pub struct ConnectOptions {
     pub pass: Option<String>,
 }
 
+/// `-ERR 'Permissions Violation for Publish to "subject"'`, as nats-server
+/// writes it (Go's `%q`), appended to `out`.
+pub fn encode_publish_violation(out: &mut Vec<u8>, subject: &str) {
+    out.extend_from_slice(b"-ERR 'Permissions Violation for Publish to ");
+    go_quote(out, subject);
+    out.extend_from_slice(b"'\r\n");
+}
+
+/// `-ERR 'Permissions Violation for Subscription to "pattern"'` (with
+/// ` using queue "group"` for a queue subscription), as nats-server writes
+/// it, appended to `out`.
+pub fn encode_subscription_violation(out: &mut Vec<u8>, pattern: &str, queue: Option<&str>) {
+    out.extend_from_slice(b"-ERR 'Permissions Violation for Subscription to ");
+    go_quote(out, pattern);
+    if let Some(queue) = queue {
+        out.extend_from_slice(b" using queue ");
+        go_quote(out, queue);
+    }
+    out.extend_from_slice(b"'\r\n");
+}
+
+/// `text` in double quotes with `"` and `\` escaped: Go's `%q` for what a
+/// valid subject can hold (no control characters, no whitespace).
+fn go_quote(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    for byte in text.bytes() {
+        if matches!(byte, b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(byte);
+    }
+    out.push(b'"');
+}
+
 /// `MSG subject sid [reply] size\r\npayload\r\n`, or with `headers`,
 /// `HMSG subject sid [reply] header_size total_size\r\nheaders payload\r\n`,
 /// appended to `out`.
@@ -245,6 +279,20 @@ mod tests {
         assert_eq!(
             out,
             b"MSG a.b 7 5\r\nhello\r\nHMSG a.b 7 r 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn permission_violations_read_as_nats_server_writes_them() {
+        let mut out = Vec::new();
+        encode_publish_violation(&mut out, "orders.us.1");
+        encode_subscription_violation(&mut out, "orders.*", None);
+        encode_subscription_violation(&mut out, "a\"b", Some("workers"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-ERR 'Permissions Violation for Publish to \"orders.us.1\"'\r\n\
+             -ERR 'Permissions Violation for Subscription to \"orders.*\"'\r\n\
+             -ERR 'Permissions Violation for Subscription to \"a\\\"b\" using queue \"workers\"'\r\n"
         );
     }
 

@@ -31,7 +31,7 @@ use starling_core::{Bus, EventRef, Header, Mailbox, Message, SubscribeOptions};
 
 use super::parser::{ClientOp, ParseError, Parsed, Parser};
 use super::proto::{self, ConnectOptions, ServerInfo};
-use crate::secret::constant_time_eq;
+use crate::auth::{Access, Authenticator, Credentials, DeliveryFilter};
 
 /// What every NATS session of a listener shares.
 #[derive(Debug, Clone)]
@@ -39,8 +39,10 @@ pub struct NatsConfig {
     /// The INFO sent to each client (its `client_id` and `client_ip` are
     /// filled in per connection).
     pub info: ServerInfo,
-    /// If set, a CONNECT must carry this `auth_token` (or this `pass`).
-    pub token: Option<String>,
+    /// Who may connect and what each may do: a CONNECT must carry a user's
+    /// `user` and `pass`, or a token (`auth_token`, or `pass` alone), when
+    /// the node has users or a token.
+    pub auth: Arc<Authenticator>,
     /// Longest control line.
     pub max_control_line: usize,
     /// Most subscriptions one connection may hold.
@@ -142,6 +144,8 @@ struct Sub {
     /// Unsubscribe once `delivered` reaches it.
     max: Option<u64>,
     delivered: u64,
+    /// What its events are checked for before they go out.
+    filter: DeliveryFilter,
 }
 
 /// One connection's state.
@@ -153,6 +157,8 @@ pub struct Session {
     mailbox: Mailbox,
     /// The CONNECT, once received.
     connect: Option<ConnectOptions>,
+    /// What the client may do, as its CONNECT's credentials say.
+    access: Access,
     /// By mailbox tag; tags are never reused, so an event queued for a
     /// subscription since removed finds nothing and is skipped.
     subs: HashMap<u64, Sub>,
@@ -177,6 +183,7 @@ impl Session {
             info,
             config,
             connect: None,
+            access: Access::unrestricted(),
             subs: HashMap::new(),
             tags: HashMap::new(),
             next_tag: 1,
@@ -206,7 +213,7 @@ impl Session {
 
     /// The client must still send CONNECT with its credentials.
     pub fn awaiting_auth(&self) -> bool {
-        self.config.token.is_some() && self.connect.is_none()
+        self.config.auth.required() && self.connect.is_none()
     }
 
     /// The INFO line a server sends first.
@@ -269,9 +276,14 @@ impl Session {
                     (Some(subject), None | Some(Ok(_)))
                         if headers_ok && !subject.starts_with(SYSTEM_PREFIX) =>
                     {
+                        let reply = reply.and_then(Result::ok);
+                        if self.access.check_publish(subject, reply).is_err() {
+                            proto::encode_publish_violation(out, subject);
+                            return Ok(Input::Handled { used });
+                        }
                         let publish = Publish {
                             subject,
-                            reply: reply.and_then(Result::ok),
+                            reply,
                             headers,
                             payload: publish.payload,
                         };
@@ -323,6 +335,12 @@ impl Session {
         let Some(sub) = self.subs.get_mut(&tag) else {
             return;
         };
+        if !self
+            .access
+            .admits(sub.filter, event.subject(), event.reply_to())
+        {
+            return;
+        }
         let headers_wanted = self.connect.as_ref().is_some_and(|c| c.headers);
         self.header_scratch.clear();
         let headers = (headers_wanted
@@ -377,12 +395,24 @@ impl Session {
         let connect: ConnectOptions = serde_json::from_slice(json).map_err(|_| Close {
             reason: "malformed CONNECT",
         })?;
-        if let Some(token) = &self.config.token {
-            let given = connect.auth_token.as_ref().or(connect.pass.as_ref());
-            if !given.is_some_and(|given| constant_time_eq(token.as_bytes(), given.as_bytes())) {
-                return Err(authorization_violation(out));
-            }
-        }
+        let user = connect.user.as_deref().unwrap_or_default();
+        let password = connect.pass.as_deref().unwrap_or_default();
+        // Without a user, a password alone is taken as a token (as a
+        // client given only a token in its URL sends it).
+        let token = match (&connect.auth_token, user.is_empty()) {
+            (Some(token), _) => token.as_str(),
+            (None, true) => password,
+            (None, false) => "",
+        };
+        let credentials = Credentials {
+            user,
+            password,
+            token,
+        };
+        self.access = match self.config.auth.authenticate(credentials) {
+            Ok(access) => access,
+            Err(_) => return Err(authorization_violation(out)),
+        };
         let _ = self.stats.client.set(ClientInfo {
             name: connect.name.clone().unwrap_or_default(),
             lang: connect.lang.clone().unwrap_or_default(),
@@ -416,6 +446,13 @@ impl Session {
             out.extend_from_slice(proto::ERR_INVALID_SUBJECT);
             return Ok(());
         };
+        let filter = match self.access.check_subscribe(subject) {
+            Ok(filter) => filter,
+            Err(_) => {
+                proto::encode_subscription_violation(out, subject, queue);
+                return Ok(());
+            }
+        };
         let tag = self.next_tag;
         match self.mailbox.subscribe(tag, subject, queue) {
             Ok(()) => {}
@@ -438,6 +475,7 @@ impl Session {
                 subject: subject.into(),
                 max: None,
                 delivered: 0,
+                filter,
             },
         );
         self.stats

@@ -9,8 +9,13 @@ use starling_core::{Bus, SubscribeOptions};
 use super::parser::{ClientOp, MAX_CONTROL_LINE, Parsed, Parser};
 use super::proto::{self, ServerInfo};
 use super::session::{Close, Input, NatsConfig, Session};
+use crate::auth::{Authenticator, Permissions, SubjectRules, User, UserSecret, hash_password};
 
 fn config(token: Option<&str>) -> Arc<NatsConfig> {
+    config_with(Authenticator::new(token.map(Into::into), Vec::new()))
+}
+
+fn config_with(auth: Authenticator) -> Arc<NatsConfig> {
     Arc::new(NatsConfig {
         info: ServerInfo {
             server_id: "test".into(),
@@ -20,7 +25,7 @@ fn config(token: Option<&str>) -> Arc<NatsConfig> {
             host: "127.0.0.1".into(),
             port: 4222,
             headers: true,
-            auth_required: token.is_some(),
+            auth_required: auth.required(),
             tls_required: false,
             max_payload: 1024,
             proto: 1,
@@ -28,7 +33,7 @@ fn config(token: Option<&str>) -> Arc<NatsConfig> {
             client_ip: String::new(),
             ldm: false,
         },
-        token: token.map(Into::into),
+        auth: Arc::new(auth),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 4,
         mailbox: SubscribeOptions::default(),
@@ -223,6 +228,161 @@ fn a_starling_event_with_headers_reaches_a_nats_client_as_hmsg() {
         out,
         format!("HMSG orders.eu s1 {inbox} 30 32\r\nNATS/1.0\r\nce-type: created\r\n\r\n{{}}\r\n")
     );
+}
+
+/// A node with two users: `alice` (a password; orders only, not the US
+/// ones) and `svc` (a token; may subscribe to `svc.*` and publish nothing).
+fn users() -> Authenticator {
+    let rules = |allow: &[&str], deny: &[&str]| SubjectRules {
+        allow: Some(allow.iter().map(|p| p.to_string()).collect()),
+        deny: deny.iter().map(|p| p.to_string()).collect(),
+    };
+    Authenticator::new(
+        None,
+        vec![
+            User {
+                name: "alice".into(),
+                secret: UserSecret::PasswordHash(hash_password("pw")),
+                permissions: Permissions {
+                    publish: rules(&["orders.>", "svc.*"], &["orders.us.>"]),
+                    subscribe: rules(&["orders.>"], &["orders.us.>"]),
+                },
+            },
+            User {
+                name: "svc".into(),
+                secret: UserSecret::Token("svc-token".into()),
+                permissions: Permissions {
+                    publish: rules(&[], &[]),
+                    subscribe: rules(&["svc.*"], &[]),
+                },
+            },
+        ],
+    )
+}
+
+#[test]
+fn users_authenticate_with_user_and_pass_or_a_token() {
+    let bus = Bus::default();
+    let config = config_with(users());
+    assert!(config.info.auth_required);
+    for refused in [
+        &b"CONNECT {\"user\":\"alice\",\"pass\":\"wrong\"}\r\n"[..],
+        b"CONNECT {\"user\":\"mallory\",\"pass\":\"pw\"}\r\n",
+        b"CONNECT {}\r\n",
+        b"CONNECT {\"auth_token\":\"nope\"}\r\n",
+    ] {
+        let mut session = Session::new(config.clone(), &bus, 1, String::new());
+        let (out, closed) = run(&mut session, &bus, refused);
+        assert_eq!(out, "-ERR 'Authorization Violation'\r\n");
+        assert!(closed.is_some());
+    }
+    for accepted in [
+        &b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\nPING\r\n"[..],
+        b"CONNECT {\"auth_token\":\"svc-token\"}\r\nPING\r\n",
+    ] {
+        let mut session = Session::new(config.clone(), &bus, 1, String::new());
+        assert_eq!(
+            run(&mut session, &bus, accepted),
+            ("PONG\r\n".to_owned(), None)
+        );
+    }
+}
+
+#[test]
+fn permissions_refuse_with_nats_servers_texts_and_nothing_else_happens() {
+    let bus = Bus::default();
+    let watcher = bus.subscribe(">").unwrap();
+    let mut alice = Session::new(config_with(users()), &bus, 1, String::new());
+    let (out, closed) = run(
+        &mut alice,
+        &bus,
+        b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\n\
+          PUB orders.us.1 1\r\nx\r\nPUB payments.1 1\r\nx\r\n\
+          SUB *.eu.* 1\r\nSUB > q 2\r\nSUB orders.us.* 3\r\nSUB $SYS.> 4\r\n\
+          PUB orders.eu.1 6\r\nmarker\r\nPING\r\n",
+    );
+    assert_eq!(closed, None, "permission errors do not close");
+    assert_eq!(
+        out,
+        "-ERR 'Permissions Violation for Publish to \"orders.us.1\"'\r\n\
+         -ERR 'Permissions Violation for Publish to \"payments.1\"'\r\n\
+         -ERR 'Permissions Violation for Subscription to \"*.eu.*\"'\r\n\
+         -ERR 'Permissions Violation for Subscription to \">\" using queue \"q\"'\r\n\
+         -ERR 'Permissions Violation for Subscription to \"orders.us.*\"'\r\n\
+         -ERR 'Permissions Violation for Subscription to \"$SYS.>\"'\r\n\
+         PONG\r\n"
+    );
+    let first = watcher.try_recv().expect("the marker");
+    assert_eq!(first.subject(), "orders.eu.1", "nothing refused got out");
+    assert_eq!(
+        bus.stats().subscriptions,
+        1,
+        "no refused subscription exists"
+    );
+}
+
+#[test]
+fn a_subscription_overlapping_a_deny_never_delivers_a_denied_subject() {
+    let bus = Bus::default();
+    let mut alice = Session::new(config_with(users()), &bus, 1, String::new());
+    run(
+        &mut alice,
+        &bus,
+        b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\nSUB orders.> 1\r\n",
+    );
+    for subject in ["orders.us.1", "orders.eu.1", "orders.us.2", "orders.eu.2"] {
+        bus.publish(subject, b"x").unwrap();
+    }
+    let (out, _) = run(&mut alice, &bus, b"");
+    assert_eq!(
+        out,
+        "MSG orders.eu.1 1 1\r\nx\r\nMSG orders.eu.2 1 1\r\nx\r\n"
+    );
+}
+
+#[test]
+fn replies_reach_only_the_requester_and_only_a_responder_may_answer() {
+    let bus = Bus::default();
+    let config = config_with(users());
+    let connect_alice = &b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\n"[..];
+    let mut requester = Session::new(config.clone(), &bus, 1, String::new());
+    let mut thief = Session::new(config.clone(), &bus, 2, String::new());
+    let mut responder = Session::new(config, &bus, 3, String::new());
+    run(&mut requester, &bus, connect_alice);
+    run(&mut thief, &bus, connect_alice);
+    let (out, _) = run(
+        &mut responder,
+        &bus,
+        b"CONNECT {\"auth_token\":\"svc-token\"}\r\nSUB svc.quote 1\r\n\
+          PUB _INBOX.r.1 5\r\nspoof\r\n",
+    );
+    assert_eq!(
+        out, "-ERR 'Permissions Violation for Publish to \"_INBOX.r.1\"'\r\n",
+        "no request received: answering is spoofing"
+    );
+    // Both may subscribe to the inbox; only the requester's requests
+    // make its replies theirs to read.
+    run(
+        &mut requester,
+        &bus,
+        b"SUB _INBOX.r.* 9\r\nPUB svc.quote _INBOX.r.1 1\r\n?\r\n",
+    );
+    run(&mut thief, &bus, b"SUB _INBOX.r.* 9\r\nSUB _INBOX.> 8\r\n");
+    let (out, _) = run(&mut responder, &bus, b"");
+    assert_eq!(out, "MSG svc.quote 1 _INBOX.r.1 1\r\n?\r\n");
+    let (out, _) = run(
+        &mut responder,
+        &bus,
+        b"PUB _INBOX.r.1 6\r\nanswer\r\nPUB _INBOX.r.1 5\r\nagain\r\n",
+    );
+    assert_eq!(
+        out, "-ERR 'Permissions Violation for Publish to \"_INBOX.r.1\"'\r\n",
+        "one answer per request"
+    );
+    let (out, _) = run(&mut requester, &bus, b"");
+    assert_eq!(out, "MSG _INBOX.r.1 9 6\r\nanswer\r\n");
+    let (out, _) = run(&mut thief, &bus, b"PING\r\n");
+    assert_eq!(out, "PONG\r\n", "the thief read nothing");
 }
 
 /// Valid operations, for chunking tests.

@@ -22,20 +22,21 @@ use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
 use super::counters::{ConnectionStats, SubscriptionStats};
 use super::outbox::{Full, Outbox};
+use crate::auth::{Access, Authenticator, Credentials, DeliveryFilter};
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
 use crate::frame::{
     DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,
     PROTOCOL_VERSION, padded,
 };
-use crate::secret::constant_time_eq;
 
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// The node's name, sent in its `HELLO`.
     pub server_name: String,
-    /// If set, clients must present this token.
-    pub token: Option<String>,
+    /// Who may connect (users, or a shared token; neither: anyone) and what
+    /// each may do.
+    pub auth: Arc<Authenticator>,
     /// Most subscriptions one connection may hold.
     pub subscriptions_max: usize,
     /// Largest frame body accepted.
@@ -56,7 +57,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             server_name: "starling".into(),
-            token: None,
+            auth: Arc::default(),
             subscriptions_max: 10_000,
             body_bytes_max: starling_core::EventLimits::default().archive_bytes_max(),
             pending_events_max: 16_384,
@@ -81,7 +82,10 @@ struct Protocol {
     state: State,
     mailbox: Mailbox,
     /// This connection's subscriptions by id, with their delivery counters.
-    subscriptions: HashMap<u64, Arc<SubscriptionStats>>,
+    subscriptions: HashMap<u64, Subscription>,
+    /// What the client may do; unrestricted until the handshake says who
+    /// it is (nothing but `HELLO` is handled before).
+    access: Access,
     outbox: Outbox,
     /// The mailbox's drop count last reported to the client.
     dropped_reported: u64,
@@ -121,6 +125,7 @@ impl Session {
                 state: State::Handshake,
                 mailbox,
                 subscriptions: HashMap::new(),
+                access: Access::unrestricted(),
                 dropped_reported: 0,
                 backlog: Backlog::new(),
                 spill: AlignedVec::new(),
@@ -193,9 +198,18 @@ impl Session {
                 Poll::Ready(Ok(event)) => {
                     let sid = event.tag();
                     // A subscription removed with events still queued has no
-                    // counter left; its last events still go out.
-                    if let Some(stats) = protocol.subscriptions.get(&sid) {
-                        stats.delivered();
+                    // counter left; its last events still go out (it was
+                    // allowed, and its filter is gone with it: none to ask).
+                    if let Some(subscription) = protocol.subscriptions.get(&sid) {
+                        let admitted = protocol.access.admits(
+                            subscription.filter,
+                            event.subject(),
+                            event.reply_to(),
+                        );
+                        if !admitted {
+                            continue;
+                        }
+                        subscription.stats.delivered();
                     }
                     protocol.outbox.push_message(sid, event);
                     moved += 1;
@@ -246,6 +260,14 @@ impl Session {
             "the node is shutting down".into(),
         );
     }
+}
+
+/// One subscription of the connection.
+#[derive(Debug)]
+struct Subscription {
+    stats: Arc<SubscriptionStats>,
+    /// What its events are checked for before they go out.
+    filter: DeliveryFilter,
 }
 
 /// The connection must close; the reason has been queued as an `ERR`.
@@ -326,17 +348,16 @@ impl Protocol {
     }
 
     fn hello(&mut self, body: &[u8]) -> Result<(), Fatal> {
+        if let Some(version) = Hello::version_of(body)
+            && version != PROTOCOL_VERSION
+        {
+            let reason = format!("protocol version {version} is not {PROTOCOL_VERSION}");
+            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
+        }
         let hello = match Hello::decode(body) {
             Ok(hello) => hello,
             Err(error) => return Err(self.fail(ErrorCode::Framing, 0, error.to_string())),
         };
-        if hello.version != PROTOCOL_VERSION {
-            let reason = format!(
-                "protocol version {} is not {PROTOCOL_VERSION}",
-                hello.version
-            );
-            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
-        }
         let ours = starling_core::event::format_fingerprint();
         if hello.fingerprint != ours {
             let reason = format!(
@@ -345,11 +366,15 @@ impl Protocol {
             );
             return Err(self.fail(ErrorCode::Incompatible, 0, reason));
         }
-        if let Some(token) = &self.config.token
-            && !constant_time_eq(token.as_bytes(), hello.token.as_bytes())
-        {
-            return Err(self.fail(ErrorCode::Unauthorized, 0, "missing or wrong token".into()));
-        }
+        let credentials = Credentials {
+            user: &hello.user,
+            password: &hello.password,
+            token: &hello.token,
+        };
+        self.access = match self.config.auth.authenticate(credentials) {
+            Ok(access) => access,
+            Err(error) => return Err(self.fail(ErrorCode::Unauthorized, 0, error.to_string())),
+        };
         self.stats.set_client_name(&hello.name);
         self.state = State::Ready;
         let ours = Hello::ours(&self.config.server_name, "");
@@ -368,6 +393,10 @@ impl Protocol {
                 format!("subscription id {sid} is already in use"),
             );
         }
+        let filter = match self.access.check_subscribe(&request.pattern) {
+            Ok(filter) => filter,
+            Err(error) => return self.error(ErrorCode::PermissionDenied, sid, error.to_string()),
+        };
         if self.subscriptions.len() >= self.config.subscriptions_max {
             let reason = format!(
                 "a connection may hold {} subscriptions",
@@ -385,7 +414,8 @@ impl Protocol {
             Ok(()) => {
                 let stats = Arc::new(SubscriptionStats::new(request));
                 self.stats.add_subscription(sid, stats.clone());
-                self.subscriptions.insert(sid, stats);
+                self.subscriptions
+                    .insert(sid, Subscription { stats, filter });
                 self.reply(Kind::Ok, sid, &[])
             }
             Err(error @ (SubscribeError::Pattern(_) | SubscribeError::QueueGroup)) => {
@@ -421,9 +451,13 @@ impl Protocol {
                 return self.error(ErrorCode::InvalidEvent, tag, reason);
             }
         };
-        if archive.event().subject().starts_with(SYSTEM_PREFIX) {
+        let event = archive.event();
+        if event.subject().starts_with(SYSTEM_PREFIX) {
             let reason = format!("subjects under {SYSTEM_PREFIX} belong to the mesh");
             return self.error(ErrorCode::InvalidSubject, tag, reason);
+        }
+        if let Err(error) = self.access.check_publish(event.subject(), event.reply_to()) {
+            return self.error(ErrorCode::PermissionDenied, tag, error.to_string());
         }
         match publisher.publish_checked_into(archive, &mut self.backlog) {
             Ok(0) if tag != 0 => self.error(

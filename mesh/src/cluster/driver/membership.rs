@@ -329,6 +329,7 @@ mod tests {
                 node_name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 seeds,
+                tls: TlsSource::InsecureDev,
                 ..ClusterConfig::default()
             },
         )

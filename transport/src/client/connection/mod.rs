@@ -264,6 +264,11 @@ impl Connection {
         Ok(completion)
     }
 
+    /// The first publish the node refused since the last call.
+    pub(crate) fn take_publish_error(&self) -> Option<ClientError> {
+        self.answers.take_refused_publish()
+    }
+
     pub(crate) fn dropped_by_node(&self) -> u64 {
         self.dropped_by_node.load(Ordering::Relaxed)
     }

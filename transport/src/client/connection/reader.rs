@@ -107,6 +107,9 @@ impl Connection {
                         };
                         self.answers.answer_ack(tag, Err(failure()));
                         self.answers.answer_request(tag, Err(failure()));
+                        if tag == 0 {
+                            self.answers.refused_publish(failure());
+                        }
                     }
                 }
             }

@@ -1,0 +1,514 @@
+//! Users and permissions, with real `starling` processes: password users
+//! (hashed by `starling passwd`), token users and the shared token; what a
+//! client without valid credentials is told; every permission case on the
+//! Starling protocol (the CLI and the client library) and on the NATS
+//! protocol (`async-nats`); and a denied subject published on one node of
+//! a mesh never reaching a subscriber on another.
+//!
+//! Every "never receives" is asserted causally: a marker published after
+//! the denied events must be the next thing the subscriber gets.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::ConnectOptions;
+use futures_util::StreamExt;
+use starling_transport::client::{Client, ClientError, ClientOptions};
+use starling_transport::frame::ErrorCode;
+
+use common::*;
+
+/// Longest wait for anything expected.
+const WAIT: Duration = Duration::from_secs(10);
+/// The shared token: a client with it may do anything.
+const ADMIN_TOKEN: &str = "admin-token";
+
+/// `starling passwd`, as an operator runs it: the password on stdin.
+fn passwd(password: &str) -> String {
+    let mut child = Process(
+        starling(&["passwd"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::Write;
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    let output = wait_output(&mut child, WAIT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let hash = text(&output.stdout).trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    hash
+}
+
+/// A config file with the users of every test here:
+/// - `alice` (password `wonderland`): publishes `orders.>` and `svc.*` but
+///   not `orders.us.>`; subscribes to `orders.>` but not `orders.us.>`;
+/// - `svc` (token `svc-token`): subscribes to `svc.*`, publishes nothing
+///   (it may still answer the requests it receives).
+fn users_config(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("users.toml");
+    let config = format!(
+        r#"token = "{ADMIN_TOKEN}"
+
+[[users]]
+name = "alice"
+password = "{}"
+publish = ["orders.>", "svc.*"]
+publish_deny = ["orders.us.>"]
+subscribe = ["orders.>"]
+subscribe_deny = ["orders.us.>"]
+
+[[users]]
+name = "svc"
+token = "svc-token"
+publish = []
+subscribe = ["svc.*"]
+"#,
+        passwd("wonderland")
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn start_secured(extra: &[&str]) -> (Node, PathBuf) {
+    let dir = temp_dir();
+    let config = users_config(&dir);
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (start_node(&args, &[]), dir)
+}
+
+fn options(user: &str, password: &str, token: &str) -> ClientOptions {
+    ClientOptions {
+        user: user.into(),
+        password: password.into(),
+        token: token.into(),
+        reconnect: false,
+        ..ClientOptions::default()
+    }
+}
+
+fn alice(node: &Node) -> Client {
+    Client::connect_with(&node.tcp, options("alice", "wonderland", "")).unwrap()
+}
+
+fn admin(node: &Node) -> Client {
+    Client::connect_with(&node.tcp, options("", "", ADMIN_TOKEN)).unwrap()
+}
+
+fn permission_denied(error: ClientError, naming: &str) {
+    match &error {
+        ClientError::Server {
+            code: ErrorCode::PermissionDenied,
+            reason,
+        } => assert!(reason.contains(&format!("'{naming}'")), "{reason}"),
+        other => panic!("expected a permission error naming {naming}, got {other}"),
+    }
+}
+
+#[test]
+fn clients_without_valid_credentials_are_refused_at_the_handshake() {
+    let (node, dir) = start_secured(&[]);
+    let pub_as = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["pub"];
+        if !extra.contains(&"--server") {
+            args.extend(["--server", &node.tcp]);
+        }
+        args.extend_from_slice(extra);
+        args.extend(["orders.eu.1", "x"]);
+        let mut command = starling(&args);
+        command
+            .env_remove("STARLING_USER")
+            .env_remove("STARLING_PASSWORD")
+            .env_remove("STARLING_TOKEN");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = Process(
+            command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_output(&mut child, WAIT)
+    };
+    for (extra, env, says) in [
+        (&[][..], &[][..], "requires credentials"),
+        (
+            &["--user", "alice", "--password", "wrong"],
+            &[],
+            "wrong user name or password",
+        ),
+        (
+            &["--user", "mallory", "--password", "wonderland"],
+            &[],
+            "wrong user name or password",
+        ),
+        (&["--token", "nope"], &[], "wrong token"),
+        (
+            &[],
+            &[("STARLING_USER", "alice"), ("STARLING_PASSWORD", "x")],
+            "wrong user name",
+        ),
+    ] {
+        let output = pub_as(extra, env);
+        assert!(!output.status.success(), "{extra:?} {env:?} was let in");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+    let port = node.tcp.trim_start_matches("tcp://");
+    let url = format!("tcp://alice:wonderland@{port}");
+    for (extra, env) in [
+        (
+            &["--user", "alice", "--password", "wonderland"][..],
+            &[][..],
+        ),
+        (&["--token", "svc-token"][..], &[][..]),
+        (&["--token", ADMIN_TOKEN][..], &[][..]),
+        (&["--server", url.as_str()][..], &[][..]),
+        (
+            &[][..],
+            &[
+                ("STARLING_USER", "alice"),
+                ("STARLING_PASSWORD", "wonderland"),
+            ][..],
+        ),
+    ] {
+        let output = pub_as(extra, env);
+        // svc may publish nothing, so it is let in and then refused.
+        let expected = !extra.contains(&"svc-token");
+        assert_eq!(
+            output.status.success(),
+            expected,
+            "{extra:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn publish_and_subscribe_outside_the_permissions_are_refused_and_nothing_happens() {
+    let (node, dir) = start_secured(&[]);
+    let watcher = admin(&node);
+    let everything = watcher.subscribe("orders.>").unwrap();
+    // The CLI: an error naming the subject, a non-zero exit.
+    let output = run(&[
+        "pub",
+        "--server",
+        &node.tcp,
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "orders.us.1",
+        "x",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("'orders.us.1'"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = run(&[
+        "sub",
+        "--server",
+        &node.tcp,
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "*.eu.*",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("'*.eu.*'"),
+        "{}",
+        text(&output.stderr)
+    );
+    // The library: the same, and the connection goes on.
+    let client = alice(&node);
+    client.publish("orders.us.2", b"x").unwrap();
+    permission_denied(client.flush().unwrap_err(), "orders.us.2");
+    permission_denied(client.subscribe("orders.us.*").unwrap_err(), "orders.us.*");
+    permission_denied(client.subscribe(">").unwrap_err(), ">");
+    permission_denied(
+        client.queue_subscribe("payments.*", "q").unwrap_err(),
+        "payments.*",
+    );
+    permission_denied(watcher.subscribe("$SYS.>").unwrap_err(), "$SYS.>");
+    client.publish("orders.eu.marker", b"end").unwrap();
+    client.flush().unwrap();
+    let first = everything.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        first.subject(),
+        "orders.eu.marker",
+        "nothing refused was published"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_subscription_overlapping_a_deny_never_delivers_a_denied_subject() {
+    let (node, dir) = start_secured(&[]);
+    let client = alice(&node);
+    let orders = client.subscribe("orders.>").unwrap();
+    let publisher = admin(&node);
+    for subject in ["orders.us.1", "orders.eu.1", "orders.us.2", "orders.eu.end"] {
+        publisher.publish(subject, subject.as_bytes()).unwrap();
+    }
+    publisher.flush().unwrap();
+    let received: Vec<String> = (0..2)
+        .map(|_| orders.recv_timeout(WAIT).unwrap().subject().to_owned())
+        .collect();
+    assert_eq!(received, ["orders.eu.1", "orders.eu.end"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn replies_reach_only_the_requester_and_only_a_responder_may_answer() {
+    let (node, dir) = start_secured(&[]);
+    let responder = Client::connect_with(&node.tcp, options("", "", "svc-token")).unwrap();
+    let requests = responder.subscribe("svc.*").unwrap();
+    // It received no request: answering an inbox is spoofing.
+    responder.publish("_INBOX.someone.1", b"spoof").unwrap();
+    permission_denied(responder.flush().unwrap_err(), "_INBOX.someone.1");
+    let answering = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let request = requests.recv_timeout(WAIT).unwrap();
+            let reply_to = request.reply_to().unwrap().to_owned();
+            responder.publish(&reply_to, request.payload()).unwrap();
+            responder.flush().unwrap();
+            // One answer per request.
+            responder.publish(&reply_to, b"again").unwrap();
+            permission_denied(responder.flush().unwrap_err(), &reply_to);
+        }
+    });
+    // A second connection of the same user listens on every inbox.
+    let thief = alice(&node);
+    let inboxes = thief.subscribe("_INBOX.>").unwrap();
+    let requester = alice(&node);
+    let reply = requester.request("svc.quote", b"mine", WAIT).unwrap();
+    assert_eq!(reply.payload, b"mine");
+    // The thief's own request is answered after the requester's: the first
+    // reply its inbox subscription sees is its own.
+    let own = thief.request("svc.quote", b"theirs", WAIT).unwrap();
+    assert_eq!(own.payload, b"theirs");
+    let first = inboxes.recv_timeout(WAIT).unwrap();
+    assert_eq!(first.payload(), b"theirs", "the thief read another's reply");
+    answering.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A subscriber on node B that may read `orders.>` but not `orders.us.>`
+/// never receives `orders.us.*` published on node A: B filters what the
+/// mesh brings it. Causally: an unrestricted subscriber on B shows every
+/// event has reached B's bus, then a marker published on B must be the
+/// restricted subscriber's next event after `orders.eu.1`.
+#[test]
+fn a_denied_subject_published_on_another_node_never_reaches_the_subscriber() {
+    let dir = temp_dir();
+    let config = users_config(&dir);
+    let config = config.to_str().unwrap();
+    let mesh_args = |name: &'static str| {
+        vec![
+            "--config",
+            config,
+            "--name",
+            name,
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--insecure-dev-tls",
+        ]
+    };
+    let a = start_node(&mesh_args("a"), &[]);
+    let mut b_args = mesh_args("b");
+    b_args.extend(["--seed", a.cluster.as_str()]);
+    let b = start_node(&b_args, &[]);
+    wait_full_mesh(&[&a, &b]);
+    let restricted = alice(&b);
+    let orders = restricted.subscribe("orders.>").unwrap();
+    let on_b = admin(&b);
+    let everything = on_b.subscribe("orders.>").unwrap();
+    wait_interest(&[&a], "b", "orders.>", None, true);
+    let publisher = admin(&a);
+    let published = ["orders.us.1", "orders.eu.1", "orders.us.2"];
+    for subject in published {
+        publisher.publish(subject, b"from a").unwrap();
+    }
+    publisher.flush().unwrap();
+    let mut arrived: Vec<String> = (0..published.len())
+        .map(|_| everything.recv_timeout(WAIT).unwrap().subject().to_owned())
+        .collect();
+    arrived.sort();
+    assert_eq!(arrived, ["orders.eu.1", "orders.us.1", "orders.us.2"]);
+    on_b.publish("orders.eu.end", b"marker").unwrap();
+    on_b.flush().unwrap();
+    let received: Vec<String> = (0..2)
+        .map(|_| orders.recv_timeout(WAIT).unwrap().subject().to_owned())
+        .collect();
+    assert_eq!(received, ["orders.eu.1", "orders.eu.end"]);
+    drop((a, b));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The NATS side: CONNECT's user and pass, nats-server's error texts, the
+/// deny filter and replies, through `async-nats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_clients_are_held_to_the_same_users_and_permissions() {
+    let (node, dir) = start_secured(&[]);
+    for refused in [
+        ConnectOptions::with_user_and_password("alice".into(), "wrong".into()),
+        ConnectOptions::with_token("nope".into()),
+        ConnectOptions::new(),
+    ] {
+        let outcome = tokio::time::timeout(WAIT, refused.connect(&node.nats)).await;
+        assert!(
+            !matches!(outcome, Ok(Ok(_))),
+            "a client without valid credentials got in"
+        );
+    }
+    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+    let alice = ConnectOptions::with_user_and_password("alice".into(), "wonderland".into())
+        .event_callback(move |event| {
+            let errors = errors_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = errors.send(error.to_string());
+                }
+            }
+        })
+        .connect(&node.nats)
+        .await
+        .expect("alice gets in");
+    let admin = ConnectOptions::with_token(ADMIN_TOKEN.into())
+        .connect(&node.nats)
+        .await
+        .unwrap();
+    let svc = ConnectOptions::with_token("svc-token".into())
+        .connect(&node.nats)
+        .await
+        .unwrap();
+    let mut watcher = admin.subscribe("orders.>").await.unwrap();
+    admin.flush().await.unwrap();
+
+    alice.publish("orders.us.1", "x".into()).await.unwrap();
+    let _refused = alice.subscribe("*.eu.*").await.unwrap();
+    let _refused_queue = alice
+        .queue_subscribe("payments.*", "q".into())
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        let error = tokio::time::timeout(WAIT, errors.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        said.push(error);
+    }
+    for expected in [
+        r#"Permissions Violation for Publish to "orders.us.1""#,
+        r#"Permissions Violation for Subscription to "*.eu.*""#,
+        r#"Permissions Violation for Subscription to "payments.*" using queue "q""#,
+    ] {
+        assert!(
+            said.iter().any(|error| error.contains(expected)),
+            "{expected} not in {said:?}"
+        );
+    }
+    alice
+        .publish("orders.eu.marker", "end".into())
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    let first = tokio::time::timeout(WAIT, watcher.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.subject.as_str(),
+        "orders.eu.marker",
+        "nothing refused got out"
+    );
+
+    // The deny filter at delivery.
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+    alice.flush().await.unwrap();
+    for subject in ["orders.us.1", "orders.eu.1", "orders.us.2", "orders.eu.end"] {
+        admin.publish(subject, "x".into()).await.unwrap();
+    }
+    admin.flush().await.unwrap();
+    for expected in ["orders.eu.1", "orders.eu.end"] {
+        let message = tokio::time::timeout(WAIT, orders.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.subject.as_str(), expected);
+    }
+
+    // Replies: svc may answer the request it got (it publishes nothing
+    // else); alice receives the reply without `_INBOX.>` in her list, and
+    // another connection of hers listening on every inbox gets only the
+    // reply to its own request.
+    let mut requests = svc.subscribe("svc.quote").await.unwrap();
+    svc.flush().await.unwrap();
+    let responder = tokio::spawn(async move {
+        for _ in 0..2 {
+            let request = requests.next().await.unwrap();
+            svc.publish(request.reply.unwrap(), request.payload)
+                .await
+                .unwrap();
+            svc.flush().await.unwrap();
+        }
+    });
+    let thief = ConnectOptions::with_user_and_password("alice".into(), "wonderland".into())
+        .connect(&node.nats)
+        .await
+        .unwrap();
+    let mut inboxes = thief.subscribe("_INBOX.>").await.unwrap();
+    thief.flush().await.unwrap();
+    let reply = alice.request("svc.quote", "mine".into()).await.unwrap();
+    assert_eq!(&reply.payload[..], b"mine");
+    let own = thief.request("svc.quote", "theirs".into()).await.unwrap();
+    assert_eq!(&own.payload[..], b"theirs");
+    let first = tokio::time::timeout(WAIT, inboxes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &first.payload[..],
+        b"theirs",
+        "the thief read another's reply"
+    );
+    responder.await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_node_serving_other_hosts_without_credentials_refuses_to_start() {
+    for exposed in [
+        ["--listen", "0.0.0.0:0", "--nats-listen", ""],
+        ["--listen", "127.0.0.1:0", "--nats-listen", "0.0.0.0:0"],
+    ] {
+        let mut args = vec!["node", "--http", ""];
+        args.extend(exposed);
+        let output = run(&args);
+        assert!(!output.status.success(), "{exposed:?} started");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("--allow-anonymous"), "{stderr}");
+    }
+    let opted_in = start_node(&["--nats-listen", "0.0.0.0:0", "--allow-anonymous"], &[]);
+    assert!(opted_in.nats.contains("0.0.0.0"), "{}", opted_in.nats);
+    let with_users = start_secured(&["--nats-listen", "0.0.0.0:0"]);
+    assert!(!with_users.0.nats.is_empty());
+    std::fs::remove_dir_all(with_users.1).unwrap();
+}

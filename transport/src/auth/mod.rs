@@ -1,0 +1,479 @@
+//! Who a client is and what it may do, for both client protocols
+//! (Starling's and NATS's).
+//!
+//! - [`Authenticator`]: the node's users (a name with an argon2id password
+//!   hash, or a token) and its shared token; it turns what a client presents
+//!   into an [`Access`], or refuses it.
+//! - [`Access`]: one connection's rights: its user's [`Permissions`], and
+//!   the reply subjects it may use without a permission that lists them
+//!   (its own requests' replies; one answer to each request it received).
+//!
+//! A connection without a user (a node without users, or the shared token)
+//! may do anything but subscribe under `$SYS.`, as before users existed.
+
+mod permissions;
+mod replies;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use starling_core::subject::INBOX_PREFIX;
+use thiserror::Error;
+
+pub use self::permissions::{DeliveryFilter, Permissions, SubjectRules};
+pub use self::replies::{REPLY_GRANT_TTL, REPLY_GRANTS_MAX};
+
+use self::replies::ReplyGrants;
+use crate::secret::constant_time_eq;
+
+/// How a user proves who it is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserSecret {
+    /// An argon2id PHC string (`starling passwd` makes one); the client
+    /// sends the password.
+    PasswordHash(String),
+    /// A token the client sends as it is, compared in constant time.
+    Token(String),
+}
+
+impl fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never in a log: a hash can be attacked offline.
+        match self {
+            UserSecret::PasswordHash(_) => f.write_str("PasswordHash(..)"),
+            UserSecret::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// A user of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The name the client gives.
+    pub name: String,
+    /// What proves it.
+    pub secret: UserSecret,
+    /// What it may do.
+    pub permissions: Permissions,
+}
+
+/// Why a client was refused at its handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// The node needs credentials and none came.
+    #[error("this node requires credentials: a user name and password, or a token")]
+    Missing,
+    /// A user name and password that do not match a user (which of the two
+    /// is wrong is not said).
+    #[error("wrong user name or password")]
+    WrongPassword,
+    /// A token that is neither the node's nor a user's.
+    #[error("wrong token")]
+    WrongToken,
+}
+
+/// A publish or subscribe outside the user's permissions. Nothing was done.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PermissionError {
+    /// Publishing to this subject is not allowed.
+    #[error("permission denied: publishing to '{0}' is not allowed")]
+    Publish(String),
+    /// Subscribing to this pattern is not allowed.
+    #[error("permission denied: subscribing to '{0}' is not allowed")]
+    Subscribe(String),
+}
+
+/// A PHC string that is not an argon2 hash this build can verify.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("not an argon2 password hash (make one with `starling passwd`): {0}")]
+pub struct HashError(String);
+
+/// Hashes `password` with argon2id and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("the default argon2 parameters take any password and salt")
+        .to_string()
+}
+
+/// Checks that `phc` is an argon2 hash [`Authenticator`] can verify.
+pub fn check_password_hash(phc: &str) -> Result<(), HashError> {
+    let hash = PasswordHash::new(phc).map_err(|error| HashError(error.to_string()))?;
+    if !hash.algorithm.as_str().starts_with("argon2") {
+        return Err(HashError(format!("algorithm {}", hash.algorithm)));
+    }
+    Ok(())
+}
+
+/// The node's users and shared token, and the passwords already verified.
+#[derive(Default)]
+pub struct Authenticator {
+    token: Option<String>,
+    users: Vec<Arc<User>>,
+    /// The last password verified for each user: argon2 is slow on purpose
+    /// (tens of milliseconds on the I/O thread that handles the handshake),
+    /// so a client that reconnects with the same password is checked by a
+    /// constant-time comparison instead.
+    verified: Mutex<HashMap<String, String>>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("users", &self.users)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a client presents at its handshake; empty strings for none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The user name.
+    pub user: &'a str,
+    /// The user's password.
+    pub password: &'a str,
+    /// A token: the node's, or a token user's.
+    pub token: &'a str,
+}
+
+impl Authenticator {
+    /// A node's authentication: `token` (shared, no permissions) and
+    /// `users`. With neither, every client is let in unrestricted.
+    pub fn new(token: Option<String>, users: Vec<User>) -> Self {
+        Self {
+            token: token.filter(|token| !token.is_empty()),
+            users: users.into_iter().map(Arc::new).collect(),
+            verified: Mutex::default(),
+        }
+    }
+
+    /// True if clients must present credentials.
+    pub fn required(&self) -> bool {
+        self.token.is_some() || !self.users.is_empty()
+    }
+
+    /// The access of a client that presents `credentials`, or why it is
+    /// refused.
+    pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Access, AuthError> {
+        if !self.required() {
+            return Ok(Access::unrestricted());
+        }
+        if !credentials.user.is_empty() {
+            return self.password_user(credentials.user, credentials.password);
+        }
+        if credentials.token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let token = credentials.token.as_bytes();
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|ours| constant_time_eq(ours.as_bytes(), token))
+        {
+            return Ok(Access::unrestricted());
+        }
+        // Every token user is compared, so the time taken says nothing
+        // about which one came close.
+        let mut found = None;
+        for user in &self.users {
+            if let UserSecret::Token(ours) = &user.secret
+                && constant_time_eq(ours.as_bytes(), token)
+            {
+                found = Some(user.clone());
+            }
+        }
+        found.map(Access::of).ok_or(AuthError::WrongToken)
+    }
+
+    fn password_user(&self, name: &str, password: &str) -> Result<Access, AuthError> {
+        let user = self
+            .users
+            .iter()
+            .find(|user| user.name == name)
+            .ok_or(AuthError::WrongPassword)?;
+        let UserSecret::PasswordHash(phc) = &user.secret else {
+            return Err(AuthError::WrongPassword);
+        };
+        let cached = self
+            .verified
+            .lock()
+            .expect("verified lock")
+            .get(name)
+            .is_some_and(|known| constant_time_eq(known.as_bytes(), password.as_bytes()));
+        if !cached {
+            let hash = PasswordHash::new(phc).map_err(|_| AuthError::WrongPassword)?;
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .map_err(|_| AuthError::WrongPassword)?;
+            self.verified
+                .lock()
+                .expect("verified lock")
+                .insert(name.to_owned(), password.to_owned());
+        }
+        Ok(Access::of(user.clone()))
+    }
+}
+
+/// One connection's rights.
+#[derive(Debug)]
+pub struct Access {
+    /// `None`: no user, no restriction (but `$SYS.`).
+    user: Option<Arc<User>>,
+    /// Reply subjects of requests delivered to this connection: it may
+    /// publish one answer to each.
+    responses: ReplyGrants,
+    /// Reply subjects (under `_INBOX.`) of this connection's own requests:
+    /// it may receive what is published to them.
+    requests: ReplyGrants,
+}
+
+impl Access {
+    /// A connection without a user.
+    pub fn unrestricted() -> Self {
+        Self {
+            user: None,
+            responses: ReplyGrants::new(Some(1)),
+            requests: ReplyGrants::new(None),
+        }
+    }
+
+    fn of(user: Arc<User>) -> Self {
+        Self {
+            user: Some(user),
+            ..Self::unrestricted()
+        }
+    }
+
+    /// The user's name, if the connection has one.
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_deref().map(|user| user.name.as_str())
+    }
+
+    /// May the connection subscribe to `pattern`? On success, what must be
+    /// checked for each event it delivers ([`Access::admits`]).
+    ///
+    /// A pattern under `_INBOX.` that the permissions do not allow is still
+    /// accepted: it is how a requester receives replies, and it delivers
+    /// only replies to the connection's own requests.
+    pub fn check_subscribe(&self, pattern: &str) -> Result<DeliveryFilter, PermissionError> {
+        let Some(user) = &self.user else {
+            return SubjectRules::everything()
+                .allows_pattern(pattern)
+                .ok_or_else(|| PermissionError::Subscribe(pattern.to_owned()));
+        };
+        match user.permissions.subscribe.allows_pattern(pattern) {
+            Some(filter) => Ok(filter),
+            None if pattern.starts_with(INBOX_PREFIX) => Ok(DeliveryFilter::OwnReplies),
+            None => Err(PermissionError::Subscribe(pattern.to_owned())),
+        }
+    }
+
+    /// May the connection publish to `subject` (with `reply_to`)? Allowed:
+    /// the subject is within its publish permissions, or it answers a
+    /// request it was delivered (once). Replies to the request it makes are
+    /// then its to receive.
+    pub fn check_publish(
+        &mut self,
+        subject: &str,
+        reply_to: Option<&str>,
+    ) -> Result<(), PermissionError> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if !user.permissions.publish.allows_subject(subject) && !self.responses.take(subject, now) {
+            return Err(PermissionError::Publish(subject.to_owned()));
+        }
+        if let Some(reply_to) = reply_to
+            && reply_to.starts_with(INBOX_PREFIX)
+        {
+            self.requests.grant(reply_to, now);
+        }
+        Ok(())
+    }
+
+    /// May an event on `subject` (with `reply_to`) that a subscription with
+    /// `filter` matched reach the client? If so, and it is a request the
+    /// connection may not otherwise answer, it may now answer it once.
+    pub fn admits(
+        &mut self,
+        filter: DeliveryFilter,
+        subject: &str,
+        reply_to: Option<&str>,
+    ) -> bool {
+        let Some(user) = &self.user else {
+            return true;
+        };
+        let now = Instant::now();
+        let admitted = match filter {
+            DeliveryFilter::Nothing => true,
+            DeliveryFilter::Deny => user.permissions.subscribe.admits_delivery(subject),
+            DeliveryFilter::OwnReplies => self.requests.take(subject, now),
+        };
+        if admitted
+            && let Some(reply_to) = reply_to
+            && !user.permissions.publish.allows_subject(reply_to)
+        {
+            self.responses.grant(reply_to, now);
+        }
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> User {
+        User {
+            name: "alice".into(),
+            secret: UserSecret::PasswordHash(hash_password("wonderland")),
+            permissions: Permissions {
+                publish: SubjectRules {
+                    allow: Some(vec!["orders.>".into()]),
+                    deny: vec!["orders.us.>".into()],
+                },
+                subscribe: SubjectRules {
+                    allow: Some(vec!["orders.>".into(), "svc.*".into()]),
+                    deny: vec!["orders.us.>".into()],
+                },
+            },
+        }
+    }
+
+    fn bot() -> User {
+        User {
+            name: "bot".into(),
+            secret: UserSecret::Token("t0ken".into()),
+            permissions: Permissions::everything(),
+        }
+    }
+
+    fn credentials<'a>(user: &'a str, password: &'a str, token: &'a str) -> Credentials<'a> {
+        Credentials {
+            user,
+            password,
+            token,
+        }
+    }
+
+    #[test]
+    fn users_passwords_and_tokens() {
+        let auth = Authenticator::new(Some("shared".into()), vec![alice(), bot()]);
+        assert!(auth.required());
+        let access = auth
+            .authenticate(credentials("alice", "wonderland", ""))
+            .unwrap();
+        assert_eq!(access.user_name(), Some("alice"));
+        // The second time from the cache: the same answer.
+        let again = auth
+            .authenticate(credentials("alice", "wonderland", ""))
+            .unwrap();
+        assert_eq!(again.user_name(), Some("alice"));
+        assert_eq!(
+            auth.authenticate(credentials("alice", "wrong", ""))
+                .unwrap_err(),
+            AuthError::WrongPassword
+        );
+        assert_eq!(
+            auth.authenticate(credentials("mallory", "wonderland", ""))
+                .unwrap_err(),
+            AuthError::WrongPassword
+        );
+        assert_eq!(
+            auth.authenticate(credentials("bot", "t0ken", ""))
+                .unwrap_err(),
+            AuthError::WrongPassword,
+            "a token user has no password"
+        );
+        assert_eq!(
+            auth.authenticate(credentials("", "", "")).unwrap_err(),
+            AuthError::Missing
+        );
+        let bot = auth.authenticate(credentials("", "", "t0ken")).unwrap();
+        assert_eq!(bot.user_name(), Some("bot"));
+        let shared = auth.authenticate(credentials("", "", "shared")).unwrap();
+        assert_eq!(shared.user_name(), None);
+        assert_eq!(
+            auth.authenticate(credentials("", "", "nope")).unwrap_err(),
+            AuthError::WrongToken
+        );
+        let open = Authenticator::default();
+        assert!(!open.required());
+        assert!(open.authenticate(Credentials::default()).is_ok());
+    }
+
+    #[test]
+    fn hashes_are_argon2id_phc_strings() {
+        let phc = hash_password("pw");
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(check_password_hash(&phc).is_ok());
+        assert!(check_password_hash("plain").is_err());
+        assert_ne!(hash_password("pw"), phc, "salted");
+    }
+
+    #[test]
+    fn publish_and_subscribe_follow_the_permissions() {
+        let mut access = Access::of(Arc::new(alice()));
+        assert!(access.check_publish("orders.eu.1", None).is_ok());
+        assert_eq!(
+            access.check_publish("orders.us.1", None),
+            Err(PermissionError::Publish("orders.us.1".into()))
+        );
+        assert!(access.check_publish("payments.1", None).is_err());
+        assert_eq!(access.check_subscribe("orders.>"), Ok(DeliveryFilter::Deny));
+        assert_eq!(
+            access.check_subscribe("orders.eu.*"),
+            Ok(DeliveryFilter::Nothing)
+        );
+        assert_eq!(
+            access.check_subscribe("*.eu.*"),
+            Err(PermissionError::Subscribe("*.eu.*".into()))
+        );
+        assert!(access.check_subscribe("$SYS.>").is_err());
+        assert!(access.admits(DeliveryFilter::Deny, "orders.eu.1", None));
+        assert!(!access.admits(DeliveryFilter::Deny, "orders.us.1", None));
+    }
+
+    #[test]
+    fn replies_only_to_the_requester_and_answers_only_to_requests_received() {
+        let mut requester = Access::of(Arc::new(alice()));
+        let inbox = requester.check_subscribe("_INBOX.r.*").unwrap();
+        assert_eq!(inbox, DeliveryFilter::OwnReplies);
+        assert!(
+            !requester.admits(inbox, "_INBOX.r.1", None),
+            "not a reply to a request of its own"
+        );
+        requester
+            .check_publish("svc.quote", Some("_INBOX.r.1"))
+            .unwrap_err();
+        requester
+            .check_publish("orders.eu.quote", Some("_INBOX.r.1"))
+            .unwrap();
+        assert!(requester.admits(inbox, "_INBOX.r.1", None));
+        assert!(!requester.admits(inbox, "_INBOX.r.2", None));
+
+        let mut responder = Access::of(Arc::new(alice()));
+        assert!(
+            responder.check_publish("_INBOX.r.1", None).is_err(),
+            "no request received: spoofing"
+        );
+        assert!(responder.admits(DeliveryFilter::Nothing, "svc.quote", Some("_INBOX.r.1")));
+        assert!(responder.check_publish("_INBOX.r.1", None).is_ok());
+        assert!(
+            responder.check_publish("_INBOX.r.1", None).is_err(),
+            "one answer per request"
+        );
+
+        let mut open = Access::unrestricted();
+        assert!(open.check_publish("_INBOX.anyone.1", None).is_ok());
+        assert_eq!(open.check_subscribe(">"), Ok(DeliveryFilter::Nothing));
+        assert!(open.check_subscribe("$SYS.>").is_err());
+    }
+}
