@@ -342,6 +342,27 @@ fn a_denied_subject_published_on_another_node_never_reaches_the_subscriber() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Waits until the node has `subscriber`'s subscription: async-nats's flush
+/// only writes out its buffer, so another connection's publish could
+/// overtake the SUB. A probe on `subject` that `client` publishes after it
+/// (one connection's operations keep their order) must come back.
+async fn until_subscribed(
+    client: &async_nats::Client,
+    subscriber: &mut async_nats::Subscriber,
+    subject: &str,
+) {
+    client
+        .publish(subject.to_owned(), "probe".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let probe = tokio::time::timeout(WAIT, subscriber.next())
+        .await
+        .expect("the probe comes back in time")
+        .unwrap();
+    assert_eq!(probe.subject.as_str(), subject);
+}
+
 /// The NATS side: CONNECT's user and pass, nats-server's error texts, the
 /// deny filter and replies, through `async-nats`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +401,7 @@ async fn nats_clients_are_held_to_the_same_users_and_permissions() {
         .await
         .unwrap();
     let mut watcher = admin.subscribe("orders.>").await.unwrap();
-    admin.flush().await.unwrap();
+    until_subscribed(&admin, &mut watcher, "orders.eu.probe").await;
 
     alice.publish("orders.us.1", "x".into()).await.unwrap();
     let _refused = alice.subscribe("*.eu.*").await.unwrap();
@@ -424,7 +445,7 @@ async fn nats_clients_are_held_to_the_same_users_and_permissions() {
 
     // The deny filter at delivery.
     let mut orders = alice.subscribe("orders.>").await.unwrap();
-    alice.flush().await.unwrap();
+    until_subscribed(&alice, &mut orders, "orders.eu.probe").await;
     for subject in ["orders.us.1", "orders.eu.1", "orders.us.2", "orders.eu.end"] {
         admin.publish(subject, "x".into()).await.unwrap();
     }
@@ -441,8 +462,16 @@ async fn nats_clients_are_held_to_the_same_users_and_permissions() {
     // else); alice receives the reply without `_INBOX.>` in her list, and
     // another connection of hers listening on every inbox gets only the
     // reply to its own request.
+    // svc may publish nothing to probe with: the node's count says when
+    // its subscription is in.
+    let before = tokio::task::block_in_place(|| subscription_count(&node));
     let mut requests = svc.subscribe("svc.quote").await.unwrap();
     svc.flush().await.unwrap();
+    tokio::task::block_in_place(|| {
+        wait_until("svc subscribed", WAIT, || {
+            subscription_count(&node) > before
+        })
+    });
     let responder = tokio::spawn(async move {
         for _ in 0..2 {
             let request = requests.next().await.unwrap();
