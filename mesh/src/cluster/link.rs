@@ -55,14 +55,27 @@ pub(crate) enum LinkEvent {
         link: usize,
         message: Control,
     },
-    /// `peer`'s connection `link` is gone; `departed` if the peer said it
-    /// is stopping.
+    /// `peer`'s connection `link` is gone, and how.
     Closed {
         peer: NodeId,
         link: usize,
         reason: String,
-        departed: bool,
+        end: LinkEnd,
     },
+}
+
+/// How a link ended, as far as membership is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkEnd {
+    /// The peer said it is stopping: it left the mesh.
+    Departed,
+    /// Nothing more came from the peer, not even a keep-alive, for the idle
+    /// timeout (or its address answered with a stateless reset: whoever
+    /// runs there now lost the connection's state). What a peer whose
+    /// process died or whose host went away looks like.
+    Silent,
+    /// Closed on purpose by either side, or on bad data.
+    Closed,
 }
 
 /// A connection whose handshake succeeded.
@@ -90,15 +103,25 @@ pub(crate) enum DialError {
     /// The address's host name does not resolve: in containers and on
     /// Kubernetes, a peer's name exists only while the peer runs.
     Unresolved(String),
+    /// Nothing answered within the handshake timeout: no process at the
+    /// address, or no route to it.
+    NoAnswer(String),
     /// The peer could not be reached, or the handshake failed.
     Link(String),
+}
+
+/// What went wrong in a dial's handshake, past the connection.
+impl From<String> for DialError {
+    fn from(why: String) -> Self {
+        DialError::Link(why)
+    }
 }
 
 impl std::fmt::Display for DialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DialError::Unresolved(why) => write!(f, "cannot resolve: {why}"),
-            DialError::Link(why) => f.write_str(why),
+            DialError::NoAnswer(why) | DialError::Link(why) => f.write_str(why),
         }
     }
 }
@@ -119,9 +142,13 @@ pub(crate) async fn dial(
         let connecting = endpoint
             .connect(target, LINK_SERVER_NAME)
             .map_err(|error| format!("cannot dial: {error}"))?;
-        let connection = connecting
-            .await
-            .map_err(|error| format!("cannot connect: {error}"))?;
+        let connection = connecting.await.map_err(|error| {
+            let why = format!("cannot connect: {error}");
+            match error {
+                quinn::ConnectionError::TimedOut => DialError::NoAnswer(why),
+                _ => DialError::Link(why),
+            }
+        })?;
         let (mut send, mut recv) = connection
             .open_bi()
             .await
@@ -131,10 +158,10 @@ pub(crate) async fn dial(
             Control::Hello(theirs) => {
                 if let Some(why) = check_peer(&local, &connection, &theirs) {
                     connection.close(close::REFUSED, why.as_bytes());
-                    return Err(format!(
+                    return Err(DialError::Link(format!(
                         "refused {} ({}): {why}",
                         theirs.name, theirs.advertise
-                    ));
+                    )));
                 }
                 Ok(Established {
                     connection,
@@ -144,17 +171,18 @@ pub(crate) async fn dial(
                     control_recv: recv,
                 })
             }
-            Control::Refuse(reason) => Err(format!("the peer refused the link: {reason}")),
-            other => Err(format!(
+            Control::Refuse(reason) => Err(DialError::Link(format!(
+                "the peer refused the link: {reason}"
+            ))),
+            other => Err(DialError::Link(format!(
                 "the peer answered HELLO with {}",
                 control_name(&other)
-            )),
+            ))),
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err("handshake timed out".into()))
-        .map_err(DialError::Link)
+        .unwrap_or_else(|_| Err(DialError::NoAnswer("handshake timed out".into())))
 }
 
 /// Accepts an incoming connection and shakes hands.
@@ -306,12 +334,12 @@ pub(crate) async fn control_reader<E: From<LinkEvent>>(
     control_bytes_max: usize,
     driver: UnboundedSender<E>,
 ) {
-    let (reason, departed) = loop {
+    let (reason, end) = loop {
         match read_control(&mut recv, control_bytes_max).await {
             Ok(Control::Hello(_)) => {
                 let why = "HELLO was already received";
                 connection.close(close::PROTOCOL, why.as_bytes());
-                break (why.to_string(), false);
+                break (why.to_string(), LinkEnd::Closed);
             }
             Ok(message) => {
                 let link = connection.stable_id();
@@ -331,17 +359,24 @@ pub(crate) async fn control_reader<E: From<LinkEvent>>(
             }
             Err(error) => {
                 if let Some(closed) = connection.close_reason() {
-                    let departed = matches!(
-                        &closed,
-                        quinn::ConnectionError::ApplicationClosed(close) if close.error_code == close::SHUTDOWN
-                    );
-                    break (closed_reason(&closed), departed);
+                    let end = match &closed {
+                        quinn::ConnectionError::ApplicationClosed(close)
+                            if close.error_code == close::SHUTDOWN =>
+                        {
+                            LinkEnd::Departed
+                        }
+                        quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+                            LinkEnd::Silent
+                        }
+                        _ => LinkEnd::Closed,
+                    };
+                    break (closed_reason(&closed), end);
                 }
                 if !error.contains("control stream") {
                     // Bad bytes, not a broken connection.
                     connection.close(close::PROTOCOL, error.as_bytes());
                 }
-                break (error, false);
+                break (error, LinkEnd::Closed);
             }
         }
     };
@@ -351,7 +386,7 @@ pub(crate) async fn control_reader<E: From<LinkEvent>>(
             peer,
             link,
             reason,
-            departed,
+            end,
         }
         .into(),
     );

@@ -143,6 +143,16 @@ impl Gossip {
         }
     }
 
+    /// Nothing came from the node at `address` (`id`, if known) for the
+    /// idle timeout: its link timed out, or a dial got no answer.
+    /// Membership suspects it at once (see `Membership::unreachable`).
+    pub fn silent(&mut self, address: &str, id: Option<NodeId>) {
+        let now = Instant::now();
+        if let Err(error) = self.membership.unreachable(address, id, now) {
+            tracing::debug!(peer = %address, "membership cannot take this address: {error}");
+        }
+    }
+
     fn send_on(&mut self, connection: &Connection, packet: Bytes) {
         let length = packet.len() as u64;
         match connection.send_datagram(packet) {

@@ -20,6 +20,10 @@
 //! unless membership holds it alive again). A node that was only paused
 //! (stopped, starved) renews itself after the wrong verdict and gets what
 //! was published meanwhile; what could not wait is dropped and counted.
+//! A link that goes silent (it times out) or a dial that gets no answer
+//! makes membership suspect the member at once, rather than waiting for
+//! SWIM's probes to come round to it: when many members die at once, each
+//! survivor suspects all of them within the idle timeout.
 //!
 //! **Duplicates.** If two nodes dial each other at once, both keep the
 //! connection dialed by the lower node id and close the other: the rule
@@ -49,7 +53,7 @@ use super::ClusterConfig;
 use super::counters::LinkCounters;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
-use super::link::{self, DialError, Established, LinkEvent, Local};
+use super::link::{self, DialError, Established, LinkEnd, LinkEvent, Local};
 use super::membership::Identity;
 use super::view::{ClusterView, hex_id};
 use super::wire::{Control, close};
@@ -242,6 +246,9 @@ impl Driver {
                     }
                     Err(error) => {
                         self.gossip.unreachable(&address);
+                        if let DialError::NoAnswer(_) = error {
+                            self.gossip.silent(&address, None);
+                        }
                         // Said once per run of failures; the redials go on
                         // quietly, with backoff, until one succeeds.
                         let first = !self.backoff.contains_key(&address);
@@ -287,8 +294,8 @@ impl Driver {
                 peer,
                 link,
                 reason,
-                departed,
-            }) => self.link_closed(peer, link, reason, departed),
+                end,
+            }) => self.link_closed(peer, link, reason, end),
             Event::View(reply) => {
                 let _ = reply.send(self.view());
             }
@@ -415,11 +422,11 @@ impl Driver {
         true
     }
 
-    fn link_closed(&mut self, id: NodeId, link: usize, reason: String, departed: bool) {
+    fn link_closed(&mut self, id: NodeId, link: usize, reason: String, end: LinkEnd) {
         if !self.is_current(id, link) {
             return;
         }
-        if departed {
+        if end == LinkEnd::Departed {
             // It left the mesh: nothing to wait for.
             self.forget(id, &reason);
             return;
@@ -434,6 +441,9 @@ impl Driver {
         tracing::warn!(peer = %peer.name, address = %peer.advertise, "link down: {reason}");
         let address = peer.advertise.clone();
         self.interest.link_down(id, now);
+        if end == LinkEnd::Silent {
+            self.gossip.silent(&address, Some(id));
+        }
         self.backoff.remove(&address);
         if self.wanted(&address) {
             self.schedule_redial(address);
@@ -450,7 +460,8 @@ impl Driver {
             .map(|link| link.connection.clone());
         if let Some(connection) = link {
             link::close_with(&connection, close::GONE, "declared dead");
-            self.link_closed(id, connection.stable_id(), "declared dead".into(), false);
+            let link = connection.stable_id();
+            self.link_closed(id, link, "declared dead".into(), LinkEnd::Closed);
         }
     }
 

@@ -62,7 +62,9 @@
 //! - Timers: sleep until `poll_timeout()`, then `handle_timeout(now)`.
 //! - A link to any other node is up: `meet(hello.advertise, now)`; it pulls
 //!   the node's view if membership does not know the node yet.
-//! - A link went down: nothing to call; failure detection decides.
+//! - A link went silent (it timed out: nothing, not even a keep-alive, came
+//!   for the idle timeout), or a dial got no answer: `unreachable(advertise,
+//!   peer id if known, now)`. Any other end of a link: nothing to call.
 //! - Shutdown: `leave(now)`, send every queued `Send`, then close the links.
 //! - After every call, drain `poll_output()`: `Send` goes as one datagram on
 //!   the link to `to.advertise()` (dial it if needed; route by address, as a
@@ -119,6 +121,7 @@ use self::wire::{
     DepartureHandler, KIND_DEPARTURE, KIND_DIGEST, KIND_STATE, KIND_STATE_REQUEST, KIND_SWIM,
     WireCodec,
 };
+use super::interest::NodeId;
 
 /// Largest packet sent or accepted: fits one QUIC datagram on a path with
 /// the minimum 1280-byte IPv6 MTU, after QUIC's own headers.
@@ -301,6 +304,48 @@ impl Membership {
             self.settle(now);
         }
         Ok(())
+    }
+
+    /// Nothing has come from the member at `advertise` for a while: its
+    /// link timed out, or a dial got no answer. Suspects it at once, as a
+    /// failed probe would, and spreads the suspicion: unless it refutes, it
+    /// is declared dead when the suspicion times out. `id` is the node id
+    /// the link was with, if it is known: a member that restarted on the
+    /// address meanwhile is another start, and not suspected for the old
+    /// one's silence. Does nothing for a member not held alive.
+    ///
+    /// Why: SWIM probes one member per probe period, so a node suspects at
+    /// most one member per period by itself. When many fail at once, that
+    /// is slow: 148 members killed at once, three survivors, and 30 s later
+    /// one still held 83 of them alive. Every member here has a link to
+    /// every other, and a link that timed out is the same evidence as a
+    /// failed probe, for all the failed members at once (issue 15).
+    pub fn unreachable(
+        &mut self,
+        advertise: &str,
+        id: Option<NodeId>,
+        now: Instant,
+    ) -> Result<(), MembershipError> {
+        let address = Identity::new(0, advertise, 0)?.addr();
+        let alive = self
+            .foca
+            .iter_members()
+            .find(|member| {
+                member.id().addr() == address
+                    && id.is_none_or(|id| member.id().id() == id)
+                    && member.state() == State::Alive
+            })
+            .map(|member| Member::new(member.id().clone(), member.incarnation(), State::Suspect));
+        let Some(suspect) = alive.filter(|_| !self.left) else {
+            return Ok(());
+        };
+        // Applied outside the codec: `report_changes` must look at it.
+        self.effects.changed.push(address);
+        let result = self
+            .foca
+            .apply_many(std::iter::once(suspect), true, &mut self.effects);
+        self.settle(now);
+        result.map_err(MembershipError::from)
     }
 
     /// A datagram from a peer. An error means the packet was dropped (see
