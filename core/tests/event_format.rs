@@ -9,7 +9,7 @@
 
 use proptest::prelude::*;
 use rkyv::util::AlignedVec;
-use starling_core::event::{self, EventParts, Header};
+use starling_core::event::{self, EventParts, Header, Structure};
 use starling_core::{Event, EventLimits};
 
 fn token() -> impl Strategy<Value = String> {
@@ -18,6 +18,12 @@ fn token() -> impl Strategy<Value = String> {
 
 fn subject() -> impl Strategy<Value = String> {
     prop::collection::vec(token(), 1..6).prop_map(|t| t.join("."))
+}
+
+/// Strings around the inline limit (8 bytes) and far beyond it; the
+/// archiver does not care whether they are valid subjects.
+fn plain_string() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z.]{0,10}", subject(), "[a-zé]{100,256}"]
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -83,6 +89,25 @@ proptest! {
     }
 
     #[test]
+    fn plain_events_encode_to_the_bytes_rkyv_writes(
+        id in any::<u128>(),
+        time_unix_nanos in any::<u64>(),
+        subject in plain_string(),
+        reply_to in prop::option::of(plain_string()),
+        payload in prop::collection::vec(any::<u8>(), 0..300),
+        stale in any::<u8>(),
+    ) {
+        let event = Event { id, time_unix_nanos, subject, reply_to, headers: Vec::new(), payload };
+        let mut headers = Vec::new();
+        let parts = event.parts(&mut headers);
+        // Buffers are reused: whatever an earlier record left there must not
+        // show through the padding.
+        let mut out = aligned(&vec![stale; parts.archive_bytes_bound()]);
+        let len = event::encode_into(&parts, &mut out).unwrap();
+        prop_assert_eq!(&out[..len], &event.to_archive()[..]);
+    }
+
+    #[test]
     fn corrupted_archives_are_refused_or_fully_readable(
         event in event(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
@@ -100,6 +125,39 @@ proptest! {
         if let Ok(archived) = event::validate(&aligned(&bytes), &EventLimits::default()) {
             read_all(archived);
         }
+        both_checks(&aligned(&bytes), &EventLimits::default())?;
+    }
+
+    #[test]
+    fn the_layout_check_agrees_with_bytecheck_on_valid_and_mutated_archives(
+        event in event(),
+        edits in prop::collection::vec(word_edit(), 0..4),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let archive = event.to_archive();
+        let limits = EventLimits::default();
+        prop_assert!(both_checks(&archive, &limits)?, "a valid archive is accepted");
+
+        let mut bytes = archive.to_vec();
+        let root = bytes.len() - size_of::<starling_core::ArchivedEvent>();
+        for (at, delta) in edits {
+            // Words of the root (pointers, lengths, strings) and of what lies
+            // just before it (the header array), nudged by a little: in-bounds
+            // pointers that overlap, reorder, misalign or overrun.
+            let region = root.saturating_sub(64);
+            let at = (region + at.index(bytes.len() - region)) & !3;
+            let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            bytes[at..at + 4].copy_from_slice(&word.wrapping_add(delta as u32).to_le_bytes());
+        }
+        for (at, value) in flips {
+            let at = at.index(bytes.len());
+            bytes[at] ^= value | 1;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        both_checks(&aligned(&bytes), &limits)?;
     }
 
     #[test]
@@ -107,6 +165,37 @@ proptest! {
         if let Ok(archived) = event::validate(&aligned(&bytes), &EventLimits::default()) {
             read_all(archived);
         }
+        both_checks(&aligned(&bytes), &EventLimits::default())?;
+    }
+}
+
+/// A signed nudge of a 32-bit word, small enough to keep a pointer in bounds.
+fn word_edit() -> impl Strategy<Value = (prop::sample::Index, i32)> {
+    (
+        any::<prop::sample::Index>(),
+        prop_oneof![-40i32..=40, any::<i32>()],
+    )
+}
+
+/// Checks `bytes` with both structural checks: they must agree, and the one
+/// written by hand must never accept what bytecheck refuses. Returns whether
+/// they accepted.
+fn both_checks(bytes: &[u8], limits: &EventLimits) -> Result<bool, TestCaseError> {
+    let layout = event::validate_with(bytes, limits, Structure::Layout);
+    let bytecheck = event::validate_with(bytes, limits, Structure::Bytecheck);
+    match (layout, bytecheck) {
+        (Ok(fast), Ok(slow)) => {
+            prop_assert!(std::ptr::eq(fast, slow));
+            read_all(fast);
+            Ok(true)
+        }
+        (Ok(_), Err(error)) => Err(TestCaseError::fail(format!(
+            "the layout check accepted what bytecheck refuses ({error}): {bytes:?}"
+        ))),
+        (Err(error), Ok(_)) => Err(TestCaseError::fail(format!(
+            "the layout check refused what bytecheck accepts ({error}): {bytes:?}"
+        ))),
+        (Err(_), Err(_)) => Ok(false),
     }
 }
 
@@ -143,10 +232,61 @@ fn hostile_lengths_and_offsets_in_the_root_are_refused() {
                 read_all(archived);
                 accepted += 1;
             }
+            both_checks(&aligned(&bytes), &limits).unwrap();
         }
     }
     // Some words (the id, the time) accept any value; most must be refused.
     assert!(accepted < (archive.len() - root) / 4 * hostile.len());
+}
+
+/// Every word of the root and of the header array, nudged by every small
+/// delta: pointers that overlap a neighbour, come out of order, lose their
+/// alignment or overrun by a byte. The hand-written check and bytecheck
+/// must agree on each.
+#[test]
+fn small_nudges_of_every_pointer_and_length_agree_with_bytecheck() {
+    let header = |name: &str, value: &[u8]| (name.to_string(), value.to_vec());
+    let events = [
+        Event {
+            subject: "orders.eu.created".into(),
+            payload: vec![1; 16],
+            ..Event::default()
+        },
+        Event {
+            subject: "a.b".into(),
+            reply_to: Some("r".into()),
+            ..Event::default()
+        },
+        Event {
+            // 9 + 10 bytes before the header array: it is padded to 4.
+            subject: "orders.eu".into(),
+            reply_to: Some("_INBOX.x.1".into()),
+            headers: vec![header("ce-type", b"x"), header("a-long-header-name", b"")],
+            payload: vec![2; 3],
+            ..Event::default()
+        },
+        Event {
+            subject: "s".into(),
+            headers: vec![header("h", b""), header("i", b"12345678901")],
+            ..Event::default()
+        },
+    ];
+    let limits = EventLimits::default();
+    let mut accepted = 0;
+    for event in events {
+        let archive = event.to_archive();
+        let region = archive.len().saturating_sub(64 + 48);
+        for at in (region..archive.len()).step_by(4) {
+            for delta in -20i32..=20 {
+                let mut bytes = archive.to_vec();
+                let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                bytes[at..at + 4].copy_from_slice(&word.wrapping_add(delta as u32).to_le_bytes());
+                accepted += usize::from(both_checks(&aligned(&bytes), &limits).unwrap());
+            }
+        }
+    }
+    // The id, the time and the payload's bytes take any value.
+    assert!(accepted > 0);
 }
 
 #[test]
