@@ -19,7 +19,9 @@ use criterion::{
 use crossbeam_channel::{Receiver, Sender, bounded};
 use starling_bench::consumers::{Consumers, POLL};
 use starling_core::clock::{self, WallClock};
-use starling_core::{Bus, BusConfig, SlowConsumerPolicy, SubscribeOptions, Subscription};
+use starling_core::{
+    Bus, BusConfig, Message, Publisher, SlowConsumerPolicy, SubscribeOptions, Subscription,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,6 +58,26 @@ fn receive_subscription(sub: &Subscription) -> u64 {
             taken
         }
         Err(_) => 0,
+    }
+}
+
+/// The batch consumer: waits for the first event, then takes what is there
+/// (up to [`BATCH`]) in one claim.
+fn receive_subscription_batch(sub: &Subscription) -> u64 {
+    sub.recv_batch_timeout(BATCH as usize, POLL, |event| {
+        black_box(event.payload().len());
+    })
+    .map_or(0, |taken| taken as u64)
+}
+
+/// Publishes `count` events with `publish_batch`, [`BATCH`] at a time.
+fn publish_in_batches(publisher: &mut Publisher, count: u64, payload: &[u8]) {
+    let batch = [Message::new(SUBJECT, payload); BATCH as usize];
+    let mut left = count;
+    while left > 0 {
+        let now = left.min(BATCH);
+        publisher.publish_batch(&batch[..now as usize]).unwrap();
+        left -= now;
     }
 }
 
@@ -119,6 +141,21 @@ fn fan_out(
         return;
     }
 
+    let subs: Vec<_> = (0..subscribers)
+        .map(|_| bus.subscribe_with(SUBJECT, None, blocking()).unwrap())
+        .collect();
+    let consumers = Consumers::spawn(subs, receive_subscription_batch);
+    group.bench_function(format!("starling_batch/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let target = consumers.total() + iters * subscribers as u64;
+            let started = Instant::now();
+            publish_in_batches(&mut publisher, iters, payload);
+            consumers.wait_for(target);
+            started.elapsed()
+        })
+    });
+    drop(consumers);
+
     let (senders, receivers): (Vec<Sender<Owned>>, Vec<Receiver<Owned>>) =
         (0..subscribers).map(|_| bounded(CAPACITY)).unzip();
     let consumers = Consumers::spawn(receivers, receive_channel);
@@ -157,6 +194,25 @@ fn fan_in(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, payl
                             bus.publish(SUBJECT, payload).unwrap();
                         }
                     });
+                }
+            });
+            consumers.wait_for(target);
+            started.elapsed()
+        })
+    });
+    drop(consumers);
+
+    let sub = bus.subscribe_with(SUBJECT, None, blocking()).unwrap();
+    let consumers = Consumers::spawn(vec![sub], receive_subscription_batch);
+    let mut publishers: Vec<_> = (0..PUBLISHERS).map(|_| bus.publisher()).collect();
+    group.bench_function(format!("starling_batch/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let per_publisher = iters.div_ceil(PUBLISHERS);
+            let target = consumers.total() + per_publisher * PUBLISHERS;
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for publisher in &mut publishers {
+                    scope.spawn(move || publish_in_batches(publisher, per_publisher, payload));
                 }
             });
             consumers.wait_for(target);

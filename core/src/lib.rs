@@ -68,8 +68,8 @@ mod loom_tests;
 
 pub use bus::{
     Bus, BusConfig, BusStats, EventRef, InterestChange, InterestWatcher, Mailbox, Message,
-    PublishError, Publisher, QueueCounters, QueueInfo, RecvError, Reply, RequestError,
-    SlowConsumerPolicy, SubscribeError, SubscribeOptions, Subscription, SubscriptionInfo,
-    random_u64,
+    PublishBatchError, PublishError, Publisher, QueueCounters, QueueInfo, RecvError, Reply,
+    RequestError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionInfo, random_u64,
 };
 pub use event::{ArchivedEvent, Event, EventLimits, Header};

@@ -15,25 +15,81 @@ use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
 use crate::bus::queue::{Delivery, DeliveryQueue, QueueShape};
-use crate::log::RecordRef;
 use crate::log::SegmentPool;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::log::{BatchRelease, RecordRef};
 use crate::ring::Ring;
 use crate::signal::{Signal, SpaceSignal, current_thread_waker, publish_fence};
 use crate::sync::ArrayQueue;
 
 /// Writes one record with `holders` holds at the start of `segment`.
 fn write_record(segment: NonNull<SegmentHeader>, holders: u32) -> NonNull<RecordHeader> {
+    write_record_at(segment, 0, holders)
+}
+
+/// Writes record number `at` (of empty records) with `holders` holds.
+fn write_record_at(
+    segment: NonNull<SegmentHeader>,
+    at: usize,
+    holders: u32,
+) -> NonNull<RecordHeader> {
     // SAFETY: the test owns the fresh segment; the data area starts after the
-    // header and is large enough for one record header.
+    // header and is large enough for a few record headers.
     unsafe {
         let record = segment
             .as_ptr()
             .cast::<u8>()
-            .add(SEGMENT_HEADER_BYTES)
+            .add(SEGMENT_HEADER_BYTES + at * size_of::<RecordHeader>())
             .cast::<RecordHeader>();
         record.write(RecordHeader::new(holders, 0, segment));
         NonNull::new_unchecked(record)
+    }
+}
+
+/// Takes the pool's one segment and writes its (tracked) bytes.
+fn fresh_segment(pool: &SegmentPool) -> NonNull<SegmentHeader> {
+    let segment = pool.take(64).expect("one segment fits the budget");
+    // SAFETY: the segment is fresh and ours; the cell stands for its bytes.
+    unsafe { segment.as_ref() }
+        .loom_bytes
+        .with_mut(|bytes| unsafe { *bytes = 1 });
+    segment
+}
+
+/// Waits for a hold on a record of `segment` and reads the segment's bytes
+/// through it: they must be the ones written before the hold was handed out.
+fn take_and_read(queue: &ArrayQueue<RecordRef>, segment: NonNull<SegmentHeader>) -> RecordRef {
+    let hold = loop {
+        match queue.pop() {
+            Some(hold) => break hold,
+            None => thread::yield_now(),
+        }
+    };
+    // SAFETY: the hold keeps the segment alive and unwritten.
+    let seen = unsafe { segment.as_ref() }
+        .loom_bytes
+        .with(|bytes| unsafe { *bytes });
+    assert_eq!(seen, 1);
+    hold
+}
+
+/// The writer's side once it sealed `segment`: waits for the pool to give
+/// it back (every hold released) and writes over it.
+fn overwrite_when_recycled(pool: &SegmentPool, segment: NonNull<SegmentHeader>) {
+    let again = loop {
+        match pool.take(64) {
+            Some(segment) => break segment,
+            None => thread::yield_now(),
+        }
+    };
+    assert_eq!(again, segment, "the only segment came back");
+    // SAFETY: the pool handed the segment out again: the writer owns it.
+    unsafe { again.as_ref() }
+        .loom_bytes
+        .with_mut(|bytes| unsafe { *bytes = 2 });
+    // SAFETY: as above; seal it empty so the pool can drop it cleanly.
+    if unsafe { again.as_ref() }.seal(0) {
+        SegmentPool::recycle(again);
     }
 }
 
@@ -47,11 +103,7 @@ fn segment_protocol() {
         // Budget for exactly one segment: a second `take` succeeds only after
         // the first segment is recycled.
         let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
-        let segment = pool.take(64).expect("one segment fits the budget");
-        // SAFETY: the segment is fresh and ours; the cell stands for its bytes.
-        unsafe { segment.as_ref() }
-            .loom_bytes
-            .with_mut(|bytes| unsafe { *bytes = 1 });
+        let segment = fresh_segment(&pool);
         let record = write_record(segment, 2);
 
         let queue = Arc::new(ArrayQueue::new(2));
@@ -62,20 +114,7 @@ fn segment_protocol() {
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let queue = queue.clone();
-                thread::spawn(move || {
-                    let hold = loop {
-                        match queue.pop() {
-                            Some(hold) => break hold,
-                            None => thread::yield_now(),
-                        }
-                    };
-                    // SAFETY: the hold keeps the segment alive and unwritten.
-                    let seen = unsafe { segment.as_ref() }
-                        .loom_bytes
-                        .with(|bytes| unsafe { *bytes });
-                    assert_eq!(seen, 1);
-                    drop(hold);
-                })
+                thread::spawn(move || drop(take_and_read(&queue, segment)))
             })
             .collect();
 
@@ -83,21 +122,7 @@ fn segment_protocol() {
         if unsafe { segment.as_ref() }.seal(1) {
             SegmentPool::recycle(segment);
         }
-        let again = loop {
-            match pool.take(64) {
-                Some(segment) => break segment,
-                None => thread::yield_now(),
-            }
-        };
-        assert_eq!(again, segment, "the only segment came back");
-        // SAFETY: the pool handed the segment out again: the writer owns it.
-        unsafe { again.as_ref() }
-            .loom_bytes
-            .with_mut(|bytes| unsafe { *bytes = 2 });
-        // SAFETY: as above; seal it empty so the pool can drop it cleanly.
-        if unsafe { again.as_ref() }.seal(0) {
-            SegmentPool::recycle(again);
-        }
+        overwrite_when_recycled(&pool, segment);
         readers.into_iter().for_each(|r| r.join().unwrap());
     });
 }
@@ -168,6 +193,75 @@ fn ring_hands_over_every_value_once() {
         }
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 1, 10, 11]);
+    });
+}
+
+/// The same with the consumer claiming runs ([`Ring::claim`]) while a
+/// producer evicts from the head: each value must come out exactly once,
+/// in order, whoever claims it.
+#[test]
+fn ring_runs_hand_over_every_value_once() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::new(2));
+        assert!(ring.push(Box::new(10)).is_ok());
+        let evictor = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                let mut evicted = Vec::new();
+                for i in 0..2u32 {
+                    let mut value = Box::new(i);
+                    while let Err(rejected) = ring.push(value) {
+                        value = rejected;
+                        if let Some(old) = ring.pop() {
+                            evicted.push(*old);
+                        }
+                    }
+                }
+                evicted
+            })
+        };
+        let mut seen: Vec<u32> = ring.claim(2).map(|value| *value).collect();
+        let evicted = evictor.join().unwrap();
+        seen.extend(ring.claim(4).map(|value| *value));
+        let mut all: Vec<u32> = seen.iter().chain(&evicted).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 10]);
+        let ours: Vec<u32> = seen.into_iter().filter(|value| *value < 10).collect();
+        assert!(ours.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+    });
+}
+
+/// A writer hands two records of one segment to a consumer, which releases
+/// them together with one decrement ([`BatchRelease`]), while the writer
+/// seals the segment and writes over it as soon as the pool gives it back:
+/// both reads must happen-before the overwrite.
+#[test]
+fn batch_release_frees_a_segment_only_after_its_reads() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let segment = fresh_segment(&pool);
+        let queue = Arc::new(ArrayQueue::new(2));
+        for at in 0..2 {
+            let record = write_record_at(segment, at, 1);
+            // SAFETY: `holders` is 1 and exactly one hold is made per record.
+            assert!(queue.push(unsafe { RecordRef::from_raw(record) }).is_ok());
+        }
+        let consumer = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut release = BatchRelease::default();
+                for _ in 0..2 {
+                    release.release(take_and_read(&queue, segment));
+                }
+                release.finish();
+            })
+        };
+        // SAFETY: the writer still owns the segment until it seals it.
+        if unsafe { segment.as_ref() }.seal(2) {
+            SegmentPool::recycle(segment);
+        }
+        overwrite_when_recycled(&pool, segment);
+        consumer.join().unwrap();
     });
 }
 
@@ -257,6 +351,53 @@ fn closing_never_hides_a_queued_delivery() {
         // SAFETY: the test still owns the segment as its writer; seal it with
         // its one record (released above) so the pool can drop it cleanly.
         if unsafe { segment.as_ref() }.seal(1) {
+            SegmentPool::recycle(segment);
+        }
+    });
+}
+
+/// A publisher queues two deliveries, then fences once and looks at the
+/// consumer once (as a batch does), while the consumer, taking runs, goes to
+/// sleep: it must wake and take both, whatever the interleaving.
+#[test]
+fn a_batch_fenced_once_never_leaves_its_consumer_asleep() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let segment = pool.take(64).expect("one segment fits the budget");
+        let queue = Arc::new(DeliveryQueue::new(
+            1,
+            QueueShape {
+                capacity: 2,
+                pending_bytes_max: 1 << 20,
+                segment_bytes: 4096,
+                spin: Duration::ZERO,
+            },
+            Default::default(),
+        ));
+        // The consumer parks in its own thread (see above on loom's join).
+        let consumer = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut tags = Vec::new();
+                while tags.len() < 2 {
+                    assert!(queue.wait_for_delivery(None), "woken with a delivery");
+                    tags.extend(queue.take_batch(2).map(|delivery| delivery.tag));
+                }
+                assert_eq!(tags, [0, 1]);
+            })
+        };
+        for tag in 0..2 {
+            let record = write_record_at(segment, tag as usize, 1);
+            // SAFETY: `holders` is 1 and exactly one hold is made per record.
+            let hold = unsafe { RecordRef::from_raw(record) };
+            assert!(queue.try_offer(Delivery::new(hold, tag)).is_ok());
+        }
+        publish_fence();
+        queue.signal.wake_if_sleeping();
+        consumer.join().unwrap();
+        // SAFETY: the test still owns the segment as its writer; seal it with
+        // its two records (released above) so the pool can drop it cleanly.
+        if unsafe { segment.as_ref() }.seal(2) {
             SegmentPool::recycle(segment);
         }
     });

@@ -202,6 +202,63 @@ impl<T> Ring<T> {
         }
     }
 
+    /// Claims up to `max` values at the head with a single move of `head`
+    /// (one compare-and-swap for the whole run instead of one per value),
+    /// and returns them as an iterator, in order; empty if the ring is.
+    ///
+    /// Each slot is freed (its stamp advanced a lap) as its value is read
+    /// out. Dropping the run reads out and drops what is left of it, so the
+    /// ring stays consistent whatever the caller does with the values.
+    pub(crate) fn claim(&self, max: usize) -> ClaimedRun<'_, T> {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // The run of written slots from `head`, up to `max`.
+            let mut end = head;
+            let mut count = 0;
+            while count < max {
+                let index = end & (self.one_lap - 1);
+                // SYNC POINT (slot-full): Acquire pairs with the producer's
+                // Release in `push`: its write of the value happens-before
+                // our read in `ClaimedRun::next`.
+                if self.slots[index].stamp(index, Ordering::Acquire) != end.wrapping_add(1) {
+                    break;
+                }
+                count += 1;
+                end = self.next(end);
+            }
+            if count == 0 {
+                let index = head & (self.one_lap - 1);
+                if max == 0 || self.slots[index].stamp(index, Ordering::Relaxed) == head {
+                    // Not written yet: empty (see `pop`).
+                    return ClaimedRun {
+                        ring: self,
+                        position: head,
+                        remaining: 0,
+                    };
+                }
+                // Another consumer took this position (or a producer just
+                // wrote it); look again.
+                spin_loop();
+                head = self.head.load(Ordering::Relaxed);
+                continue;
+            }
+            // Relaxed: the claim orders nothing; the slots' stamps do.
+            match self
+                .head
+                .compare_exchange_weak(head, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return ClaimedRun {
+                        ring: self,
+                        position: head,
+                        remaining: count,
+                    };
+                }
+                Err(current) => head = current,
+            }
+        }
+    }
+
     /// True if the next slot to read holds nothing yet. Reads only that slot.
     pub(crate) fn is_empty(&self) -> bool {
         let head = self.head.load(Ordering::Relaxed);
@@ -227,6 +284,58 @@ impl<T> Ring<T> {
     }
 }
 
+/// Positions a consumer claimed with one move of `head` ([`Ring::claim`]),
+/// read out one by one.
+pub(crate) struct ClaimedRun<'a, T> {
+    ring: &'a Ring<T>,
+    position: usize,
+    remaining: usize,
+}
+
+impl<T> Iterator for ClaimedRun<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let ring = self.ring;
+        let index = self.position & (ring.one_lap - 1);
+        let slot = &ring.slots[index];
+        // SAFETY: moving `head` past this position while its stamp was
+        // `position + 1` (checked before the claim, and only the claimer of a
+        // position changes a full slot's stamp) makes this thread the only
+        // reader of the value written there.
+        let value = slot
+            .value
+            .with_mut(|cell| unsafe { (*cell).assume_init_read() });
+        // SYNC POINT (slot-free): Release pairs with the Acquire in `push` on
+        // the next lap.
+        slot.set_stamp(
+            index,
+            self.position.wrapping_add(ring.one_lap),
+            Ordering::Release,
+        );
+        self.position = ring.next(self.position);
+        self.remaining -= 1;
+        Some(value)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<T> ExactSizeIterator for ClaimedRun<'_, T> {}
+
+impl<T> Drop for ClaimedRun<'_, T> {
+    fn drop(&mut self) {
+        // Head has moved past the whole run: its slots must be freed, or
+        // producers would find them full a lap later.
+        self.for_each(drop);
+    }
+}
+
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         while self.pop().is_some() {}
@@ -249,7 +358,7 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn behaves_like_a_bounded_vecdeque_through_many_laps() {
+    fn pops_and_claimed_runs_behave_like_a_bounded_vecdeque_through_many_laps() {
         for capacity in [1, 2, 3, 4, 7] {
             laps_against_a_model(capacity);
         }
@@ -267,12 +376,37 @@ mod tests {
                     model.push_back(next);
                 }
                 next += 1;
-            } else {
+            } else if step % 2 == 0 {
                 assert_eq!(ring.pop(), model.pop_front());
+            } else {
+                // A claimed run takes what draining the model takes.
+                let max = (step % 7) as usize;
+                let expected: Vec<_> = (0..max).map_while(|_| model.pop_front()).collect();
+                let run = ring.claim(max);
+                assert_eq!(run.len(), expected.len());
+                assert_eq!(run.collect::<Vec<_>>(), expected);
             }
             assert_eq!(ring.len(), model.len());
             assert_eq!(ring.is_empty(), model.is_empty());
         }
+    }
+
+    #[test]
+    fn a_run_dropped_part_way_frees_the_rest_of_its_slots() {
+        let marker = Arc::new(());
+        let ring = Ring::new(4);
+        for _ in 0..4 {
+            ring.push(marker.clone()).unwrap();
+        }
+        let mut run = ring.claim(3);
+        drop(run.next());
+        drop(run);
+        assert_eq!(Arc::strong_count(&marker), 2, "three taken out, one left");
+        for _ in 0..3 {
+            ring.push(marker.clone())
+                .expect("the run's slots are free again");
+        }
+        assert_eq!(ring.len(), 4);
     }
 
     #[test]

@@ -72,6 +72,7 @@ fn publish_to_deliver_allocates_nothing_in_steady_state() {
     fan_out_queue_group_and_headers();
     across_threads_with_parking();
     request_reply();
+    many_distinct_subjects_and_batches();
 }
 
 fn one_to_one_on_one_thread() {
@@ -205,5 +206,51 @@ fn request_reply() {
     assert_eq!(
         count, 0,
         "request/reply, with one reply subject per request"
+    );
+}
+
+/// Subjects the many-subjects scenario publishes on: more than a batch, well
+/// within a publisher's match cache (1024 subjects by default).
+const DISTINCT_SUBJECTS: usize = 500;
+
+fn many_distinct_subjects_and_batches() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("orders.>").unwrap();
+    let subjects: Vec<String> = (0..DISTINCT_SUBJECTS)
+        .map(|i| format!("orders.{i}.created"))
+        .collect();
+    let rounds = EVENTS / DISTINCT_SUBJECTS;
+    let mut publisher = bus.publisher();
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..rounds {
+            for subject in &subjects {
+                publisher.publish(subject, &[6; 16]).unwrap();
+            }
+            for subject in &subjects {
+                assert_eq!(sub.try_recv().unwrap().subject(), subject);
+            }
+        }
+    });
+    assert_eq!(count, 0, "1 → 1 on many distinct subjects");
+
+    let batch: Vec<Message<'_>> = subjects
+        .iter()
+        .map(|subject| Message::new(subject, &[7; 16]))
+        .collect();
+    let count = allocations_in_steady_state(|| {
+        for _ in 0..rounds {
+            assert_eq!(publisher.publish_batch(&batch).unwrap(), batch.len());
+            let mut next = 0;
+            while next < batch.len() {
+                sub.try_recv_batch(64, |event| {
+                    assert_eq!(event.subject(), subjects[next].as_str());
+                    next += 1;
+                });
+            }
+        }
+    });
+    assert_eq!(
+        count, 0,
+        "publish_batch and try_recv_batch on many subjects"
     );
 }

@@ -595,3 +595,66 @@ fn a_watcher_sees_local_interest_but_not_peers() {
         "closing the bus drops the watcher, ending its channel"
     );
 }
+
+#[test]
+fn a_batch_larger_than_a_block_queue_waits_for_room_and_loses_nothing() {
+    const EVENTS: u32 = 1000;
+    let bus = Bus::default();
+    let sub = bus
+        .subscribe_with(
+            "batch.x",
+            None,
+            options(
+                8,
+                SlowConsumerPolicy::Block {
+                    max_stall: Duration::from_secs(30),
+                },
+            ),
+        )
+        .unwrap();
+    // The consumer parks between batches; the publisher must wake it before
+    // it waits for room, or it would wait out `max_stall` and demote it.
+    let consumer = std::thread::spawn(move || {
+        let mut next = 0u32;
+        while next < EVENTS {
+            sub.recv_batch_timeout(3, 10 * SECOND, |event| {
+                assert_eq!(event.payload(), next.to_le_bytes(), "in order");
+                next += 1;
+            })
+            .expect("every event comes");
+        }
+        (sub.dropped(), sub.demotions())
+    });
+    let payloads: Vec<[u8; 4]> = (0..EVENTS).map(u32::to_le_bytes).collect();
+    let batch: Vec<_> = payloads
+        .iter()
+        .map(|payload| Message::new("batch.x", payload))
+        .collect();
+    let mut publisher = bus.publisher();
+    assert_eq!(publisher.publish_batch(&batch).unwrap(), EVENTS as usize);
+    assert_eq!(
+        consumer.join().unwrap(),
+        (0, 0),
+        "nothing dropped or demoted"
+    );
+}
+
+#[test]
+fn batch_receive_says_timeout_while_open_and_closed_once_drained() {
+    let bus = Bus::default();
+    let sub = bus.subscribe("batch.y").unwrap();
+    let started = Instant::now();
+    let waited = sub.recv_batch_timeout(16, Duration::from_millis(20), |_| {});
+    assert_eq!(waited, Err(RecvError::Timeout));
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    bus.publish("batch.y", b"last").unwrap();
+    drop(bus);
+    let mut payloads = Vec::new();
+    assert_eq!(
+        sub.recv_batch(16, |event| payloads.push(event.payload().to_vec())),
+        Ok(1)
+    );
+    assert_eq!(payloads, [b"last"]);
+    assert_eq!(sub.recv_batch(16, |_| {}), Err(RecvError::Closed));
+    assert_eq!(sub.received(), 1);
+}

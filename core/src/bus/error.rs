@@ -33,6 +33,17 @@ pub enum PublishError {
     Closed,
 }
 
+/// Why a batch ([`crate::Publisher::publish_batch`]) stopped part way.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("message {published} of the batch was not published: {error}")]
+pub struct PublishBatchError {
+    /// How many messages, from the start of the batch, were published. The
+    /// message at this index failed; those after it were not tried.
+    pub published: usize,
+    /// Why that message was not published.
+    pub error: PublishError,
+}
+
 impl From<ValidationError> for PublishError {
     fn from(error: ValidationError) -> Self {
         PublishError::Malformed {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::queue::{DeliveryQueue, QueueShape};
 use super::subscription::EventRef;
 use super::{BusInner, RecvError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Target};
+use crate::log::BatchRelease;
 
 /// A consumer of the bus with its own queue. Each subscription added to it
 /// carries a tag, and every event it receives says which tag matched.
@@ -145,6 +146,80 @@ impl Mailbox {
         self.receive(Some(deadline))
     }
 
+    /// Takes up to `max` events that are queued now, without waiting, and
+    /// lends each to `each`, in order. Returns how many it took.
+    ///
+    /// Faster than [`Mailbox::try_recv`] in a loop: the queue is claimed
+    /// once for the whole batch, and the events' memory is released once per
+    /// run of events that lie side by side (as a publisher's do) instead of
+    /// once per event, so the consumer's core hands a cache line back to the
+    /// publisher's per batch, not per event. The events are only lent: copy
+    /// out whatever must outlive the call.
+    ///
+    /// ```
+    /// use starling_core::Bus;
+    ///
+    /// let bus = Bus::default();
+    /// let prices = bus.subscribe("prices.>")?;
+    /// for price in [3u8, 4, 5] {
+    ///     bus.publish("prices.eur", &[price])?;
+    /// }
+    /// let mut total = 0;
+    /// let taken = prices.try_recv_batch(64, |event| total += u32::from(event.payload()[0]));
+    /// assert_eq!((taken, total), (3, 12));
+    /// assert_eq!(prices.try_recv_batch(64, |_| unreachable!()), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_recv_batch(&self, max: usize, mut each: impl FnMut(&EventRef)) -> usize {
+        let mut release = BatchRelease::default();
+        let batch = self.queue.take_batch(max);
+        let taken = batch.taken();
+        for delivery in batch {
+            let event = EventRef::new(delivery);
+            each(&event);
+            release.release(event.into_delivery().record);
+        }
+        taken
+    }
+
+    /// Waits for at least one event, then takes up to `max` as
+    /// [`Mailbox::try_recv_batch`] does. Errors only when the bus is closed
+    /// and the queue drained.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use starling_core::Bus;
+    ///
+    /// let bus = Bus::default();
+    /// let ticks = bus.subscribe("ticks")?;
+    /// let publisher = {
+    ///     let bus = bus.clone();
+    ///     std::thread::spawn(move || bus.publish("ticks", b"t"))
+    /// };
+    /// let mut seen = 0;
+    /// while seen < 1 {
+    ///     seen += ticks.recv_batch_timeout(256, Duration::from_secs(5), |event| {
+    ///         assert_eq!(event.subject(), "ticks");
+    ///     })?;
+    /// }
+    /// publisher.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_batch(&self, max: usize, each: impl FnMut(&EventRef)) -> Result<usize, RecvError> {
+        self.receive_batch(None, max, each)
+    }
+
+    /// Like [`Mailbox::recv_batch`], waiting at most `timeout` for the first
+    /// event.
+    pub fn recv_batch_timeout(
+        &self,
+        max: usize,
+        timeout: Duration,
+        each: impl FnMut(&EventRef),
+    ) -> Result<usize, RecvError> {
+        self.receive_batch(Some(Instant::now() + timeout), max, each)
+    }
+
     /// The next event, for async code.
     pub fn recv_async(&self) -> Recv<'_> {
         Recv { mailbox: self }
@@ -203,6 +278,27 @@ impl Mailbox {
             Some(delivery) => Ok(EventRef::new(delivery)),
             None if self.queue.is_closed() => Err(RecvError::Closed),
             None => Err(RecvError::Timeout),
+        }
+    }
+
+    fn receive_batch(
+        &self,
+        deadline: Option<Instant>,
+        max: usize,
+        mut each: impl FnMut(&EventRef),
+    ) -> Result<usize, RecvError> {
+        loop {
+            let taken = self.try_recv_batch(max, &mut each);
+            if taken > 0 || max == 0 {
+                return Ok(taken);
+            }
+            if !self.queue.wait_for_delivery(deadline) {
+                return match self.try_recv_batch(max, &mut each) {
+                    0 if self.queue.is_closed() => Err(RecvError::Closed),
+                    0 => Err(RecvError::Timeout),
+                    taken => Ok(taken),
+                };
+            }
         }
     }
 

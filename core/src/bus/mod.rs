@@ -24,6 +24,7 @@ pub(crate) mod queue;
 mod request;
 pub mod route;
 mod subscription;
+mod wakes;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use backlog::Backlog;
-pub use error::{PublishError, RecvError, RequestError, SubscribeError};
+pub use error::{PublishBatchError, PublishError, RecvError, RequestError, SubscribeError};
 pub use interest::{InterestChange, InterestWatcher};
 pub use mailbox::Recv;
 pub use mailbox::{Mailbox, QueueCounters};

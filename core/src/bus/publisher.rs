@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::backlog::Backlog;
 use super::route::{Scope, route};
-use super::{Bus, BusInner, PublishError, Target};
+use super::wakes::{Wakes, Waking};
+use super::{Bus, BusInner, PublishBatchError, PublishError, Target};
 use crate::clock::WallClock;
 use crate::event::{self, Checked, EventLimits, EventParts, Header};
 use crate::log::Appender;
@@ -68,6 +69,44 @@ impl Publisher {
     /// Publishes a message; returns the number of deliveries made.
     pub fn publish_message(&mut self, message: &Message<'_>) -> Result<usize, PublishError> {
         self.core.publish(message)
+    }
+
+    /// Publishes `messages` in order, as [`Publisher::publish_message`] would
+    /// one by one, and returns the number of deliveries made. Faster: the
+    /// clock is read once (every event of the batch carries the same time),
+    /// and consumers are woken once for the whole batch, after one fence,
+    /// instead of once per event. A consumer that sleeps sees the batch only
+    /// when it is all published (or when the publisher waits for a full
+    /// `Block` consumer, which is woken first so that it makes room).
+    ///
+    /// Stops at the first message that fails: the messages before it are
+    /// published, the rest are not tried
+    /// ([`PublishBatchError::published`]).
+    ///
+    /// ```
+    /// use starling_core::{Bus, Message};
+    ///
+    /// let bus = Bus::default();
+    /// let trades = bus.subscribe("trades.*")?;
+    /// let mut publisher = bus.publisher();
+    /// let batch = [
+    ///     Message::new("trades.eur", b"1"),
+    ///     Message::new("trades.usd", b"2"),
+    ///     Message::new("trades.eur", b"3"),
+    /// ];
+    /// assert_eq!(publisher.publish_batch(&batch)?, 3);
+    /// let mut payloads = Vec::new();
+    /// trades.try_recv_batch(16, |event| payloads.push(event.payload().to_vec()));
+    /// assert_eq!(payloads, [b"1", b"2", b"3"]);
+    ///
+    /// let error = publisher
+    ///     .publish_batch(&[Message::new("trades.chf", b"4"), Message::new("bad..subject", b"")])
+    ///     .unwrap_err();
+    /// assert_eq!(error.published, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_batch(&mut self, messages: &[Message<'_>]) -> Result<usize, PublishBatchError> {
+        self.core.publish_batch(messages)
     }
 
     /// Publishes an event that arrived already archived (from a client or a
@@ -165,6 +204,8 @@ pub(crate) struct PublisherCore {
     /// What this publisher's thread owes full `Block` queues; flushed (the
     /// thread waits) before a publish returns.
     backlog: Backlog,
+    /// The consumers a batch delivered to, woken at its end.
+    wakes: Wakes,
 }
 
 impl PublisherCore {
@@ -179,6 +220,7 @@ impl PublisherCore {
             sequence: 0,
             round_robin: 0,
             backlog: Backlog::new(),
+            wakes: Wakes::default(),
         }
     }
 
@@ -200,11 +242,57 @@ impl PublisherCore {
         routed
     }
 
+    /// Publishes `messages` in order, waiting for room in full `Block`
+    /// queues after each message that met one; wakes consumers once.
+    pub(crate) fn publish_batch(
+        &mut self,
+        messages: &[Message<'_>],
+    ) -> Result<usize, PublishBatchError> {
+        let time_unix_nanos = (self.clock)();
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut wakes = std::mem::take(&mut self.wakes);
+        let mut delivered = 0;
+        let mut outcome = Ok(());
+        for (published, message) in messages.iter().enumerate() {
+            let mut waking = Waking::Deferred(&mut wakes);
+            match self.publish_stamped(message, time_unix_nanos, &mut backlog, &mut waking) {
+                Ok(deliveries) => delivered += deliveries,
+                Err(error) => {
+                    outcome = Err(PublishBatchError { published, error });
+                    break;
+                }
+            }
+            if !backlog.is_empty() {
+                // A full `Block` queue: its consumer may be asleep, not yet
+                // woken for this batch, and must be awake to make room.
+                wakes.wake_all();
+                backlog.flush_blocking();
+            }
+        }
+        wakes.wake_all();
+        self.backlog = backlog;
+        self.wakes = wakes;
+        outcome.map(|()| delivered)
+    }
+
     /// Publishes `message`, owing what does not fit in `backlog`.
     pub(crate) fn publish_into(
         &mut self,
         message: &Message<'_>,
         backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        let time_unix_nanos = (self.clock)();
+        self.publish_stamped(message, time_unix_nanos, backlog, &mut Waking::Now)
+    }
+
+    /// Publishes `message` at `time_unix_nanos`, owing what does not fit in
+    /// `backlog` and waking consumers as `waking` says.
+    fn publish_stamped(
+        &mut self,
+        message: &Message<'_>,
+        time_unix_nanos: u64,
+        backlog: &mut Backlog,
+        waking: &mut Waking<'_>,
     ) -> Result<usize, PublishError> {
         debug_assert!(
             backlog.is_empty(),
@@ -213,7 +301,7 @@ impl PublisherCore {
         self.sequence += 1;
         let parts = EventParts {
             id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
-            time_unix_nanos: (self.clock)(),
+            time_unix_nanos,
             subject: message.subject,
             reply_to: message.reply_to,
             headers: message.headers,
@@ -234,7 +322,7 @@ impl PublisherCore {
             result,
             &mut self.round_robin,
             Scope::Local,
-            backlog,
+            (backlog, waking),
             |holders| self.appender.append(&parts, holders),
         )
     }
@@ -271,9 +359,13 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
-        route(result, &mut self.round_robin, scope, backlog, |holders| {
-            self.appender.append_archive(archive.bytes(), holders)
-        })
+        route(
+            result,
+            &mut self.round_robin,
+            scope,
+            (backlog, &mut Waking::Now),
+            |holders| self.appender.append_archive(archive.bytes(), holders),
+        )
     }
 
     /// True once the bus this publisher writes to is gone.

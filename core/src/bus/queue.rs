@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::log::RecordRef;
-use crate::ring::Ring;
+use crate::ring::{ClaimedRun, Ring};
 use crate::signal::{Signal, SpaceSignal};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -413,6 +413,43 @@ impl DeliveryQueue {
         Some(delivery)
     }
 
+    /// Consumer side: takes up to `max` deliveries at once, in order: one
+    /// claim of the ring's head, one update of the received counter and one
+    /// look at the space signal for the whole batch.
+    pub(crate) fn take_batch(&self, max: usize) -> TakenBatch<'_> {
+        let run = self.ring.claim(max);
+        // A single writer: see `try_take`.
+        let received = self.received.load(Ordering::Relaxed);
+        self.received
+            .store(received + run.len() as u64, Ordering::Relaxed);
+        TakenBatch {
+            queue: self,
+            taken: run.len(),
+            run,
+        }
+    }
+
+    /// Consumer side: waits until a delivery is queued or the queue is
+    /// closed, or until `deadline`. True if one is queued.
+    pub(crate) fn wait_for_delivery(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if !self.ring.is_empty() {
+                return true;
+            }
+            if self.is_closed() {
+                // Closed after the look above: a delivery queued before the
+                // close is visible now (see `close`).
+                return !self.ring.is_empty();
+            }
+            let ready = self.signal.wait(self.spin, deadline, || {
+                !self.ring.is_empty() || self.is_closed()
+            });
+            if !ready {
+                return !self.ring.is_empty();
+            }
+        }
+    }
+
     /// Consumer side: waits for a delivery until `deadline` (forever if
     /// `None`). `None` on timeout, or when closed and drained.
     pub(crate) fn take_blocking(&self, deadline: Option<Instant>) -> Option<Delivery> {
@@ -420,15 +457,7 @@ impl DeliveryQueue {
             if let Some(delivery) = self.try_take() {
                 return Some(delivery);
             }
-            if self.is_closed() {
-                // Closed after the look above: a delivery queued before the
-                // close is visible now (see `close`).
-                return self.try_take();
-            }
-            let ready = self.signal.wait(self.spin, deadline, || {
-                !self.ring.is_empty() || self.is_closed()
-            });
-            if !ready {
+            if !self.wait_for_delivery(deadline) {
                 return self.try_take();
             }
         }
@@ -507,6 +536,47 @@ impl DeliveryQueue {
 impl Drop for DeliveryQueue {
     fn drop(&mut self) {
         self.census.uncount(self.ring.capacity());
+    }
+}
+
+/// Deliveries a consumer took at once ([`DeliveryQueue::take_batch`]).
+/// Dropping it takes out (and drops) what the consumer did not, and tells
+/// waiting sources if the queue has drained.
+pub(crate) struct TakenBatch<'a> {
+    queue: &'a DeliveryQueue,
+    /// Deliveries in the batch, taken out or not.
+    taken: usize,
+    run: ClaimedRun<'a, Delivery>,
+}
+
+impl TakenBatch<'_> {
+    /// Deliveries in the batch.
+    pub(crate) fn taken(&self) -> usize {
+        self.taken
+    }
+}
+
+impl Iterator for TakenBatch<'_> {
+    type Item = Delivery;
+
+    fn next(&mut self) -> Option<Delivery> {
+        let delivery = self.run.next()?;
+        self.queue.release_charge(&delivery);
+        Some(delivery)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.run.size_hint()
+    }
+}
+
+impl Drop for TakenBatch<'_> {
+    fn drop(&mut self) {
+        self.by_ref().for_each(drop);
+        if self.taken > 0 {
+            let queue = self.queue;
+            queue.space.notify_if_drained(|| queue.is_drained());
+        }
     }
 }
 

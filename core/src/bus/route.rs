@@ -19,9 +19,9 @@
 use super::Target;
 use super::backlog::Backlog;
 use super::queue::Outcome;
+use super::wakes::Waking;
 use crate::PublishError;
 use crate::log::{AppendError, Holds, RecordRef};
-use crate::signal::publish_fence;
 use crate::sublist::{MatchResult, QueueGroup};
 
 /// The tag of a delivery to a peer that stands for its plain interest.
@@ -42,16 +42,16 @@ pub enum Scope<'a> {
 }
 
 /// Writes the event once (with `append`, given the most holds it may need)
-/// and hands one hold to each chosen consumer. Returns the number of
-/// deliveries (made, or owed: a `Block` consumer without room is owed its
-/// delivery in `backlog`, which the caller flushes before it publishes
-/// again). Holds not needed (a peer matched twice, a group out of scope) are
-/// released when the unused rest of `Holds` drops.
+/// and hands one hold to each chosen consumer, waking them as `waking` says.
+/// Returns the number of deliveries (made, or owed: a `Block` consumer
+/// without room is owed its delivery in `backlog`, which the caller flushes
+/// before it publishes again). Holds not needed (a peer matched twice, a
+/// group out of scope) are released when the unused rest of `Holds` drops.
 pub(crate) fn route(
     result: &MatchResult<Target>,
     round_robin: &mut usize,
     scope: Scope<'_>,
-    backlog: &mut Backlog,
+    (backlog, waking): (&mut Backlog, &mut Waking<'_>),
     append: impl FnOnce(u32) -> Result<Holds, AppendError>,
 ) -> Result<usize, PublishError> {
     let most = result.delivery_count();
@@ -95,14 +95,11 @@ pub(crate) fn route(
         }
         *round_robin = round_robin.wrapping_add(1);
         let record = holds.next().expect("one hold per possible delivery");
-        if deliver_to_group(group, record, *round_robin, scope, backlog) {
+        if deliver_to_group(group, record, *round_robin, scope, (backlog, waking)) {
             delivered += 1;
         }
     }
-    publish_fence();
-    for target in &result.plain {
-        target.queue.signal.wake_if_sleeping();
-    }
+    waking.delivered_to_all(&result.plain);
     Ok(delivered)
 }
 
@@ -126,7 +123,7 @@ fn deliver_to_group(
     record: RecordRef,
     turn: usize,
     scope: Scope<'_>,
-    backlog: &mut Backlog,
+    (backlog, waking): (&mut Backlog, &mut Waking<'_>),
 ) -> bool {
     let members = &group.members;
     let first = turn % members.len();
@@ -148,7 +145,7 @@ fn deliver_to_group(
             }
             match member.try_deliver(record) {
                 Ok(()) => {
-                    wake(member);
+                    waking.delivered_to(member);
                     return true;
                 }
                 Err(rejected) => record = rejected,
@@ -166,7 +163,7 @@ fn deliver_to_group(
     };
     match member.deliver(record) {
         Outcome::Queued => {
-            wake(member);
+            waking.delivered_to(member);
             true
         }
         Outcome::Full(delivery) => {
@@ -175,9 +172,4 @@ fn deliver_to_group(
         }
         Outcome::Dropped => false,
     }
-}
-
-fn wake(target: &Target) {
-    publish_fence();
-    target.queue.signal.wake_if_sleeping();
 }

@@ -17,4 +17,5 @@ pub(crate) mod segment;
 
 pub use appender::{AppendError, Appender, Holds};
 pub use pool::{PoolStats, SegmentPool};
+pub(crate) use record::BatchRelease;
 pub use record::RecordRef;

@@ -129,12 +129,18 @@ impl SegmentHeader {
         previous == WRITER_BIAS - records
     }
 
-    /// One record of this segment has no holders left. Returns true if the
-    /// segment is now free: the caller recycles it.
-    fn release_record(&self) -> bool {
+    /// `records` records of this segment have no holders left (a consumer
+    /// releasing a batch counts a run of records in one segment at once).
+    /// Returns true if the segment is now free: the caller recycles it.
+    pub(crate) fn release_records(&self, records: u32) -> bool {
+        debug_assert!(records > 0);
         // SYNC POINT (segment-free): Release pairs with the Acquire fence below
         // in whichever thread takes `live` to zero (or with `seal`'s AcqRel).
-        if self.live.fetch_sub(1, Ordering::Release) == 1 {
+        // It publishes this thread's reads of all `records` records, and of
+        // other holders' reads taken in by `RecordHeader::release_holder`.
+        let previous = self.live.fetch_sub(records, Ordering::Release);
+        debug_assert!(previous >= records, "more records released than live");
+        if previous == records {
             fence(Ordering::Acquire);
             return true;
         }
@@ -174,6 +180,19 @@ impl RecordHeader {
     /// One holder lets go. Returns the segment if it became free and must be
     /// recycled by the caller.
     pub(crate) fn release(&self) -> Option<NonNull<SegmentHeader>> {
+        let segment = self.release_holder()?;
+        // SAFETY: the segment outlives its records: it is recycled only when
+        // `live` reaches zero, which needs this record's release first.
+        unsafe { segment.as_ref() }
+            .release_records(1)
+            .then_some(segment)
+    }
+
+    /// One holder lets go of the record itself. Returns its segment if that
+    /// was the last hold: the caller then owes the segment this record's
+    /// release ([`SegmentHeader::release_records`]), and until it pays, the
+    /// segment stays allocated (its `live` still counts the record).
+    pub(crate) fn release_holder(&self) -> Option<NonNull<SegmentHeader>> {
         // A sole holder needs no read-modify-write: nobody else holds the
         // record, so nobody else can change the count. Acquire pairs with the
         // Release decrements of any holders that left before us.
@@ -185,10 +204,7 @@ impl RecordHeader {
             }
             fence(Ordering::Acquire);
         }
-        // SAFETY: the segment outlives its records: it is recycled only when
-        // `live` reaches zero, which needs this record's release first.
-        let segment = unsafe { self.segment.as_ref() };
-        segment.release_record().then_some(self.segment)
+        Some(self.segment)
     }
 
     /// The address of the segment this record lies in.
