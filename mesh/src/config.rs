@@ -55,6 +55,9 @@
 //! memory_bytes_max = 1073741824
 //! http_connections_max = 256          # HTTP endpoint: more are closed at once
 //! http_header_timeout_ms = 5000       # a request's head must arrive within this
+//! handshake_timeout_ms = 5000         # a client connection must say HELLO within this
+//! ping_interval_ms = 120000           # a client quiet this long is pinged ...
+//! ping_stale_max = 2                  # ... and closed after this many pings unanswered
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -128,6 +131,15 @@ pub struct Limits {
     pub http_connections_max: usize,
     /// Longest wait for an HTTP request's head; a slower client is cut.
     pub http_header_timeout_ms: u64,
+    /// Longest wait for a local client's `HELLO`; then its connection is
+    /// closed and its slot freed.
+    pub handshake_timeout_ms: u64,
+    /// A local client the node has heard nothing from for this long is sent
+    /// a `PING`.
+    pub ping_interval_ms: u64,
+    /// Unanswered pings after which a local client's connection is stale and
+    /// closed.
+    pub ping_stale_max: u32,
 }
 
 impl Default for Limits {
@@ -141,6 +153,9 @@ impl Default for Limits {
             memory_bytes_max: 1 << 30,
             http_connections_max: 256,
             http_header_timeout_ms: 5_000,
+            handshake_timeout_ms: 5_000,
+            ping_interval_ms: 120_000,
+            ping_stale_max: 2,
         }
     }
 }

@@ -87,6 +87,11 @@ impl Node {
                         body_bytes_max: limits.archive_bytes_max(),
                         pending_events_max: config.limits.pending_events_per_connection_max,
                         pending_bytes_max: config.limits.pending_bytes_per_connection_max,
+                        handshake_timeout: Duration::from_millis(
+                            config.limits.handshake_timeout_ms,
+                        ),
+                        ping_interval: Duration::from_millis(config.limits.ping_interval_ms),
+                        ping_stale_max: config.limits.ping_stale_max,
                         ..SessionConfig::default()
                     },
                     ..ServerConfig::default()

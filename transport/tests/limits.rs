@@ -5,10 +5,13 @@
 
 mod common;
 
-use common::{SECOND, backends, config, eventually, node};
-use starling_core::SubscribeOptions;
+use std::time::{Duration, Instant};
+
+use common::{Raw, SECOND, backends, config, eventually, node, node_with};
+use starling_core::{BusConfig, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions};
-use starling_transport::server::{Server, ServerConfig};
+use starling_transport::frame::{ErrorCode, Kind};
+use starling_transport::server::{Server, ServerConfig, SessionConfig};
 
 /// Options for a client holding thousands of subscriptions: small local
 /// queues, since each gets its own.
@@ -97,6 +100,87 @@ fn a_mass_unsubscribe_keeps_the_connection() {
             .filter(|s| s.pattern.starts_with("many."))
             .count();
         assert_eq!(left, 0, "{backend:?}: every subscription is gone");
+        assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");
+    }
+}
+
+#[test]
+fn connections_that_never_say_hello_are_closed_in_time_and_free_their_slots() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            ServerConfig {
+                connections_max: 4,
+                session: SessionConfig {
+                    handshake_timeout: TIMEOUT,
+                    ..SessionConfig::default()
+                },
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        let opened = Instant::now();
+        let mut silent: Vec<Raw> = (0..4).map(|_| Raw::connect(&node)).collect();
+        let mut refused = Raw::connect(&node);
+        assert_eq!(
+            refused.expect_error().0,
+            ErrorCode::Limit,
+            "{backend:?}: the silent ones hold every slot"
+        );
+        for raw in &mut silent {
+            assert_eq!(raw.expect_error().0, ErrorCode::Handshake, "{backend:?}");
+            assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+        }
+        let waited = opened.elapsed();
+        assert!(
+            waited >= TIMEOUT && waited < TIMEOUT + 2 * SECOND,
+            "{backend:?}: closed after {waited:?}, the timeout is {TIMEOUT:?}"
+        );
+        let client = Client::connect(&node.tcp).expect("a slot is free again");
+        client.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_answers_no_ping_is_closed_as_stale_and_one_that_does_stays() {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            ServerConfig {
+                session: SessionConfig {
+                    ping_interval: INTERVAL,
+                    ping_stale_max: 2,
+                    ..SessionConfig::default()
+                },
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        let client = Client::connect(&node.tcp).unwrap();
+        let mut mute = Raw::hello(&node);
+        let mut pings = 0;
+        let code = loop {
+            let (kind, _, body) = mute.next_frame(5 * SECOND).unwrap_or_else(|| {
+                panic!("{backend:?}: pings, then an ERR, before close ({pings} pings)")
+            });
+            match kind {
+                Kind::Ping => pings += 1,
+                Kind::Err => {
+                    break starling_transport::frame::control::ErrorBody::decode(&body)
+                        .unwrap()
+                        .code;
+                }
+                other => panic!("{backend:?}: unexpected {other:?}"),
+            }
+        };
+        assert_eq!(code, ErrorCode::Limit, "{backend:?}");
+        assert_eq!(pings, 2, "{backend:?}: closed after 2 unanswered pings");
+        assert!(mute.closed_within(2 * SECOND), "{backend:?}: closed");
+        // The client was as quiet all along, but answered its pings.
+        assert!(client.is_connected(), "{backend:?}");
+        client.flush().unwrap();
         assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");
     }
 }

@@ -42,6 +42,14 @@ impl Decoder {
         self.pending.len()
     }
 
+    /// Lets go of the reassembly buffer's memory if no frame is pending in
+    /// it: for a connection gone quiet.
+    pub fn release_memory(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = AlignedVec::new();
+        }
+    }
+
     /// Feeds the next chunk of the stream and calls `on_frame` for every frame
     /// it completes, in order. Stops at the first error from the stream (the
     /// connection must then close) or from `on_frame`.

@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::ServerState;
 use super::listeners::{Listeners, refuse};
-use super::session::Session;
+use super::session::{Session, Tick, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
 use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
@@ -97,13 +97,16 @@ pub(super) fn run(
     };
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
+    let tick_every = tick_interval(&server.session);
+    let mut next_tick = Instant::now() + tick_every;
     loop {
         let timeout = if state.turns.is_empty() {
-            let wake_at = match (drain_deadline, state.stall_deadline()) {
-                (Some(drain), Some(stall)) => Some(drain.min(stall)),
-                (drain, stall) => drain.or(stall),
-            };
-            wake_at.map(|deadline: Instant| deadline.saturating_duration_since(Instant::now()))
+            let wake_at = [drain_deadline, state.stall_deadline(), Some(next_tick)]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("the tick is always due some time");
+            Some(wake_at.saturating_duration_since(Instant::now()))
         } else {
             // Connections wait for another turn: only look for readiness.
             Some(Duration::ZERO)
@@ -139,6 +142,11 @@ pub(super) fn run(
         }
         state.next_turns(poll.registry());
         state.expire_stalls(poll.registry());
+        let now = Instant::now();
+        if now >= next_tick {
+            state.tick(now, poll.registry());
+            next_tick = now + tick_every;
+        }
         if server.stopping.load(Ordering::Acquire) {
             match drain_deadline {
                 None => {
@@ -300,6 +308,22 @@ impl Loop<'_> {
             return;
         }
         self.write(index, registry);
+    }
+
+    /// Keeps every session's time (see `Session::tick`).
+    fn tick(&mut self, now: Instant, registry: &Registry) {
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for index in keys {
+            match self.connections[index].session.tick(now) {
+                Tick::Idle => {}
+                Tick::Write => self.write(index, registry),
+                Tick::Close => {
+                    // Its last words, if the socket takes them at once.
+                    self.write(index, registry);
+                    self.close(index, registry);
+                }
+            }
+        }
     }
 
     /// Reads the connections whose turn ended early.

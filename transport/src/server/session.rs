@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use starling_core::bus::{Backlog, PublishError, SubscribeError};
@@ -51,6 +51,15 @@ pub struct SessionConfig {
     pub pending_bytes_max: usize,
     /// Frames gathered into one send.
     pub outbox_entries: usize,
+    /// How long a new connection has to complete its `HELLO`; then it is
+    /// closed, and its slot freed for others.
+    pub handshake_timeout: Duration,
+    /// A connection the node has heard nothing from for this long is sent
+    /// a `PING`.
+    pub ping_interval: Duration,
+    /// Unanswered pings after which a connection is stale and closed (as
+    /// nats-server's `ping_max`).
+    pub ping_stale_max: u32,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +72,9 @@ impl Default for SessionConfig {
             pending_events_max: 16_384,
             pending_bytes_max: 64 << 20,
             outbox_entries: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(120),
+            ping_stale_max: 2,
         }
     }
 }
@@ -99,6 +111,14 @@ struct Protocol {
     /// the backlog is flushed: those before `spill_at` are handled.
     spill: AlignedVec<FRAME_ALIGN>,
     spill_at: usize,
+    /// Bytes arrived since the last [`Session::tick`].
+    heard_from: bool,
+    /// When the handshake must be done by (while in `Handshake`), the next
+    /// ping is due (in `Ready`), or the connection is closed even if its
+    /// last words are not all written (in `Closing`).
+    deadline: Instant,
+    /// Pings sent since the node last heard from the client.
+    pings_unanswered: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +133,7 @@ enum State {
 
 impl Session {
     pub(crate) fn new(bus: &Bus, config: Arc<SessionConfig>, stats: Arc<ConnectionStats>) -> Self {
+        let handshake_deadline = Instant::now() + config.handshake_timeout;
         Self {
             decoder: Decoder::new(config.body_bytes_max),
             protocol: Protocol {
@@ -129,6 +150,9 @@ impl Session {
                 backlog: Backlog::new(),
                 spill: AlignedVec::new(),
                 spill_at: 0,
+                heard_from: false,
+                deadline: handshake_deadline,
+                pings_unanswered: 0,
             },
         }
     }
@@ -183,6 +207,7 @@ impl Session {
         if self.protocol.state == State::Closing {
             return;
         }
+        self.protocol.heard_from = true;
         self.protocol
             .stats
             .bytes_in
@@ -267,6 +292,54 @@ impl Session {
         self.protocol.state == State::Closing
     }
 
+    /// Keeps time, every so often (see [`tick_interval`]): ends a handshake
+    /// that took too long, pings a client gone quiet and gives up on one that
+    /// does not answer, lets go of a quiet connection's spare memory, and
+    /// closes one whose last words could not be written in time.
+    pub(crate) fn tick(&mut self, now: Instant) -> Tick {
+        let protocol = &mut self.protocol;
+        let heard_from = std::mem::take(&mut protocol.heard_from);
+        match protocol.state {
+            State::Handshake if now >= protocol.deadline => {
+                let reason = format!(
+                    "no HELLO within {} ms",
+                    protocol.config.handshake_timeout.as_millis()
+                );
+                protocol.fail(ErrorCode::Handshake, 0, reason);
+                Tick::Write
+            }
+            State::Handshake => Tick::Idle,
+            State::Closing if now >= protocol.deadline => Tick::Close,
+            State::Closing => Tick::Idle,
+            State::Ready if heard_from => {
+                protocol.pings_unanswered = 0;
+                protocol.deadline = now + protocol.config.ping_interval;
+                Tick::Idle
+            }
+            State::Ready if now < protocol.deadline => Tick::Idle,
+            State::Ready if protocol.pings_unanswered >= protocol.config.ping_stale_max => {
+                let reason = format!(
+                    "stale connection: {} pings unanswered",
+                    protocol.pings_unanswered
+                );
+                protocol.fail(ErrorCode::Limit, 0, reason);
+                Tick::Write
+            }
+            State::Ready => {
+                // Quiet for a whole interval: its spare memory can go.
+                protocol.outbox.release_memory();
+                self.decoder.release_memory();
+                protocol.pings_unanswered += 1;
+                protocol.deadline = now + protocol.config.ping_interval;
+                // No room means it reads nothing: the ping counts anyway.
+                if protocol.outbox.has_room_for_control() {
+                    let _ = protocol.reply(Kind::Ping, u64::from(protocol.pings_unanswered), &[]);
+                }
+                Tick::Write
+            }
+        }
+    }
+
     /// Tells the client the node is going away.
     pub(crate) fn shut_down(&mut self) {
         self.protocol.fail(
@@ -283,6 +356,24 @@ struct Subscription {
     stats: Arc<SubscriptionStats>,
     /// What its events are checked for before they go out.
     filter: DeliveryFilter,
+}
+
+/// How often the backends call [`Session::tick`]: often enough that a
+/// handshake or ping deadline is kept to within a quarter of its length.
+pub(crate) fn tick_interval(config: &SessionConfig) -> Duration {
+    (config.handshake_timeout.min(config.ping_interval) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// What a backend does with a connection after [`Session::tick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tick {
+    /// Nothing.
+    Idle,
+    /// Write: a `PING` or a last `ERR` was queued.
+    Write,
+    /// Close now, written or not.
+    Close,
 }
 
 /// The connection must close; the reason has been queued as an `ERR`.
@@ -517,6 +608,7 @@ impl Protocol {
                     "closing a connection: no room for a {kind:?} to it"
                 );
                 self.state = State::Closing;
+                self.deadline = Instant::now();
                 Err(Fatal)
             }
         }
@@ -528,11 +620,13 @@ impl Protocol {
         self.reply(Kind::Err, tag, &ErrorBody::new(code, reason).encode())
     }
 
-    /// Reports a fatal error and starts closing.
+    /// Reports a fatal error and starts closing: the connection closes once
+    /// the report is written, or at the latest a handshake timeout later.
     fn fail(&mut self, code: ErrorCode, tag: u64, reason: String) -> Fatal {
         if self.state != State::Closing {
             let _ = self.error(code, tag, reason);
             self.state = State::Closing;
+            self.deadline = Instant::now() + self.config.handshake_timeout;
         }
         Fatal
     }

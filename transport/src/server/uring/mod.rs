@@ -42,7 +42,7 @@ use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
 
 use super::ServerState;
 use super::listeners::{Listeners, refuse};
-use super::session::Session;
+use super::session::{Session, Tick, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker};
 use crate::stream::Stream;
 
@@ -165,11 +165,14 @@ impl Loop<'_> {
     fn run(&mut self) -> io::Result<()> {
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
         let mut drain_deadline: Option<Instant> = None;
+        let tick_every = tick_interval(&self.server.session);
+        let mut next_tick = Instant::now() + tick_every;
         loop {
-            let wake_at = match (drain_deadline, self.stall_deadline()) {
-                (Some(drain), Some(stall)) => Some(drain.min(stall)),
-                (drain, stall) => drain.or(stall),
-            };
+            let wake_at = [drain_deadline, self.stall_deadline(), Some(next_tick)]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("the tick is always due some time");
             self.wait(wake_at)?;
             completions.clear();
             completions.extend(
@@ -182,6 +185,11 @@ impl Loop<'_> {
             }
             self.buffers.publish();
             self.expire_stalls()?;
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now)?;
+                next_tick = now + tick_every;
+            }
             if self.server.stopping.load(Ordering::Acquire) {
                 match drain_deadline {
                     None => {
@@ -208,21 +216,15 @@ impl Loop<'_> {
         }
     }
 
-    /// Submits what is queued and waits for at least one completion (with a
-    /// timeout while draining).
-    fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let result = match deadline {
-            None => self.ring.submit_and_wait(1),
-            Some(deadline) => {
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1));
-                let timeout = types::Timespec::from(left);
-                let args = types::SubmitArgs::new().timespec(&timeout);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match result {
+    /// Submits what is queued and waits for at least one completion, or
+    /// until `deadline`.
+    fn wait(&mut self, deadline: Instant) -> io::Result<()> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let timeout = types::Timespec::from(left);
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(error)
                 if matches!(
@@ -363,6 +365,24 @@ impl Loop<'_> {
                 .build()
                 .user_data(user_data(CANCEL, 0, 0));
             self.push(entry)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps every session's time (see `Session::tick`).
+    fn tick(&mut self, now: Instant) -> io::Result<()> {
+        for slot in 0..self.slots.len() as u32 {
+            let Some(connection) = self.connection(slot) else {
+                continue;
+            };
+            if connection.closing {
+                continue;
+            }
+            match connection.session.tick(now) {
+                Tick::Idle => {}
+                Tick::Write => self.write(slot)?,
+                Tick::Close => self.close(slot)?,
+            }
         }
         Ok(())
     }
