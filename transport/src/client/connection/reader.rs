@@ -107,7 +107,10 @@ impl Connection {
                         };
                         self.answers.answer_ack(tag, Err(failure()));
                         self.answers.answer_request(tag, Err(failure()));
-                        if tag == 0 {
+                        // A node going away says so with tag 0 too, on
+                        // the connection that is ending: that refused no
+                        // publish (the reconnect resends what was buffered).
+                        if tag == 0 && code != ErrorCode::ShuttingDown {
                             self.answers.refused_publish(failure());
                         }
                     }
