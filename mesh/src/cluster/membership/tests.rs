@@ -136,6 +136,42 @@ fn a_crashed_node_is_suspected_then_declared_dead() {
     assert!((0..3).any(|by| nodes.reports[by].contains(&Output::Suspect(crashed.clone()))));
 }
 
+/// A link that timed out suspects its member at once (only the start the
+/// link was with); a member still alive hears of it and refutes.
+#[test]
+fn an_unreachable_member_is_suspected_at_once_and_a_live_one_refutes() {
+    let mut nodes = Nodes::new(3);
+    nodes.run(Duration::from_secs(1));
+    let silent = nodes.node(2).identity().clone();
+    let now = nodes.now;
+    let observer = nodes.nodes[0].as_mut().unwrap();
+    let address = Nodes::address(2);
+    observer
+        .unreachable(&address, Some(silent.id() + 1), now)
+        .unwrap();
+    assert_eq!(
+        nodes.state_seen(0, 2),
+        Some((silent.id(), MemberState::Alive)),
+        "another start at the address is not suspected"
+    );
+    let observer = nodes.nodes[0].as_mut().unwrap();
+    observer
+        .unreachable(&address, Some(silent.id()), now)
+        .unwrap();
+    assert_eq!(
+        nodes.state_seen(0, 2),
+        Some((silent.id(), MemberState::Suspect))
+    );
+    nodes.run(Duration::from_secs(1));
+    assert!(nodes.reports[0].contains(&Output::Suspect(silent.clone())));
+    assert_eq!(
+        nodes.state_seen(0, 2),
+        Some((silent.id(), MemberState::Alive)),
+        "it refuted"
+    );
+    assert!(!nodes.reports[0].contains(&Output::Dead(silent)));
+}
+
 #[test]
 fn a_node_that_leaves_is_reported_left_not_dead() {
     let mut nodes = Nodes::new(4);
