@@ -16,7 +16,7 @@ mod replies;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use argon2::Argon2;
@@ -195,10 +195,19 @@ impl Authenticator {
         let user = self
             .users
             .iter()
-            .find(|user| user.name == name)
-            .ok_or(AuthError::WrongPassword)?;
-        let UserSecret::PasswordHash(phc) = &user.secret else {
+            .find(|user| user.name == name && matches!(user.secret, UserSecret::PasswordHash(_)));
+        let Some(user) = user else {
+            // Verified against a hash of nothing, so that a name nobody has
+            // takes as long to refuse as a wrong password: the time taken
+            // does not tell which names exist.
+            static NOBODY: OnceLock<String> = OnceLock::new();
+            let phc = NOBODY.get_or_init(|| hash_password(""));
+            let hash = PasswordHash::new(phc).expect("our own hash parses");
+            let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
             return Err(AuthError::WrongPassword);
+        };
+        let UserSecret::PasswordHash(phc) = &user.secret else {
+            unreachable!("found among the password users");
         };
         let cached = self
             .verified

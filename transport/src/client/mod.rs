@@ -46,8 +46,9 @@ use self::writer::Room;
 use crate::frame::ErrorCode;
 use crate::url::{ServerUrl, UrlError};
 
-/// How a client connects and behaves.
-#[derive(Debug, Clone)]
+/// How a client connects and behaves. Its `Debug` leaves the token and the
+/// password out.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The name sent to the node.
     pub name: String,
@@ -72,6 +73,21 @@ pub struct ClientOptions {
     pub write_buffer_bytes_max: usize,
     /// Queue size and policy of each subscription's local queue.
     pub subscription: SubscribeOptions,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("answer_timeout", &self.answer_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("write_buffer_bytes_max", &self.write_buffer_bytes_max)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientOptions {
@@ -341,5 +357,23 @@ impl Deref for ClientSubscription {
 impl Drop for ClientSubscription {
     fn drop(&mut self) {
         self.connection.unsubscribe(self.sid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_never_show_secrets_in_a_log() {
+        let options = ClientOptions {
+            token: "t0ken-secret".into(),
+            user: "alice".into(),
+            password: "pass-secret".into(),
+            ..ClientOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }
