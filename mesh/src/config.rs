@@ -714,6 +714,60 @@ mod tests {
     }
 
     #[test]
+    fn users_are_checked_at_load_and_their_mistakes_named() {
+        let hash = starling_transport::auth::hash_password("pw");
+        let path = write(&format!(
+            "[[users]]\nname = \"alice\"\npassword = \"{hash}\"\npublish = [\"orders.>\"]\n\
+             subscribe_deny = [\"orders.us.>\"]\n[[users]]\nname = \"bot\"\ntoken = \"t\"\n"
+        ));
+        let config = NodeConfig::load(Some(&path), Overrides::default()).unwrap();
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(config.users.len(), 2);
+        let alice = &config.users[0];
+        assert_eq!(alice.secret, UserSecret::PasswordHash(hash.clone()));
+        assert_eq!(
+            alice.permissions.publish.allow,
+            Some(vec!["orders.>".to_owned()])
+        );
+        assert_eq!(
+            alice.permissions.subscribe.allow, None,
+            "absent: everything"
+        );
+        assert_eq!(alice.permissions.subscribe.deny, ["orders.us.>"]);
+        assert_eq!(config.users[1].secret, UserSecret::Token("t".into()));
+        for (table, says) in [
+            (
+                format!("name = \"a\"\npassword = \"{hash}\"\ntoken = \"t\""),
+                "either",
+            ),
+            ("name = \"a\"".to_owned(), "either"),
+            ("name = \"a\"\ntoken = \"\"".to_owned(), "either"),
+            (
+                "name = \"a\"\npassword = \"plain\"".to_owned(),
+                "starling passwd",
+            ),
+            (
+                "name = \"a\"\ntoken = \"t\"\npublish = [\"a..b\"]".to_owned(),
+                "'a..b'",
+            ),
+            (
+                "name = \"\"\ntoken = \"t\"".to_owned(),
+                "empty or given twice",
+            ),
+            (
+                "name = \"a\"\ntoken = \"t\"\n[[users]]\nname = \"a\"\ntoken = \"u\"".to_owned(),
+                "given twice",
+            ),
+        ] {
+            let path = write(&format!("[[users]]\n{table}\n"));
+            let error = NodeConfig::load(Some(&path), Overrides::default()).unwrap_err();
+            std::fs::remove_file(path).unwrap();
+            assert!(matches!(error, ConfigError::Users(_)), "{table}: {error}");
+            assert!(error.to_string().contains(says), "{table}: {error}");
+        }
+    }
+
+    #[test]
     fn the_probe_interval_sets_membership_timing_and_is_bounded() {
         let path = write(
             "[cluster]\nlisten = \"127.0.0.1:0\"\ninsecure_dev_tls = true\nprobe_interval_ms = 200\n",
