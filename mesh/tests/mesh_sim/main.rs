@@ -1,7 +1,7 @@
 //! A deterministic simulator for a node's whole mesh logic: the SWIM
 //! membership and the interest state machines of every node, driven together
 //! in one thread the way the runtime (`cluster/driver`) drives them, over a
-//! simulated network in virtual time. `membership_sim.rs` and
+//! simulated network in virtual time. `membership_sim` and
 //! `interest_sim.rs` each drive one machine alone; this one checks what the
 //! two do to each other.
 //!
@@ -225,7 +225,7 @@ struct Sim {
 /// partition's two sides find each other again by knocking on dead members'
 /// doors every `dead_announce_interval`, those wrongly declared dead renew,
 /// and news that missed a node is repaired by the digest exchange every
-/// `sync_interval` (as `membership_sim.rs` bounds it). Then links: a dial
+/// `sync_interval` (as `membership_sim` bounds it). Then links: a dial
 /// begun before the heal may wait out its handshake timeout and the longest
 /// backoff; once linked, snapshots go both ways at once, and whatever one
 /// raced is repaired by the next interest digest.
@@ -293,7 +293,7 @@ fn run(seed: u64, count: usize, faults: &Faults, test: &'static str) {
 }
 
 /// A hundred nodes under heavy faults; in a soak, a thousand under heavier
-/// ones (as `membership_sim.rs` soaks), about half an hour per seed on one
+/// ones (as `membership_sim` soaks), about half an hour per seed on one
 /// core of a release build.
 #[test]
 fn a_hundred_nodes_converge_after_heavy_faults() {

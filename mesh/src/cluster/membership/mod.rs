@@ -46,7 +46,7 @@
 //!
 //! Packets are at most [`PACKET_BYTES_MAX`] bytes, to fit in one QUIC
 //! datagram. The runtime feeds packets and time in and drains
-//! [`Output`]s; the simulator in `mesh/tests/membership_sim.rs` drives up to
+//! [`Output`]s; the simulator in `mesh/tests/membership_sim/` drives up to
 //! a thousand instances in one thread with seeded loss, delay, partitions,
 //! crashes, restarts and leaves.
 //!
