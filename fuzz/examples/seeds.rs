@@ -25,13 +25,21 @@ type Seed = (&'static str, Vec<u8>);
 
 fn main() -> std::io::Result<()> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let seeds: [(&str, Vec<Seed>); 6] = [
+    let seeds: [(&str, Vec<Seed>); 7] = [
         ("frames", frames()),
         ("control_bodies", control_bodies()),
         (
             "event",
             events()
                 .into_iter()
+                .map(|(n, e)| (n, e.to_archive().to_vec()))
+                .collect(),
+        ),
+        (
+            "event_layout",
+            events()
+                .into_iter()
+                .chain(layout_events())
                 .map(|(n, e)| (n, e.to_archive().to_vec()))
                 .collect(),
         ),
@@ -70,6 +78,24 @@ fn events() -> Vec<(&'static str, Event)> {
         payload: vec![7; 100],
     };
     vec![("plain", plain), ("full", full)]
+}
+
+/// More shapes for the layout check: strings inline and out of line
+/// (8 and 9 bytes), padding before the header array, empty values.
+fn layout_events() -> Vec<(&'static str, Event)> {
+    let inline = Event {
+        subject: "orders.1".into(),
+        reply_to: Some("r".into()),
+        ..Event::default()
+    };
+    let padded = Event {
+        subject: "orders.eu".into(),
+        reply_to: Some("_INBOX.x.1".into()),
+        headers: vec![("h".into(), vec![]), ("a-long-header-name".into(), vec![1; 9])],
+        payload: vec![3; 3],
+        ..Event::default()
+    };
+    vec![("inline", inline), ("padded", padded)]
 }
 
 fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
