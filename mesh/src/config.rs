@@ -55,6 +55,7 @@
 //! memory_bytes_max = 1073741824
 //! http_connections_max = 256          # HTTP endpoint: more are closed at once
 //! http_header_timeout_ms = 5000       # a request's head must arrive within this
+//! metrics_patterns_max = 100          # /metrics: per-pattern series; the rest as "(other)"
 //! handshake_timeout_ms = 5000         # a client connection must say HELLO within this
 //! ping_interval_ms = 120000           # a client quiet this long is pinged ...
 //! ping_stale_max = 2                  # ... and closed after this many pings unanswered
@@ -140,6 +141,9 @@ pub struct Limits {
     /// Unanswered pings after which a local client's connection is stale and
     /// closed.
     pub ping_stale_max: u32,
+    /// (pattern, queue group) pairs with `/metrics` series of their own;
+    /// later ones are added up in one series (pattern "(other)").
+    pub metrics_patterns_max: usize,
 }
 
 impl Default for Limits {
@@ -153,6 +157,7 @@ impl Default for Limits {
             memory_bytes_max: 1 << 30,
             http_connections_max: 256,
             http_header_timeout_ms: 5_000,
+            metrics_patterns_max: 100,
             handshake_timeout_ms: 5_000,
             ping_interval_ms: 120_000,
             ping_stale_max: 2,

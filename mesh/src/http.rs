@@ -153,7 +153,14 @@ async fn cluster_view(state: &NodeState) -> Option<ClusterView> {
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let cluster = cluster_view(&state).await;
-    let text = Snapshot::take(&state, cluster).prometheus();
+    let snapshot = Snapshot::take(&state, cluster);
+    let text = {
+        let mut patterns = state
+            .pattern_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        snapshot.prometheus(&mut patterns)
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

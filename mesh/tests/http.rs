@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use starling_transport::client::Client;
 
 /// A node whose HTTP endpoint has the given `[limits]`.
 fn node_with(limits: &str) -> Node {
@@ -139,4 +140,58 @@ fn a_half_sent_request_does_not_keep_the_node_from_stopping() {
         started.elapsed()
     );
     closed_within(&mut half, Duration::from_secs(1));
+}
+
+/// The value of the `/metrics` sample that starts with `series` (name and
+/// labels), if there is one.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_have_a_bounded_number_of_pattern_series_whose_counters_never_fall() {
+    let node = node_with("metrics_patterns_max = 10");
+    let client = Client::connect(&node.tcp).unwrap();
+    let subscriptions: Vec<_> = (0..200)
+        .map(|n| client.subscribe(&format!("m.{n}")).unwrap())
+        .collect();
+    for n in 0..200 {
+        client.publish(&format!("m.{n}"), b"x").unwrap();
+    }
+    client.flush().unwrap();
+    for subscription in &subscriptions {
+        subscription
+            .recv_timeout(Duration::from_secs(10))
+            .expect("each subscription gets its event");
+    }
+    let (_, metrics) = get(&node.http, "/metrics");
+    let series = metrics
+        .lines()
+        .filter(|line| line.starts_with("starling_pattern_delivered_total{"))
+        .count();
+    assert_eq!(
+        series, 11,
+        "ten of their own and one for the rest\n{metrics}"
+    );
+    // The client's request inbox has one of the ten.
+    let own = metrics
+        .lines()
+        .filter(|line| line.starts_with(r#"starling_pattern_delivered_total{pattern="m."#))
+        .count();
+    assert_eq!(own, 9, "{metrics}");
+    let other = r#"starling_pattern_delivered_total{pattern="(other)",queue_group=""}"#;
+    assert_eq!(sample(&metrics, other), Some(191.0), "{metrics}");
+    // Every subscription ends: the counters keep what they counted.
+    client.close();
+    wait_until(
+        "the subscriptions are gone",
+        Duration::from_secs(10),
+        || subscription_count(&node) == 0,
+    );
+    let (_, metrics) = get(&node.http, "/metrics");
+    assert_eq!(sample(&metrics, other), Some(191.0), "{metrics}");
+    let gauge = r#"starling_pattern_subscriptions{pattern="(other)",queue_group=""}"#;
+    assert_eq!(sample(&metrics, gauge), Some(0.0), "{metrics}");
 }

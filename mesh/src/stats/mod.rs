@@ -15,14 +15,18 @@
 //!   queue group their sum (each event goes to one member).
 //!
 //! Files: `views` (the JSON views), `patterns` (each subscription's
-//! figures and their sums per pattern), `prometheus` (the `/metrics` text).
+//! figures and their sums per pattern), `pattern_series` (the per-pattern
+//! series of `/metrics`: monotonic, bounded in number), `prometheus` (the
+//! `/metrics` text).
 
+mod pattern_series;
 mod patterns;
 mod prometheus;
 mod views;
 
 use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
 
+pub use self::pattern_series::PatternSeries;
 use self::patterns::{patterns, subscription_views};
 pub use self::views::{
     ConnectionView, MemoryView, NodeView, PatternView, SubscriptionView, SubscriptionsView,

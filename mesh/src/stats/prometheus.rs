@@ -3,14 +3,15 @@
 use std::fmt::Write;
 
 use super::Snapshot;
-use super::patterns::patterns;
+use super::pattern_series::PatternSeries;
 use super::views::PatternView;
 use crate::cluster::membership::MemberState;
 use crate::cluster::view::{ClusterView, LinkView};
 
 impl Snapshot {
-    /// `/metrics`, in the Prometheus text format.
-    pub fn prometheus(&self) -> String {
+    /// `/metrics`, in the Prometheus text format; the per-pattern series
+    /// come from `patterns`, which keeps them from scrape to scrape.
+    pub fn prometheus(&self, patterns: &mut PatternSeries) -> String {
         let mut out = String::new();
         if let Some(cluster) = &self.cluster {
             mesh_metrics(&mut out, cluster);
@@ -118,7 +119,7 @@ impl Snapshot {
             "Error frames sent to clients.",
             &[(&[], totals.errors)],
         );
-        let patterns = patterns(&self.subscriptions);
+        let patterns = patterns.update(&self.subscriptions);
         type Field = fn(&PatternView) -> u64;
         let series: [(&str, &str, Field, bool); 6] = [
             (

@@ -105,7 +105,7 @@ pub struct SubscriptionView {
 }
 
 /// One entry of `/v1/subscriptions`' `patterns`.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct PatternView {
     /// The pattern.
     pub pattern: String,
