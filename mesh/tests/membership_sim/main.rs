@@ -122,15 +122,23 @@ fn heal_bound() -> Duration {
 
 /// How soon after a crash every node must hold the crashed node dead, in a
 /// cluster of up to `members` nodes: its links time out (the idle
-/// timeout), which makes every node suspect it at once; the suspicion
-/// times out (`suspicion_multiplier · max(1, log10 n)` probe periods, one
-/// more for the deadline every node keeps); a probe period for the verdict
-/// to be reported. README states it: 11 s up to 10 members, 15 s up to
-/// 100, 19 s up to 1000, however many crash at once.
+/// timeout), which makes every node that knows it suspect it at once; the
+/// suspicion times out (`suspicion_multiplier · max(1, log10 n)` probe
+/// periods, and one more for the deadline every node keeps); the verdict
+/// spreads to whoever learned of the node too late to suspect it itself
+/// (`LOG_ROUNDS_PER_DOUBLING · log2 N` gossip rounds), and a node that
+/// missed the verdict (bounded retransmission: rare) learns it at its next
+/// digest exchange (`sync_interval`, up to 1.5 times). README states it:
+/// 20 s up to 10 members, 25 s up to 100, 30 s up to 1000, however many
+/// crash at once. (Without the repair, 100 seeds of the test below took
+/// 15.8 s at most but one, 17.6 s.)
 fn death_bound(members: usize) -> Duration {
     let config = config();
     let suspicion = f64::from(config.suspicion_multiplier) * (members as f64).log10().max(1.0);
-    idle_timeout() + config.probe_period.mul_f64(suspicion) + config.probe_period * 2
+    idle_timeout()
+        + config.probe_period.mul_f64(suspicion + 1.0)
+        + dissemination_bound(members)
+        + config.sync_interval.mul_f64(1.5)
 }
 
 fn run_or_panic<T>(result: Result<T, String>) -> T {
