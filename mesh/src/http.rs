@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use axum::extract::{Request, State};
@@ -20,7 +20,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::cluster::view::ClusterView;
 use crate::node_state::NodeState;
-use crate::stats::Snapshot;
+use crate::stats::{PatternSeries, Snapshot};
 
 mod serve;
 
@@ -60,8 +60,11 @@ impl HttpServer {
             .build()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let snapshots = Arc::new(Semaphore::new(SNAPSHOTS_AT_ONCE));
+        let patterns: PatternSeriesState = Arc::new(Mutex::new(PatternSeries::new(
+            state.config.limits.metrics_patterns_max,
+        )));
         let about_the_node = Router::new()
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(metrics).layer(Extension(patterns)))
             .route("/v1/node", get(node))
             .route("/varz", get(varz));
         // Who is connected and what each subscribes to: for the node's own
@@ -151,12 +154,17 @@ async fn cluster_view(state: &NodeState) -> Option<ClusterView> {
     }
 }
 
-async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+/// The per-pattern series of `/metrics`, kept from scrape to scrape.
+type PatternSeriesState = Arc<Mutex<PatternSeries>>;
+
+async fn metrics(
+    State(state): State<Arc<NodeState>>,
+    Extension(patterns): Extension<PatternSeriesState>,
+) -> impl IntoResponse {
     let cluster = cluster_view(&state).await;
     let snapshot = Snapshot::take(&state, cluster);
     let text = {
-        let mut patterns = state
-            .pattern_series
+        let mut patterns = patterns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         snapshot.prometheus(&mut patterns)

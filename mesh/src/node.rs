@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starling_core::{Bus, BusConfig, EventLimits};
@@ -18,7 +18,6 @@ use crate::config::NodeConfig;
 use crate::http::{HttpLimits, HttpServer};
 use crate::nats::{NatsListenerConfig, NatsServer};
 pub use crate::node_state::NodeState;
-use crate::stats::PatternSeries;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -120,14 +119,12 @@ impl Node {
             Some(cluster) => Some(Cluster::start(bus.clone(), cluster.clone())?),
             None => None,
         };
-        let patterns_max = config.limits.metrics_patterns_max;
         let state = Arc::new(NodeState {
             config,
             bus,
             server,
             cluster,
             nats,
-            pattern_series: Mutex::new(PatternSeries::new(patterns_max)),
             started: Instant::now(),
             started_unix_nanos: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -1,7 +1,6 @@
 //! [`NodeState`]: what a running node's parts share, below both the node
 //! that assembles them and the HTTP endpoint and reports that read them.
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use starling_core::Bus;
@@ -10,7 +9,6 @@ use starling_transport::server::Server;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::nats::NatsServer;
-use crate::stats::PatternSeries;
 
 /// What the node's parts share (the HTTP endpoint reads it).
 #[derive(Debug)]
@@ -26,8 +24,6 @@ pub struct NodeState {
     pub cluster: Option<Cluster>,
     /// The NATS listener, if configured.
     pub nats: Option<NatsServer>,
-    /// The per-pattern series of `/metrics`, kept from scrape to scrape.
-    pub(crate) pattern_series: Mutex<PatternSeries>,
     pub(crate) started: Instant,
     pub(crate) started_unix_nanos: u64,
 }

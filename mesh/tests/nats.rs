@@ -337,9 +337,15 @@ async fn monitoring_endpoints_speak_nats_servers_json() {
         .connect(&node.nats)
         .await
         .unwrap();
-    let _sub = client.subscribe("watched").await.unwrap();
+    let mut watched = client.subscribe("watched").await.unwrap();
     client.publish("watched", "x".into()).await.unwrap();
     client.flush().await.unwrap();
+    // Back to the publisher (echo is on): the node has counted it. (A
+    // flush only writes the client's buffer.)
+    tokio::time::timeout(WAIT, watched.next())
+        .await
+        .expect("the event comes back")
+        .expect("the subscription is open");
     let (status, body) = get(&node.http, "/varz");
     assert!(status.contains("200"), "{status}");
     let varz: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -8,6 +8,11 @@
 //!
 //! Needs Docker with Compose (v2 `docker compose` or v1 `docker-compose`)
 //! and the image (`scripts/image`; `STARLING_IMAGE`, default starling:dev).
+//!
+//! A little over 800 lines, on purpose: the Compose project (`Cluster`), the
+//! in-container clients and the four scenarios that drive them are one
+//! concept, the cluster as users run it; split, the scenarios' private
+//! helpers would only become a public surface between two files.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
