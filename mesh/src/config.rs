@@ -59,6 +59,7 @@
 //! handshake_timeout_ms = 5000         # a client connection must say HELLO within this
 //! ping_interval_ms = 120000           # a client quiet this long is pinged ...
 //! ping_stale_max = 2                  # ... and closed after this many pings unanswered
+//! partial_frame_bytes_max = 67108864  # half-received frames, all client connections together
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -144,6 +145,10 @@ pub struct Limits {
     /// (pattern, queue group) pairs with `/metrics` series of their own;
     /// later ones are added up in one series (pattern "(other)").
     pub metrics_patterns_max: usize,
+    /// Bytes of half-received frames the node holds for all its local
+    /// clients together; a client whose frame would need more is closed
+    /// with an `ERR` (limit).
+    pub partial_frame_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +166,7 @@ impl Default for Limits {
             handshake_timeout_ms: 5_000,
             ping_interval_ms: 120_000,
             ping_stale_max: 2,
+            partial_frame_bytes_max: 64 << 20,
         }
     }
 }

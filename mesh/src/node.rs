@@ -80,6 +80,7 @@ impl Node {
                     uds: config.uds.clone(),
                     backend: config.io_backend,
                     connections_max: config.limits.connections_max,
+                    partial_frame_bytes_max: config.limits.partial_frame_bytes_max,
                     session: SessionConfig {
                         server_name: config.name.clone(),
                         auth: auth.clone(),

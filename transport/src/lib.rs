@@ -9,9 +9,11 @@
 //! - [`nats`]: the NATS client protocol, for NATS clients of the node;
 //! - [`auth`]: users, passwords and tokens, and what each client may publish
 //!   and subscribe to, for both protocols;
-//! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses.
+//! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses;
+//! - [`budget`]: node-wide allowances connections share.
 
 pub mod auth;
+pub mod budget;
 pub mod client;
 pub mod frame;
 pub mod nats;

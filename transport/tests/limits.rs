@@ -7,10 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Raw, SECOND, backends, config, eventually, node, node_with};
+use common::{Raw, SECOND, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions};
-use starling_transport::frame::{ErrorCode, Kind};
+use starling_transport::frame::{ErrorCode, Header, Kind};
 use starling_transport::server::{Server, ServerConfig, SessionConfig};
 
 /// Options for a client holding thousands of subscriptions: small local
@@ -182,5 +182,71 @@ fn a_client_that_answers_no_ping_is_closed_as_stale_and_one_that_does_stays() {
         assert!(client.is_connected(), "{backend:?}");
         client.flush().unwrap();
         assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");
+    }
+}
+
+#[test]
+fn a_stranger_may_not_announce_a_large_frame() {
+    for backend in backends() {
+        let node = node(backend);
+        let mut stranger = Raw::connect(&node);
+        stranger.write(&Header::new(Kind::Hello, 0, 1 << 20).encode());
+        assert_eq!(stranger.expect_error().0, ErrorCode::Framing, "{backend:?}");
+        assert!(stranger.closed_within(2 * SECOND), "{backend:?}");
+    }
+}
+
+/// Issue 14's hostile finding: 1,500 connections with half-sent frames took
+/// a node from 16 MB to 1.5 GB. Now what they hold, together, is bounded.
+#[test]
+fn half_sent_frames_are_held_within_the_node_budget() {
+    const CONNECTIONS: usize = 8;
+    const BUDGET: usize = 256 << 10;
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            ServerConfig {
+                partial_frame_bytes_max: BUDGET,
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        // Not a valid event: a frame that gets through is answered with an
+        // ERR invalid-event, one refused with ERR limit.
+        let whole = frame(Kind::Pub, 0, &[0; 100 << 10]);
+        let half = whole.len() / 2;
+        let mut raws: Vec<Raw> = (0..CONNECTIONS)
+            .map(|_| {
+                let mut raw = Raw::hello(&node);
+                raw.write(&whole[..half]);
+                raw
+            })
+            .collect();
+        let (mut held, mut refused) = (0, 0);
+        for raw in &mut raws {
+            raw.write(&whole[half..]);
+            match raw.expect_error().0 {
+                ErrorCode::InvalidEvent => held += 1,
+                ErrorCode::Limit => {
+                    refused += 1;
+                    assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+                }
+                other => panic!("{backend:?}: {other:?}"),
+            }
+        }
+        assert!(
+            held * half <= BUDGET,
+            "{backend:?}: {held} half frames of {half} bytes held"
+        );
+        assert!(held >= 2, "{backend:?}: only {held} held");
+        assert!(refused >= 1, "{backend:?}: none refused");
+        // What they held came back: a frame that needs holding gets through.
+        let mut late = Raw::hello(&node);
+        late.write(&whole);
+        assert_eq!(
+            late.expect_error().0,
+            ErrorCode::InvalidEvent,
+            "{backend:?}"
+        );
     }
 }

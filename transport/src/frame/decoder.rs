@@ -5,11 +5,22 @@
 //! fresh receive buffer), the decoder hands out the frames in it in place,
 //! without copying; only a frame cut by the chunk's end is copied, into a
 //! 16-byte-aligned reassembly buffer, where the next chunk completes it. The
-//! reassembly buffer never holds more than one frame plus one chunk.
+//! reassembly buffer never holds more than one frame, and grows with the bytes
+//! that arrive, not with the length a header announces. A server's decoders
+//! take what it holds from a node-wide [`Budget`] before it grows, and give
+//! it back once a large frame is through: a thousand connections with
+//! half-sent frames cannot take the node's memory.
+
+use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
 use super::{FRAME_ALIGN, FrameError, HEADER_BYTES, Header};
+use crate::budget::Budget;
+
+/// Reassembly capacity kept between frames; more is given back when the
+/// frame that needed it is through.
+const KEPT_BYTES: usize = 4 << 10;
 
 /// One whole frame. The body is 16-byte aligned and unpadded.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +36,29 @@ pub struct Frame<'a> {
 pub struct Decoder {
     /// Bytes of an incomplete frame, from a frame boundary on.
     pending: AlignedVec<FRAME_ALIGN>,
-    body_bytes_max: usize,
+    limits: BodyLimits,
+    /// Where the reassembly buffer's capacity is charged, if anywhere, and
+    /// how much is charged now.
+    budget: Option<Arc<Budget>>,
+    charged: usize,
+}
+
+/// The longest body accepted: the first frame's, then every other's.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    first: usize,
+    rest: usize,
+    first_seen: bool,
+}
+
+impl BodyLimits {
+    fn max(&self) -> usize {
+        if self.first_seen {
+            self.rest
+        } else {
+            self.first
+        }
+    }
 }
 
 impl Decoder {
@@ -33,13 +66,36 @@ impl Decoder {
     pub fn new(body_bytes_max: usize) -> Self {
         Self {
             pending: AlignedVec::new(),
-            body_bytes_max,
+            limits: BodyLimits {
+                first: body_bytes_max,
+                rest: body_bytes_max,
+                first_seen: false,
+            },
+            budget: None,
+            charged: 0,
         }
     }
 
-    /// Bytes held for an incomplete frame.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+    /// A server's decoder: the first frame's body may be at most
+    /// `first_body_bytes_max` (a connection must open with a small `HELLO`,
+    /// so a stranger cannot make the node hold a large frame), the others'
+    /// `body_bytes_max`; the reassembly buffer is charged to `budget`, and a
+    /// frame that would overdraw it is an error.
+    pub fn for_server(
+        first_body_bytes_max: usize,
+        body_bytes_max: usize,
+        budget: Arc<Budget>,
+    ) -> Self {
+        Self {
+            limits: BodyLimits {
+                first: first_body_bytes_max.min(body_bytes_max),
+                rest: body_bytes_max,
+                first_seen: false,
+            },
+            pending: AlignedVec::new(),
+            budget: Some(budget),
+            charged: 0,
+        }
     }
 
     /// Lets go of the reassembly buffer's memory if no frame is pending in
@@ -47,7 +103,54 @@ impl Decoder {
     pub fn release_memory(&mut self) {
         if self.pending.is_empty() {
             self.pending = AlignedVec::new();
+            self.give_back();
         }
+    }
+
+    /// Appends `bytes` to the pending frame, growing the buffer (and its
+    /// charge) first if needed: doubling, but never past `frame_bytes`,
+    /// the pending frame's whole size if its header is known.
+    fn append(&mut self, bytes: &[u8], frame_bytes: Option<usize>) -> Result<(), FrameError> {
+        let needed = self.pending.len() + bytes.len();
+        if needed > self.pending.capacity() {
+            let doubled = (2 * self.pending.capacity()).max(HEADER_BYTES * 16);
+            let target = frame_bytes
+                .map_or(doubled, |whole| doubled.min(whole))
+                .max(needed);
+            if let Some(budget) = &self.budget {
+                if !budget.try_take(target - self.charged) {
+                    return Err(FrameError::PartialFramesOverBudget {
+                        held: budget.held(),
+                        max: budget.max(),
+                    });
+                }
+                self.charged = target;
+            }
+            self.pending.reserve_exact(target - self.pending.len());
+        }
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// A frame went through: empties the buffer, and lets go of it if a
+    /// large frame made it grow.
+    fn frame_done(&mut self) {
+        self.pending.clear();
+        if self.pending.capacity() > KEPT_BYTES {
+            self.pending = AlignedVec::new();
+            self.give_back();
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give_back(std::mem::take(&mut self.charged));
+        }
+    }
+
+    /// Bytes held for an incomplete frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
     }
 
     /// Feeds the next chunk of the stream and calls `on_frame` for every frame
@@ -65,7 +168,7 @@ impl Decoder {
                 // the rest of its header, then the rest of its body.
                 if self.pending.len() < HEADER_BYTES {
                     let take = (HEADER_BYTES - self.pending.len()).min(chunk.len());
-                    self.pending.extend_from_slice(&chunk[..take]);
+                    self.append(&chunk[..take], None)?;
                     chunk = &chunk[take..];
                     if self.pending.len() < HEADER_BYTES {
                         return Ok(());
@@ -73,18 +176,19 @@ impl Decoder {
                 }
                 let needed = self.bytes_to_complete()?.expect("the header is whole");
                 let take = needed.min(chunk.len());
-                self.pending.extend_from_slice(&chunk[..take]);
+                let whole = self.pending.len() + needed;
+                self.append(&chunk[..take], Some(whole))?;
                 chunk = &chunk[take..];
                 if take < needed {
                     return Ok(());
                 }
-                let used = parse_all(&self.pending, self.body_bytes_max, &mut on_frame)?;
+                let used = parse_all(&self.pending, &mut self.limits, &mut on_frame)?;
                 debug_assert_eq!(
                     used,
                     self.pending.len(),
                     "exactly one whole frame was pending"
                 );
-                self.pending.clear();
+                self.frame_done();
                 continue;
             }
             if chunk.is_empty() {
@@ -92,17 +196,27 @@ impl Decoder {
             }
             if (chunk.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
                 // Frames in place, no copy.
-                let used = parse_all(chunk, self.body_bytes_max, &mut on_frame)?;
-                self.pending.extend_from_slice(&chunk[used..]);
-                // Check a whole header at once, so that a hostile length is
-                // refused before anything waits for its body.
-                self.bytes_to_complete()?;
+                let used = parse_all(chunk, &mut self.limits, &mut on_frame)?;
+                let rest = &chunk[used..];
+                // Check a whole header first, so that a hostile length is
+                // refused before anything is held for its body.
+                let whole = match rest.get(..HEADER_BYTES) {
+                    Some(header) => Some(
+                        Header::decode(
+                            header.try_into().expect("a whole header"),
+                            self.limits.max(),
+                        )?
+                        .frame_bytes(),
+                    ),
+                    None => None,
+                };
+                self.append(rest, whole)?;
                 return Ok(());
             }
             // A misaligned chunk: frames must be copied into aligned memory to
             // be read in place. Start the next one with its header.
             let take = HEADER_BYTES.min(chunk.len());
-            self.pending.extend_from_slice(&chunk[..take]);
+            self.append(&chunk[..take], None)?;
             chunk = &chunk[take..];
         }
     }
@@ -116,7 +230,7 @@ impl Decoder {
             self.pending[..HEADER_BYTES]
                 .try_into()
                 .expect("a whole header"),
-            self.body_bytes_max,
+            self.limits.max(),
         )?;
         Ok(Some(
             header.frame_bytes().saturating_sub(self.pending.len()),
@@ -129,7 +243,7 @@ impl Decoder {
 /// whole frames took.
 fn parse_all<E>(
     bytes: &[u8],
-    body_bytes_max: usize,
+    limits: &mut BodyLimits,
     on_frame: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
 ) -> Result<usize, DecodeError<E>> {
     let mut at = 0;
@@ -138,7 +252,7 @@ fn parse_all<E>(
             bytes[at..at + HEADER_BYTES]
                 .try_into()
                 .expect("a whole header"),
-            body_bytes_max,
+            limits.max(),
         )?;
         let frame_bytes = header.frame_bytes();
         if bytes.len() - at < frame_bytes {
@@ -146,6 +260,7 @@ fn parse_all<E>(
         }
         let body_start = at + HEADER_BYTES;
         let body = &bytes[body_start..body_start + header.length as usize];
+        limits.first_seen = true;
         on_frame(Frame { header, body }).map_err(DecodeError::Handler)?;
         at += frame_bytes;
     }
@@ -159,6 +274,12 @@ pub enum DecodeError<E> {
     Frame(FrameError),
     /// The frame handler refused a frame.
     Handler(E),
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 impl<E> From<FrameError> for DecodeError<E> {
@@ -243,6 +364,48 @@ mod tests {
             collect(&mut Decoder::new(64), &[&header]).unwrap_err(),
             FrameError::ReservedBits
         );
+    }
+
+    #[test]
+    fn a_server_decoder_holds_half_frames_within_its_budget_and_gives_back() {
+        let budget = Arc::new(Budget::new(48 << 10));
+        let mut stranger = Decoder::for_server(64, 1 << 20, budget.clone());
+        let error = collect(&mut stranger, &[&Header::new(Kind::Hello, 0, 100).encode()]);
+        assert!(
+            matches!(error, Err(FrameError::TooLarge { max: 64, .. })),
+            "the first frame may be small only"
+        );
+        let hello = frame(Kind::Hello, 0, &[1; 10]);
+        let large = frame(Kind::Pub, 1, &[2; 40_000]);
+        let mut decoder = Decoder::for_server(64, 1 << 20, budget.clone());
+        let mut start = hello.clone();
+        start.extend_from_slice(&large[..20_000]);
+        assert_eq!(collect(&mut decoder, &[&start]).unwrap().len(), 1);
+        assert_eq!(
+            budget.held(),
+            20_000,
+            "what it holds, not what was announced"
+        );
+        let mut other = Decoder::for_server(64, 1 << 20, budget.clone());
+        let mut start = hello.clone();
+        start.extend_from_slice(&large[..30_000]);
+        assert!(matches!(
+            collect(&mut other, &[&start]),
+            Err(FrameError::PartialFramesOverBudget { held: 20_000, .. })
+        ));
+        drop(other);
+        assert_eq!(budget.held(), 20_000);
+        let got = collect(&mut decoder, &[&large[20_000..]]).unwrap();
+        assert_eq!(got[0].2.len(), 40_000);
+        assert_eq!(
+            budget.held(),
+            0,
+            "a large frame's buffer goes once it is through"
+        );
+        collect(&mut decoder, &[&large[..100]]).unwrap();
+        assert!(budget.held() > 0);
+        drop(decoder);
+        assert_eq!(budget.held(), 0, "dropped, it gives everything back");
     }
 
     #[test]

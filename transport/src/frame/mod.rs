@@ -255,6 +255,17 @@ pub enum FrameError {
         /// The limit.
         max: usize,
     },
+    /// Holding the rest of this frame would take the node's budget for
+    /// partly received frames (all connections together) past its limit.
+    #[error(
+        "the node holds {held} bytes of partly received frames, and may hold {max}: send whole frames, or fewer at once"
+    )]
+    PartialFramesOverBudget {
+        /// Bytes held when the frame was refused.
+        held: usize,
+        /// The budget.
+        max: usize,
+    },
     /// A control body is shorter than its fields, or has bytes left over.
     #[error("malformed {kind:?} body: {reason}")]
     Malformed {
@@ -268,6 +279,9 @@ pub enum FrameError {
 impl FrameError {
     /// The error code an `ERR` frame for this error carries.
     pub fn code(&self) -> ErrorCode {
-        ErrorCode::Framing
+        match self {
+            FrameError::PartialFramesOverBudget { .. } => ErrorCode::Limit,
+            _ => ErrorCode::Framing,
+        }
     }
 }

@@ -240,7 +240,12 @@ impl Loop<'_> {
         entry.insert(Connection {
             id,
             stream,
-            session: Session::new(&self.server.bus, self.server.session.clone(), stats),
+            session: Session::new(
+                &self.server.bus,
+                self.server.session.clone(),
+                stats,
+                self.server.partial_frames.clone(),
+            ),
             waker,
             task_waker,
             write_blocked: false,

@@ -47,6 +47,8 @@ pub use session::SessionConfig;
 
 use starling_core::Bus;
 
+use crate::budget::Budget;
+
 use registry::ConnectionRegistry;
 
 /// How a local server is set up.
@@ -64,6 +66,10 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// How long shutdown waits for queued frames to be written.
     pub drain_timeout: Duration,
+    /// Bytes of half-received frames the node holds for all its connections
+    /// together; a connection whose frame would need more is closed with an
+    /// `ERR` (limit).
+    pub partial_frame_bytes_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,7 @@ impl Default for ServerConfig {
             connections_max: 10_000,
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(1),
+            partial_frame_bytes_max: 64 << 20,
         }
     }
 }
@@ -97,6 +104,8 @@ struct ServerState {
     config: ServerConfig,
     session: Arc<SessionConfig>,
     connections: ConnectionRegistry,
+    /// What the sessions' decoders hold of half-received frames.
+    partial_frames: Arc<Budget>,
     /// Set once, by `shutdown`. SYNC POINT (server-stop): the Release store
     /// pairs with the Acquire load the I/O loop makes every turn; `waker`
     /// makes it take that turn at once.
@@ -114,6 +123,7 @@ impl Server {
         let choice = config.backend;
         let state = Arc::new(ServerState {
             session: Arc::new(config.session.clone()),
+            partial_frames: Arc::new(Budget::new(config.partial_frame_bytes_max)),
             bus,
             config,
             connections: ConnectionRegistry::default(),

@@ -23,11 +23,18 @@ use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 use super::counters::{ConnectionStats, SubscriptionStats};
 use super::outbox::{Full, Outbox};
 use crate::auth::{Access, Authenticator, Credentials, DeliveryFilter};
+use crate::budget::Budget;
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
 use crate::frame::{
     DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,
     PROTOCOL_VERSION, padded,
 };
+
+/// The largest body a connection's first frame, its `HELLO`, may have: its
+/// strings are at most `control::STRING_BYTES_MAX` (1 KiB) each, so this is
+/// ample, and a stranger who has not said who it is cannot make the node hold
+/// a large frame for it.
+const HELLO_BODY_BYTES_MAX: usize = 16 << 10;
 
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
@@ -132,10 +139,21 @@ enum State {
 }
 
 impl Session {
-    pub(crate) fn new(bus: &Bus, config: Arc<SessionConfig>, stats: Arc<ConnectionStats>) -> Self {
+    /// A session for a new connection; what it holds of half-received
+    /// frames is charged to `partial_frames`.
+    pub(crate) fn new(
+        bus: &Bus,
+        config: Arc<SessionConfig>,
+        stats: Arc<ConnectionStats>,
+        partial_frames: Arc<Budget>,
+    ) -> Self {
         let handshake_deadline = Instant::now() + config.handshake_timeout;
         Self {
-            decoder: Decoder::new(config.body_bytes_max),
+            decoder: Decoder::for_server(
+                HELLO_BODY_BYTES_MAX,
+                config.body_bytes_max,
+                partial_frames,
+            ),
             protocol: Protocol {
                 limits: bus.config().limits,
                 outbox: Outbox::new(config.outbox_entries),
@@ -219,7 +237,7 @@ impl Session {
         match result {
             Ok(()) | Err(DecodeError::Handler(Fatal)) => {}
             Err(DecodeError::Frame(error)) => {
-                self.protocol.fail(ErrorCode::Framing, 0, error.to_string());
+                self.protocol.fail(error.code(), 0, error.to_string());
             }
         }
     }
@@ -682,7 +700,12 @@ mod tests {
             subscriptions_max: 8,
             ..SessionConfig::default()
         });
-        Session::new(bus, config, Arc::new(ConnectionStats::default()))
+        Session::new(
+            bus,
+            config,
+            Arc::new(ConnectionStats::default()),
+            Arc::new(Budget::new(1 << 20)),
+        )
     }
 
     fn frame(kind: u8, tag: u64, body: &[u8]) -> Vec<u8> {

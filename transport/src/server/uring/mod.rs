@@ -515,7 +515,12 @@ impl Loop<'_> {
         self.slots[slot as usize].connection = Some(Connection {
             id,
             stream,
-            session: Session::new(&self.server.bus, self.server.session.clone(), stats),
+            session: Session::new(
+                &self.server.bus,
+                self.server.session.clone(),
+                stats,
+                self.server.partial_frames.clone(),
+            ),
             waker,
             task_waker,
             receiving: false,
