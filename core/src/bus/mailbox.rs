@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::event_ref::EventRef;
 use super::queue::{DeliveryQueue, QueueShape};
-use super::subscription::EventRef;
 use super::{BusInner, RecvError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Target};
 use crate::log::BatchRelease;
 

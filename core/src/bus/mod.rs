@@ -17,6 +17,7 @@
 
 mod backlog;
 mod error;
+mod event_ref;
 mod interest;
 mod mailbox;
 mod publisher;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use backlog::Backlog;
 pub use error::{PublishBatchError, PublishError, RecvError, RequestError, SubscribeError};
+pub use event_ref::EventRef;
 pub use interest::{InterestChange, InterestWatcher};
 pub use mailbox::Recv;
 pub use mailbox::{Mailbox, QueueCounters};
@@ -40,7 +42,7 @@ pub use publisher::{Message, Publisher};
 pub use queue::{DEFAULT_MAX_STALL, SlowConsumerPolicy, UnknownPolicy};
 pub use request::Reply;
 pub use route::{PLAIN_TAG, Scope};
-pub use subscription::{EventRef, Subscription};
+pub use subscription::Subscription;
 
 use self::queue::{Delivery, DeliveryQueue, Outcome, QueueCensus};
 use self::request::Inbox;

@@ -14,8 +14,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::event_ref::archived;
 use super::queue::Delivery;
-use super::subscription::archived;
 use super::{Bus, BusInner, Message, RecvError, RequestError, SubscribeOptions, Subscription};
 use crate::event::ArchivedEvent;
 
