@@ -75,9 +75,27 @@ pub fn starling_command(netns: Option<&str>) -> Command {
 /// Starts a node inside network namespace `netns` if given (`ip netns exec`
 /// execs the node, so the process handle is the node's own).
 pub fn start_node_in(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Node {
+    start_node_by(starling_command(netns), netns, extra, env)
+}
+
+/// Starts a node that may open at most `descriptors` files (`prlimit`
+/// execs the node, so the process handle is the node's own).
+pub fn start_node_with_descriptors(descriptors: u64, extra: &[&str]) -> Node {
+    let mut command = Command::new("prlimit");
+    command.arg(format!("--nofile={descriptors}:{descriptors}"));
+    command.arg(BINARY);
+    start_node_by(command, None, extra, &[])
+}
+
+/// Starts a node with `command`, a `starling` command line so far.
+fn start_node_by(
+    mut command: Command,
+    netns: Option<&str>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Node {
     let dir = temp_dir();
     let uds = dir.join("node.sock");
-    let mut command = starling_command(netns);
     command
         .args([
             "node",

@@ -17,6 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::ServerState;
+use super::accept::AcceptPause;
 use super::listeners::{Listeners, refuse};
 use super::session::{Session, Tick, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
@@ -32,6 +33,9 @@ const READ_BYTES: usize = 64 << 10;
 /// again on the next turn, after every other ready connection had its turn:
 /// one fast publisher cannot starve the rest of the thread.
 const READS_PER_TURN: usize = 4;
+/// Connections accepted from one listener per turn of the loop: a flood of
+/// new connections does not keep the open ones waiting.
+const ACCEPTS_PER_TURN: usize = 64;
 
 const WAKE: Token = Token(0);
 const LISTEN_TCP: Token = Token(1);
@@ -94,18 +98,25 @@ pub(super) fn run(
         buffer: ReadBuffer::new(READ_BYTES),
         turns: Vec::new(),
         stalled: Vec::new(),
+        accept_pause: AcceptPause::default(),
+        accept_again: false,
     };
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
     let tick_every = tick_interval(&server.session);
     let mut next_tick = Instant::now() + tick_every;
     loop {
-        let timeout = if state.turns.is_empty() {
-            let wake_at = [drain_deadline, state.stall_deadline(), Some(next_tick)]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("the tick is always due some time");
+        let timeout = if state.turns.is_empty() && !state.accept_again {
+            let wake_at = [
+                drain_deadline,
+                state.stall_deadline(),
+                state.accept_pause.resume_at(),
+                Some(next_tick),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the tick is always due some time");
             Some(wake_at.saturating_duration_since(Instant::now()))
         } else {
             // Connections wait for another turn: only look for readiness.
@@ -119,15 +130,8 @@ pub(super) fn run(
         for event in events.iter() {
             match event.token() {
                 WAKE => state.pull_ready(poll.registry()),
-                LISTEN_TCP => {
-                    if let Some(listener) = tcp.as_ref() {
-                        state.accept_tcp(listener, poll.registry());
-                    }
-                }
-                LISTEN_UDS => {
-                    if let Some(listener) = uds.as_ref() {
-                        state.accept_uds(listener, poll.registry());
-                    }
+                LISTEN_TCP | LISTEN_UDS => {
+                    state.accept(tcp.as_ref(), uds.as_ref(), poll.registry());
                 }
                 Token(token) => {
                     let index = token - FIRST_CONNECTION;
@@ -143,6 +147,9 @@ pub(super) fn run(
         state.next_turns(poll.registry());
         state.expire_stalls(poll.registry());
         let now = Instant::now();
+        if std::mem::take(&mut state.accept_again) || state.accept_pause.resumes(now) {
+            state.accept(tcp.as_ref(), uds.as_ref(), poll.registry());
+        }
         if now >= next_tick {
             state.tick(now, poll.registry());
             next_tick = now + tick_every;
@@ -189,33 +196,66 @@ struct Loop<'a> {
     turns: Vec<usize>,
     /// Connections whose session stalled, looked at again at their deadlines.
     stalled: Vec<usize>,
+    accept_pause: AcceptPause,
+    /// A listener had more connections waiting when its turn was up (its
+    /// readiness, edge-triggered, will not come again for them).
+    accept_again: bool,
 }
 
 impl Loop<'_> {
-    fn accept_tcp(&mut self, listener: &TcpListener, registry: &Registry) {
-        loop {
-            match listener.accept() {
-                Ok((stream, remote)) => {
+    /// Accepts what waits on both listeners, up to a turn's worth each,
+    /// unless accepting is paused.
+    fn accept(
+        &mut self,
+        tcp: Option<&TcpListener>,
+        uds: Option<&UnixListener>,
+        registry: &Registry,
+    ) {
+        if self.accept_pause.resume_at().is_some() {
+            return;
+        }
+        if let Some(listener) = tcp {
+            self.accept_from(registry, || {
+                listener.accept().map(|(stream, remote)| {
                     let _ = stream.set_nodelay(true);
-                    self.admit(Stream::Tcp(stream.into()), remote.to_string(), registry);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                // Out of descriptors or a connection reset before accept: skip it.
-                Err(_) => return,
-            }
+                    (Stream::Tcp(stream.into()), remote.to_string())
+                })
+            });
+        }
+        if let Some(listener) = uds {
+            self.accept_from(registry, || {
+                listener
+                    .accept()
+                    .map(|(stream, _)| (Stream::Unix(stream.into()), String::new()))
+            });
         }
     }
 
-    fn accept_uds(&mut self, listener: &UnixListener, registry: &Registry) {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => self.admit(Stream::Unix(stream.into()), String::new(), registry),
+    fn accept_from(
+        &mut self,
+        registry: &Registry,
+        mut accept: impl FnMut() -> io::Result<(Stream, String)>,
+    ) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match accept() {
+                Ok((stream, remote)) => {
+                    self.accept_pause.accepted();
+                    self.admit(stream, remote, registry);
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    let errno = error.raw_os_error().unwrap_or(0);
+                    if !self.accept_pause.failed(errno, Instant::now()) {
+                        // A connection reset before it was accepted: the
+                        // next one may be fine.
+                        self.accept_again = true;
+                    }
+                    return;
+                }
             }
         }
+        self.accept_again = true;
     }
 
     fn admit(&mut self, stream: Stream, remote: String, registry: &Registry) {

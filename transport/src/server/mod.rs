@@ -21,6 +21,7 @@
 //! `uring/` and `epoll.rs` drive the sessions; `registry.rs` keeps the open
 //! connections and the totals, `counters.rs` what each connection did.
 
+mod accept;
 mod backend;
 mod counters;
 mod epoll;

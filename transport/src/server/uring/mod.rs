@@ -41,6 +41,7 @@ pub(super) use ring::Setup;
 use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
 
 use super::ServerState;
+use super::accept::AcceptPause;
 use super::listeners::{Listeners, refuse};
 use super::session::{Session, Tick, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker};
@@ -102,6 +103,10 @@ struct Loop<'a> {
     tcp: Option<std::net::TcpListener>,
     uds: Option<std::os::unix::net::UnixListener>,
     accepting: bool,
+    /// Paused for want of descriptors: the listeners (accept kinds) to
+    /// re-arm when it is over.
+    accept_pause: AcceptPause,
+    accepts_paused: Vec<u8>,
     /// Connections whose session stalled (slot, generation): looked at
     /// again at their stall deadlines.
     stalled: Vec<(u32, u32)>,
@@ -147,6 +152,8 @@ pub(super) fn run(
         tcp: listeners.tcp,
         uds: listeners.uds,
         accepting: true,
+        accept_pause: AcceptPause::default(),
+        accepts_paused: Vec::new(),
         stalled: Vec::new(),
     };
     state.arm_accept(ACCEPT_TCP)?;
@@ -168,11 +175,16 @@ impl Loop<'_> {
         let tick_every = tick_interval(&self.server.session);
         let mut next_tick = Instant::now() + tick_every;
         loop {
-            let wake_at = [drain_deadline, self.stall_deadline(), Some(next_tick)]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("the tick is always due some time");
+            let wake_at = [
+                drain_deadline,
+                self.stall_deadline(),
+                self.accept_pause.resume_at(),
+                Some(next_tick),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the tick is always due some time");
             self.wait(wake_at)?;
             completions.clear();
             completions.extend(
@@ -186,6 +198,13 @@ impl Loop<'_> {
             self.buffers.publish();
             self.expire_stalls()?;
             let now = Instant::now();
+            if self.accept_pause.resumes(now) {
+                for kind in std::mem::take(&mut self.accepts_paused) {
+                    if self.accepting {
+                        self.arm_accept(kind)?;
+                    }
+                }
+            }
             if now >= next_tick {
                 self.tick(now)?;
                 next_tick = now + tick_every;
@@ -402,13 +421,23 @@ impl Loop<'_> {
         let (kind, generation, slot) = split(user_data);
         match kind {
             ACCEPT_TCP | ACCEPT_UDS => {
+                let mut paused = false;
                 if result >= 0 {
                     // SAFETY: a successful accept returns a new descriptor we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
+                    self.accept_pause.accepted();
                     self.admit(kind, fd)?;
+                } else {
+                    paused = self.accept_pause.failed(-result, Instant::now());
                 }
                 if !cqueue::more(flags) && self.accepting {
-                    self.arm_accept(kind)?;
+                    if paused {
+                        // Re-armed when the pause is over: at once, it
+                        // would fail again at once, round after round.
+                        self.accepts_paused.push(kind);
+                    } else {
+                        self.arm_accept(kind)?;
+                    }
                 }
             }
             RECV => {

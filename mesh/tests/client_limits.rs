@@ -1,0 +1,90 @@
+//! A real `starling node`'s client port under descriptor starvation: it
+//! pauses accepting instead of spinning, and serves again once descriptors
+//! free up.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{start_node_with_descriptors, temp_dir};
+use starling_transport::client::Client;
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_node_out_of_descriptors_pauses_accepting_and_serves_again_once_they_free_up() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = temp_dir();
+    let config = dir.join("node.toml");
+    // Silent connections are kept: the test decides when they go.
+    std::fs::write(&config, "[limits]\nhandshake_timeout_ms = 600000\n").unwrap();
+    for backend in ["epoll", "uring"] {
+        let node = start_node_with_descriptors(
+            64,
+            &[
+                "--io-backend",
+                backend,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+        let address = node.tcp.trim_start_matches("tcp://").to_owned();
+        // More than the node can take: the rest wait in its listen backlog.
+        let silent: Vec<TcpStream> = (0..100)
+            .map(|_| TcpStream::connect(&address).unwrap())
+            .collect();
+        let pid = node.process.0.id();
+        // Give the node time to run out and settle into its pause.
+        let settled = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let before = cpu_ticks(pid);
+        let measured = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_ticks(pid) - before;
+        let elapsed = measured.elapsed();
+        // Clock ticks are 1/100 s: a spinning loop would use ~100 a second.
+        assert!(
+            used <= 20,
+            "{backend}: the node used {used} ticks of CPU in {elapsed:?} while out of descriptors"
+        );
+        drop(silent);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match Client::connect(&node.tcp) {
+                Ok(client) => break client,
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("{backend}: not yet: {error}");
+                }
+                Err(error) => panic!("{backend}: the node never served again: {error}"),
+            }
+        };
+        let subscription = client.subscribe("after").unwrap();
+        client.publish("after", b"served").unwrap();
+        assert_eq!(
+            subscription
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap()
+                .payload(),
+            b"served",
+            "{backend}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
