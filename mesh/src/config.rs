@@ -60,6 +60,7 @@
 //! ping_interval_ms = 120000           # a client quiet this long is pinged ...
 //! ping_stale_max = 2                  # ... and closed after this many pings unanswered
 //! partial_frame_bytes_max = 67108864  # half-received frames, all client connections together
+//! subscriptions_max = 1000000         # subscriptions of all client connections together
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -149,6 +150,9 @@ pub struct Limits {
     /// clients together; a client whose frame would need more is closed
     /// with an `ERR` (limit).
     pub partial_frame_bytes_max: usize,
+    /// Most subscriptions of all local clients together (the node's own
+    /// protocol); more are refused with an `ERR` (limit).
+    pub subscriptions_max: usize,
 }
 
 impl Default for Limits {
@@ -167,6 +171,7 @@ impl Default for Limits {
             ping_interval_ms: 120_000,
             ping_stale_max: 2,
             partial_frame_bytes_max: 64 << 20,
+            subscriptions_max: 1_000_000,
         }
     }
 }

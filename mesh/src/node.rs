@@ -81,6 +81,7 @@ impl Node {
                     backend: config.io_backend,
                     connections_max: config.limits.connections_max,
                     partial_frame_bytes_max: config.limits.partial_frame_bytes_max,
+                    subscriptions_max: config.limits.subscriptions_max,
                     session: SessionConfig {
                         server_name: config.name.clone(),
                         auth: auth.clone(),

@@ -250,3 +250,40 @@ fn half_sent_frames_are_held_within_the_node_budget() {
         );
     }
 }
+
+#[test]
+fn the_node_refuses_subscriptions_over_its_limit_and_counts_what_goes() {
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            ServerConfig {
+                // Each client also subscribes its reply inbox.
+                subscriptions_max: 5,
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        let first = Client::connect(&node.tcp).unwrap();
+        let second = Client::connect(&node.tcp).unwrap();
+        let mut kept = vec![
+            first.subscribe("a.1").unwrap(),
+            first.subscribe("a.2").unwrap(),
+        ];
+        let b1 = second.subscribe("b.1").unwrap();
+        let refused = second.subscribe("b.2").unwrap_err().to_string();
+        assert!(
+            refused.contains("limit of 5 subscriptions"),
+            "{backend:?}: {refused}"
+        );
+        kept.pop();
+        first.flush().unwrap();
+        let b2 = second.subscribe("b.2").expect("one went: room for one");
+        drop(kept);
+        first.close();
+        assert!(
+            eventually(5 * SECOND, || second.subscribe("b.3").is_ok()),
+            "{backend:?}: a closed connection gives its subscriptions back"
+        );
+        drop((b1, b2));
+    }
+}

@@ -285,6 +285,7 @@ impl Loop<'_> {
                 self.server.session.clone(),
                 stats,
                 self.server.partial_frames.clone(),
+                self.server.subscriptions.clone(),
             ),
             waker,
             task_waker,

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// together; a connection whose frame would need more is closed with an
     /// `ERR` (limit).
     pub partial_frame_bytes_max: usize,
+    /// Most subscriptions of all connections together; more are refused
+    /// with an `ERR` (limit).
+    pub subscriptions_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(1),
             partial_frame_bytes_max: 64 << 20,
+            subscriptions_max: 1_000_000,
         }
     }
 }
@@ -107,6 +111,8 @@ struct ServerState {
     connections: ConnectionRegistry,
     /// What the sessions' decoders hold of half-received frames.
     partial_frames: Arc<Budget>,
+    /// The subscriptions of every session.
+    subscriptions: Arc<Budget>,
     /// Set once, by `shutdown`. SYNC POINT (server-stop): the Release store
     /// pairs with the Acquire load the I/O loop makes every turn; `waker`
     /// makes it take that turn at once.
@@ -125,6 +131,7 @@ impl Server {
         let state = Arc::new(ServerState {
             session: Arc::new(config.session.clone()),
             partial_frames: Arc::new(Budget::new(config.partial_frame_bytes_max)),
+            subscriptions: Arc::new(Budget::new(config.subscriptions_max)),
             bus,
             config,
             connections: ConnectionRegistry::default(),

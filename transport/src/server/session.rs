@@ -106,6 +106,9 @@ struct Protocol {
     bus: Bus,
     /// This connection's subscriptions by id, with their delivery counters.
     subscriptions: HashMap<u64, Subscription>,
+    /// The node's subscriptions, all connections together: one unit per
+    /// entry of `subscriptions`, given back when it goes.
+    node_subscriptions: Arc<Budget>,
     /// What the client may do; unrestricted until the handshake says who
     /// it is (nothing but `HELLO` is handled before).
     access: Access,
@@ -140,12 +143,14 @@ enum State {
 
 impl Session {
     /// A session for a new connection; what it holds of half-received
-    /// frames is charged to `partial_frames`.
+    /// frames is charged to `partial_frames`, its subscriptions to the
+    /// node's `subscriptions`.
     pub(crate) fn new(
         bus: &Bus,
         config: Arc<SessionConfig>,
         stats: Arc<ConnectionStats>,
         partial_frames: Arc<Budget>,
+        subscriptions: Arc<Budget>,
     ) -> Self {
         let handshake_deadline = Instant::now() + config.handshake_timeout;
         Self {
@@ -163,6 +168,7 @@ impl Session {
                 mailbox: None,
                 bus: bus.clone(),
                 subscriptions: HashMap::new(),
+                node_subscriptions: subscriptions,
                 access: Access::unrestricted(),
                 dropped_reported: 0,
                 backlog: Backlog::new(),
@@ -398,6 +404,12 @@ pub(crate) enum Tick {
 #[derive(Debug)]
 struct Fatal;
 
+impl Drop for Protocol {
+    fn drop(&mut self) {
+        self.node_subscriptions.give_back(self.subscriptions.len());
+    }
+}
+
 impl Protocol {
     /// Handles spilled frames in order until one stalls (or none is left).
     /// They were whole, valid frames when spilled.
@@ -536,12 +548,22 @@ impl Protocol {
             );
             return self.error(ErrorCode::Limit, sid, reason);
         }
+        if !self.node_subscriptions.try_take(1) {
+            let reason = format!(
+                "the node holds its limit of {} subscriptions",
+                self.node_subscriptions.max()
+            );
+            return self.error(ErrorCode::Limit, sid, reason);
+        }
         let subscribed = self.mailbox().subscribe_with_policy(
             sid,
             &request.pattern,
             request.queue_group.as_deref(),
             request.policy,
         );
+        if subscribed.is_err() {
+            self.node_subscriptions.give_back(1);
+        }
         match subscribed {
             Ok(()) => {
                 let stats = Arc::new(SubscriptionStats::new(request));
@@ -569,6 +591,7 @@ impl Protocol {
                 format!("no subscription with id {sid}"),
             );
         }
+        self.node_subscriptions.give_back(1);
         self.mailbox().unsubscribe(sid);
         self.stats.remove_subscription(sid);
         self.reply(Kind::Ok, sid, &[])
@@ -704,6 +727,7 @@ mod tests {
             bus,
             config,
             Arc::new(ConnectionStats::default()),
+            Arc::new(Budget::new(1 << 20)),
             Arc::new(Budget::new(1 << 20)),
         )
     }
