@@ -7,22 +7,31 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Raw, SECOND, backends, config, eventually, frame, node, node_with};
+use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, SubscribeOptions};
-use starling_transport::client::{Client, ClientOptions};
+use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 use starling_transport::frame::{ErrorCode, Header, Kind};
 use starling_transport::server::{Server, ServerConfig, SessionConfig};
 
-/// Options for a client holding thousands of subscriptions: small local
-/// queues, since each gets its own.
-fn many_subscriptions_options() -> ClientOptions {
-    ClientOptions {
+/// Subscriptions a client holds in the burst tests: more than the node's
+/// outbox holds answers for (1,024 entries).
+const SUBSCRIPTIONS: usize = 5_000;
+
+/// A client of `node` subscribed to `many.0` ... `many.4999`, with small
+/// local queues, since each subscription gets its own.
+fn client_with_many_subscriptions(node: &Node) -> (Client, Vec<ClientSubscription>) {
+    let options = ClientOptions {
         subscription: SubscribeOptions {
             capacity: 16,
             ..SubscribeOptions::default()
         },
         ..ClientOptions::default()
-    }
+    };
+    let client = Client::connect_with(&node.tcp, options).unwrap();
+    let subscriptions = (0..SUBSCRIPTIONS)
+        .map(|i| client.subscribe(&format!("many.{i}")).unwrap())
+        .collect();
+    (client, subscriptions)
 }
 
 /// Issue 14's hostile finding: a client with more subscriptions than the
@@ -31,13 +40,9 @@ fn many_subscriptions_options() -> ClientOptions {
 /// looped. Now the burst is held back until the client reads.
 #[test]
 fn a_client_with_5000_subscriptions_recovers_from_a_lost_connection() {
-    const SUBSCRIPTIONS: usize = 5_000;
     for backend in backends() {
         let node = node(backend);
-        let client = Client::connect_with(&node.tcp, many_subscriptions_options()).unwrap();
-        let subscriptions: Vec<_> = (0..SUBSCRIPTIONS)
-            .map(|i| client.subscribe(&format!("many.{i}")).unwrap())
-            .collect();
+        let (client, subscriptions) = client_with_many_subscriptions(&node);
         // The connection is lost: the node's server stops, another starts
         // on the same port and bus.
         node.server.shutdown();
@@ -77,13 +82,9 @@ fn a_client_with_5000_subscriptions_recovers_from_a_lost_connection() {
 /// connection.
 #[test]
 fn a_mass_unsubscribe_keeps_the_connection() {
-    const SUBSCRIPTIONS: usize = 5_000;
     for backend in backends() {
         let node = node(backend);
-        let client = Client::connect_with(&node.tcp, many_subscriptions_options()).unwrap();
-        let subscriptions: Vec<_> = (0..SUBSCRIPTIONS)
-            .map(|i| client.subscribe(&format!("many.{i}")).unwrap())
-            .collect();
+        let (client, subscriptions) = client_with_many_subscriptions(&node);
         drop(subscriptions);
         client.flush().unwrap();
         assert_eq!(client.reconnects(), 0, "{backend:?}: never cut");

@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use super::ServerState;
 use super::accept::AcceptPause;
 use super::listeners::{Listeners, refuse};
-use super::session::{Session, Tick, tick_interval};
+use super::session::{Session, Tick, earliest, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
 use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
@@ -107,16 +107,12 @@ pub(super) fn run(
     let mut next_tick = Instant::now() + tick_every;
     loop {
         let timeout = if state.turns.is_empty() && !state.accept_again {
-            let wake_at = [
+            let deadlines = [
                 drain_deadline,
                 state.stall_deadline(),
                 state.accept_pause.resume_at(),
-                Some(next_tick),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("the tick is always due some time");
+            ];
+            let wake_at = earliest(&deadlines, next_tick);
             Some(wake_at.saturating_duration_since(Instant::now()))
         } else {
             // Connections wait for another turn: only look for readiness.
@@ -280,13 +276,7 @@ impl Loop<'_> {
         entry.insert(Connection {
             id,
             stream,
-            session: Session::new(
-                &self.server.bus,
-                self.server.session.clone(),
-                stats,
-                self.server.partial_frames.clone(),
-                self.server.subscriptions.clone(),
-            ),
+            session: self.server.new_session(stats),
             waker,
             task_waker,
             write_blocked: false,

@@ -121,6 +121,19 @@ struct ServerState {
     waker: OnceLock<Arc<dyn wake::WakeLoop>>,
 }
 
+impl ServerState {
+    /// The session of a new connection, whose counters are `stats`.
+    fn new_session(&self, stats: Arc<ConnectionStats>) -> session::Session {
+        session::Session::new(
+            &self.bus,
+            self.session.clone(),
+            stats,
+            self.partial_frames.clone(),
+            self.subscriptions.clone(),
+        )
+    }
+}
+
 impl Server {
     /// Binds the listeners and starts the I/O loop on its own thread.
     pub fn start(bus: Bus, config: ServerConfig) -> io::Result<Server> {

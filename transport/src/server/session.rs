@@ -389,6 +389,14 @@ pub(crate) fn tick_interval(config: &SessionConfig) -> Duration {
         .clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// The earliest of a loop's deadlines; one, the next tick, is always set.
+pub(crate) fn earliest(deadlines: &[Option<Instant>], next_tick: Instant) -> Instant {
+    deadlines
+        .iter()
+        .flatten()
+        .fold(next_tick, |earliest, &at| earliest.min(at))
+}
+
 /// What a backend does with a connection after [`Session::tick`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tick {

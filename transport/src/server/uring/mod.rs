@@ -43,7 +43,7 @@ use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
 use super::ServerState;
 use super::accept::AcceptPause;
 use super::listeners::{Listeners, refuse};
-use super::session::{Session, Tick, tick_interval};
+use super::session::{Session, Tick, earliest, tick_interval};
 use super::wake::{ReadyQueue, SessionWaker};
 use crate::stream::Stream;
 
@@ -175,17 +175,12 @@ impl Loop<'_> {
         let tick_every = tick_interval(&self.server.session);
         let mut next_tick = Instant::now() + tick_every;
         loop {
-            let wake_at = [
+            let deadlines = [
                 drain_deadline,
                 self.stall_deadline(),
                 self.accept_pause.resume_at(),
-                Some(next_tick),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("the tick is always due some time");
-            self.wait(wake_at)?;
+            ];
+            self.wait(earliest(&deadlines, next_tick))?;
             completions.clear();
             completions.extend(
                 self.ring
@@ -544,13 +539,7 @@ impl Loop<'_> {
         self.slots[slot as usize].connection = Some(Connection {
             id,
             stream,
-            session: Session::new(
-                &self.server.bus,
-                self.server.session.clone(),
-                stats,
-                self.server.partial_frames.clone(),
-                self.server.subscriptions.clone(),
-            ),
+            session: self.server.new_session(stats),
             waker,
             task_waker,
             receiving: false,
