@@ -76,16 +76,6 @@ fn a_peer_that_joins_and_leaves_leaves_no_queue_behind() {
     }
 }
 
-fn resident_bytes(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.process.0.id())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib << 10
-}
-
 fn queues_of(node: &Node) -> (u64, u64) {
     let view = get_json(node, "/v1/node");
     (
@@ -135,11 +125,11 @@ fn short_lived_nodes_leave_the_survivors_queues_and_memory_as_they_were() {
             );
         }
         if cycle == 0 {
-            resident_after_first = [resident_bytes(&a), resident_bytes(&b)];
+            resident_after_first = [resident_bytes_of(&a), resident_bytes_of(&b)];
         }
     }
     for (node, first) in [&a, &b].into_iter().zip(resident_after_first) {
-        let last = resident_bytes(node);
+        let last = resident_bytes_of(node);
         println!(
             "{}: {} MiB resident after the first visitor, {} MiB after {CYCLES}",
             node.name,

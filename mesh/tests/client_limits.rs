@@ -1,13 +1,13 @@
-//! A real `starling node`'s client port under descriptor starvation: it
-//! pauses accepting instead of spinning, and serves again once descriptors
-//! free up.
+//! A real `starling node`'s client port: what idle connections cost, and
+//! descriptor starvation (it pauses accepting instead of spinning, and
+//! serves again once descriptors free up).
 
 mod common;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{start_node_with_descriptors, temp_dir};
+use common::{get, resident_bytes_of, start_node, start_node_with_descriptors, temp_dir};
 use starling_transport::client::Client;
 
 /// CPU time (user + system) the process has used, in clock ticks.
@@ -86,5 +86,41 @@ fn a_node_out_of_descriptors_pauses_accepting_and_serves_again_once_they_free_up
             "{backend}"
         );
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 14: an idle connection cost a node ~280-550 KiB (a delivery queue of
+/// 16,384 zeroed slots each). Now ~4 KiB; asserted loosely.
+#[test]
+fn an_idle_connection_costs_the_node_little_memory() {
+    const CONNECTIONS: usize = 1_000;
+    let dir = temp_dir();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, "[limits]\nhandshake_timeout_ms = 600000\n").unwrap();
+    let node = start_node(&["--config", config.to_str().unwrap()], &[]);
+    let address = node.tcp.trim_start_matches("tcp://").to_owned();
+    let before = resident_bytes_of(&node);
+    let idle: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&node.http, "/v1/node");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if view["connections"] == CONNECTIONS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node accepted them all: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let per_connection = resident_bytes_of(&node).saturating_sub(before) / CONNECTIONS as u64;
+    assert!(
+        per_connection <= 32 << 10,
+        "an idle connection costs the node {per_connection} bytes"
+    );
+    drop(idle);
     let _ = std::fs::remove_dir_all(dir);
 }

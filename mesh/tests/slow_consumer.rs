@@ -9,7 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Process, starling, start_node, start_sub, text, wait_output};
+use common::{Process, resident_bytes, starling, start_node, start_sub, text, wait_output};
 
 const EVENTS: u64 = 100_000;
 const SIZE: &str = "4096";
@@ -97,15 +97,4 @@ fn signal(process: &Process, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill {signal}");
-}
-
-/// VmRSS of a process, from /proc.
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS in /proc/PID/status")
-        * 1024
 }

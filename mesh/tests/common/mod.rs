@@ -574,3 +574,19 @@ pub fn skip(name: &str, reason: &str) {
     );
     let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: {reason}");
 }
+
+/// VmRSS of a process, from /proc.
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status")
+        * 1024
+}
+
+/// VmRSS of a node's process.
+pub fn resident_bytes_of(node: &Node) -> u64 {
+    resident_bytes(node.process.0.id())
+}
