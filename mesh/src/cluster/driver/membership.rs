@@ -27,6 +27,14 @@ const HELD_PER_ADDRESS: usize = 8;
 /// How often a rejected packet is logged at warning level, at most.
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A membership timer that runs this much later than it was due says this
+/// node itself was paused (SIGSTOP, a VM freeze) or starved.
+const LATE_BY: Duration = Duration::from_secs(1);
+/// After such a pause, silent links are this node's doing, not its peers':
+/// for this long they do not make anyone suspect (plain SWIM probes still
+/// run). Covers the links' idle timeouts that fire as the node resumes.
+const AFTER_A_PAUSE: Duration = Duration::from_secs(10);
+
 /// Membership, with what the runtime keeps around it.
 pub(super) struct Gossip {
     membership: Membership,
@@ -38,6 +46,8 @@ pub(super) struct Gossip {
     last_change: Instant,
     rejection_logged: Option<Instant>,
     small_path_logged: bool,
+    /// Until when silent links suspect no one: this node was paused.
+    paused_until: Option<Instant>,
 }
 
 impl Gossip {
@@ -51,6 +61,7 @@ impl Gossip {
             last_change: now,
             rejection_logged: None,
             small_path_logged: false,
+            paused_until: None,
         }
     }
 
@@ -98,6 +109,7 @@ impl Gossip {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.notice_a_pause(now);
         if let Err(error) = self.membership.handle_timeout(now) {
             tracing::debug!("membership timer: {error}");
         }
@@ -148,9 +160,25 @@ impl Gossip {
     /// Membership suspects it at once (see `Membership::unreachable`).
     pub fn silent(&mut self, address: &str, id: Option<NodeId>) {
         let now = Instant::now();
+        // A node that was itself paused finds every link timed out as it
+        // resumes: suspecting them all at once would spread false deaths.
+        if self.notice_a_pause(now) {
+            tracing::debug!(peer = %address, "link went silent while this node was paused");
+            return;
+        }
         if let Err(error) = self.membership.unreachable(address, id, now) {
             tracing::debug!(peer = %address, "membership cannot take this address: {error}");
         }
+    }
+
+    /// Whether this node was paused lately: its membership timer is (or
+    /// was, within [`AFTER_A_PAUSE`]) overdue by more than [`LATE_BY`].
+    fn notice_a_pause(&mut self, now: Instant) -> bool {
+        let due = self.membership.poll_timeout();
+        if due.is_some_and(|due| now.saturating_duration_since(due) > LATE_BY) {
+            self.paused_until = Some(now + AFTER_A_PAUSE);
+        }
+        self.paused_until.is_some_and(|until| now < until)
     }
 
     fn send_on(&mut self, connection: &Connection, packet: Bytes) {
