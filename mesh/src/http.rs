@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -20,7 +20,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::cluster::view::ClusterView;
 use crate::node_state::NodeState;
-use crate::stats::{PatternSeries, Snapshot};
+use crate::stats::{MetricsFormat, PatternSeries, Snapshot};
 
 mod serve;
 
@@ -157,19 +157,24 @@ async fn cluster_view(state: &NodeState) -> Option<ClusterView> {
 /// The per-pattern series of `/metrics`, kept from scrape to scrape.
 type PatternSeriesState = Arc<Mutex<PatternSeries>>;
 
+/// In OpenMetrics for a scraper that asks for it (Prometheus does), else in
+/// the classic text format.
 async fn metrics(
     State(state): State<Arc<NodeState>>,
     Extension(patterns): Extension<PatternSeriesState>,
+    headers: HeaderMap,
 ) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = MetricsFormat::accepted(accept);
     let cluster = cluster_view(&state).await;
     let snapshot = Snapshot::take(&state, cluster);
     let text = {
         let mut patterns = patterns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        snapshot.prometheus(&mut patterns)
+        snapshot.prometheus(&mut patterns, format)
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(header::CONTENT_TYPE, format.content_type())], text)
 }
 
 async fn node(State(state): State<Arc<NodeState>>) -> impl IntoResponse {

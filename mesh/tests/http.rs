@@ -1,5 +1,6 @@
-//! The HTTP endpoint under abuse: slow clients, too many clients, and a
-//! half-sent request at shutdown, against a real `starling node`.
+//! The HTTP endpoint under abuse (slow clients, too many clients, a
+//! half-sent request at shutdown) and what its `/metrics` says, against a
+//! real `starling node`.
 
 mod common;
 
@@ -194,4 +195,67 @@ fn metrics_have_a_bounded_number_of_pattern_series_whose_counters_never_fall() {
     assert_eq!(sample(&metrics, other), Some(191.0), "{metrics}");
     let gauge = r#"starling_pattern_subscriptions{pattern="(other)",queue_group=""}"#;
     assert_eq!(sample(&metrics, gauge), Some(0.0), "{metrics}");
+}
+
+/// A GET with an `Accept` header; returns the response's head and body.
+fn get_accepting(address: &str, path: &str, accept: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Each sample's name and labels, without its value, in order.
+fn series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.rsplit_once(' ').unwrap().0)
+        .collect()
+}
+
+#[test]
+fn metrics_come_in_the_classic_text_or_in_openmetrics_as_the_scraper_asks() {
+    let node = start_node(&[], &[]);
+    let client = Client::connect(&node.tcp).unwrap();
+    let subscription = client.subscribe("orders.>").unwrap();
+    client.publish("orders.1", b"x").unwrap();
+    client.flush().unwrap();
+    subscription.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sample = "starling_client_events_in_total 1";
+    let pattern = r#"starling_pattern_delivered_total{pattern="orders.>",queue_group=""} 1"#;
+
+    let (head, text) = get_accepting(&node.http, "/metrics", "*/*");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for line in [
+        "# TYPE starling_client_events_in_total counter",
+        sample,
+        pattern,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+
+    // What Prometheus sends.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (head, open) = get_accepting(&node.http, "/metrics", prometheus);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    // OpenMetrics names a counter's family without `_total`; its samples
+    // keep the names the classic text has.
+    for line in ["# TYPE starling_client_events_in counter", sample, pattern] {
+        assert!(open.lines().any(|l| l == line), "{line} in\n{open}");
+    }
+    assert!(open.ends_with("\n# EOF\n"), "{open}");
+    assert_eq!(series(&text), series(&open));
 }

@@ -17,7 +17,7 @@
 //! Files: `views` (the JSON views), `patterns` (each subscription's
 //! figures and their sums per pattern), `pattern_series` (the per-pattern
 //! series of `/metrics`: monotonic, bounded in number), `prometheus` (the
-//! `/metrics` text).
+//! `/metrics` families, encoded by `prometheus-client`).
 
 mod pattern_series;
 mod patterns;
@@ -28,6 +28,7 @@ use starling_transport::server::{ConnectionInfo, ConnectionTotals, Server};
 
 pub use self::pattern_series::PatternSeries;
 use self::patterns::{patterns, subscription_views};
+pub use self::prometheus::MetricsFormat;
 pub use self::views::{
     ConnectionView, MemoryView, NodeView, PatternView, SubscriptionView, SubscriptionsView,
 };
