@@ -1,6 +1,8 @@
 //! `starling node`: runs a node until SIGINT or SIGTERM, then drains and
 //! stops. SIGUSR2 puts it in lame-duck mode first, as nats-server: NATS
-//! clients are told to move, and the node stops after a grace period.
+//! clients are told to move, and the node stops after a grace period. A
+//! node whose name the mesh refuses (a live member holds it) stops too, and
+//! exits non-zero.
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -69,10 +71,13 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
             tracing::warn!("io_uring is not used: {reason}");
         }
     }
-    signals.wait(&node);
+    let refused = signals.wait(&node);
     println!("stopping: draining connections");
     node.shutdown();
-    Ok(ExitCode::SUCCESS)
+    match refused {
+        Some(why) => Err(format!("the mesh refused this node: {why}").into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// How long a node in lame-duck mode (SIGUSR2) keeps serving before it
@@ -115,11 +120,19 @@ impl StopSignals {
 
     /// Blocks until the node is to stop: SIGINT at once; SIGTERM after
     /// telling NATS clients (lame duck) for a moment; SIGUSR2 after
-    /// [`LAME_DUCK_GRACE`], or sooner on SIGINT or SIGTERM.
-    fn wait(mut self, node: &Node) {
+    /// [`LAME_DUCK_GRACE`], or sooner on SIGINT or SIGTERM; at once when
+    /// the mesh refuses the node's name, returning why.
+    fn wait(mut self, node: &Node) -> Option<String> {
+        let name_refused = async {
+            match node.cluster() {
+                Some(cluster) => cluster.name_refused().await,
+                None => std::future::pending().await,
+            }
+        };
         self.runtime.block_on(async {
             let grace = tokio::select! {
-                _ = self.interrupt.recv() => return,
+                why = name_refused => return Some(why),
+                _ = self.interrupt.recv() => return None,
                 _ = self.terminate.recv() => LAME_DUCK_NOTICE,
                 _ = self.lame_duck.recv() => {
                     println!("lame duck: NATS clients are told to move; stopping in {} s", LAME_DUCK_GRACE.as_secs());
@@ -132,6 +145,7 @@ impl StopSignals {
                 _ = self.interrupt.recv() => {}
                 _ = self.terminate.recv() => {}
             }
-        });
+            None
+        })
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! A link is up only once both `HELLO`s are exchanged and agree (cluster,
 //! protocol, event format, distinct node ids, and, with mutual TLS, a
-//! certificate valid for the name the peer claims). A refusal is logged on
-//! both sides with its reason. Bad bytes from a peer close that link alone,
+//! certificate valid for the name the peer claims), and the driver lets the
+//! peer have its name (no live member holds it: the driver's `names`). A
+//! refusal is logged on both sides with its reason. Bad bytes from a peer close that link alone,
 //! with the reason as the QUIC close reason.
 
 use std::cell::RefCell;
@@ -106,6 +107,9 @@ pub(crate) enum DialError {
     /// Nothing answered within the handshake timeout: no process at the
     /// address, or no route to it.
     NoAnswer(String),
+    /// The peer refused the link because a live member holds this node's
+    /// name (the reason says which).
+    NameTaken(String),
     /// The peer could not be reached, or the handshake failed.
     Link(String),
 }
@@ -121,7 +125,9 @@ impl std::fmt::Display for DialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DialError::Unresolved(why) => write!(f, "cannot resolve: {why}"),
-            DialError::NoAnswer(why) | DialError::Link(why) => f.write_str(why),
+            DialError::NoAnswer(why) | DialError::NameTaken(why) | DialError::Link(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -174,6 +180,7 @@ pub(crate) async fn dial(
             Control::Refuse(reason) => Err(DialError::Link(format!(
                 "the peer refused the link: {reason}"
             ))),
+            Control::NameTaken(reason) => Err(DialError::NameTaken(reason)),
             other => Err(DialError::Link(format!(
                 "the peer answered HELLO with {}",
                 control_name(&other)
@@ -185,11 +192,41 @@ pub(crate) async fn dial(
         .unwrap_or_else(|_| Err(DialError::NoAnswer("handshake timed out".into())))
 }
 
-/// Accepts an incoming connection and shakes hands.
-pub(crate) async fn accept(
+/// Why an incoming connection did not become a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// It claims the name of a live member: its operator must act.
+    NameTaken(String),
+    /// The connection or the handshake failed, or the peer was refused for
+    /// another reason.
+    Failed(String),
+}
+
+impl From<String> for AcceptError {
+    fn from(why: String) -> Self {
+        AcceptError::Failed(why)
+    }
+}
+
+impl std::fmt::Display for AcceptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcceptError::NameTaken(why) | AcceptError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Accepts an incoming connection and shakes hands. `vet_name` says why
+/// the peer may not take the name it claims, if it may not (see the
+/// driver's **Names**), given its HELLO and the address it connects from.
+pub(crate) async fn accept<Vet>(
     incoming: quinn::Incoming,
     local: Arc<Local>,
-) -> Result<Established, (SocketAddr, String)> {
+    vet_name: impl FnOnce(Hello, SocketAddr) -> Vet,
+) -> Result<Established, (SocketAddr, AcceptError)>
+where
+    Vet: Future<Output = Option<String>>,
+{
     let remote = incoming.remote_address();
     let attempt = async {
         let connection = incoming
@@ -207,19 +244,17 @@ pub(crate) async fn accept(
                     control_name(&other)
                 );
                 connection.close(close::PROTOCOL, why.as_bytes());
-                return Err(why);
+                return Err(why.into());
             }
         };
+        let refused = |why: &str| format!("refused {} ({}): {why}", theirs.name, theirs.advertise);
         if let Some(why) = check_peer(&local, &connection, &theirs) {
-            // Tell the dialer why, then close once it has read it (or soon).
-            let _ = write_control(&mut send, &Control::Refuse(why.clone())).await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
-            connection.close(close::REFUSED, why.as_bytes());
-            return Err(format!(
-                "refused {} ({}): {why}",
-                theirs.name, theirs.advertise
-            ));
+            refuse(&connection, &mut send, &why, Control::Refuse).await;
+            return Err(AcceptError::Failed(refused(&why)));
+        }
+        if let Some(why) = vet_name(theirs.clone(), remote).await {
+            refuse(&connection, &mut send, &why, Control::NameTaken).await;
+            return Err(AcceptError::NameTaken(refused(&why)));
         }
         write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
         Ok(Established {
@@ -232,8 +267,22 @@ pub(crate) async fn accept(
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| Err(String::from("handshake timed out")))
+        .unwrap_or_else(|_| Err(String::from("handshake timed out").into()))
         .map_err(|error| (remote, error))
+}
+
+/// Tells the dialer why it is refused, in a `message`, then closes once it
+/// has read it (or soon).
+async fn refuse(
+    connection: &Connection,
+    send: &mut SendStream,
+    why: &str,
+    message: fn(String) -> Control,
+) {
+    let _ = write_control(send, &message(why.to_owned())).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+    connection.close(close::REFUSED, why.as_bytes());
 }
 
 fn check_peer(local: &Local, connection: &Connection, theirs: &Hello) -> Option<String> {
@@ -269,6 +318,7 @@ fn control_name(message: &Control) -> &'static str {
     match message {
         Control::Hello(_) => "HELLO",
         Control::Refuse(_) => "REFUSE",
+        Control::NameTaken(_) => "NAME_TAKEN",
         Control::Interest(_) => "INTEREST",
     }
 }
@@ -715,7 +765,8 @@ mod tests {
         let accepted = tokio::spawn(async move {
             let incoming = acceptor.accept().await.unwrap();
             let started = std::time::Instant::now();
-            (accept(incoming, local).await, started.elapsed())
+            let result = accept(incoming, local, |_, _| async { None }).await;
+            (result, started.elapsed())
         });
         let dialer = endpoint();
         let connection = dialer
@@ -728,7 +779,7 @@ mod tests {
         // configured limit for snapshots) and sends nothing of it.
         send.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
         let (result, took) = accepted.await.unwrap();
-        let (_, why) = result.unwrap_err();
+        let why = result.unwrap_err().1.to_string();
         assert!(
             why.contains(&format!("exceeds the limit of {HANDSHAKE_BYTES_MAX}")),
             "{why}"

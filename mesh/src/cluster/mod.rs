@@ -44,9 +44,9 @@ use starling_core::Bus;
 use starling_core::bus::DEFAULT_MAX_STALL;
 use thiserror::Error;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use self::driver::{Driver, Event};
+use self::driver::{Driver, Event, vet_name};
 use self::interest::{InterestConfig, NodeId};
 use self::link::Local;
 use self::membership::{Identity, MembershipConfig, MembershipError};
@@ -158,6 +158,8 @@ pub struct Cluster {
     node_id: NodeId,
     local_addr: SocketAddr,
     events: UnboundedSender<Event>,
+    /// Why this node's name was refused for good, once it is.
+    name_verdict: watch::Receiver<Option<String>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -214,6 +216,7 @@ impl Cluster {
             control_bytes_max: config.control_bytes_max,
         });
         let (events, receiver) = unbounded_channel();
+        let (name_verdict_sender, name_verdict) = watch::channel(None);
         let watcher = events.clone();
         bus.watch_local_interest(Box::new(move |change| {
             let _ = watcher.send(Event::Local(change));
@@ -232,7 +235,8 @@ impl Cluster {
                             let local = local.clone();
                             let accepted = accepted.clone();
                             tokio::spawn(async move {
-                                let result = link::accept(incoming, local).await;
+                                let vet = |hello, remote| vet_name(accepted.clone(), hello, remote);
+                                let result = link::accept(incoming, local, vet).await;
                                 let _ = accepted.send(Event::Accepted(result));
                             });
                         }
@@ -246,6 +250,7 @@ impl Cluster {
                         driver_endpoint,
                         driver_events,
                         identity,
+                        name_verdict_sender,
                     );
                     driver.run(receiver).await;
                 });
@@ -254,6 +259,7 @@ impl Cluster {
             node_id,
             local_addr,
             events,
+            name_verdict,
             thread: Some(thread),
         })
     }
@@ -281,6 +287,19 @@ impl Cluster {
         let (reply, view) = oneshot::channel();
         self.events.send(Event::View(reply)).ok()?;
         view.await.ok()
+    }
+
+    /// Resolves, with the reason, once the mesh has refused this node's
+    /// name for good: a live member holds it (a peer kept refusing it for
+    /// twice the idle timeout, past any link of this node's previous run).
+    /// Never resolves otherwise. `starling node` exits non-zero on it.
+    pub async fn name_refused(&self) -> String {
+        let mut verdict = self.name_verdict.clone();
+        match verdict.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The mesh stopped without a verdict.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Leaves the mesh: links close (peers withdraw this node's interest at

@@ -9,6 +9,7 @@
 //! | 1 `HELLO` | [`Hello`], hand-encoded so that builds that differ in anything else can still tell each other why they cannot talk |
 //! | 2 `REFUSE` | the reason, UTF-8 |
 //! | 4 `INTEREST` | an rkyv archive of [`InterestMessage`] |
+//! | 5 `NAME_TAKEN` | the reason, UTF-8: a refusal because a live member holds the name the dialer claims |
 //!
 //! (Type 3 carried member lists in protocol 1; membership is SWIM's now.)
 //!
@@ -70,6 +71,7 @@ const HELLO_MAGIC: &[u8; 4] = b"STRM";
 const TYPE_HELLO: u8 = 1;
 const TYPE_REFUSE: u8 = 2;
 const TYPE_INTEREST: u8 = 4;
+const TYPE_NAME_TAKEN: u8 = 5;
 
 /// Why bytes from a peer were refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -236,6 +238,11 @@ pub enum Control {
     Refuse(String),
     /// Interest propagation.
     Interest(InterestMessage),
+    /// The handshake failed because a live member holds the name the
+    /// dialer claims; the reason, for the log. Apart from [`Control::Refuse`]
+    /// so that the dialer knows to stop trying (see the driver's
+    /// **Names**).
+    NameTaken(String),
 }
 
 impl Control {
@@ -250,6 +257,10 @@ impl Control {
             }
             Control::Refuse(reason) => {
                 out.push(TYPE_REFUSE);
+                out.extend_from_slice(reason.as_bytes());
+            }
+            Control::NameTaken(reason) => {
+                out.push(TYPE_NAME_TAKEN);
                 out.extend_from_slice(reason.as_bytes());
             }
             Control::Interest(message) => {
@@ -286,6 +297,9 @@ impl Control {
             TYPE_HELLO => Hello::decode_body(body).map(Control::Hello),
             TYPE_REFUSE => Ok(Control::Refuse(String::from_utf8_lossy(body).into_owned())),
             TYPE_INTEREST => archived::<InterestMessage>(body, "INTEREST").map(Control::Interest),
+            TYPE_NAME_TAKEN => Ok(Control::NameTaken(
+                String::from_utf8_lossy(body).into_owned(),
+            )),
             other => Err(WireError::UnknownType(other)),
         }
     }
@@ -454,6 +468,7 @@ mod tests {
         let messages = [
             Control::Hello(hello()),
             Control::Refuse("cluster 'x' is not ours ('y')".into()),
+            Control::NameTaken("a live node named 'a' is already a member".into()),
             Control::Interest(InterestMessage::Delta {
                 epoch: 3,
                 version: 4,

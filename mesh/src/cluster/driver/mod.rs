@@ -32,8 +32,12 @@
 //! **Restarts.** A node that comes back on the same address has a new id; a
 //! link from it, or membership's news of it, makes its peers forget the old
 //! id at once.
+//!
+//! **Names.** A peer that claims the name of a live member is refused; a
+//! node whose own name stays refused gives up ([`names`]).
 
 mod membership;
+mod names;
 mod view;
 
 use std::cell::RefCell;
@@ -46,17 +50,18 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint};
 use starling_core::{Bus, InterestChange, QueueCounters, SlowConsumerPolicy, SubscribeOptions};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use self::membership::Gossip;
+use self::names::NameRefusals;
 use super::ClusterConfig;
 use super::counters::LinkCounters;
 use super::egress::{self, EgressCommand, ReplyRoutes};
 use super::interest::{Interest, InterestKey, NodeId, Output};
-use super::link::{self, DialError, Established, LinkEnd, LinkEvent, Local};
+use super::link::{self, AcceptError, DialError, Established, LinkEnd, LinkEvent, Local};
 use super::membership::Identity;
 use super::view::{ClusterView, hex_id};
-use super::wire::{Control, close};
+use super::wire::{Control, Hello, close};
 
 /// The first wait before redialing; it doubles up to the configured most.
 const REDIAL_FIRST: Duration = Duration::from_millis(100);
@@ -71,7 +76,14 @@ pub(crate) enum Event {
     /// A local subscription came or went.
     Local(InterestChange),
     /// A peer's connection finished its handshake, or failed it.
-    Accepted(Result<Established, (SocketAddr, String)>),
+    Accepted(Result<Established, (SocketAddr, AcceptError)>),
+    /// A handshake asks whether the peer that sent `hello` from `remote`
+    /// may take the name it claims: `answer` gets why not, if not.
+    VetName {
+        hello: Hello,
+        remote: SocketAddr,
+        answer: oneshot::Sender<Option<String>>,
+    },
     /// A dial finished.
     Dialed {
         address: String,
@@ -115,6 +127,8 @@ pub(crate) struct Driver {
     /// Peers forgotten lately, oldest first, kept for their figures (and
     /// taken back if one returns under the same id).
     gone: VecDeque<(NodeId, Gone)>,
+    /// Dials refused because this node's name is taken.
+    name_refusals: NameRefusals,
 }
 
 /// Forgotten peers whose figures are kept.
@@ -160,9 +174,14 @@ impl Driver {
         endpoint: Endpoint,
         events: UnboundedSender<Event>,
         identity: Identity,
+        name_verdict: watch::Sender<Option<String>>,
     ) -> Self {
         let now = Instant::now();
+        // Past one idle timeout, the links of a previous run of this node
+        // have gone silent; the second covers redials and their backoff.
+        let name_patience = 2 * config.idle_timeout;
         Self {
+            name_refusals: NameRefusals::new(name_patience, name_verdict),
             interest: Interest::new(starling_core::random_u64(), config.interest, now),
             gossip: Gossip::new(identity, config.membership.clone(), now),
             stopping: false,
@@ -224,17 +243,27 @@ impl Driver {
                     self.refusals_logged.clear();
                 }
                 let last = self.refusals_logged.insert(remote, now);
-                if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
-                    tracing::warn!("link from {remote}: {error}");
-                } else {
+                if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
                     tracing::debug!("link from {remote}: {error}");
+                } else if let AcceptError::NameTaken(_) = error {
+                    tracing::error!("link from {remote}: {error}");
+                } else {
+                    tracing::warn!("link from {remote}: {error}");
                 }
+            }
+            Event::VetName {
+                hello,
+                remote,
+                answer,
+            } => {
+                let _ = answer.send(self.name_taken(&hello, remote));
             }
             Event::Dialed { address, result } => {
                 self.dialing.remove(&address);
                 match result {
                     Ok(established) => {
                         self.backoff.remove(&address);
+                        self.name_refusals.accepted(&address);
                         let seed = self.config.seeds.contains(&address);
                         if seed {
                             self.seed_peers.insert(address, established.hello.node_id);
@@ -253,6 +282,9 @@ impl Driver {
                         // quietly, with backoff, until one succeeds.
                         let first = !self.backoff.contains_key(&address);
                         match &error {
+                            DialError::NameTaken(why) => {
+                                self.name_refusals.refused(&address, why, Instant::now())
+                            }
                             DialError::Unresolved(_) if first => tracing::warn!(
                                 %address,
                                 "{error}; the name may not exist yet (a peer starting): \
@@ -287,7 +319,7 @@ impl Driver {
                 }
                 match message {
                     Control::Interest(message) => self.interest.handle(peer, message),
-                    Control::Hello(_) | Control::Refuse(_) => {}
+                    Control::Hello(_) | Control::Refuse(_) | Control::NameTaken(_) => {}
                 }
             }
             Event::Link(LinkEvent::Closed {
@@ -342,6 +374,13 @@ impl Driver {
             control_recv,
         } = established;
         let id = hello.node_id;
+        // Checked again on an accepted link: another node may have taken
+        // the name since its handshake asked.
+        if let Some(why) = self.name_taken(&hello, connection.remote_address()) {
+            tracing::error!(peer = %hello.name, address = %hello.advertise, "link refused: {why}");
+            link::close_with(&connection, close::REFUSED, &why);
+            return false;
+        }
         let restarted: Vec<NodeId> = self
             .peers
             .iter()
@@ -634,4 +673,23 @@ fn start_egress(
         queue,
         replies,
     }
+}
+
+/// Asks the driver on `events` whether the peer that sent `hello` from
+/// `remote` may take the name it claims (for a handshake being accepted):
+/// why not, if not.
+pub(crate) async fn vet_name(
+    events: UnboundedSender<Event>,
+    hello: Hello,
+    remote: SocketAddr,
+) -> Option<String> {
+    let (answer, answered) = oneshot::channel();
+    events
+        .send(Event::VetName {
+            hello,
+            remote,
+            answer,
+        })
+        .ok()?;
+    answered.await.ok().flatten()
 }
