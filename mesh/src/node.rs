@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starling_core::{Bus, BusConfig, EventLimits};
-use starling_transport::auth::Authenticator;
+use starling_transport::auth::{Authentication, Authenticator, User};
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 
 use crate::cluster::{Cluster, ClusterError};
@@ -43,25 +43,17 @@ pub enum NodeError {
 pub struct Node {
     state: Arc<NodeState>,
     http: Option<HttpServer>,
+    /// The users in force, shared by both client protocols' sessions.
+    auth: Arc<Authentication>,
 }
 
 impl Node {
     /// Starts a node: binds every listener first, so that an address in use
     /// is reported before anything runs.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let auth = Arc::new(Authenticator::new(
-            config.token.clone(),
-            config.users.clone(),
-        ));
-        if !auth.required() && !config.allow_anonymous {
-            let exposed = [&config.listen, &config.nats]
-                .into_iter()
-                .flatten()
-                .find(|address| !is_loopback(address));
-            if let Some(address) = exposed {
-                return Err(NodeError::Anonymous(address.clone()));
-            }
-        }
+        let authenticator = Authenticator::new(config.token.clone(), config.users.clone());
+        check_exposure(&config, &authenticator)?;
+        let auth = Arc::new(Authentication::new(authenticator));
         let limits = EventLimits {
             payload_bytes_max: config.limits.payload_bytes_max,
             ..EventLimits::default()
@@ -107,7 +99,7 @@ impl Node {
                 NatsListenerConfig {
                     listen: listen.clone(),
                     server_name: config.name.clone(),
-                    auth,
+                    auth: auth.clone(),
                     max_payload: limits.payload_bytes_max,
                     connections_max: config.limits.connections_max,
                     subscriptions_max: config.limits.subscriptions_per_connection_max,
@@ -153,7 +145,24 @@ impl Node {
                 tracing::info!(name = %state.config.name, "node started, without a local server")
             }
         }
-        Ok(Node { state, http })
+        Ok(Node { state, http, auth })
+    }
+
+    /// Puts new users and shared token in force (`starling node` does this
+    /// on SIGHUP): new connections use them at once; every open connection
+    /// of either protocol whose user was removed, or whose password, token
+    /// or permissions changed, is closed, telling it why (within a second
+    /// for an idle Starling connection, at once for a NATS one). Refused,
+    /// with the old users kept, if the node would then serve other hosts
+    /// without credentials (as at start).
+    pub fn reload_users(&self, token: Option<String>, users: Vec<User>) -> Result<(), NodeError> {
+        let authenticator = Authenticator::new(token, users);
+        check_exposure(&self.state.config, &authenticator)?;
+        self.auth.replace(authenticator);
+        if let Some(nats) = &self.state.nats {
+            nats.users_reloaded();
+        }
+        Ok(())
     }
 
     /// The node's bus: publish, subscribe and request in process, as part of
@@ -227,6 +236,22 @@ impl Drop for Node {
             server.shutdown();
         }
         tracing::info!(name = %self.state.config.name, "node stopped");
+    }
+}
+
+/// Refuses a node that would serve clients on a non-loopback address
+/// without credentials, unless told to allow anonymous clients.
+fn check_exposure(config: &NodeConfig, authenticator: &Authenticator) -> Result<(), NodeError> {
+    if authenticator.required() || config.allow_anonymous {
+        return Ok(());
+    }
+    let exposed = [&config.listen, &config.nats]
+        .into_iter()
+        .flatten()
+        .find(|address| !is_loopback(address));
+    match exposed {
+        Some(address) => Err(NodeError::Anonymous(address.clone())),
+        None => Ok(()),
     }
 }
 

@@ -257,10 +257,10 @@ fn a_token_is_required_when_configured() {
     for backend in backends() {
         let config = ServerConfig {
             session: starling_transport::server::SessionConfig {
-                auth: std::sync::Arc::new(starling_transport::auth::Authenticator::new(
-                    Some("s3cret".into()),
-                    Vec::new(),
-                )),
+                auth: std::sync::Arc::new(
+                    starling_transport::auth::Authenticator::new(Some("s3cret".into()), Vec::new())
+                        .into(),
+                ),
                 ..Default::default()
             },
             ..common::config()

@@ -2,9 +2,11 @@
 //! stops. SIGUSR2 puts it in lame-duck mode first, as nats-server: NATS
 //! clients are told to move, and the node stops after a grace period. A
 //! node whose name the mesh refuses (a live member holds it) stops too, and
-//! exits non-zero.
+//! exits non-zero. SIGHUP reloads the users and token from `--config` (see
+//! [`Reload`]).
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,7 +35,12 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         tls_ca: args.tls_ca,
         insecure_dev_tls: args.insecure_dev_tls,
     };
-    let config = NodeConfig::load(args.config.as_deref(), overrides)?;
+    let config = NodeConfig::load(args.config.as_deref(), overrides.clone())?;
+    let reload = Reload {
+        path: args.config,
+        overrides,
+        started_with: config.clone(),
+    };
     // Embedded nodes may go without a local server; a node run on its own is
     // there to serve clients.
     if config.listen.is_none() && config.uds.is_none() {
@@ -71,7 +78,7 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
             tracing::warn!("io_uring is not used: {reason}");
         }
     }
-    let refused = signals.wait(&node);
+    let refused = signals.wait(&node, &reload);
     println!("stopping: draining connections");
     node.shutdown();
     match refused {
@@ -88,13 +95,65 @@ const LAME_DUCK_GRACE: Duration = Duration::from_secs(30);
 /// in the lame-duck notice.
 const LAME_DUCK_NOTICE: Duration = Duration::from_millis(200);
 
-/// SIGINT, SIGTERM and SIGUSR2, caught from the moment of
+/// What SIGHUP reloads: the `[[users]]` and `token` of the config file
+/// (flags and variables still win over the file, as at start). The rest of
+/// the configuration is read at start only; a change to it is reported, not
+/// applied. A file that does not load is refused, and the users in force
+/// stay.
+struct Reload {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    started_with: NodeConfig,
+}
+
+impl Reload {
+    fn run(&self, node: &Node) {
+        let Some(path) = &self.path else {
+            tracing::warn!("SIGHUP: no --config file to reload users from; nothing changed");
+            return;
+        };
+        let file = path.display();
+        let loaded = match NodeConfig::load(Some(path), self.overrides.clone()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::error!("SIGHUP: reload refused, the users in force stay: {error}");
+                return;
+            }
+        };
+        let users = loaded.users.len();
+        let token = loaded.token.is_some();
+        let rest = |config: &NodeConfig| NodeConfig {
+            users: Vec::new(),
+            token: None,
+            ..config.clone()
+        };
+        if rest(&loaded) != rest(&self.started_with) {
+            tracing::warn!(
+                "SIGHUP: {file} changed more than [[users]] and token; only those are reloaded, \
+                 the rest takes effect at the next start"
+            );
+        }
+        match node.reload_users(loaded.token, loaded.users) {
+            Ok(()) => tracing::warn!(
+                "SIGHUP: reloaded {users} users (shared token {}) from {file}; connections they no \
+                 longer admit are closed",
+                if token { "set" } else { "unset" }
+            ),
+            Err(error) => {
+                tracing::error!("SIGHUP: reload refused, the users in force stay: {error}");
+            }
+        }
+    }
+}
+
+/// SIGINT, SIGTERM, SIGUSR2 and SIGHUP, caught from the moment of
 /// [`StopSignals::install`].
 struct StopSignals {
     runtime: tokio::runtime::Runtime,
     interrupt: Signal,
     terminate: Signal,
     lame_duck: Signal,
+    hangup: Signal,
 }
 
 impl StopSignals {
@@ -102,12 +161,13 @@ impl StopSignals {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (interrupt, terminate, lame_duck) = {
+        let (interrupt, terminate, lame_duck, hangup) = {
             let _context = runtime.enter();
             (
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::user_defined2())?,
+                signal(SignalKind::hangup())?,
             )
         };
         Ok(StopSignals {
@@ -115,14 +175,16 @@ impl StopSignals {
             interrupt,
             terminate,
             lame_duck,
+            hangup,
         })
     }
 
     /// Blocks until the node is to stop: SIGINT at once; SIGTERM after
     /// telling NATS clients (lame duck) for a moment; SIGUSR2 after
     /// [`LAME_DUCK_GRACE`], or sooner on SIGINT or SIGTERM; at once when
-    /// the mesh refuses the node's name, returning why.
-    fn wait(mut self, node: &Node) -> Option<String> {
+    /// the mesh refuses the node's name, returning why. Each SIGHUP
+    /// meanwhile reloads the users.
+    fn wait(mut self, node: &Node, reload: &Reload) -> Option<String> {
         let name_refused = async {
             match node.cluster() {
                 Some(cluster) => cluster.name_refused().await,
@@ -130,13 +192,17 @@ impl StopSignals {
             }
         };
         self.runtime.block_on(async {
-            let grace = tokio::select! {
-                why = name_refused => return Some(why),
-                _ = self.interrupt.recv() => return None,
-                _ = self.terminate.recv() => LAME_DUCK_NOTICE,
-                _ = self.lame_duck.recv() => {
-                    println!("lame duck: NATS clients are told to move; stopping in {} s", LAME_DUCK_GRACE.as_secs());
-                    LAME_DUCK_GRACE
+            tokio::pin!(name_refused);
+            let grace = loop {
+                tokio::select! {
+                    why = &mut name_refused => return Some(why),
+                    _ = self.interrupt.recv() => return None,
+                    _ = self.terminate.recv() => break LAME_DUCK_NOTICE,
+                    _ = self.lame_duck.recv() => {
+                        println!("lame duck: NATS clients are told to move; stopping in {} s", LAME_DUCK_GRACE.as_secs());
+                        break LAME_DUCK_GRACE;
+                    }
+                    _ = self.hangup.recv() => reload.run(node),
                 }
             };
             node.enter_lame_duck();

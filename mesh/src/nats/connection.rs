@@ -67,12 +67,7 @@ pub(super) async fn serve(
     // Small frames (PONG, replies) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let cid = state.next_cid.fetch_add(1, Ordering::Relaxed);
-    let mut session = Session::new(
-        state.session.clone(),
-        &state.bus,
-        cid,
-        addr.ip().to_string(),
-    );
+    let mut session = Session::new(state.session.clone(), &state.bus, cid, addr.ip());
     let mut connection = Connection {
         stream,
         input: Vec::new(),
@@ -143,6 +138,10 @@ impl Connection {
             tokio::select! {
                 changed = mode.changed() => {
                     let now = if changed.is_ok() { *mode.borrow_and_update() } else { Mode::Stopping };
+                    // Marked changed by a reload of the node's users, too.
+                    if let Err(Close { reason }) = session.recheck_auth(&mut self.out) {
+                        return reason;
+                    }
                     match now {
                         Mode::Running => {}
                         Mode::LameDuck => session.enter_lame_duck(&mut self.out),
@@ -221,6 +220,14 @@ impl Connection {
                     if !self.source.backlog.is_empty() {
                         self.wait_for_room(session).await?;
                     }
+                }
+                Input::Verifying { used, verification } => {
+                    // Nothing else comes from this client meanwhile: the
+                    // handshake waits for its answer (a verifier thread's;
+                    // this task's thread serves others).
+                    let result = std::future::poll_fn(|cx| verification.poll(cx)).await;
+                    session.verified(result, &mut self.out)?;
+                    self.start += used;
                 }
                 Input::Incomplete { needed } => {
                     self.needed = needed;

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use starling_core::{Bus, SubscribeOptions};
-use starling_transport::auth::Authenticator;
+use starling_transport::auth::Authentication;
 use starling_transport::nats::{
     ConnectionStats, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo,
 };
@@ -44,8 +44,8 @@ pub struct NatsListenerConfig {
     /// The node's name (INFO's `server_name`).
     pub server_name: String,
     /// Who may connect (the node's users and token; neither: anyone) and
-    /// what each may do.
-    pub auth: Arc<Authenticator>,
+    /// what each may do; after a reload, call [`NatsServer::users_reloaded`].
+    pub auth: Arc<Authentication>,
     /// Largest payload (INFO's `max_payload`).
     pub max_payload: usize,
     /// Most NATS connections.
@@ -83,7 +83,9 @@ impl Default for NatsListenerConfig {
     }
 }
 
-/// What the listener is doing; every connection task watches it.
+/// What the listener is doing; every connection task watches it. It is
+/// also marked changed, unchanged, when the node's users are reloaded: each
+/// connection then checks it may stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Running,
@@ -213,6 +215,12 @@ impl NatsServer {
             }
             running
         });
+    }
+
+    /// The node's users were reloaded: every connection checks at once
+    /// that it may stay, and is closed if not.
+    pub fn users_reloaded(&self) {
+        self.mode.send_modify(|_| {});
     }
 
     /// Closes every connection after writing what it has, waiting up to

@@ -1,33 +1,46 @@
 //! Who a client is and what it may do, for both client protocols
 //! (Starling's and NATS's).
 //!
-//! - [`Authenticator`]: the node's users (a name with an argon2id password
-//!   hash, or a token) and its shared token; it turns what a client presents
-//!   into an [`Access`], or refuses it.
-//! - [`Access`]: one connection's rights: its user's [`Permissions`], and
-//!   the reply subjects it may use without a permission that lists them
-//!   (its own requests' replies; one answer to each request it received).
+//! - [`Authenticator`]: one set of the node's users (a name with an
+//!   argon2id password hash, or a token) and its shared token; it turns
+//!   what a client presents into an [`Access`], or refuses it.
+//! - [`Authentication`] (`live.rs`): the set in force, replaced when the
+//!   node reloads its users; connections let in under an older set are
+//!   checked again ([`Authentication::check`]) and closed if revoked.
+//! - `verifier.rs`: argon2 verifications on threads of their own, never on
+//!   an I/O thread, through a bounded queue, with a delay before a failed
+//!   login is answered.
+//! - [`Access`] (`access.rs`): one connection's rights: its user's
+//!   [`Permissions`], and the reply subjects it may use without a
+//!   permission that lists them (its own requests' replies; one answer to
+//!   each request it received).
 //!
 //! A connection without a user (a node without users, or the shared token)
 //! may do anything but subscribe under `$SYS.`, as before users existed.
 
+mod access;
+mod live;
 mod permissions;
 mod replies;
+mod verifier;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use starling_core::subject::INBOX_PREFIX;
 use thiserror::Error;
 
+pub use self::access::Access;
+pub use self::live::{Authentication, Begin, FAILED_LOGIN_DELAY};
 pub use self::permissions::{DeliveryFilter, Permissions, SubjectRules};
 pub use self::replies::{REPLY_GRANT_TTL, REPLY_GRANTS_MAX};
+pub use self::verifier::Verification;
+#[cfg(test)]
+pub(crate) use self::verifier::VerifierSettings;
 
-use self::replies::ReplyGrants;
+use self::access::Principal;
 use crate::secret::constant_time_eq;
 
 /// How a user proves who it is.
@@ -74,6 +87,22 @@ pub enum AuthError {
     /// A token that is neither the node's nor a user's.
     #[error("wrong token")]
     WrongToken,
+    /// Every password verifier is busy and its queue is full: the node
+    /// refuses rather than queue without end. Retry shortly.
+    #[error("the node is busy checking passwords: retry shortly")]
+    Busy,
+    /// A login from the client's address failed a moment ago, or another
+    /// from it is being checked: retry in a second.
+    #[error("too many failed logins from this address: retry in a second")]
+    Throttled,
+}
+
+impl AuthError {
+    /// True if the credentials may be right, and trying again later may
+    /// succeed ([`AuthError::Busy`], [`AuthError::Throttled`]).
+    pub fn is_retry(&self) -> bool {
+        matches!(self, AuthError::Busy | AuthError::Throttled)
+    }
 }
 
 /// A publish or subscribe outside the user's permissions. Nothing was done.
@@ -113,13 +142,16 @@ pub fn check_password_hash(phc: &str) -> Result<(), HashError> {
 /// The node's users and shared token, and the passwords already verified.
 #[derive(Default)]
 pub struct Authenticator {
-    token: Option<String>,
+    token: Option<Arc<str>>,
     users: Vec<Arc<User>>,
     /// The last password verified for each user: argon2 is slow on purpose
-    /// (tens of milliseconds on the I/O thread that handles the handshake),
-    /// so a client that reconnects with the same password is checked by a
-    /// constant-time comparison instead.
+    /// (tens of milliseconds of a verifier thread), so a client that
+    /// reconnects with the same password is checked by a constant-time
+    /// comparison instead.
     verified: Mutex<HashMap<String, String>>,
+    /// Which of the node's successive sets of users this is (see
+    /// [`Authentication::replace`]); 0 until one is in place.
+    generation: u64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -127,6 +159,7 @@ impl fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("token", &self.token.as_ref().map(|_| ".."))
             .field("users", &self.users)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
@@ -142,14 +175,29 @@ pub struct Credentials<'a> {
     pub token: &'a str,
 }
 
+/// What checking credentials takes: an answer at once, or an argon2
+/// verification (slow on purpose, so run off the I/O threads).
+pub(crate) enum Precheck {
+    Done(Result<Access, AuthError>),
+    Verify(PasswordCheck),
+}
+
+/// A password to verify against a user's hash (or against a hash of
+/// nothing, for a name nobody has).
+pub(crate) struct PasswordCheck {
+    user: Option<Arc<User>>,
+    password: String,
+}
+
 impl Authenticator {
     /// A node's authentication: `token` (shared, no permissions) and
     /// `users`. With neither, every client is let in unrestricted.
     pub fn new(token: Option<String>, users: Vec<User>) -> Self {
         Self {
-            token: token.filter(|token| !token.is_empty()),
+            token: token.filter(|token| !token.is_empty()).map(Arc::from),
             users: users.into_iter().map(Arc::new).collect(),
             verified: Mutex::default(),
+            generation: 0,
         }
     }
 
@@ -159,24 +207,33 @@ impl Authenticator {
     }
 
     /// The access of a client that presents `credentials`, or why it is
-    /// refused.
+    /// refused. Verifies a password on the calling thread: a server uses
+    /// [`Authentication::begin`] instead.
     pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Access, AuthError> {
+        match self.precheck(credentials) {
+            Precheck::Done(result) => result,
+            Precheck::Verify(check) => check.run(self),
+        }
+    }
+
+    /// Everything but an argon2 verification: tokens, a node without
+    /// credentials, and passwords verified before.
+    pub(crate) fn precheck(&self, credentials: Credentials<'_>) -> Precheck {
         if !self.required() {
-            return Ok(Access::unrestricted());
+            return Precheck::Done(Ok(Access::new(Principal::Open, self.generation)));
         }
         if !credentials.user.is_empty() {
             return self.password_user(credentials.user, credentials.password);
         }
         if credentials.token.is_empty() {
-            return Err(AuthError::Missing);
+            return Precheck::Done(Err(AuthError::Missing));
         }
         let token = credentials.token.as_bytes();
-        if self
-            .token
-            .as_ref()
-            .is_some_and(|ours| constant_time_eq(ours.as_bytes(), token))
+        if let Some(ours) = &self.token
+            && constant_time_eq(ours.as_bytes(), token)
         {
-            return Ok(Access::unrestricted());
+            let principal = Principal::SharedToken(ours.clone());
+            return Precheck::Done(Ok(Access::new(principal, self.generation)));
         }
         // Every token user is compared, so the time taken says nothing
         // about which one came close.
@@ -188,152 +245,112 @@ impl Authenticator {
                 found = Some(user.clone());
             }
         }
-        found.map(Access::of).ok_or(AuthError::WrongToken)
+        Precheck::Done(
+            found
+                .map(|user| Access::new(Principal::User(user), self.generation))
+                .ok_or(AuthError::WrongToken),
+        )
     }
 
-    fn password_user(&self, name: &str, password: &str) -> Result<Access, AuthError> {
+    fn password_user(&self, name: &str, password: &str) -> Precheck {
         let user = self
             .users
             .iter()
             .find(|user| user.name == name && matches!(user.secret, UserSecret::PasswordHash(_)));
-        let Some(user) = user else {
+        if let Some(user) = user {
+            let cached = self
+                .verified
+                .lock()
+                .expect("verified lock")
+                .get(name)
+                .is_some_and(|known| constant_time_eq(known.as_bytes(), password.as_bytes()));
+            if cached {
+                let access = Access::new(Principal::User(user.clone()), self.generation);
+                return Precheck::Done(Ok(access));
+            }
+        }
+        Precheck::Verify(PasswordCheck {
+            user: user.cloned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Whether a connection that proved to be `principal` (under an
+    /// earlier set of users) may stay under this one, and as whom.
+    pub(crate) fn still_admits(&self, principal: &Principal) -> Result<Principal, Revoked> {
+        match principal {
+            Principal::Open if self.required() => Err(Revoked::CredentialsRequired),
+            Principal::Open => Ok(Principal::Open),
+            Principal::SharedToken(token) => match &self.token {
+                Some(ours) if ours == token => Ok(Principal::SharedToken(ours.clone())),
+                _ => Err(Revoked::TokenChanged),
+            },
+            Principal::User(user) => {
+                let name = &user.name;
+                let Some(now) = self.users.iter().find(|now| now.name == *name) else {
+                    return Err(Revoked::Removed(name.clone()));
+                };
+                if now.secret != user.secret {
+                    Err(Revoked::SecretChanged(name.clone()))
+                } else if now.permissions != user.permissions {
+                    Err(Revoked::PermissionsChanged(name.clone()))
+                } else {
+                    Ok(Principal::User(now.clone()))
+                }
+            }
+        }
+    }
+}
+
+impl PasswordCheck {
+    /// Verifies the password with argon2 (tens of milliseconds).
+    pub(crate) fn run(&self, authenticator: &Authenticator) -> Result<Access, AuthError> {
+        let Some(user) = &self.user else {
             // Verified against a hash of nothing, so that a name nobody has
             // takes as long to refuse as a wrong password: the time taken
             // does not tell which names exist.
             static NOBODY: OnceLock<String> = OnceLock::new();
             let phc = NOBODY.get_or_init(|| hash_password(""));
             let hash = PasswordHash::new(phc).expect("our own hash parses");
-            let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
+            let _ = Argon2::default().verify_password(self.password.as_bytes(), &hash);
             return Err(AuthError::WrongPassword);
         };
         let UserSecret::PasswordHash(phc) = &user.secret else {
             unreachable!("found among the password users");
         };
-        let cached = self
+        let hash = PasswordHash::new(phc).map_err(|_| AuthError::WrongPassword)?;
+        Argon2::default()
+            .verify_password(self.password.as_bytes(), &hash)
+            .map_err(|_| AuthError::WrongPassword)?;
+        authenticator
             .verified
             .lock()
             .expect("verified lock")
-            .get(name)
-            .is_some_and(|known| constant_time_eq(known.as_bytes(), password.as_bytes()));
-        if !cached {
-            let hash = PasswordHash::new(phc).map_err(|_| AuthError::WrongPassword)?;
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .map_err(|_| AuthError::WrongPassword)?;
-            self.verified
-                .lock()
-                .expect("verified lock")
-                .insert(name.to_owned(), password.to_owned());
-        }
-        Ok(Access::of(user.clone()))
+            .insert(user.name.clone(), self.password.clone());
+        let principal = Principal::User(user.clone());
+        Ok(Access::new(principal, authenticator.generation))
     }
 }
 
-/// One connection's rights.
-#[derive(Debug)]
-pub struct Access {
-    /// `None`: no user, no restriction (but `$SYS.`).
-    user: Option<Arc<User>>,
-    /// Reply subjects of requests delivered to this connection: it may
-    /// publish one answer to each.
-    responses: ReplyGrants,
-    /// Reply subjects (under `_INBOX.`) of this connection's own requests:
-    /// it may receive what is published to them.
-    requests: ReplyGrants,
-}
-
-impl Access {
-    /// A connection without a user.
-    pub fn unrestricted() -> Self {
-        Self {
-            user: None,
-            responses: ReplyGrants::new(Some(1)),
-            requests: ReplyGrants::new(None),
-        }
-    }
-
-    fn of(user: Arc<User>) -> Self {
-        Self {
-            user: Some(user),
-            ..Self::unrestricted()
-        }
-    }
-
-    /// The user's name, if the connection has one.
-    pub fn user_name(&self) -> Option<&str> {
-        self.user.as_deref().map(|user| user.name.as_str())
-    }
-
-    /// May the connection subscribe to `pattern`? On success, what must be
-    /// checked for each event it delivers ([`Access::admits`]).
-    ///
-    /// A pattern under `_INBOX.` that the permissions do not allow is still
-    /// accepted: it is how a requester receives replies, and it delivers
-    /// only replies to the connection's own requests.
-    pub fn check_subscribe(&self, pattern: &str) -> Result<DeliveryFilter, PermissionError> {
-        let Some(user) = &self.user else {
-            return SubjectRules::everything()
-                .allows_pattern(pattern)
-                .ok_or_else(|| PermissionError::Subscribe(pattern.to_owned()));
-        };
-        match user.permissions.subscribe.allows_pattern(pattern) {
-            Some(filter) => Ok(filter),
-            None if pattern.starts_with(INBOX_PREFIX) => Ok(DeliveryFilter::OwnReplies),
-            None => Err(PermissionError::Subscribe(pattern.to_owned())),
-        }
-    }
-
-    /// May the connection publish to `subject` (with `reply_to`)? Allowed:
-    /// the subject is within its publish permissions, or it answers a
-    /// request it was delivered (once). Replies to the request it makes are
-    /// then its to receive.
-    pub fn check_publish(
-        &mut self,
-        subject: &str,
-        reply_to: Option<&str>,
-    ) -> Result<(), PermissionError> {
-        let Some(user) = &self.user else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if !user.permissions.publish.allows_subject(subject) && !self.responses.take(subject, now) {
-            return Err(PermissionError::Publish(subject.to_owned()));
-        }
-        if let Some(reply_to) = reply_to
-            && reply_to.starts_with(INBOX_PREFIX)
-        {
-            self.requests.grant(reply_to, now);
-        }
-        Ok(())
-    }
-
-    /// May an event on `subject` (with `reply_to`) that a subscription with
-    /// `filter` matched reach the client? If so, and it is a request the
-    /// connection may not otherwise answer, it may now answer it once.
-    pub fn admits(
-        &mut self,
-        filter: DeliveryFilter,
-        subject: &str,
-        reply_to: Option<&str>,
-    ) -> bool {
-        let Some(user) = &self.user else {
-            return true;
-        };
-        // The clock is read only for the grants (a plain event of a plain
-        // subscription is on the delivery path: no clock read for it).
-        let admitted = match filter {
-            DeliveryFilter::Nothing => true,
-            DeliveryFilter::Deny => user.permissions.subscribe.admits_delivery(subject),
-            DeliveryFilter::OwnReplies => self.requests.take(subject, Instant::now()),
-        };
-        if admitted
-            && let Some(reply_to) = reply_to
-            && !user.permissions.publish.allows_subject(reply_to)
-        {
-            self.responses.grant(reply_to, Instant::now());
-        }
-        admitted
-    }
+/// Why a connection that was let in may no longer stay, after the node's
+/// users were reloaded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Revoked {
+    /// Its user is gone.
+    #[error("authorization revoked: user '{0}' was removed")]
+    Removed(String),
+    /// Its user's password hash or token changed.
+    #[error("authorization revoked: the password or token of user '{0}' changed")]
+    SecretChanged(String),
+    /// Its user's permissions changed: it may connect again to have them.
+    #[error("authorization revoked: the permissions of user '{0}' changed; connect again")]
+    PermissionsChanged(String),
+    /// The shared token it gave changed or is gone.
+    #[error("authorization revoked: the shared token changed")]
+    TokenChanged,
+    /// It gave no credentials, and the node now asks for them.
+    #[error("authorization revoked: this node now requires credentials")]
+    CredentialsRequired,
 }
 
 #[cfg(test)]
@@ -430,7 +447,7 @@ mod tests {
 
     #[test]
     fn publish_and_subscribe_follow_the_permissions() {
-        let mut access = Access::of(Arc::new(alice()));
+        let mut access = Access::new(Principal::User(Arc::new(alice())), 1);
         assert!(access.check_publish("orders.eu.1", None).is_ok());
         assert_eq!(
             access.check_publish("orders.us.1", None),
@@ -453,7 +470,7 @@ mod tests {
 
     #[test]
     fn replies_only_to_the_requester_and_answers_only_to_requests_received() {
-        let mut requester = Access::of(Arc::new(alice()));
+        let mut requester = Access::new(Principal::User(Arc::new(alice())), 1);
         let inbox = requester.check_subscribe("_INBOX.r.*").unwrap();
         assert_eq!(inbox, DeliveryFilter::OwnReplies);
         assert!(
@@ -469,7 +486,7 @@ mod tests {
         assert!(requester.admits(inbox, "_INBOX.r.1", None));
         assert!(!requester.admits(inbox, "_INBOX.r.2", None));
 
-        let mut responder = Access::of(Arc::new(alice()));
+        let mut responder = Access::new(Principal::User(Arc::new(alice())), 1);
         assert!(
             responder.check_publish("_INBOX.r.1", None).is_err(),
             "no request received: spoofing"

@@ -19,6 +19,9 @@ pub const ERR_MAX_PAYLOAD: &[u8] = b"-ERR 'Maximum Payload Violation'\r\n";
 pub const ERR_AUTHORIZATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
 /// `-ERR` for no CONNECT within the authentication timeout.
 pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
+/// Our own: every password verifier is busy, or the client's address
+/// failed a login a moment ago; the credentials may be right, retry.
+pub const ERR_AUTH_BUSY: &[u8] = b"-ERR 'Authorization Busy, Retry Later'\r\n";
 /// `-ERR` for a SUB whose subject is not a valid pattern.
 pub const ERR_INVALID_SUBJECT: &[u8] = b"-ERR 'Invalid Subject'\r\n";
 /// `-ERR` (pedantic clients only, as nats-server) for a PUB to an invalid subject.

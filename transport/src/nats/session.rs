@@ -21,6 +21,7 @@
 //! input.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -31,7 +32,9 @@ use starling_core::{Bus, EventRef, Header, Mailbox, Message, SubscribeOptions};
 
 use super::parser::{ClientOp, ParseError, Parsed, Parser};
 use super::proto::{self, ConnectOptions, ServerInfo};
-use crate::auth::{Access, Authenticator, Credentials, DeliveryFilter};
+use crate::auth::{
+    Access, AuthError, Authentication, Begin, Credentials, DeliveryFilter, Verification,
+};
 
 /// What every NATS session of a listener shares.
 #[derive(Debug, Clone)]
@@ -41,8 +44,9 @@ pub struct NatsConfig {
     pub info: ServerInfo,
     /// Who may connect and what each may do: a CONNECT must carry a user's
     /// `user` and `pass`, or a token (`auth_token`, or `pass` alone), when
-    /// the node has users or a token.
-    pub auth: Arc<Authenticator>,
+    /// the node has users or a token. Replaceable while the listener runs:
+    /// see [`Session::recheck_auth`].
+    pub auth: Arc<Authentication>,
     /// Longest control line.
     pub max_control_line: usize,
     /// Most subscriptions one connection may hold.
@@ -77,6 +81,15 @@ pub enum Input<'a> {
         used: usize,
         /// The message.
         publish: Publish<'a>,
+    },
+    /// A CONNECT whose password is being verified (on a verifier thread);
+    /// it took `used` bytes. Await the verification, then call
+    /// [`Session::verified`]; handle no more input meanwhile.
+    Verifying {
+        /// Bytes of input used.
+        used: usize,
+        /// The answer, when it comes.
+        verification: Arc<Verification>,
     },
     /// No whole operation yet: read until the input holds `needed` bytes.
     Incomplete {
@@ -155,8 +168,15 @@ pub struct Session {
     info: ServerInfo,
     parser: Parser,
     mailbox: Mailbox,
-    /// The CONNECT, once received.
+    /// The CONNECT, once accepted.
     connect: Option<ConnectOptions>,
+    /// Let in: by its CONNECT's credentials, or from the start by a node
+    /// that asks for none.
+    admitted: bool,
+    /// A CONNECT whose password is being verified.
+    verifying: Option<ConnectOptions>,
+    /// The client's address, for the failed-login throttle.
+    peer: IpAddr,
     /// What the client may do, as its CONNECT's credentials say.
     access: Access,
     /// By mailbox tag; tags are never reused, so an event queued for a
@@ -170,11 +190,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for connection `client_id` from `client_ip`.
-    pub fn new(config: Arc<NatsConfig>, bus: &Bus, client_id: u64, client_ip: String) -> Self {
+    /// A session for connection `client_id` from `peer`.
+    pub fn new(config: Arc<NatsConfig>, bus: &Bus, client_id: u64, peer: IpAddr) -> Self {
+        // A node that asks for no credentials lets the client in before
+        // its CONNECT (if it sends one at all), under the current users:
+        // a reload that adds some revokes it.
+        let (admitted, access) = match config.auth.begin(Credentials::default(), None) {
+            Begin::Done(Ok(access)) => (true, access),
+            Begin::Done(Err(_)) | Begin::Verifying(_) => (false, Access::unrestricted()),
+        };
         let info = ServerInfo {
             client_id,
-            client_ip,
+            client_ip: peer.to_string(),
+            auth_required: !admitted,
             ..config.info.clone()
         };
         Self {
@@ -183,7 +211,10 @@ impl Session {
             info,
             config,
             connect: None,
-            access: Access::unrestricted(),
+            admitted,
+            verifying: None,
+            peer,
+            access,
             subs: HashMap::new(),
             tags: HashMap::new(),
             next_tag: 1,
@@ -213,7 +244,7 @@ impl Session {
 
     /// The client must still send CONNECT with its credentials.
     pub fn awaiting_auth(&self) -> bool {
-        self.config.auth.required() && self.connect.is_none()
+        !self.admitted
     }
 
     /// The INFO line a server sends first.
@@ -236,13 +267,18 @@ impl Session {
         {
             return Err(authorization_violation(out));
         }
+        self.recheck_auth(out)?;
         let (op, used) = match self.parser.parse(input) {
             Ok(Parsed::Op(op, used)) => (op, used),
             Ok(Parsed::Incomplete { needed }) => return Ok(Input::Incomplete { needed }),
             Err(error) => return Err(parse_failure(error, out)),
         };
         match op {
-            ClientOp::Connect(json) => self.handle_connect(json, out)?,
+            ClientOp::Connect(json) => {
+                if let Some(verification) = self.handle_connect(json, out)? {
+                    return Ok(Input::Verifying { used, verification });
+                }
+            }
             ClientOp::Ping => {
                 // A client's flush is a PING: what was published before it
                 // (its own messages to its own subscriptions included, as
@@ -390,7 +426,47 @@ impl Session {
         self.greeting(out);
     }
 
-    fn handle_connect(&mut self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Close> {
+    /// After the node's users were reloaded: closes the connection (with
+    /// nats-server's `-ERR 'Authorization Violation'`) if they no longer
+    /// let it in. An atomic load otherwise; called for every operation, and
+    /// by the driver when told of a reload.
+    pub fn recheck_auth(&mut self, out: &mut Vec<u8>) -> Result<(), Close> {
+        if !self.admitted {
+            return Ok(());
+        }
+        match self.config.auth.check(&mut self.access) {
+            Ok(()) => Ok(()),
+            Err(revoked) => {
+                tracing::info!(
+                    client_id = self.info.client_id,
+                    "closing a NATS connection: {revoked}"
+                );
+                out.extend_from_slice(proto::ERR_AUTHORIZATION);
+                Err(Close {
+                    reason: "authorization revoked",
+                })
+            }
+        }
+    }
+
+    /// The answer to the password verification [`Input::Verifying`] handed
+    /// out: the connection is let in, or refused (and must close).
+    pub fn verified(
+        &mut self,
+        result: Result<Access, AuthError>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
+        let connect = self.verifying.take().expect("a CONNECT was being verified");
+        self.authenticated(connect, result, out)
+    }
+
+    /// Handles a CONNECT; returns the verification to await if its
+    /// password must be verified first.
+    fn handle_connect(
+        &mut self,
+        json: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Arc<Verification>>, Close> {
         // A CONNECT that is not JSON: nats-server closes without a word.
         let connect: ConnectOptions = serde_json::from_slice(json).map_err(|_| Close {
             reason: "malformed CONNECT",
@@ -409,10 +485,32 @@ impl Session {
             password,
             token,
         };
-        self.access = match self.config.auth.authenticate(credentials) {
+        match self.config.auth.begin(credentials, Some(self.peer)) {
+            Begin::Done(result) => self.authenticated(connect, result, out).map(|()| None),
+            Begin::Verifying(verification) => {
+                self.verifying = Some(connect);
+                Ok(Some(verification))
+            }
+        }
+    }
+
+    fn authenticated(
+        &mut self,
+        connect: ConnectOptions,
+        result: Result<Access, AuthError>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
+        self.access = match result {
             Ok(access) => access,
+            Err(error) if error.is_retry() => {
+                out.extend_from_slice(proto::ERR_AUTH_BUSY);
+                return Err(Close {
+                    reason: "busy checking passwords",
+                });
+            }
             Err(_) => return Err(authorization_violation(out)),
         };
+        self.admitted = true;
         let _ = self.stats.client.set(ClientInfo {
             name: connect.name.clone().unwrap_or_default(),
             lang: connect.lang.clone().unwrap_or_default(),

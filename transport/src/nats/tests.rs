@@ -1,6 +1,8 @@
 //! The session against a real bus, and the parser under random input.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -9,7 +11,10 @@ use starling_core::{Bus, SubscribeOptions};
 use super::parser::{ClientOp, MAX_CONTROL_LINE, Parsed, Parser};
 use super::proto::{self, ServerInfo};
 use super::session::{Close, Input, NatsConfig, Session};
-use crate::auth::{Authenticator, Permissions, SubjectRules, User, UserSecret, hash_password};
+use crate::auth::{Authentication, Authenticator, Permissions, SubjectRules, User, UserSecret};
+use crate::auth::{VerifierSettings, hash_password};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn config(token: Option<&str>) -> Arc<NatsConfig> {
     config_with(Authenticator::new(token.map(Into::into), Vec::new()))
@@ -33,7 +38,15 @@ fn config_with(auth: Authenticator) -> Arc<NatsConfig> {
             client_ip: String::new(),
             ldm: false,
         },
-        auth: Arc::new(auth),
+        // A short failed-login delay: these tests refuse several.
+        auth: Arc::new(Authentication::with_verifier(
+            auth,
+            VerifierSettings {
+                threads: 1,
+                queue: 8,
+                failure_delay: Duration::from_millis(1),
+            },
+        )),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 4,
         mailbox: SubscribeOptions::default(),
@@ -56,6 +69,13 @@ fn run(session: &mut Session, bus: &Bus, input: &[u8]) -> (String, Option<Close>
                 }
                 at += used;
             }
+            Ok(Input::Verifying { used, verification }) => {
+                let result = wait(|cx| verification.poll(cx));
+                if let Err(close) = session.verified(result, &mut out) {
+                    break Some(close);
+                }
+                at += used;
+            }
             Ok(Input::Incomplete { .. }) => break None,
             Err(close) => break Some(close),
         }
@@ -66,10 +86,31 @@ fn run(session: &mut Session, bus: &Bus, input: &[u8]) -> (String, Option<Close>
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// Unparks the thread that waits.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls until ready, parking the thread in between.
+fn wait<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(value) = poll(&mut cx) {
+            return value;
+        }
+        std::thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
 #[test]
 fn pub_sub_with_headers_and_auto_unsubscribe() {
     let bus = Bus::default();
-    let mut session = Session::new(config(None), &bus, 1, "127.0.0.1".into());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     let (out, closed) = run(
         &mut session,
         &bus,
@@ -92,7 +133,7 @@ fn pub_sub_with_headers_and_auto_unsubscribe() {
 #[test]
 fn what_was_published_before_a_ping_goes_out_before_the_pong() {
     let bus = Bus::default();
-    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     let mut out = Vec::new();
     let input = b"SUB a 1\r\nPUB a 1\r\nx\r\nPING\r\n";
     let mut at = 0;
@@ -104,7 +145,9 @@ fn what_was_published_before_a_ping_goes_out_before_the_pong() {
                 session.published(&publish, outcome, &mut out).unwrap();
                 at += used;
             }
-            Input::Incomplete { .. } => unreachable!("the input is whole"),
+            Input::Incomplete { .. } | Input::Verifying { .. } => {
+                unreachable!("the input is whole, and no password is asked")
+            }
         }
     }
     assert_eq!(out, b"MSG a 1 1\r\nx\r\nPONG\r\n");
@@ -113,7 +156,7 @@ fn what_was_published_before_a_ping_goes_out_before_the_pong() {
 #[test]
 fn a_request_to_nobody_gets_a_503_on_the_inbox() {
     let bus = Bus::default();
-    let mut session = Session::new(config(None), &bus, 1, "127.0.0.1".into());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     let (out, _) = run(
         &mut session,
         &bus,
@@ -130,12 +173,12 @@ fn nothing_but_connect_before_authentication() {
         b"CONNECT {\"auth_token\":\"no\"}\r\n",
         b"x",
     ] {
-        let mut session = Session::new(config(Some("secret")), &bus, 1, String::new());
+        let mut session = Session::new(config(Some("secret")), &bus, 1, LOCAL);
         let (out, closed) = run(&mut session, &bus, input);
         assert_eq!(out, "-ERR 'Authorization Violation'\r\n");
         assert!(closed.is_some());
     }
-    let mut session = Session::new(config(Some("secret")), &bus, 1, String::new());
+    let mut session = Session::new(config(Some("secret")), &bus, 1, LOCAL);
     let (out, closed) = run(
         &mut session,
         &bus,
@@ -168,7 +211,7 @@ fn errors_are_nats_servers() {
         ),
     ];
     for (input, expected, closes) in cases {
-        let mut session = Session::new(config(None), &bus, 1, String::new());
+        let mut session = Session::new(config(None), &bus, 1, LOCAL);
         let (out, closed) = run(&mut session, &bus, input);
         assert_eq!(
             (out.as_str(), closed.is_some()),
@@ -177,7 +220,7 @@ fn errors_are_nats_servers() {
             String::from_utf8_lossy(input)
         );
     }
-    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     let (out, _) = run(
         &mut session,
         &bus,
@@ -189,7 +232,7 @@ fn errors_are_nats_servers() {
 #[test]
 fn unanswered_pings_make_a_connection_stale() {
     let bus = Bus::default();
-    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     let mut out = Vec::new();
     session.handle_ping_timer(&mut out).unwrap();
     run(&mut session, &bus, b"PONG\r\n");
@@ -209,7 +252,7 @@ fn unanswered_pings_make_a_connection_stale() {
 #[test]
 fn a_starling_event_with_headers_reaches_a_nats_client_as_hmsg() {
     let bus = Bus::default();
-    let mut session = Session::new(config(None), &bus, 1, String::new());
+    let mut session = Session::new(config(None), &bus, 1, LOCAL);
     run(
         &mut session,
         &bus,
@@ -271,7 +314,7 @@ fn users_authenticate_with_user_and_pass_or_a_token() {
         b"CONNECT {}\r\n",
         b"CONNECT {\"auth_token\":\"nope\"}\r\n",
     ] {
-        let mut session = Session::new(config.clone(), &bus, 1, String::new());
+        let mut session = Session::new(config.clone(), &bus, 1, LOCAL);
         let (out, closed) = run(&mut session, &bus, refused);
         assert_eq!(out, "-ERR 'Authorization Violation'\r\n");
         assert!(closed.is_some());
@@ -280,7 +323,7 @@ fn users_authenticate_with_user_and_pass_or_a_token() {
         &b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\nPING\r\n"[..],
         b"CONNECT {\"auth_token\":\"svc-token\"}\r\nPING\r\n",
     ] {
-        let mut session = Session::new(config.clone(), &bus, 1, String::new());
+        let mut session = Session::new(config.clone(), &bus, 1, LOCAL);
         assert_eq!(
             run(&mut session, &bus, accepted),
             ("PONG\r\n".to_owned(), None)
@@ -292,7 +335,7 @@ fn users_authenticate_with_user_and_pass_or_a_token() {
 fn permissions_refuse_with_nats_servers_texts_and_nothing_else_happens() {
     let bus = Bus::default();
     let watcher = bus.subscribe(">").unwrap();
-    let mut alice = Session::new(config_with(users()), &bus, 1, String::new());
+    let mut alice = Session::new(config_with(users()), &bus, 1, LOCAL);
     let (out, closed) = run(
         &mut alice,
         &bus,
@@ -324,7 +367,7 @@ fn permissions_refuse_with_nats_servers_texts_and_nothing_else_happens() {
 #[test]
 fn a_subscription_overlapping_a_deny_never_delivers_a_denied_subject() {
     let bus = Bus::default();
-    let mut alice = Session::new(config_with(users()), &bus, 1, String::new());
+    let mut alice = Session::new(config_with(users()), &bus, 1, LOCAL);
     run(
         &mut alice,
         &bus,
@@ -345,9 +388,9 @@ fn replies_reach_only_the_requester_and_only_a_responder_may_answer() {
     let bus = Bus::default();
     let config = config_with(users());
     let connect_alice = &b"CONNECT {\"user\":\"alice\",\"pass\":\"pw\"}\r\n"[..];
-    let mut requester = Session::new(config.clone(), &bus, 1, String::new());
-    let mut thief = Session::new(config.clone(), &bus, 2, String::new());
-    let mut responder = Session::new(config, &bus, 3, String::new());
+    let mut requester = Session::new(config.clone(), &bus, 1, LOCAL);
+    let mut thief = Session::new(config.clone(), &bus, 2, LOCAL);
+    let mut responder = Session::new(config, &bus, 3, LOCAL);
     run(&mut requester, &bus, connect_alice);
     run(&mut thief, &bus, connect_alice);
     let (out, _) = run(
@@ -455,7 +498,7 @@ proptest! {
         noise in proptest::collection::vec(any::<u8>(), 0..600),
     ) {
         let bus = Bus::default();
-        let mut session = Session::new(config(None), &bus, 1, String::new());
+        let mut session = Session::new(config(None), &bus, 1, LOCAL);
         let mut input = prefix.concat();
         input.extend_from_slice(&noise);
         let (out, closed) = run(&mut session, &bus, &input);

@@ -259,6 +259,7 @@ impl Loop<'_> {
             refuse(&stream, self.server.config.connections_max);
             return;
         }
+        let peer = super::peer_ip(&remote);
         let (id, stats) = self.server.connections.open(stream.transport(), remote);
         let entry = self.connections.vacant_entry();
         let index = entry.key();
@@ -276,7 +277,7 @@ impl Loop<'_> {
         entry.insert(Connection {
             id,
             stream,
-            session: self.server.new_session(stats),
+            session: self.server.new_session(peer, stats),
             waker,
             task_waker,
             write_blocked: false,

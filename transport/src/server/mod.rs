@@ -34,7 +34,7 @@ mod uring;
 mod wake;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -122,16 +122,27 @@ struct ServerState {
 }
 
 impl ServerState {
-    /// The session of a new connection, whose counters are `stats`.
-    fn new_session(&self, stats: Arc<ConnectionStats>) -> session::Session {
+    /// The session of a new connection from `peer`, whose counters are
+    /// `stats`.
+    fn new_session(&self, peer: Option<IpAddr>, stats: Arc<ConnectionStats>) -> session::Session {
         session::Session::new(
             &self.bus,
             self.session.clone(),
+            peer,
             stats,
             self.partial_frames.clone(),
             self.subscriptions.clone(),
         )
     }
+}
+
+/// The client's address in a connection's `remote` (`IP:PORT`; empty for a
+/// Unix socket).
+fn peer_ip(remote: &str) -> Option<IpAddr> {
+    remote
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|address| address.ip())
 }
 
 impl Server {

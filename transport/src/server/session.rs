@@ -8,6 +8,7 @@
 //! connection once the `ERR` is written. Other connections are not affected.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -22,7 +23,8 @@ use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
 use super::counters::{ConnectionStats, SubscriptionStats};
 use super::outbox::{Full, Outbox};
-use crate::auth::{Access, Authenticator, Credentials, DeliveryFilter};
+use crate::auth::{Access, AuthError, Authentication, Begin, Credentials, DeliveryFilter};
+use crate::auth::{Revoked, Verification};
 use crate::budget::Budget;
 use crate::frame::control::{ErrorBody, Hello, Subscribe};
 use crate::frame::{
@@ -42,8 +44,8 @@ pub struct SessionConfig {
     /// The node's name, sent in its `HELLO`.
     pub server_name: String,
     /// Who may connect (users, or a shared token; neither: anyone) and what
-    /// each may do.
-    pub auth: Arc<Authenticator>,
+    /// each may do; replaceable while the server runs.
+    pub auth: Arc<Authentication>,
     /// Most subscriptions one connection may hold.
     pub subscriptions_max: usize,
     /// Largest frame body accepted.
@@ -112,6 +114,12 @@ struct Protocol {
     /// What the client may do; unrestricted until the handshake says who
     /// it is (nothing but `HELLO` is handled before).
     access: Access,
+    /// The client's address, for the failed-login throttle (none on a Unix
+    /// socket).
+    peer: Option<IpAddr>,
+    /// The handshake's password, being verified on a verifier thread: the
+    /// session is stalled until the answer comes (see `Session::resume`).
+    verifying: Option<Verifying>,
     outbox: Outbox,
     /// The mailbox's drop count last reported to the client.
     dropped_reported: u64,
@@ -131,6 +139,13 @@ struct Protocol {
     pings_unanswered: u32,
 }
 
+/// A handshake waiting for its password to be verified.
+#[derive(Debug)]
+struct Verifying {
+    verification: Arc<Verification>,
+    client_name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Waiting for the client's `HELLO`.
@@ -142,12 +157,13 @@ enum State {
 }
 
 impl Session {
-    /// A session for a new connection; what it holds of half-received
-    /// frames is charged to `partial_frames`, its subscriptions to the
-    /// node's `subscriptions`.
+    /// A session for a new connection from `peer`; what it holds of
+    /// half-received frames is charged to `partial_frames`, its
+    /// subscriptions to the node's `subscriptions`.
     pub(crate) fn new(
         bus: &Bus,
         config: Arc<SessionConfig>,
+        peer: Option<IpAddr>,
         stats: Arc<ConnectionStats>,
         partial_frames: Arc<Budget>,
         subscriptions: Arc<Budget>,
@@ -170,6 +186,8 @@ impl Session {
                 subscriptions: HashMap::new(),
                 node_subscriptions: subscriptions,
                 access: Access::unrestricted(),
+                peer,
+                verifying: None,
                 dropped_reported: 0,
                 backlog: Backlog::new(),
                 spill: AlignedVec::new(),
@@ -182,10 +200,13 @@ impl Session {
     }
 
     /// True while the connection must not be read: an event it published
-    /// waits for room, or its answers wait for room in the outbox, and the
-    /// frames that came meanwhile wait their turn.
+    /// waits for room, or its answers wait for room in the outbox, or its
+    /// password is being verified, and the frames that came meanwhile wait
+    /// their turn.
     pub(crate) fn stalled(&self) -> bool {
-        !self.protocol.backlog.is_empty() || self.protocol.spill_at < self.protocol.spill.len()
+        !self.protocol.backlog.is_empty()
+            || self.protocol.spill_at < self.protocol.spill.len()
+            || self.protocol.verifying.is_some()
     }
 
     /// True if the session is stalled only for room in its outbox, and has
@@ -193,6 +214,7 @@ impl Session {
     pub(crate) fn outbox_has_room_again(&self) -> bool {
         self.stalled()
             && self.protocol.backlog.is_empty()
+            && self.protocol.verifying.is_none()
             && self.protocol.outbox.has_room_for_control()
     }
 
@@ -201,12 +223,22 @@ impl Session {
         self.protocol.backlog.deadline()
     }
 
-    /// Hands over what the stalled event owes, then handles the frames that
-    /// came meanwhile, until one stalls again. Returns true if still stalled;
-    /// then `cx`'s waker is registered with every queue it waits for (call
-    /// again on wake-up, or at [`Session::stall_deadline`]), or the outbox is
-    /// full (call again once something was sent).
+    /// Takes the answer of the password verification, then hands over what
+    /// the stalled event owes, then handles the frames that came meanwhile,
+    /// until one stalls again. Returns true if still stalled; then `cx`'s
+    /// waker is registered with the verification or every queue it waits
+    /// for (call again on wake-up, or at [`Session::stall_deadline`]), or the
+    /// outbox is full (call again once something was sent).
     pub(crate) fn resume(&mut self, cx: &mut Context<'_>, publisher: &mut Publisher) -> bool {
+        if let Some(verifying) = &self.protocol.verifying {
+            let Poll::Ready(result) = verifying.verification.poll(cx) else {
+                return true;
+            };
+            let verifying = self.protocol.verifying.take().expect("checked above");
+            // A refusal starts closing: the frames spilled meanwhile are
+            // then ignored.
+            let _ = self.protocol.authenticated(result, &verifying.client_name);
+        }
         loop {
             // Registers the waker for whatever is owed now, including what a
             // spilled frame handled below has just come to owe.
@@ -253,6 +285,9 @@ impl Session {
     /// is registered and woken when the next delivery arrives.
     pub(crate) fn pull(&mut self, cx: &mut Context<'_>) -> bool {
         let protocol = &mut self.protocol;
+        if protocol.state == State::Ready && protocol.authorized().is_err() {
+            return false;
+        }
         let Some(mailbox) = &protocol.mailbox else {
             return false;
         };
@@ -323,6 +358,10 @@ impl Session {
     pub(crate) fn tick(&mut self, now: Instant) -> Tick {
         let protocol = &mut self.protocol;
         let heard_from = std::mem::take(&mut protocol.heard_from);
+        // An idle connection, too, is closed soon after a reload revoked it.
+        if protocol.state == State::Ready && protocol.authorized().is_err() {
+            return Tick::Write;
+        }
         match protocol.state {
             State::Handshake if now >= protocol.deadline => {
                 let reason = format!(
@@ -458,6 +497,7 @@ impl Protocol {
         // instead of overflowing the outbox.
         let stalled = !self.backlog.is_empty()
             || self.spill_at < self.spill.len()
+            || self.verifying.is_some()
             || !self.outbox.has_room_for_control();
         if stalled && self.state != State::Closing {
             // Stalled: keep the frame, in order, for `Session::resume`.
@@ -468,6 +508,9 @@ impl Protocol {
             return Ok(());
         }
         let tag = frame.header.tag;
+        if self.state == State::Ready {
+            self.authorized()?;
+        }
         match (self.state, frame.header.kind) {
             (State::Closing, _) => Err(Fatal),
             (State::Handshake, Kind::Hello) => self.hello(frame.body),
@@ -523,14 +566,59 @@ impl Protocol {
             password: &hello.password,
             token: &hello.token,
         };
-        self.access = match self.config.auth.authenticate(credentials) {
+        match self.config.auth.begin(credentials, self.peer) {
+            Begin::Done(result) => self.authenticated(result, &hello.name),
+            Begin::Verifying(verification) => {
+                // Stalled until the answer wakes the session.
+                self.verifying = Some(Verifying {
+                    verification,
+                    client_name: hello.name,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// The handshake's outcome: the connection is open, or refused.
+    fn authenticated(
+        &mut self,
+        result: Result<Access, AuthError>,
+        client_name: &str,
+    ) -> Result<(), Fatal> {
+        self.access = match result {
             Ok(access) => access,
-            Err(error) => return Err(self.fail(ErrorCode::Unauthorized, 0, error.to_string())),
+            Err(error) => {
+                // Busy or throttled: the credentials may be right; retry.
+                let code = if error.is_retry() {
+                    ErrorCode::Limit
+                } else {
+                    ErrorCode::Unauthorized
+                };
+                return Err(self.fail(code, 0, error.to_string()));
+            }
         };
-        self.stats.set_client_name(&hello.name);
+        self.stats.set_client_name(client_name);
         self.state = State::Ready;
         let ours = Hello::ours(&self.config.server_name, "");
         self.reply(Kind::Hello, 0, &ours.encode())
+    }
+
+    /// Closes the connection if the node's users were reloaded and no
+    /// longer let it in (an atomic load otherwise).
+    fn authorized(&mut self) -> Result<(), Fatal> {
+        match self.config.auth.check(&mut self.access) {
+            Ok(()) => Ok(()),
+            Err(revoked) => Err(self.revoke(&revoked)),
+        }
+    }
+
+    #[cold]
+    fn revoke(&mut self, revoked: &Revoked) -> Fatal {
+        tracing::info!(
+            client = self.stats.client_name.get().map_or("", String::as_str),
+            "closing a connection: {revoked}"
+        );
+        self.fail(ErrorCode::Unauthorized, 0, revoked.to_string())
     }
 
     fn subscribe(&mut self, sid: u64, body: &[u8]) -> Result<(), Fatal> {
@@ -674,6 +762,7 @@ impl Protocol {
     fn fail(&mut self, code: ErrorCode, tag: u64, reason: String) -> Fatal {
         if self.state != State::Closing {
             let _ = self.error(code, tag, reason);
+            self.verifying = None;
             self.state = State::Closing;
             self.deadline = Instant::now() + self.config.handshake_timeout;
         }

@@ -10,6 +10,7 @@ fn session(bus: &Bus) -> Session {
     Session::new(
         bus,
         config,
+        None,
         Arc::new(ConnectionStats::default()),
         Arc::new(Budget::new(1 << 20)),
         Arc::new(Budget::new(1 << 20)),

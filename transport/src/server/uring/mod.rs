@@ -519,6 +519,7 @@ impl Loop<'_> {
             refuse(&stream, self.server.config.connections_max);
             return Ok(());
         }
+        let peer = super::peer_ip(&remote);
         let (id, stats) = self.server.connections.open(stream.transport(), remote);
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -539,7 +540,7 @@ impl Loop<'_> {
         self.slots[slot as usize].connection = Some(Connection {
             id,
             stream,
-            session: self.server.new_session(stats),
+            session: self.server.new_session(peer, stats),
             waker,
             task_waker,
             receiving: false,
