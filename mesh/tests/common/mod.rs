@@ -289,6 +289,52 @@ pub fn subscription_count(node: &Node) -> usize {
     json["subscriptions"].as_u64().unwrap() as usize
 }
 
+/// `starling passwd`, as an operator runs it: the password on stdin.
+pub fn passwd(password: &str) -> String {
+    let mut child = Process(
+        starling(&["passwd"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    let output = wait_output(&mut child, Duration::from_secs(10));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let hash = text(&output.stdout).trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    hash
+}
+
+/// A `HELLO` frame of the Starling protocol, as a client sends it first,
+/// with these credentials (empty strings for none).
+pub fn hello_frame(user: &str, password: &str, token: &str) -> Vec<u8> {
+    use starling_transport::frame::control::Hello;
+    use starling_transport::frame::{Header, Kind, padded};
+    let mut hello = Hello::ours("raw", token);
+    hello.user = user.into();
+    hello.password = password.into();
+    let body = hello.encode();
+    let mut frame = Header::new(Kind::Hello, 0, body.len()).encode().to_vec();
+    frame.extend_from_slice(&body);
+    frame.resize(frame.len() + padded(body.len()) - body.len(), 0);
+    frame
+}
+
+/// The frames of the Starling protocol in `bytes`: (kind, tag, body).
+pub fn frames_in(bytes: &[u8]) -> Vec<(starling_transport::frame::Kind, u64, Vec<u8>)> {
+    let mut decoder = starling_transport::frame::Decoder::new(1 << 20);
+    let mut frames = Vec::new();
+    let _ = decoder.feed(bytes, |frame| {
+        frames.push((frame.header.kind, frame.header.tag, frame.body.to_vec()));
+        Ok::<(), ()>(())
+    });
+    frames
+}
+
 /// Polls `done` every 10 ms until it holds; fails the test with `what` after
 /// `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
