@@ -150,8 +150,9 @@ pub struct Limits {
     /// clients together; a client whose frame would need more is closed
     /// with an `ERR` (limit).
     pub partial_frame_bytes_max: usize,
-    /// Most subscriptions of all local clients together (the node's own
-    /// protocol); more are refused with an `ERR` (limit).
+    /// Most subscriptions of all clients together, of both protocols; more
+    /// are refused with an `ERR` (limit; NATS: `-ERR 'maximum subscriptions
+    /// exceeded'`).
     pub subscriptions_max: usize,
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starling_core::{Bus, BusConfig, EventLimits};
 use starling_transport::auth::{Authentication, Authenticator, User};
+use starling_transport::budget::Budget;
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
 
 use crate::cluster::{Cluster, ClusterError};
@@ -93,6 +94,11 @@ impl Node {
             )
         });
         let server = server.transpose()?;
+        // One subscription limit for the clients of both protocols.
+        let node_subscriptions = match &server {
+            Some(server) => server.subscriptions().clone(),
+            None => Arc::new(Budget::new(config.limits.subscriptions_max)),
+        };
         let nats = match &config.nats {
             Some(listen) => Some(NatsServer::start(
                 bus.clone(),
@@ -103,6 +109,7 @@ impl Node {
                     max_payload: limits.payload_bytes_max,
                     connections_max: config.limits.connections_max,
                     subscriptions_max: config.limits.subscriptions_per_connection_max,
+                    node_subscriptions,
                     pending_events_max: config.limits.pending_events_per_connection_max,
                     ..NatsListenerConfig::default()
                 },

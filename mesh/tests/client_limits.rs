@@ -7,7 +7,10 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{get, resident_bytes_of, start_node, start_node_with_descriptors, temp_dir};
+use common::{
+    get, resident_bytes_of, start_node, start_node_with_descriptors, subscription_count, temp_dir,
+    wait_until,
+};
 use starling_transport::client::Client;
 
 /// CPU time (user + system) the process has used, in clock ticks.
@@ -123,4 +126,59 @@ fn an_idle_connection_costs_the_node_little_memory() {
     );
     drop(idle);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `[limits] subscriptions_max` counts the subscriptions of both client
+/// protocols together: NATS clients' as well as Starling clients'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wide_subscription_limit_counts_both_protocols() {
+    let dir = temp_dir();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, "[limits]\nsubscriptions_max = 4\n").unwrap();
+    let node =
+        tokio::task::block_in_place(|| start_node(&["--config", config.to_str().unwrap()], &[]));
+    let count = |expected: usize| {
+        tokio::task::block_in_place(|| {
+            wait_until(
+                &format!("{expected} subscriptions"),
+                Duration::from_secs(10),
+                || subscription_count(&node) == expected,
+            )
+        })
+    };
+    // A Starling client holds its reply inbox and one subscription.
+    let starling = tokio::task::block_in_place(|| Client::connect(&node.tcp)).unwrap();
+    let _a = tokio::task::block_in_place(|| starling.subscribe("a")).unwrap();
+    count(2);
+    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+    let nats = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let errors = errors_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = errors.send(error.to_string());
+                }
+            }
+        })
+        .connect(&node.nats)
+        .await
+        .unwrap();
+    let b = nats.subscribe("b").await.unwrap();
+    let _c = nats.subscribe("c").await.unwrap();
+    count(4);
+    let _refused = nats.subscribe("d").await.unwrap();
+    let said = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .expect("the NATS client is told")
+        .unwrap();
+    assert!(said.contains("maximum subscriptions exceeded"), "{said}");
+    let error = tokio::task::block_in_place(|| starling.subscribe("e")).unwrap_err();
+    assert!(error.to_string().contains("limit of 4"), "{error}");
+    // A NATS client's unsubscribe gives its unit back, to anyone.
+    drop(b);
+    count(3);
+    let _e = tokio::task::block_in_place(|| starling.subscribe("e")).unwrap();
+    drop((starling, nats));
+    tokio::task::block_in_place(|| drop(node));
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use starling_core::{Bus, SubscribeOptions};
 use starling_transport::auth::Authentication;
+use starling_transport::budget::Budget;
 use starling_transport::nats::{
     ConnectionStats, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo,
 };
@@ -52,6 +53,11 @@ pub struct NatsListenerConfig {
     pub connections_max: usize,
     /// Most subscriptions per connection.
     pub subscriptions_max: usize,
+    /// The node's subscriptions, of every client of both protocols (the
+    /// local server's [`Server::subscriptions`]).
+    ///
+    /// [`Server::subscriptions`]: starling_transport::server::Server::subscriptions
+    pub node_subscriptions: Arc<Budget>,
     /// Events queued for one connection (its bus mailbox).
     pub pending_events_max: usize,
     /// How often an idle client is pinged (nats-server: 2 minutes).
@@ -74,6 +80,7 @@ impl Default for NatsListenerConfig {
             max_payload: 1 << 20,
             connections_max: 10_000,
             subscriptions_max: 10_000,
+            node_subscriptions: Arc::new(Budget::new(1_000_000)),
             pending_events_max: 16_384,
             ping_interval: Duration::from_secs(120),
             max_pings_out: 2,
@@ -169,6 +176,7 @@ impl NatsServer {
             auth: config.auth.clone(),
             max_control_line: MAX_CONTROL_LINE,
             subscriptions_max: config.subscriptions_max,
+            node_subscriptions: config.node_subscriptions.clone(),
             mailbox: SubscribeOptions {
                 capacity: config.pending_events_max.max(1),
                 ..bus.config().subscription

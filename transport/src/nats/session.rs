@@ -35,6 +35,7 @@ use super::proto::{self, ConnectOptions, ServerInfo};
 use crate::auth::{
     Access, AuthError, Authentication, Begin, Credentials, DeliveryFilter, Verification,
 };
+use crate::budget::Budget;
 
 /// What every NATS session of a listener shares.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ pub struct NatsConfig {
     pub max_control_line: usize,
     /// Most subscriptions one connection may hold.
     pub subscriptions_max: usize,
+    /// The node's subscriptions, of every client of both protocols: one
+    /// unit per subscription, taken at SUB, given back when it goes.
+    pub node_subscriptions: Arc<Budget>,
     /// The connection's mailbox: events queued for it before its policy
     /// applies.
     pub mailbox: SubscribeOptions,
@@ -551,8 +555,16 @@ impl Session {
                 return Ok(());
             }
         };
+        if !self.config.node_subscriptions.try_take(1) {
+            out.extend_from_slice(proto::ERR_MAX_SUBSCRIPTIONS);
+            return Ok(());
+        }
         let tag = self.next_tag;
-        match self.mailbox.subscribe(tag, subject, queue) {
+        let subscribed = self.mailbox.subscribe(tag, subject, queue);
+        if subscribed.is_err() {
+            self.config.node_subscriptions.give_back(1);
+        }
+        match subscribed {
             Ok(()) => {}
             Err(SubscribeError::Pattern(_) | SubscribeError::QueueGroup) => {
                 out.extend_from_slice(proto::ERR_INVALID_SUBJECT);
@@ -608,6 +620,7 @@ impl Session {
         if let Some(sub) = self.subs.remove(&tag) {
             self.tags.remove(&sub.sid);
             self.mailbox.unsubscribe(tag);
+            self.config.node_subscriptions.give_back(1);
         }
         self.stats
             .subscriptions
@@ -647,6 +660,12 @@ impl Session {
         if self.connect.as_ref().is_some_and(|c| c.verbose) {
             out.extend_from_slice(proto::OK);
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.config.node_subscriptions.give_back(self.subs.len());
     }
 }
 

@@ -13,6 +13,7 @@ use super::proto::{self, ServerInfo};
 use super::session::{Close, Input, NatsConfig, Session};
 use crate::auth::{Authentication, Authenticator, Permissions, SubjectRules, User, UserSecret};
 use crate::auth::{VerifierSettings, hash_password};
+use crate::budget::Budget;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -49,6 +50,7 @@ fn config_with(auth: Authenticator) -> Arc<NatsConfig> {
         )),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 4,
+        node_subscriptions: Arc::new(Budget::new(6)),
         mailbox: SubscribeOptions::default(),
         max_pings_out: 2,
     })
@@ -227,6 +229,31 @@ fn errors_are_nats_servers() {
         b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB d 4\r\nSUB e 5\r\n",
     );
     assert_eq!(out, "-ERR 'maximum subscriptions exceeded'\r\n");
+}
+
+#[test]
+fn the_node_wide_subscription_budget_is_shared() {
+    // 4 per connection, 6 in all (see `config_with`).
+    let bus = Bus::default();
+    let config = config(None);
+    let mut first = Session::new(config.clone(), &bus, 1, LOCAL);
+    let mut second = Session::new(config.clone(), &bus, 2, LOCAL);
+    let four = b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB d 4\r\n";
+    assert_eq!(run(&mut first, &bus, four), (String::new(), None));
+    let (out, _) = run(&mut second, &bus, b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
+    assert_eq!(out, "-ERR 'maximum subscriptions exceeded'\r\n");
+    assert_eq!(config.node_subscriptions.held(), 6);
+    run(&mut first, &bus, b"UNSUB 1\r\n");
+    assert_eq!(
+        run(&mut second, &bus, b"SUB c 3\r\n"),
+        (String::new(), None)
+    );
+    drop(first);
+    assert_eq!(
+        config.node_subscriptions.held(),
+        3,
+        "the closed one's are back"
+    );
 }
 
 #[test]

@@ -203,6 +203,12 @@ impl Server {
         self.uds_path.as_deref()
     }
 
+    /// The node-wide subscription budget ([`ServerConfig::subscriptions_max`])
+    /// its connections draw on; other listeners of the node (NATS) share it.
+    pub fn subscriptions(&self) -> &Arc<Budget> {
+        &self.state.subscriptions
+    }
+
     /// The open connections.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         self.state.connections.snapshot()
