@@ -5,10 +5,12 @@
 //! the bus, whose cost the bus benches measure.
 
 use std::hint::black_box;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use starling_core::{Bus, SubscribeOptions};
+use starling_transport::budget::Budget;
 use starling_transport::nats::{
     Input, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, Parsed, Parser, ServerInfo, Session,
 };
@@ -96,13 +98,14 @@ fn session(c: &mut Criterion) {
         auth: Default::default(),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 16,
+        node_subscriptions: Arc::new(Budget::new(16)),
         mailbox: SubscribeOptions::default(),
         max_pings_out: 2,
     });
     for (payload_bytes, headers) in [(128, false), (128, true)] {
         let stream = stream(payload_bytes, headers);
         let name = format!("{}/{payload_bytes}B", if headers { "hpub" } else { "pub" });
-        let mut session = Session::new(config.clone(), &bus, 1, String::new());
+        let mut session = Session::new(config.clone(), &bus, 1, Ipv4Addr::LOCALHOST.into());
         let mut out = Vec::new();
         group.throughput(Throughput::Elements(OPS as u64));
         group.bench_function(name, |b| {
