@@ -23,13 +23,12 @@ use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
 use super::counters::{ConnectionStats, SubscriptionStats};
 use super::outbox::{Full, Outbox};
-use crate::auth::{Access, AuthError, Authentication, Begin, Credentials, DeliveryFilter};
-use crate::auth::{Revoked, Verification};
+use crate::auth::{Access, Authentication, DeliveryFilter};
 use crate::budget::Budget;
-use crate::frame::control::{ErrorBody, Hello, Subscribe};
+use crate::frame::control::{ErrorBody, Subscribe};
 use crate::frame::{
     DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,
-    PROTOCOL_VERSION, padded,
+    padded,
 };
 
 /// The largest body a connection's first frame, its `HELLO`, may have: its
@@ -119,7 +118,7 @@ struct Protocol {
     peer: Option<IpAddr>,
     /// The handshake's password, being verified on a verifier thread: the
     /// session is stalled until the answer comes (see `Session::resume`).
-    verifying: Option<Verifying>,
+    verifying: Option<handshake::Verifying>,
     outbox: Outbox,
     /// The mailbox's drop count last reported to the client.
     dropped_reported: u64,
@@ -137,13 +136,6 @@ struct Protocol {
     deadline: Instant,
     /// Pings sent since the node last heard from the client.
     pings_unanswered: u32,
-}
-
-/// A handshake waiting for its password to be verified.
-#[derive(Debug)]
-struct Verifying {
-    verification: Arc<Verification>,
-    client_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,85 +534,6 @@ impl Protocol {
         }
     }
 
-    fn hello(&mut self, body: &[u8]) -> Result<(), Fatal> {
-        if let Some(version) = Hello::version_of(body)
-            && version != PROTOCOL_VERSION
-        {
-            let reason = format!("protocol version {version} is not {PROTOCOL_VERSION}");
-            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
-        }
-        let hello = match Hello::decode(body) {
-            Ok(hello) => hello,
-            Err(error) => return Err(self.fail(ErrorCode::Framing, 0, error.to_string())),
-        };
-        let ours = starling_core::event::format_fingerprint();
-        if hello.fingerprint != ours {
-            let reason = format!(
-                "event format fingerprint {:016x} is not {ours:016x}: client and node were built with different archive formats",
-                hello.fingerprint
-            );
-            return Err(self.fail(ErrorCode::Incompatible, 0, reason));
-        }
-        let credentials = Credentials {
-            user: &hello.user,
-            password: &hello.password,
-            token: &hello.token,
-        };
-        match self.config.auth.begin(credentials, self.peer) {
-            Begin::Done(result) => self.authenticated(result, &hello.name),
-            Begin::Verifying(verification) => {
-                // Stalled until the answer wakes the session.
-                self.verifying = Some(Verifying {
-                    verification,
-                    client_name: hello.name,
-                });
-                Ok(())
-            }
-        }
-    }
-
-    /// The handshake's outcome: the connection is open, or refused.
-    fn authenticated(
-        &mut self,
-        result: Result<Access, AuthError>,
-        client_name: &str,
-    ) -> Result<(), Fatal> {
-        self.access = match result {
-            Ok(access) => access,
-            Err(error) => {
-                // Busy or throttled: the credentials may be right; retry.
-                let code = if error.is_retry() {
-                    ErrorCode::Limit
-                } else {
-                    ErrorCode::Unauthorized
-                };
-                return Err(self.fail(code, 0, error.to_string()));
-            }
-        };
-        self.stats.set_client_name(client_name);
-        self.state = State::Ready;
-        let ours = Hello::ours(&self.config.server_name, "");
-        self.reply(Kind::Hello, 0, &ours.encode())
-    }
-
-    /// Closes the connection if the node's users were reloaded and no
-    /// longer let it in (an atomic load otherwise).
-    fn authorized(&mut self) -> Result<(), Fatal> {
-        match self.config.auth.check(&mut self.access) {
-            Ok(()) => Ok(()),
-            Err(revoked) => Err(self.revoke(&revoked)),
-        }
-    }
-
-    #[cold]
-    fn revoke(&mut self, revoked: &Revoked) -> Fatal {
-        tracing::info!(
-            client = self.stats.client_name.get().map_or("", String::as_str),
-            "closing a connection: {revoked}"
-        );
-        self.fail(ErrorCode::Unauthorized, 0, revoked.to_string())
-    }
-
     fn subscribe(&mut self, sid: u64, body: &[u8]) -> Result<(), Fatal> {
         let request = match Subscribe::decode(body) {
             Ok(request) => request,
@@ -809,5 +722,6 @@ impl Protocol {
     }
 }
 
+mod handshake;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::frame::control::Hello;
 use proptest::prelude::*;
 
 fn session(bus: &Bus) -> Session {
