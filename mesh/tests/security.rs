@@ -509,10 +509,11 @@ fn a_node_serving_other_hosts_without_credentials_refuses_to_start() {
 
 /// Wrong passwords, from 8 addresses at once, each sending its next as soon
 /// as the last is refused: a connected client's publish→receive round trips
-/// keep flowing, within 50 ms at the 99th percentile, on both backends.
+/// keep flowing, within 100 ms at the 99th percentile (a bound for a loaded
+/// CI machine; about 8 ms measured alone), on both backends.
 /// argon2 runs on the verifier threads; before, it ran on the I/O thread,
 /// and every wrong password stalled every client of the node for as long
-/// (this test saw round trips of hundreds of milliseconds then).
+/// (this test saw p50 224 ms, p99 420 ms then, on epoll).
 #[test]
 fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
     for backend in ["epoll", "auto"] {
@@ -549,7 +550,7 @@ fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
             round_trips[round_trips.len() / 2]
         );
         assert!(
-            p99 < Duration::from_millis(50),
+            p99 < Duration::from_millis(100),
             "{backend}: p99 {p99:?} (max {max:?}) while {attempts} wrong passwords were tried"
         );
         drop(node);
