@@ -507,13 +507,15 @@ fn a_node_serving_other_hosts_without_credentials_refuses_to_start() {
     std::fs::remove_dir_all(with_users.1).unwrap();
 }
 
-/// Wrong passwords, from 8 addresses at once, each sending its next as soon
+/// Wrong passwords, from 64 addresses at once, each sending its next as soon
 /// as the last is refused: a connected client's publish→receive round trips
 /// keep flowing, within 100 ms at the 99th percentile (a bound for a loaded
-/// CI machine; about 8 ms measured alone), on both backends.
+/// CI machine; 5-9 ms measured alone), on both backends.
 /// argon2 runs on the verifier threads; before, it ran on the I/O thread,
 /// and every wrong password stalled every client of the node for as long
-/// (this test saw p50 224 ms, p99 420 ms then, on epoll).
+/// (this test, with 8 addresses, saw p50 224 ms, p99 420 ms then, on
+/// epoll). 64 addresses outrun the failed-login throttle: the verifiers
+/// stay busy, their queue full at times.
 #[test]
 fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
     for backend in ["epoll", "auto"] {
@@ -525,10 +527,10 @@ fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
         let guessers = {
             let address: SocketAddr = node.tcp.trim_start_matches("tcp://").parse().unwrap();
             let (stop, attempts) = (stop.clone(), attempts.clone());
-            std::thread::spawn(move || guess_passwords(address, 8, &stop, &attempts))
+            std::thread::spawn(move || guess_passwords(address, 64, &stop, &attempts))
         };
         wait_until("the guessers at work", WAIT, || {
-            attempts.load(Ordering::Relaxed) >= 8
+            attempts.load(Ordering::Relaxed) >= 64
         });
         let mut round_trips = Vec::new();
         for _ in 0..300 {
