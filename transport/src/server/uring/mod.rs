@@ -8,10 +8,11 @@
 //!   when aligned), and the buffer goes straight back to the ring. If the ring
 //!   runs dry the multishot ends with `ENOBUFS`; buffers are returned at once,
 //!   so re-arming right away is enough.
-//! - Sending: `SENDMSG` gathering the session's outbox: `MSG` headers from
-//!   the session, archives read in place from event memory, padding from a
-//!   static block. One send in flight per connection; the outbox does not move
-//!   entries while it is.
+//! - Sending: `SENDMSG` gathering the session's outbox: small events copied
+//!   back to back into chunks (one slice for hundreds), large ones as their
+//!   header, their archive read in place from event memory and padding from
+//!   a static block. One send in flight per connection; the outbox does not
+//!   move entries, nor bytes already in a chunk, while it is.
 //! - Waking: publishers that find an idle connection's mailbox empty queue the
 //!   connection and write to an eventfd the ring is reading.
 //!
