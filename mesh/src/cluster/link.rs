@@ -746,6 +746,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_link_on_loopback_finds_packets_larger_than_quics_default() {
+        let (acceptor, dialer) = (endpoint(), endpoint());
+        let acceptor_address = acceptor.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { acceptor.accept().await.unwrap().await });
+        let connection = dialer
+            .connect(acceptor_address, LINK_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let _accepted = accepted.await.unwrap().unwrap();
+        // Discovery probes from the handshake on; loopback carries them all.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while connection.stats().path.current_mtu <= 1452 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "path MTU still {} after 5 s",
+                connection.stats().path.current_mtu
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(connection.stats().path.current_mtu <= crate::cluster::UDP_PAYLOAD_MAX);
+    }
+
+    #[tokio::test]
     async fn a_handshake_announcing_more_than_a_hello_is_refused_before_it_is_read() {
         let acceptor = endpoint();
         let local = Arc::new(Local {

@@ -324,6 +324,17 @@ const CONNECTION_WINDOW: u32 = (DATA_STREAMS_MAX as u32 + 2) * STREAM_WINDOW;
 /// `data_streams`, so that nodes configured differently interoperate.
 pub const DATA_STREAMS_MAX: usize = 16;
 
+/// Largest UDP payload a link sends or takes: what MTU discovery searches up
+/// to, and the `max_udp_payload_size` this node announces. Per-packet work
+/// (header protection, AEAD, acknowledgements, loss bookkeeping, one UDP
+/// segment in the kernel) dominates a link's CPU at 1452 bytes, QUIC's
+/// default; a path that carries larger packets (loopback, jumbo frames)
+/// now gets them, and one that does not keeps what discovery found (it
+/// probes with single packets, and falls back on black holes). Not higher:
+/// quinn sends up to 10 segments in one GSO call, and the kernel refuses a
+/// call over 64 KiB.
+pub(crate) const UDP_PAYLOAD_MAX: u16 = 6500;
+
 /// A QUIC endpoint on `socket` that accepts and dials links with `tls`,
 /// with the transport settings links need (keep-alive, idle timeout,
 /// flow-control windows). Must be called within a tokio runtime.
@@ -350,14 +361,23 @@ pub(crate) fn link_endpoint(
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(DATA_STREAMS_MAX as u32 + 1))
         .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
         .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW));
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .mtu_discovery_config(Some({
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(UDP_PAYLOAD_MAX);
+            mtu
+        }));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(tls.server.clone());
     server.transport_config(transport.clone());
     let mut client = quinn::ClientConfig::new(tls.client.clone());
     client.transport_config(transport);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(UDP_PAYLOAD_MAX)
+        .expect("within QUIC's bounds");
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
