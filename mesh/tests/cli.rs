@@ -109,7 +109,7 @@ fn invalid_subjects_are_refused_with_the_rule() {
     );
     let output = run(&["pub", "--server", "http://nowhere", "a", "b"]);
     assert!(
-        text(&output.stderr).contains("use tcp://HOST:PORT or unix:///path"),
+        text(&output.stderr).contains("use tcp://HOST:PORT, tls://HOST:PORT or unix:///path"),
         "{}",
         text(&output.stderr)
     );

@@ -9,7 +9,8 @@
 //! - [`nats`]: the NATS client protocol, for NATS clients of the node;
 //! - [`auth`]: users, passwords and tokens, and what each client may publish
 //!   and subscribe to, for both protocols;
-//! - [`url`]: `tcp://HOST:PORT` and `unix:///path` addresses;
+//! - [`tls`]: TLS on the server's TCP port and for `tls://` clients;
+//! - [`url`]: `tcp://HOST:PORT`, `tls://HOST:PORT` and `unix:///path` addresses;
 //! - [`budget`]: node-wide allowances connections share.
 
 pub mod auth;
@@ -21,4 +22,5 @@ mod read_buffer;
 mod secret;
 pub mod server;
 mod stream;
+pub mod tls;
 pub mod url;

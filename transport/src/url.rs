@@ -1,5 +1,6 @@
-//! Server addresses: `tcp://HOST:PORT` and `unix:///path/to.sock`, and
-//! credentials given in one (`tcp://alice:pw@HOST:PORT`).
+//! Server addresses: `tcp://HOST:PORT`, `tls://HOST:PORT` and
+//! `unix:///path/to.sock`, and credentials given in one
+//! (`tcp://alice:pw@HOST:PORT`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +16,9 @@ pub const DEFAULT_URL: &str = "tcp://127.0.0.1:7400";
 pub enum ServerUrl {
     /// TCP, `host:port` as given (resolved when connecting).
     Tcp(String),
+    /// TLS over TCP, `host:port` as given; the server's certificate must
+    /// name the host.
+    Tls(String),
     /// A Unix domain socket at this path.
     Unix(PathBuf),
 }
@@ -22,10 +26,10 @@ pub enum ServerUrl {
 /// Why a string is not a server URL.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UrlError {
-    /// Neither `tcp://` nor `unix://`.
-    #[error("unsupported URL '{0}': use tcp://HOST:PORT or unix:///path/to.sock")]
+    /// Neither `tcp://`, `tls://` nor `unix://`.
+    #[error("unsupported URL '{0}': use tcp://HOST:PORT, tls://HOST:PORT or unix:///path/to.sock")]
     Scheme(String),
-    /// `tcp://` without a `host:port`.
+    /// `tcp://` or `tls://` without a `host:port`.
     #[error("'{0}' needs a host and a port, as in tcp://127.0.0.1:7400")]
     HostPort(String),
     /// `unix://` without an absolute path.
@@ -56,11 +60,14 @@ impl fmt::Debug for UrlCredentials {
 
 impl ServerUrl {
     /// Parses a URL that may carry `USER:PASSWORD@` (percent-encoded)
-    /// before a TCP host.
+    /// before a TCP (or TLS) host.
     pub fn parse_with_credentials(
         text: &str,
     ) -> Result<(ServerUrl, Option<UrlCredentials>), UrlError> {
-        let Some(rest) = text.strip_prefix("tcp://") else {
+        let Some((scheme, rest)) = ["tcp://", "tls://"]
+            .into_iter()
+            .find_map(|scheme| Some((scheme, text.strip_prefix(scheme)?)))
+        else {
             return Ok((text.parse()?, None));
         };
         let Some((userinfo, host)) = rest.rsplit_once('@') else {
@@ -74,7 +81,16 @@ impl ServerUrl {
         if credentials.user.is_empty() {
             return Err(UrlError::Credentials);
         }
-        Ok((format!("tcp://{host}").parse()?, Some(credentials)))
+        Ok((format!("{scheme}{host}").parse()?, Some(credentials)))
+    }
+
+    /// The host a `tls://` URL names, without brackets (an IPv6 address):
+    /// what the server's certificate must name.
+    pub(crate) fn tls_host(address: &str) -> &str {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        host.strip_prefix('[')
+            .and_then(|host| host.strip_suffix(']'))
+            .unwrap_or(host)
     }
 }
 
@@ -100,7 +116,10 @@ impl FromStr for ServerUrl {
     type Err = UrlError;
 
     fn from_str(text: &str) -> Result<Self, UrlError> {
-        if let Some(address) = text.strip_prefix("tcp://") {
+        for scheme in ["tcp://", "tls://"] {
+            let Some(address) = text.strip_prefix(scheme) else {
+                continue;
+            };
             let address = address.trim_end_matches('/');
             let valid = address
                 .rsplit_once(':')
@@ -108,7 +127,12 @@ impl FromStr for ServerUrl {
             if !valid {
                 return Err(UrlError::HostPort(text.to_owned()));
             }
-            return Ok(ServerUrl::Tcp(address.to_owned()));
+            let address = address.to_owned();
+            return Ok(if scheme == "tls://" {
+                ServerUrl::Tls(address)
+            } else {
+                ServerUrl::Tcp(address)
+            });
         }
         if let Some(path) = text.strip_prefix("unix://") {
             if !path.starts_with('/') || path.len() < 2 {
@@ -124,6 +148,7 @@ impl fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerUrl::Tcp(address) => write!(f, "tcp://{address}"),
+            ServerUrl::Tls(address) => write!(f, "tls://{address}"),
             ServerUrl::Unix(path) => write!(f, "unix://{}", path.display()),
         }
     }
@@ -168,6 +193,26 @@ mod tests {
             Err(UrlError::Path(_))
         ));
         assert_eq!(ServerUrl::Unix("/a".into()).to_string(), "unix:///a");
+        assert_eq!(
+            "tls://node-a.example:7400".parse(),
+            Ok(ServerUrl::Tls("node-a.example:7400".into()))
+        );
+        assert!(matches!(
+            "tls://node-a".parse::<ServerUrl>(),
+            Err(UrlError::HostPort(_))
+        ));
+        assert_eq!(ServerUrl::Tls("h:1".into()).to_string(), "tls://h:1");
+    }
+
+    #[test]
+    fn a_tls_url_names_the_host_its_certificate_must_name() {
+        assert_eq!(ServerUrl::tls_host("node-a.example:7400"), "node-a.example");
+        assert_eq!(ServerUrl::tls_host("127.0.0.1:7400"), "127.0.0.1");
+        assert_eq!(ServerUrl::tls_host("[::1]:7400"), "::1");
+        let (url, credentials) =
+            ServerUrl::parse_with_credentials("tls://alice:pw@node-a:7400").unwrap();
+        assert_eq!(url, ServerUrl::Tls("node-a:7400".into()));
+        assert_eq!(credentials.unwrap().user, "alice");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Bad input at the local server, against both backends. Each case gets an
-//! `ERR` frame and/or a close; the node never panics, its memory stays
-//! bounded, and a well-behaved pair of clients running at the same time keeps
-//! every event (checked in each case by [`Bystanders`]).
+//! Bad input at the local server, against both backends, at its plain and
+//! its TLS port. Each case gets an `ERR` frame (or a TLS alert) and/or a
+//! close; the node never panics, its memory stays bounded, and a
+//! well-behaved pair of clients running at the same time keeps every event
+//! (checked in each case by [`Bystanders`]).
 
 mod common;
 
@@ -10,11 +11,13 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Node, Raw, SECOND, backends, eventually, frame, node, node_with};
+use common::tls::{Authority, tls_node};
+use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, Event};
 use starling_transport::client::{Client, ClientOptions};
 use starling_transport::frame::control::{Hello, Subscribe};
 use starling_transport::frame::{ErrorCode, Header, Kind};
+use starling_transport::server::BackendChoice;
 
 /// How long the bystanders may take: for their first event to arrive, for
 /// each answer from the node, and for the rest of their events once they
@@ -44,6 +47,7 @@ impl Bystanders {
         let sent = Arc::new(OnceLock::new());
         let options = || ClientOptions {
             answer_timeout: BYSTANDERS_DEADLINE,
+            tls: node.client_tls.clone(),
             ..ClientOptions::default()
         };
         let receiver = Client::connect_with(&node.uds, options()).unwrap();
@@ -137,6 +141,12 @@ impl Drop for Bystanders {
 }
 
 fn each_backend(case: impl Fn(&Node)) {
+    each_node(node, case);
+}
+
+/// Runs `case` against a node of each backend made by `node`, with
+/// bystanders, and checks that the bad connections are gone after.
+fn each_node(node: impl Fn(BackendChoice) -> Node, case: impl Fn(&Node)) {
     for backend in backends() {
         let node = node(backend);
         let bystanders = Bystanders::start(&node);
@@ -170,6 +180,52 @@ fn random_bytes_get_an_error_and_a_close() {
             assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
         }
     });
+}
+
+/// Random bytes at the TLS port: as they come (mostly not TLS: answered
+/// with a plain `ERR`), after a ClientHello's record header (rustls parses
+/// garbage), and after a real ClientHello (garbage records mid-handshake).
+#[test]
+fn random_bytes_at_the_tls_port_get_an_alert_or_an_error_and_a_close() {
+    let ca = Authority::new("bad input CA");
+    let client_hello = {
+        let config =
+            rustls::ClientConfig::builder_with_provider(starling_transport::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(starling_transport::tls::roots(&ca.cert).unwrap())
+                .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        connection.write_tls(&mut hello).unwrap();
+        hello
+    };
+    each_node(
+        |backend| tls_node(backend, &ca, None, config()),
+        |node| {
+            let mut rng = 0x9E37_79B9_u64;
+            for round in 0..30 {
+                let garbage: Vec<u8> = (0..200 + round * 37)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng as u8
+                    })
+                    .collect();
+                let mut bytes = match round % 3 {
+                    0 => Vec::new(),
+                    1 => vec![22, 3, 1, (garbage.len() >> 8) as u8, garbage.len() as u8, 1],
+                    _ => client_hello.clone(),
+                };
+                bytes.extend_from_slice(&garbage);
+                let mut raw = Raw::connect(node);
+                raw.write(&bytes);
+                assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+            }
+        },
+    );
 }
 
 #[test]

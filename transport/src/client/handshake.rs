@@ -1,5 +1,6 @@
-//! Opening a connection: the socket for a server URL, and the handshake
-//! (our `HELLO`, then the node's `HELLO` or its `ERR`).
+//! Opening a connection: the socket for a server URL (with TLS for
+//! `tls://`), and the handshake (our `HELLO`, then the node's `HELLO` or its
+//! `ERR`).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -17,27 +18,51 @@ use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
 use crate::url::ServerUrl;
 
-/// Connects to the node at `url`, trying each address a host name resolves to.
-fn connect(url: &ServerUrl, timeout: Duration) -> io::Result<Stream> {
+/// Connects to the node at `url`.
+fn connect(url: &ServerUrl, options: &ClientOptions) -> Result<Stream, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        url: url.to_string(),
+        source,
+    };
     match url {
-        ServerUrl::Tcp(address) => {
-            let mut last = io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host name resolved to no address",
-            );
-            for addr in address.to_socket_addrs()? {
-                match TcpStream::connect_timeout(&addr, timeout) {
-                    Ok(stream) => {
-                        stream.set_nodelay(true)?;
-                        return Ok(Stream::Tcp(stream));
-                    }
-                    Err(error) => last = error,
-                }
-            }
-            Err(last)
+        ServerUrl::Tcp(address) => connect_tcp(address, options.connect_timeout)
+            .map(Stream::Tcp)
+            .map_err(connect_error),
+        ServerUrl::Tls(address) => {
+            let Some(tls) = &options.tls else {
+                return Err(ClientError::Tls {
+                    url: url.to_string(),
+                    reason: "a tls:// URL needs the CA that signed the node's certificate \
+                             (ClientOptions::tls; --ca FILE)"
+                        .into(),
+                });
+            };
+            let tcp = connect_tcp(address, options.connect_timeout).map_err(connect_error)?;
+            let host = ServerUrl::tls_host(address);
+            crate::tls::dial(tcp, host, tls, options.connect_timeout).map_err(connect_error)
         }
-        ServerUrl::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+        ServerUrl::Unix(path) => UnixStream::connect(path)
+            .map(Stream::Unix)
+            .map_err(connect_error),
     }
+}
+
+/// Connects over TCP, trying each address a host name resolves to.
+fn connect_tcp(address: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        "the host name resolved to no address",
+    );
+    for addr in address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// Connects and shakes hands: sends our `HELLO`, waits for the node's.
@@ -45,11 +70,19 @@ pub(super) fn open(
     url: &ServerUrl,
     options: &ClientOptions,
 ) -> Result<(Arc<Stream>, Decoder), ClientError> {
-    let connect_error = |source| ClientError::Connect {
-        url: url.to_string(),
-        source,
+    let stream = connect(url, options)?;
+    // A TLS connection that failed closes its plaintext end: what failed is
+    // the pump's to say.
+    let connect_error = |source| match stream.tls_failure() {
+        Some(reason) => ClientError::Tls {
+            url: url.to_string(),
+            reason,
+        },
+        None => ClientError::Connect {
+            url: url.to_string(),
+            source,
+        },
     };
-    let stream = connect(url, options.connect_timeout).map_err(connect_error)?;
     let mut hello = AlignedVec::<FRAME_ALIGN>::new();
     push_frame(
         &mut hello,

@@ -44,6 +44,7 @@ use thiserror::Error;
 use self::connection::Connection;
 use self::writer::Room;
 use crate::frame::ErrorCode;
+use crate::tls::ClientTls;
 use crate::url::{ServerUrl, UrlError};
 
 /// How a client connects and behaves. Its `Debug` leaves the token and the
@@ -73,6 +74,10 @@ pub struct ClientOptions {
     pub write_buffer_bytes_max: usize,
     /// Queue size and policy of each subscription's local queue.
     pub subscription: SubscribeOptions,
+    /// TLS, for `tls://` URLs (others ignore it): the CA the node's
+    /// certificate must chain to, and this client's certificate if the node
+    /// requires one.
+    pub tls: Option<ClientTls>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -86,6 +91,7 @@ impl fmt::Debug for ClientOptions {
             .field("reconnect_delay_max", &self.reconnect_delay_max)
             .field("write_buffer_bytes_max", &self.write_buffer_bytes_max)
             .field("subscription", &self.subscription)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +112,7 @@ impl Default for ClientOptions {
                 capacity: 65_536,
                 ..SubscribeOptions::default()
             },
+            tls: None,
         }
     }
 }
@@ -113,9 +120,18 @@ impl Default for ClientOptions {
 /// What went wrong. Each variant says what happened to state.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The URL is not `tcp://HOST:PORT` or `unix:///path`.
+    /// The URL is not `tcp://HOST:PORT`, `tls://HOST:PORT` or `unix:///path`.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// TLS with the node failed (its certificate, ours, or the node does
+    /// not speak TLS there); nothing was set up.
+    #[error("cannot connect to {url}: {reason}")]
+    Tls {
+        /// Where.
+        url: String,
+        /// What failed, and often what to do.
+        reason: String,
+    },
     /// Could not connect; nothing was set up.
     #[error("cannot connect to {url}: {source}")]
     Connect {

@@ -153,6 +153,16 @@ impl Header {
     }
 }
 
+/// A whole `ERR` frame (header, body, padding) with tag 0: what a server
+/// sends a connection it turns away before a session has it.
+pub(crate) fn error_frame(code: ErrorCode, reason: &str) -> Vec<u8> {
+    let body = control::ErrorBody::new(code, reason).encode();
+    let mut bytes = Header::new(Kind::Err, 0, body.len()).encode().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&PADDING[..padded(body.len()) - body.len()]);
+    bytes
+}
+
 /// `length` rounded up to the frame alignment.
 pub fn padded(length: usize) -> usize {
     length.next_multiple_of(FRAME_ALIGN)

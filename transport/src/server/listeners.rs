@@ -77,25 +77,11 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// The whole `ERR` frame for a connection refused for being over the limit.
-fn refusal_frame(limit: usize) -> Vec<u8> {
-    let body = frame::control::ErrorBody::new(
-        frame::ErrorCode::Limit,
-        format!("the node accepts at most {limit} connections"),
-    )
-    .encode();
-    let mut bytes = frame::Header::new(frame::Kind::Err, 0, body.len())
-        .encode()
-        .to_vec();
-    bytes.extend_from_slice(&body);
-    bytes.extend_from_slice(&frame::PADDING[..frame::padded(body.len()) - body.len()]);
-    bytes
-}
-
 /// Tells a connection over the limit why it is closed, if it can take the
 /// bytes at once (without blocking the loop), and leaves it to be dropped.
 pub(super) fn refuse(stream: &Stream, limit: usize) {
     if stream.set_nonblocking(true).is_ok() {
-        let _ = (&*stream).write(&refusal_frame(limit));
+        let reason = format!("the node accepts at most {limit} connections");
+        let _ = (&*stream).write(&frame::error_frame(frame::ErrorCode::Limit, &reason));
     }
 }

@@ -16,6 +16,11 @@
 //! from event memory) and a portable epoll loop. The node probes io_uring at
 //! start and falls back to epoll on any failure, saying why once.
 //!
+//! With TLS settings ([`ServerConfig::tls`]) the TCP port speaks TLS only: a
+//! terminator thread accepts there and hands the I/O thread each
+//! connection's plaintext over a socket pair (`terminator.rs`, and why in
+//! `crate::tls`); the Unix socket stays plain.
+//!
 //! Here: the server's lifecycle (start, shutdown) and what its I/O thread
 //! shares with it. `listeners.rs` binds; `backend.rs` chooses the backend,
 //! `uring/` and `epoll.rs` drive the sessions; `registry.rs` keeps the open
@@ -29,6 +34,7 @@ mod listeners;
 mod outbox;
 mod registry;
 mod session;
+mod terminator;
 #[cfg(target_os = "linux")]
 mod uring;
 mod wake;
@@ -49,8 +55,11 @@ pub use session::SessionConfig;
 use starling_core::Bus;
 
 use crate::budget::Budget;
+use crate::stream::Stream;
+use crate::tls::ServerTls;
 
 use registry::ConnectionRegistry;
+use terminator::Terminator;
 
 /// How a local server is set up.
 #[derive(Debug, Clone)]
@@ -74,6 +83,9 @@ pub struct ServerConfig {
     /// Most subscriptions of all connections together; more are refused
     /// with an `ERR` (limit).
     pub subscriptions_max: usize,
+    /// TLS for the TCP port: with it, the port speaks TLS only. The Unix
+    /// socket stays plain (local; its file's permissions guard it).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +99,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(1),
             partial_frame_bytes_max: 64 << 20,
             subscriptions_max: 1_000_000,
+            tls: None,
         }
     }
 }
@@ -99,6 +112,7 @@ pub struct Server {
     uds_path: Option<PathBuf>,
     state: Arc<ServerState>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    terminator: Mutex<Option<Terminator>>,
 }
 
 /// What the I/O thread and the server's owner share: the bus, the settings,
@@ -119,6 +133,10 @@ struct ServerState {
     stopping: AtomicBool,
     /// Set by the backend once it runs: how to wake its loop from any thread.
     waker: OnceLock<Arc<dyn wake::WakeLoop>>,
+    /// Connections the TLS terminator accepted, for the I/O thread to take
+    /// over: their plaintext ends and their peers' addresses. A lock, taken
+    /// once per TLS connection on each side.
+    adopted: Mutex<Vec<(Stream, String)>>,
 }
 
 impl ServerState {
@@ -134,6 +152,30 @@ impl ServerState {
             self.subscriptions.clone(),
         )
     }
+
+    /// Hands the I/O thread a connection accepted elsewhere (by the TLS
+    /// terminator), from `remote`.
+    fn adopt(&self, stream: Stream, remote: String) {
+        self.adopted
+            .lock()
+            .expect("adopted lock")
+            .push((stream, remote));
+        if let Some(waker) = self.waker.get() {
+            waker.wake_loop();
+        }
+    }
+
+    /// The connections handed over since the last call; none once the
+    /// server is stopping (those are closed: their clients are told by
+    /// their pumps' closing).
+    fn take_adopted(&self) -> Vec<(Stream, String)> {
+        let adopted = std::mem::take(&mut *self.adopted.lock().expect("adopted lock"));
+        // SYNC POINT (server-stop), as the loops' own look.
+        if self.stopping.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        adopted
+    }
 }
 
 /// The client's address in a connection's `remote` (`IP:PORT`; empty for a
@@ -148,8 +190,11 @@ fn peer_ip(remote: &str) -> Option<IpAddr> {
 impl Server {
     /// Binds the listeners and starts the I/O loop on its own thread.
     pub fn start(bus: Bus, config: ServerConfig) -> io::Result<Server> {
-        let listeners = listeners::bind(&config)?;
+        let mut listeners = listeners::bind(&config)?;
         let tcp_addr = listeners.tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        // With TLS, the terminator takes the TCP port; the I/O thread gets
+        // its connections through `adopt`.
+        let tls_listener = config.tls.is_some().then(|| listeners.tcp.take()).flatten();
         let uds_path = config.uds.clone();
         let choice = config.backend;
         let state = Arc::new(ServerState {
@@ -161,6 +206,7 @@ impl Server {
             connections: ConnectionRegistry::default(),
             stopping: AtomicBool::new(false),
             waker: OnceLock::new(),
+            adopted: Mutex::default(),
         });
         // The I/O thread sets its backend up itself (an io_uring ring belongs
         // to the thread that submits to it) and reports which it runs.
@@ -179,13 +225,20 @@ impl Server {
             }
             Err(_) => return Err(io::Error::other("the I/O thread exited during start-up")),
         };
-        Ok(Server {
+        let server = Server {
             backend,
             tcp_addr,
             uds_path,
             state,
             worker: Mutex::new(Some(worker)),
-        })
+            terminator: Mutex::new(None),
+        };
+        if let (Some(listener), Some(tls)) = (tls_listener, &server.state.config.tls) {
+            // On failure, dropping `server` stops the I/O thread.
+            let terminator = Terminator::start(listener, tls, server.state.clone())?;
+            *server.terminator.lock().expect("terminator lock") = Some(terminator);
+        }
+        Ok(server)
     }
 
     /// The backend in use.
@@ -222,12 +275,17 @@ impl Server {
 
     /// Stops accepting, tells every client the node is shutting down, writes
     /// what is queued (for up to the drain timeout), closes every connection
-    /// and waits for the I/O thread.
+    /// and waits for the I/O thread (and then, with TLS, for the TLS
+    /// connections' last words, for up to the drain timeout again).
     /// Idempotent; also done on drop.
     pub fn shutdown(&self) {
         self.state.stopping.store(true, Ordering::Release);
         if let Some(waker) = self.state.waker.get() {
             waker.wake_loop();
+        }
+        let mut terminator = self.terminator.lock().expect("terminator lock");
+        if let Some(terminator) = terminator.as_ref() {
+            terminator.wake();
         }
         let worker = self.worker.lock().expect("worker lock").take();
         if let Some(worker) = worker {
@@ -235,6 +293,9 @@ impl Server {
             if let Some(path) = &self.uds_path {
                 let _ = std::fs::remove_file(path);
             }
+        }
+        if let Some(terminator) = terminator.take() {
+            terminator.finish();
         }
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod tls;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -15,6 +17,7 @@ use starling_core::{Bus, BusConfig};
 use starling_transport::frame::control::{ErrorBody, Hello};
 use starling_transport::frame::{Decoder, ErrorCode, Header, Kind, PADDING, padded};
 use starling_transport::server::{BackendChoice, Server, ServerConfig};
+use starling_transport::tls::ClientTls;
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
@@ -22,8 +25,11 @@ pub const SECOND: Duration = Duration::from_secs(1);
 pub struct Node {
     pub bus: Bus,
     pub server: Server,
+    /// `tcp://` or, if the server has TLS, `tls://`.
     pub tcp: String,
     pub uds: String,
+    /// What a client needs for `tcp` if the server has TLS.
+    pub client_tls: Option<ClientTls>,
     _dir: TempDir,
 }
 
@@ -50,6 +56,7 @@ pub fn node_with(backend: BackendChoice, config: ServerConfig, bus: BusConfig) -
     let dir = TempDir::new();
     let uds_path = dir.0.join("node.sock");
     let bus = Bus::new(bus);
+    let server_has_tls = config.tls.is_some();
     let server = Server::start(
         bus.clone(),
         ServerConfig {
@@ -60,13 +67,15 @@ pub fn node_with(backend: BackendChoice, config: ServerConfig, bus: BusConfig) -
         },
     )
     .expect("server starts");
-    let tcp = format!("tcp://{}", server.tcp_addr().expect("tcp address"));
+    let scheme = if server_has_tls { "tls" } else { "tcp" };
+    let tcp = format!("{scheme}://{}", server.tcp_addr().expect("tcp address"));
     let uds = format!("unix://{}", uds_path.display());
     Node {
         bus,
         server,
         tcp,
         uds,
+        client_tls: None,
         _dir: dir,
     }
 }
@@ -127,9 +136,9 @@ impl Write for RawStream {
 }
 
 impl Raw {
-    /// Connects over TCP.
+    /// Connects over TCP (raw: to a TLS port, the bytes are the test's).
     pub fn connect(node: &Node) -> Raw {
-        let address = node.tcp.trim_start_matches("tcp://");
+        let address = node.tcp.split_once("://").expect("a URL").1;
         let stream = TcpStream::connect(address).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))

@@ -422,7 +422,7 @@ impl Loop<'_> {
                     // SAFETY: a successful accept returns a new descriptor we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
                     self.accept_pause.accepted();
-                    self.admit(kind, fd)?;
+                    self.admit_accepted(kind, fd)?;
                 } else {
                     paused = self.accept_pause.failed(-result, Instant::now());
                 }
@@ -497,6 +497,7 @@ impl Loop<'_> {
                         self.write(slot)?;
                     }
                 }
+                self.adopt()?;
                 self.arm_wake()?;
             }
             _ => {}
@@ -504,7 +505,8 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn admit(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
+    /// Admits a connection a multishot accept of listener `kind` took.
+    fn admit_accepted(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
         let (stream, remote) = if kind == ACCEPT_TCP {
             let stream = TcpStream::from(fd);
             let _ = stream.set_nodelay(true);
@@ -516,6 +518,18 @@ impl Loop<'_> {
         } else {
             (Stream::Unix(UnixStream::from(fd)), String::new())
         };
+        self.admit(stream, remote)
+    }
+
+    /// Takes over the connections the TLS terminator accepted.
+    fn adopt(&mut self) -> io::Result<()> {
+        for (stream, remote) in self.server.take_adopted() {
+            self.admit(stream, remote)?;
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, stream: Stream, remote: String) -> io::Result<()> {
         if self.open >= self.server.config.connections_max {
             refuse(&stream, self.server.config.connections_max);
             return Ok(());
