@@ -10,7 +10,11 @@
 //! io_backend = "auto"              # auto | uring | epoll
 //! token = "..."                    # clients must present it (no permissions: may do anything)
 //! allow_anonymous = false          # needed to serve clients on a non-loopback address
-//!                                  # without users or a token
+//!                                  # without users, a token or client certificates
+//! client_tls_cert = "node-a.pem"   # the TCP client port (and NATS) speak TLS only ...
+//! client_tls_key = "node-a-key.pem"
+//! client_tls_ca = "clients-ca.pem" # ... and every client must present a certificate from
+//!                                  # this CA (optional)
 //!
 //! [[users]]                        # one table per user; clients give --user and --password
 //! name = "alice"
@@ -97,9 +101,11 @@ pub struct NodeConfig {
     /// The users clients authenticate as, with their permissions. With
     /// users (or a token), a client without valid credentials is refused.
     pub users: Vec<User>,
-    /// Serve clients on a non-loopback address without users or a token;
-    /// without it such a node refuses to start.
+    /// Serve clients on a non-loopback address without users, a token or
+    /// client certificates; without it such a node refuses to start.
     pub allow_anonymous: bool,
+    /// TLS on the TCP client port (and the NATS port), if given.
+    pub client_tls: Option<ClientTlsFiles>,
     /// TCP address for NATS clients (`starling node` listens on
     /// [`crate::nats::DEFAULT_NATS_LISTEN`] unless told otherwise; an
     /// embedded node, by default, does not).
@@ -108,6 +114,18 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// The mesh, if this node joins one.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// The TLS client port's certificate files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// The node's certificate (chain), PEM: it must name what clients dial.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// The CA every client's certificate must chain to; without it,
+    /// clients present none.
+    pub ca: Option<PathBuf>,
 }
 
 /// Node limits.
@@ -188,6 +206,7 @@ impl Default for NodeConfig {
             token: None,
             users: Vec::new(),
             allow_anonymous: false,
+            client_tls: None,
             nats: None,
             limits: Limits::default(),
             cluster: None,
@@ -206,6 +225,9 @@ pub struct FileConfig {
     io_backend: Option<String>,
     token: Option<String>,
     allow_anonymous: Option<bool>,
+    client_tls_cert: Option<PathBuf>,
+    client_tls_key: Option<PathBuf>,
+    client_tls_ca: Option<PathBuf>,
     users: Vec<FileUser>,
     limits: Option<Limits>,
     cluster: Option<FileCluster>,
@@ -290,6 +312,12 @@ pub struct Overrides {
     pub tls_ca: Option<PathBuf>,
     /// `--insecure-dev-tls` / `STARLING_INSECURE_DEV_TLS`.
     pub insecure_dev_tls: bool,
+    /// `--client-tls-cert` / `STARLING_CLIENT_TLS_CERT`.
+    pub client_tls_cert: Option<PathBuf>,
+    /// `--client-tls-key` / `STARLING_CLIENT_TLS_KEY`.
+    pub client_tls_key: Option<PathBuf>,
+    /// `--client-tls-ca` / `STARLING_CLIENT_TLS_CA`.
+    pub client_tls_ca: Option<PathBuf>,
 }
 
 /// Why a configuration could not be used.
@@ -320,6 +348,9 @@ pub enum ConfigError {
     /// A `[[users]]` table is wrong.
     #[error("[[users]]: {0}")]
     Users(String),
+    /// The client TLS settings do not fit together.
+    #[error("{0}")]
+    ClientTls(String),
 }
 
 impl NodeConfig {
@@ -341,6 +372,11 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let cluster = cluster_config(&overrides, file.cluster.unwrap_or_default())?;
+        let client_tls = client_tls(
+            overrides.client_tls_cert.or(file.client_tls_cert),
+            overrides.client_tls_key.or(file.client_tls_key),
+            overrides.client_tls_ca.or(file.client_tls_ca),
+        )?;
         let users = users(file.users)?;
         let defaults = NodeConfig::default();
         let io_backend = match overrides.io_backend.or(file.io_backend).as_deref() {
@@ -361,6 +397,7 @@ impl NodeConfig {
             token: non_empty(overrides.token.or(file.token)),
             users,
             allow_anonymous: overrides.allow_anonymous || file.allow_anonymous.unwrap_or(false),
+            client_tls,
             nats: non_empty(
                 overrides
                     .nats_listen
@@ -376,6 +413,28 @@ impl NodeConfig {
             }
             config
         })
+    }
+}
+
+/// The client port's TLS files: a certificate and its key, or neither; a
+/// client CA only with them.
+fn client_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<ClientTlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), ca) => Ok(Some(ClientTlsFiles { cert, key, ca })),
+        (cert, _, _) => Err(ConfigError::ClientTls(format!(
+            "TLS on the client port needs --client-tls-cert and --client-tls-key together \
+             (--client-tls-ca only with them): {} missing",
+            if cert.is_none() {
+                "--client-tls-cert"
+            } else {
+                "--client-tls-key"
+            }
+        ))),
     }
 }
 

@@ -13,6 +13,7 @@ use starling_core::{Bus, BusConfig, EventLimits};
 use starling_transport::auth::{Authentication, Authenticator, User};
 use starling_transport::budget::Budget;
 use starling_transport::server::{Backend, Server, ServerConfig, SessionConfig};
+use starling_transport::tls::{ServerTls, TlsError};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::NodeConfig;
@@ -29,12 +30,16 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Cluster(#[from] ClusterError),
+    /// The client port's TLS files could not be used.
+    #[error("client TLS: {0}")]
+    ClientTls(#[from] TlsError),
     /// Clients could reach the node from other hosts, and nothing would
     /// say who they are.
     #[error(
         "refusing to serve clients on {0} without users or a token: anyone who can reach it \
          could publish and subscribe to everything. Add [[users]] (see `starling passwd`) or a \
-         token, listen on a loopback address, or give --allow-anonymous if that is what you want"
+         token, require client certificates (--client-tls-ca), listen on a loopback address, or \
+         give --allow-anonymous if that is what you want"
     )]
     Anonymous(String),
 }
@@ -55,6 +60,14 @@ impl Node {
         let authenticator = Authenticator::new(config.token.clone(), config.users.clone());
         check_exposure(&config, &authenticator)?;
         let auth = Arc::new(Authentication::new(authenticator));
+        let client_tls = match &config.client_tls {
+            Some(files) => Some(ServerTls::from_files(
+                &files.cert,
+                &files.key,
+                files.ca.as_deref(),
+            )?),
+            None => None,
+        };
         let limits = EventLimits {
             payload_bytes_max: config.limits.payload_bytes_max,
             ..EventLimits::default()
@@ -75,6 +88,7 @@ impl Node {
                     connections_max: config.limits.connections_max,
                     partial_frame_bytes_max: config.limits.partial_frame_bytes_max,
                     subscriptions_max: config.limits.subscriptions_max,
+                    tls: client_tls.clone(),
                     session: SessionConfig {
                         server_name: config.name.clone(),
                         auth: auth.clone(),
@@ -247,9 +261,15 @@ impl Drop for Node {
 }
 
 /// Refuses a node that would serve clients on a non-loopback address
-/// without credentials, unless told to allow anonymous clients.
+/// without credentials, unless told to allow anonymous clients. Mandatory
+/// client certificates are credentials, as users or a token are; TLS
+/// without them only encrypts.
 fn check_exposure(config: &NodeConfig, authenticator: &Authenticator) -> Result<(), NodeError> {
-    if authenticator.required() || config.allow_anonymous {
+    let certified = config
+        .client_tls
+        .as_ref()
+        .is_some_and(|tls| tls.ca.is_some());
+    if authenticator.required() || certified || config.allow_anonymous {
         return Ok(());
     }
     let exposed = [&config.listen, &config.nats]
@@ -303,5 +323,38 @@ mod tests {
         assert!(is_loopback("localhost:7400"));
         assert!(is_loopback("[::1]:7400"));
         assert!(!is_loopback("node-a:7400"));
+    }
+
+    #[test]
+    fn mandatory_client_certificates_are_credentials_tls_alone_is_not() {
+        let dir = std::env::temp_dir().join(format!(
+            "starling-node-tls-{:016x}",
+            starling_core::random_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = crate::cluster::tls::write_ca(&dir).unwrap();
+        let pair = crate::cluster::tls::write_node_certificate(&dir, "n", &[]).unwrap();
+        let exposed = |ca: Option<&Path>| NodeConfig {
+            listen: Some("0.0.0.0:0".into()),
+            nats: None,
+            http: None,
+            client_tls: Some(crate::config::ClientTlsFiles {
+                cert: pair.cert.clone(),
+                key: pair.key.clone(),
+                ca: ca.map(Path::to_owned),
+            }),
+            ..NodeConfig::default()
+        };
+        let error = Node::start(exposed(None)).unwrap_err();
+        assert!(matches!(error, NodeError::Anonymous(_)), "{error}");
+        assert!(error.to_string().contains("--client-tls-ca"), "{error}");
+        Node::start(exposed(Some(&ca.cert))).unwrap().shutdown();
+        // They hold for the NATS port too.
+        let with_nats = NodeConfig {
+            nats: Some("0.0.0.0:0".into()),
+            ..exposed(Some(&ca.cert))
+        };
+        Node::start(with_nats).unwrap().shutdown();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! `starling cert`: a development CA and node certificates for mesh links.
+//! `starling cert`: a development CA and node certificates for mesh links
+//! and for the TLS client port.
 
 use std::error::Error;
 use std::path::Path;
@@ -18,14 +19,22 @@ pub(super) fn run(args: CertArgs) -> Result<ExitCode, Box<dyn Error>> {
                 dir.display()
             );
         }
-        CertCommand::Node { name, dir } => {
-            let written = write_node_certificate(&dir, &name)?;
+        CertCommand::Node { name, dir, san } => {
+            let written = write_node_certificate(&dir, &name, &san)?;
             print_written(&written);
+            let ca = dir.join("ca.pem");
             println!(
                 "use: starling node --name {name} --tls-cert {} --tls-key {} --tls-ca {}",
                 written.cert.display(),
                 written.key.display(),
-                dir.join("ca.pem").display()
+                ca.display()
+            );
+            println!(
+                "or, for the TLS client port: starling node --client-tls-cert {} --client-tls-key {} \
+                 (clients: --server tls://HOST:PORT --ca {})",
+                written.cert.display(),
+                written.key.display(),
+                ca.display()
             );
         }
         CertCommand::Cluster { names, dir } => {
@@ -35,7 +44,7 @@ pub(super) fn run(args: CertArgs) -> Result<ExitCode, Box<dyn Error>> {
             }
             for name in &names {
                 if !complete(&dir, name) {
-                    print_written(&write_node_certificate(&dir, name)?);
+                    print_written(&write_node_certificate(&dir, name, &[])?);
                 }
             }
             println!(

@@ -8,20 +8,47 @@ use std::time::{Duration, Instant};
 use starling_core::event::Header;
 use starling_core::{RecvError, SlowConsumerPolicy};
 use starling_transport::client::{Client, ClientError, ClientOptions, ClientSubscription};
+use starling_transport::tls::ClientTls;
 
 use super::{PubArgs, ReplyArgs, ReqArgs, ServerArgs, SubArgs};
 
 type Outcome = Result<ExitCode, Box<dyn Error>>;
 
-fn connect(server: &ServerArgs, name: &str) -> Result<Client, ClientError> {
+fn connect(server: &ServerArgs, name: &str) -> Result<Client, Box<dyn Error>> {
     let options = ClientOptions {
         name: format!("{name}-{}", std::process::id()),
         token: server.token.clone(),
         user: server.user.clone(),
         password: server.password.clone(),
+        tls: client_tls(server)?,
         ..ClientOptions::default()
     };
-    Client::connect_with(&server.server, options)
+    Ok(Client::connect_with(&server.server, options)?)
+}
+
+/// `--ca` and the client certificate, for a `tls://` URL only: given with
+/// another URL, they would be ignored, and the connection would be plain
+/// where its user asked for TLS.
+fn client_tls(server: &ServerArgs) -> Result<Option<ClientTls>, Box<dyn Error>> {
+    let identity = server.tls_cert.as_deref().zip(server.tls_key.as_deref());
+    if !server.server.starts_with("tls://") {
+        if server.ca.is_some() || identity.is_some() {
+            return Err(format!(
+                "--ca, --tls-cert and --tls-key are for tls:// URLs, and {} is not one",
+                server.server
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let Some(ca) = &server.ca else {
+        return Err(format!(
+            "{} needs --ca FILE: the CA that signed the node's certificate",
+            server.server
+        )
+        .into());
+    };
+    Ok(Some(ClientTls::from_files(ca, identity)?))
 }
 
 fn subscribe(

@@ -38,7 +38,8 @@ enum Command {
     Req(ReqArgs),
     /// Answers each request on a subject with its own payload.
     Reply(ReplyArgs),
-    /// Makes a development CA and node certificates for mesh links.
+    /// Makes a development CA and node certificates (for mesh links, and
+    /// for the TLS client port).
     Cert(CertArgs),
     /// Reads a password on standard input and prints its argon2id hash (a
     /// PHC string) for a `[[users]]` table's `password`.
@@ -97,6 +98,11 @@ enum CertCommand {
         /// Where the CA is, and where to write.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Also valid for these DNS names and IP addresses, comma-separated:
+        /// where clients dial the node's TLS client port (tls://HOST:PORT
+        /// checks HOST against them).
+        #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
+        san: Vec<String>,
     },
     /// Writes the CA if DIR has none, and a certificate for each NAME that
     /// has none; keeps every file that exists, so it may run at every start
@@ -169,15 +175,37 @@ pub struct NodeArgs {
     /// accept any peer, authenticating nobody.
     #[arg(long, env = "STARLING_INSECURE_DEV_TLS")]
     insecure_dev_tls: bool,
+    /// Serve the TCP client port (and the NATS port) with TLS only, with
+    /// this certificate (PEM; `starling cert node NAME --san HOST` makes
+    /// one); the Unix socket stays plain.
+    #[arg(long, env = "STARLING_CLIENT_TLS_CERT")]
+    client_tls_cert: Option<PathBuf>,
+    /// The client port certificate's private key (PEM).
+    #[arg(long, env = "STARLING_CLIENT_TLS_KEY")]
+    client_tls_key: Option<PathBuf>,
+    /// Require of every TLS client a certificate signed by this CA (PEM):
+    /// authentication, as users or a token are.
+    #[arg(long, env = "STARLING_CLIENT_TLS_CA")]
+    client_tls_ca: Option<PathBuf>,
 }
 
 /// Where a client command connects.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The node: tcp://HOST:PORT or unix:///path; tcp://USER:PASSWORD@HOST:PORT
-    /// gives credentials too.
+    /// The node: tcp://HOST:PORT, tls://HOST:PORT (with --ca) or
+    /// unix:///path; tcp://USER:PASSWORD@HOST:PORT gives credentials too.
     #[arg(long, env = "STARLING_URL", default_value = DEFAULT_URL)]
     server: String,
+    /// For tls:// URLs: the CA that signed the node's certificate (PEM).
+    #[arg(long, env = "STARLING_CA")]
+    ca: Option<PathBuf>,
+    /// For a node that requires client certificates: this client's
+    /// certificate (PEM), signed by the node's client CA.
+    #[arg(long, env = "STARLING_CLIENT_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "STARLING_CLIENT_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The user to connect as (a `[[users]]` name of the node).
     #[arg(long, env = "STARLING_USER", default_value = "")]
     user: String,

@@ -34,6 +34,9 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         tls_key: args.tls_key,
         tls_ca: args.tls_ca,
         insecure_dev_tls: args.insecure_dev_tls,
+        client_tls_cert: args.client_tls_cert,
+        client_tls_key: args.client_tls_key,
+        client_tls_ca: args.client_tls_ca,
     };
     let config = NodeConfig::load(args.config.as_deref(), overrides.clone())?;
     let reload = Reload {
@@ -49,11 +52,16 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
     // Before anything is printed: a script may signal the node as soon as it
     // has read the addresses, and an uncaught SIGTERM would kill it undrained.
     let signals = StopSignals::install()?;
+    let tcp_scheme = if config.client_tls.is_some() {
+        "tls"
+    } else {
+        "tcp"
+    };
     let node = Node::start(config)?;
     // One line per fact, for people and for scripts that start nodes.
     println!("starling node {} is up", node.name());
     if let Some(addr) = node.tcp_addr() {
-        println!("local tcp://{addr}");
+        println!("local {tcp_scheme}://{addr}");
     }
     if let Some(path) = node.uds_path() {
         println!("local unix://{}", path.display());

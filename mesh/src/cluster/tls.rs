@@ -9,7 +9,10 @@
 //! its certificate ([`peer_holds_name`]), so one node cannot pose as another.
 //!
 //! `starling cert ca` and `starling cert node NAME` write a development CA
-//! and node certificates signed by it ([`write_ca`], [`write_node_certificate`]).
+//! and node certificates signed by it ([`write_ca`], [`write_node_certificate`]);
+//! `--san HOST,...` adds the names and addresses clients dial the node's
+//! TLS client port at. Reading PEM files is the transport's
+//! (`starling_transport::tls`), shared with the client port's TLS.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,13 +25,11 @@ use rcgen::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{
-    DigitallySignedStruct, DistinguishedName as RustlsDn, RootCertStore, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName as RustlsDn, SignatureScheme};
+use starling_transport::tls::{certificates, private_key, provider, roots};
 use thiserror::Error;
 
 use super::wire::ALPN;
@@ -72,6 +73,9 @@ pub enum TlsError {
         /// Why.
         source: std::io::Error,
     },
+    /// A certificate, key or CA file is missing or unusable.
+    #[error(transparent)]
+    Files(#[from] starling_transport::tls::TlsError),
     /// A file holds no usable PEM item of the kind needed.
     #[error("{path}: {what}")]
     Pem {
@@ -127,10 +131,6 @@ impl fmt::Debug for LinkTls {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// This node's certificate and how it checks its peers'.
 struct Identity {
     chain: Vec<CertificateDer<'static>>,
@@ -147,16 +147,9 @@ impl Identity {
         ca: &Path,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
-        let chain = read_certificates(cert)?;
-        let key = read_key(key)?;
-        let mut roots = RootCertStore::empty();
-        for ca_cert in read_certificates(ca)? {
-            roots.add(ca_cert).map_err(|error| TlsError::Pem {
-                path: ca.to_owned(),
-                what: format!("not a usable CA certificate: {error}"),
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let chain = certificates(cert)?;
+        let key = private_key(key)?;
+        let roots = Arc::new(roots(ca)?);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
@@ -176,7 +169,7 @@ impl Identity {
 
     fn insecure(node_name: &str, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
         let key = KeyPair::generate()?;
-        let cert = node_params(node_name).self_signed(&key)?;
+        let cert = node_params(node_name, &[])?.self_signed(&key)?;
         let accept = Arc::new(AcceptAnyPeer {
             algorithms: provider.signature_verification_algorithms,
         });
@@ -269,36 +262,16 @@ fn names(leaf: &CertificateDer<'_>, name: &str) -> bool {
         .is_ok()
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|items| items.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| TlsError::Pem {
-            path: path.to_owned(),
-            what: error.to_string(),
-        })?;
-    if certificates.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.to_owned(),
-            what: "no CERTIFICATE in it".into(),
-        });
-    }
-    Ok(certificates)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::Pem {
-        path: path.to_owned(),
-        what: format!("no usable private key: {error}"),
-    })
-}
-
-fn node_params(name: &str) -> CertificateParams {
+/// A node certificate's parameters: valid for the shared link name, the
+/// node's name and `sans` (DNS names or IP addresses clients dial).
+fn node_params(name: &str, sans: &[String]) -> Result<CertificateParams, TlsError> {
     let mut names = vec![LINK_SERVER_NAME.to_owned()];
-    if name != LINK_SERVER_NAME {
-        names.push(name.to_owned());
+    for extra in std::iter::once(name).chain(sans.iter().map(String::as_str)) {
+        if !names.iter().any(|known| known == extra) {
+            names.push(extra.to_owned());
+        }
     }
-    let mut params =
-        CertificateParams::new(names).expect("node names are valid subject alternative names");
+    let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -306,7 +279,7 @@ fn node_params(name: &str) -> CertificateParams {
     ];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    params
+    Ok(params)
 }
 
 fn ca_params() -> CertificateParams {
@@ -347,11 +320,26 @@ pub fn write_ca(dir: &Path) -> Result<WrittenPair, TlsError> {
 }
 
 /// Writes a certificate for node `name`, signed by the CA in `dir`, to
-/// `dir/NAME.pem` and `dir/NAME-key.pem`.
-pub fn write_node_certificate(dir: &Path, name: &str) -> Result<WrittenPair, TlsError> {
+/// `dir/NAME.pem` and `dir/NAME-key.pem`; it is also valid for `sans`, the
+/// DNS names and IP addresses clients dial the node at (its TLS client
+/// port checks nothing else).
+pub fn write_node_certificate(
+    dir: &Path,
+    name: &str,
+    sans: &[String],
+) -> Result<WrittenPair, TlsError> {
     if ServerName::try_from(name).is_err() || name.contains('/') {
         return Err(TlsError::Verifier(format!(
             "'{name}' cannot name a node certificate: use letters, digits, '-' and '.'"
+        )));
+    }
+    // ServerName parses an IP address as one, anything else as a DNS name.
+    if let Some(san) = sans
+        .iter()
+        .find(|san| ServerName::try_from(san.as_str()).is_err())
+    {
+        return Err(TlsError::Verifier(format!(
+            "--san '{san}' is neither a DNS name nor an IP address"
         )));
     }
     let ca_key_path = dir.join("ca-key.pem");
@@ -372,7 +360,7 @@ pub fn write_node_certificate(dir: &Path, name: &str) -> Result<WrittenPair, Tls
     };
     refuse_overwrite(&pair)?;
     let key = KeyPair::generate()?;
-    let cert = node_params(name).signed_by(&key, &issuer)?;
+    let cert = node_params(name, sans)?.signed_by(&key, &issuer)?;
     write_pair(&pair, &cert.pem(), &key.serialize_pem())?;
     Ok(pair)
 }
@@ -503,7 +491,8 @@ mod tests {
     fn a_ca_signs_node_certificates_that_load_and_name_their_node() {
         let dir = temp_dir();
         let ca = write_ca(&dir).unwrap();
-        let node = write_node_certificate(&dir, "node-a").unwrap();
+        let sans = ["node-a.example".to_owned(), "10.0.0.5".to_owned()];
+        let node = write_node_certificate(&dir, "node-a", &sans).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&node.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "keys are private to their owner");
@@ -523,12 +512,16 @@ mod tests {
         assert!(error.to_string().contains("node-a.pem"), "{error}");
         // The certificate is valid for the shared link name and its node's
         // name, and only those.
-        let leaf = read_certificates(&node.cert).unwrap().remove(0);
+        let leaf = certificates(&node.cert).unwrap().remove(0);
         let parsed = ParsedCertificate::try_from(&leaf).unwrap();
+        // ... and the names and addresses given with --san.
         for (name, valid) in [
             (LINK_SERVER_NAME, true),
             ("node-a", true),
             ("node-b", false),
+            ("node-a.example", true),
+            ("10.0.0.5", true),
+            ("10.0.0.6", false),
         ] {
             let name = ServerName::try_from(name).unwrap();
             assert_eq!(
@@ -541,7 +534,9 @@ mod tests {
             matches!(write_ca(&dir), Err(TlsError::Io { .. })),
             "an existing CA is not overwritten"
         );
-        assert!(write_node_certificate(&dir, "bad/name").is_err());
+        assert!(write_node_certificate(&dir, "bad/name", &[]).is_err());
+        let error = write_node_certificate(&dir, "node-c", &["not a name".into()]).unwrap_err();
+        assert!(error.to_string().contains("'not a name'"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

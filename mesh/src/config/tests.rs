@@ -211,3 +211,44 @@ fn the_probe_interval_sets_membership_timing_and_is_bounded() {
     assert!(error.to_string().contains("probe_interval_ms"), "{error}");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn client_tls_comes_from_the_file_or_the_flags_and_is_whole() {
+    let path = write(
+        "client_tls_cert = \"file.pem\"\nclient_tls_key = \"file-key.pem\"\nclient_tls_ca = \"clients.pem\"\n",
+    );
+    let overrides = Overrides {
+        client_tls_cert: Some("flag.pem".into()),
+        ..Overrides::default()
+    };
+    let config = NodeConfig::load(Some(&path), overrides).unwrap();
+    assert_eq!(
+        config.client_tls,
+        Some(ClientTlsFiles {
+            cert: "flag.pem".into(),
+            key: "file-key.pem".into(),
+            ca: Some("clients.pem".into()),
+        })
+    );
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(
+        NodeConfig::load(None, Overrides::default())
+            .unwrap()
+            .client_tls,
+        None
+    );
+    for (cert, key, ca, missing) in [
+        (Some("c.pem"), None, None, "--client-tls-key"),
+        (None, Some("k.pem"), None, "--client-tls-cert"),
+        (None, None, Some("ca.pem"), "--client-tls-cert"),
+    ] {
+        let overrides = Overrides {
+            client_tls_cert: cert.map(PathBuf::from),
+            client_tls_key: key.map(PathBuf::from),
+            client_tls_ca: ca.map(PathBuf::from),
+            ..Overrides::default()
+        };
+        let error = NodeConfig::load(None, overrides).unwrap_err().to_string();
+        assert!(error.contains(&format!("{missing} missing")), "{error}");
+    }
+}

@@ -218,7 +218,7 @@ fn start_nodes(certificates: &Path, out: &mut impl Write) -> Result<Vec<Node>, D
     let ca = tls::write_ca(certificates)?;
     let mut nodes: Vec<Node> = Vec::with_capacity(NODES.len());
     for name in NODES {
-        let pair = tls::write_node_certificate(certificates, name)?;
+        let pair = tls::write_node_certificate(certificates, name, &[])?;
         let certificate = TlsSource::Files {
             cert: pair.cert,
             key: pair.key,

@@ -31,6 +31,7 @@ pub struct Node {
     /// The network namespace it runs in, if not this process's.
     pub netns: Option<String>,
     pub process: Process,
+    /// `tcp://HOST:PORT`, or `tls://HOST:PORT` if the port speaks TLS.
     pub tcp: String,
     pub uds: String,
     pub http: String,
@@ -97,14 +98,15 @@ fn start_node_by(
     let dir = temp_dir();
     let uds = dir.join("node.sock");
     command
-        .args([
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--uds",
-        ])
+        .arg("node")
+        // A free loopback port, unless the test chose where.
+        .args(
+            (!extra.contains(&"--listen"))
+                .then_some(["--listen", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+        )
+        .args(["--http", "127.0.0.1:0", "--uds"])
         .arg(&uds)
         .args(extra)
         // A free port rather than NATS's 4222, unless the test chose one.
@@ -156,6 +158,8 @@ fn start_node_by(
             node.name = rest.trim_end_matches(" is up").to_owned();
         } else if let Some(url) = line.strip_prefix("local tcp://") {
             node.tcp = format!("tcp://{url}");
+        } else if let Some(url) = line.strip_prefix("local tls://") {
+            node.tcp = format!("tls://{url}");
         } else if let Some(url) = line.strip_prefix("local unix://") {
             node.uds = format!("unix://{url}");
         } else if let Some(url) = line.strip_prefix("http http://") {

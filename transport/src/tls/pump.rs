@@ -543,10 +543,13 @@ fn describe(error: &rustls::Error) -> String {
         Error::AlertReceived(AlertDescription::CertificateRequired) => {
             " (the node requires a client certificate: give --tls-cert and --tls-key)"
         }
+        // A certificate from a CA of the same name but another key (two
+        // `starling cert ca`) fails its signature check: DecryptError.
         Error::AlertReceived(
             AlertDescription::UnknownCA
             | AlertDescription::BadCertificate
-            | AlertDescription::CertificateUnknown,
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::DecryptError,
         ) => " (the node refused this client certificate: is it signed by the node's client CA?)",
         _ => "",
     };
