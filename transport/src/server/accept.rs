@@ -6,14 +6,10 @@
 //! Connections that arrive meanwhile wait in the listen backlog (the kernel
 //! completes their handshakes), and are accepted when descriptors free up.
 
-use std::io;
 use std::time::{Duration, Instant};
 
 /// How long accepting pauses after running out of descriptors.
 const PAUSE: Duration = Duration::from_millis(100);
-/// Connections accepted from one listener per turn of a loop: a flood of
-/// new connections does not keep the open ones waiting.
-const ACCEPTS_PER_TURN: usize = 64;
 
 /// Accepting's state: running, or paused until a time.
 #[derive(Debug, Default)]
@@ -24,34 +20,6 @@ pub(super) struct AcceptPause {
 }
 
 impl AcceptPause {
-    /// Accepts up to [`ACCEPTS_PER_TURN`] connections with `accept`, handing
-    /// each to `admit`, for a loop whose listener is edge-triggered. True if
-    /// more may be waiting, which readiness will not say again: the turn was
-    /// up, or an accept failed for another reason than a shortage (a
-    /// connection reset before it was accepted), which the next one need not
-    /// share.
-    pub(super) fn accept_turn<C>(
-        &mut self,
-        mut accept: impl FnMut() -> io::Result<C>,
-        mut admit: impl FnMut(C),
-    ) -> bool {
-        for _ in 0..ACCEPTS_PER_TURN {
-            match accept() {
-                Ok(connection) => {
-                    self.accepted();
-                    admit(connection);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    let errno = error.raw_os_error().unwrap_or(0);
-                    return !self.failed(errno, Instant::now());
-                }
-            }
-        }
-        true
-    }
-
     /// An accept failed with `errno`. True if for want of descriptors or
     /// memory: accepting pauses (see [`AcceptPause::resume_at`]).
     pub(super) fn failed(&mut self, errno: i32, now: Instant) -> bool {

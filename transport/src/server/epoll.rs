@@ -33,6 +33,9 @@ const READ_BYTES: usize = 64 << 10;
 /// again on the next turn, after every other ready connection had its turn:
 /// one fast publisher cannot starve the rest of the thread.
 const READS_PER_TURN: usize = 4;
+/// Connections accepted from one listener per turn of the loop: a flood of
+/// new connections does not keep the open ones waiting.
+const ACCEPTS_PER_TURN: usize = 64;
 
 const WAKE: Token = Token(0);
 const LISTEN_TCP: Token = Token(1);
@@ -122,10 +125,7 @@ pub(super) fn run(
         }
         for event in events.iter() {
             match event.token() {
-                WAKE => {
-                    state.pull_ready(poll.registry());
-                    state.adopt(poll.registry());
-                }
+                WAKE => state.pull_ready(poll.registry()),
                 LISTEN_TCP | LISTEN_UDS => {
                     state.accept(tcp.as_ref(), uds.as_ref(), poll.registry());
                 }
@@ -211,11 +211,13 @@ impl Loop<'_> {
             return;
         }
         if let Some(listener) = tcp {
+            let server = self.server;
             self.accept_from(registry, || {
-                listener.accept().map(|(stream, remote)| {
-                    let _ = stream.set_nodelay(true);
-                    (Stream::Tcp(stream.into()), remote.to_string())
-                })
+                let (stream, remote) = listener.accept()?;
+                let _ = stream.set_nodelay(true);
+                // A connection TLS cannot take fails like one reset before
+                // it was accepted (or, out of descriptors, pauses accepting).
+                Ok((server.tcp_stream(stream.into())?, remote.to_string()))
             });
         }
         if let Some(listener) = uds {
@@ -230,21 +232,28 @@ impl Loop<'_> {
     fn accept_from(
         &mut self,
         registry: &Registry,
-        accept: impl FnMut() -> io::Result<(Stream, String)>,
+        mut accept: impl FnMut() -> io::Result<(Stream, String)>,
     ) {
-        let mut pause = std::mem::take(&mut self.accept_pause);
-        let again = pause.accept_turn(accept, |(stream, remote)| {
-            self.admit(stream, remote, registry)
-        });
-        self.accept_pause = pause;
-        self.accept_again |= again;
-    }
-
-    /// Takes over the connections the TLS terminator accepted.
-    fn adopt(&mut self, registry: &Registry) {
-        for (stream, remote) in self.server.take_adopted() {
-            self.admit(stream, remote, registry);
+        for _ in 0..ACCEPTS_PER_TURN {
+            match accept() {
+                Ok((stream, remote)) => {
+                    self.accept_pause.accepted();
+                    self.admit(stream, remote, registry);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    let errno = error.raw_os_error().unwrap_or(0);
+                    if !self.accept_pause.failed(errno, Instant::now()) {
+                        // A connection reset before it was accepted: the
+                        // next one may be fine.
+                        self.accept_again = true;
+                    }
+                    return;
+                }
+            }
         }
+        self.accept_again = true;
     }
 
     fn admit(&mut self, stream: Stream, remote: String, registry: &Registry) {

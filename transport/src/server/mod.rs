@@ -16,10 +16,10 @@
 //! from event memory) and a portable epoll loop. The node probes io_uring at
 //! start and falls back to epoll on any failure, saying why once.
 //!
-//! With TLS settings ([`ServerConfig::tls`]) the TCP port speaks TLS only: a
-//! terminator thread accepts there and hands the I/O thread each
-//! connection's plaintext over a socket pair (`terminator.rs`, and why in
-//! `crate::tls`); the Unix socket stays plain.
+//! With TLS settings ([`ServerConfig::tls`]) the TCP port speaks TLS only:
+//! the I/O thread hands each TCP connection it accepts to a TLS
+//! [`Terminator`] thread and serves the plaintext end of a socket pair
+//! instead (why in `crate::tls`); the Unix socket stays plain.
 //!
 //! Here: the server's lifecycle (start, shutdown) and what its I/O thread
 //! shares with it. `listeners.rs` binds; `backend.rs` chooses the backend,
@@ -34,7 +34,6 @@ mod listeners;
 mod outbox;
 mod registry;
 mod session;
-mod terminator;
 #[cfg(target_os = "linux")]
 mod uring;
 mod wake;
@@ -55,11 +54,14 @@ pub use session::SessionConfig;
 use starling_core::Bus;
 
 use crate::budget::Budget;
+use crate::frame::{ErrorCode, error_frame};
 use crate::stream::Stream;
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, Terminator, TerminatorConfig, TlsPlain};
 
 use registry::ConnectionRegistry;
-use terminator::Terminator;
+
+/// What the TLS port tells a client that speaks plain Starling to it.
+const REQUIRES_TLS: &str = "this port requires TLS: connect with tls://HOST:PORT (and --ca)";
 
 /// How a local server is set up.
 #[derive(Debug, Clone)]
@@ -112,7 +114,6 @@ pub struct Server {
     uds_path: Option<PathBuf>,
     state: Arc<ServerState>,
     worker: Mutex<Option<JoinHandle<()>>>,
-    terminator: Mutex<Option<Terminator>>,
 }
 
 /// What the I/O thread and the server's owner share: the bus, the settings,
@@ -133,10 +134,8 @@ struct ServerState {
     stopping: AtomicBool,
     /// Set by the backend once it runs: how to wake its loop from any thread.
     waker: OnceLock<Arc<dyn wake::WakeLoop>>,
-    /// Connections the TLS terminator accepted, for the I/O thread to take
-    /// over: their plaintext ends and their peers' addresses. A lock, taken
-    /// once per TLS connection on each side.
-    adopted: Mutex<Vec<(Stream, String)>>,
+    /// With TLS: the thread that speaks it for the TCP connections.
+    terminator: Option<Terminator>,
 }
 
 impl ServerState {
@@ -153,28 +152,17 @@ impl ServerState {
         )
     }
 
-    /// Hands the I/O thread a connection accepted elsewhere (by the TLS
-    /// terminator), from `remote`.
-    fn adopt(&self, stream: Stream, remote: String) {
-        self.adopted
-            .lock()
-            .expect("adopted lock")
-            .push((stream, remote));
-        if let Some(waker) = self.waker.get() {
-            waker.wake_loop();
+    /// An accepted TCP connection as the I/O thread serves it: with TLS,
+    /// the plaintext end of its terminator's socket pair. Fails when the
+    /// terminator cannot take it: drop the connection.
+    fn tcp_stream(&self, tcp: std::net::TcpStream) -> io::Result<Stream> {
+        match &self.terminator {
+            Some(terminator) => {
+                let plain = terminator.terminate(tcp)?;
+                Ok(Stream::Tls(TlsPlain::accepted(plain)))
+            }
+            None => Ok(Stream::Tcp(tcp)),
         }
-    }
-
-    /// The connections handed over since the last call; none once the
-    /// server is stopping (those are closed: their clients are told by
-    /// their pumps' closing).
-    fn take_adopted(&self) -> Vec<(Stream, String)> {
-        let adopted = std::mem::take(&mut *self.adopted.lock().expect("adopted lock"));
-        // SYNC POINT (server-stop), as the loops' own look.
-        if self.stopping.load(Ordering::Acquire) {
-            return Vec::new();
-        }
-        adopted
     }
 }
 
@@ -190,13 +178,23 @@ fn peer_ip(remote: &str) -> Option<IpAddr> {
 impl Server {
     /// Binds the listeners and starts the I/O loop on its own thread.
     pub fn start(bus: Bus, config: ServerConfig) -> io::Result<Server> {
-        let mut listeners = listeners::bind(&config)?;
+        let listeners = listeners::bind(&config)?;
         let tcp_addr = listeners.tcp.as_ref().map(|l| l.local_addr()).transpose()?;
-        // With TLS, the terminator takes the TCP port; the I/O thread gets
-        // its connections through `adopt`.
-        let tls_listener = config.tls.is_some().then(|| listeners.tcp.take()).flatten();
         let uds_path = config.uds.clone();
         let choice = config.backend;
+        let terminator = match &config.tls {
+            Some(tls) => Some(Terminator::start(TerminatorConfig {
+                tls: tls.clone(),
+                handshake_timeout: config.session.handshake_timeout,
+                // Room for connections the I/O thread turns away over
+                // `connections_max`: its `ERR` saying so reaches the
+                // client once its handshake is done.
+                pumps_max: config.connections_max.saturating_mul(2),
+                refusal: error_frame(ErrorCode::Handshake, REQUIRES_TLS),
+                drain_timeout: config.drain_timeout,
+            })?),
+            None => None,
+        };
         let state = Arc::new(ServerState {
             session: Arc::new(config.session.clone()),
             partial_frames: Arc::new(Budget::new(config.partial_frame_bytes_max)),
@@ -206,7 +204,7 @@ impl Server {
             connections: ConnectionRegistry::default(),
             stopping: AtomicBool::new(false),
             waker: OnceLock::new(),
-            adopted: Mutex::default(),
+            terminator,
         });
         // The I/O thread sets its backend up itself (an io_uring ring belongs
         // to the thread that submits to it) and reports which it runs.
@@ -225,20 +223,13 @@ impl Server {
             }
             Err(_) => return Err(io::Error::other("the I/O thread exited during start-up")),
         };
-        let server = Server {
+        Ok(Server {
             backend,
             tcp_addr,
             uds_path,
             state,
             worker: Mutex::new(Some(worker)),
-            terminator: Mutex::new(None),
-        };
-        if let (Some(listener), Some(tls)) = (tls_listener, &server.state.config.tls) {
-            // On failure, dropping `server` stops the I/O thread.
-            let terminator = Terminator::start(listener, tls, server.state.clone())?;
-            *server.terminator.lock().expect("terminator lock") = Some(terminator);
-        }
-        Ok(server)
+        })
     }
 
     /// The backend in use.
@@ -283,10 +274,6 @@ impl Server {
         if let Some(waker) = self.state.waker.get() {
             waker.wake_loop();
         }
-        let mut terminator = self.terminator.lock().expect("terminator lock");
-        if let Some(terminator) = terminator.as_ref() {
-            terminator.wake();
-        }
         let worker = self.worker.lock().expect("worker lock").take();
         if let Some(worker) = worker {
             let _ = worker.join();
@@ -294,7 +281,7 @@ impl Server {
                 let _ = std::fs::remove_file(path);
             }
         }
-        if let Some(terminator) = terminator.take() {
+        if let Some(terminator) = &self.state.terminator {
             terminator.finish();
         }
     }

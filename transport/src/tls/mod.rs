@@ -1,36 +1,37 @@
-//! TLS on the local server's TCP port, and for clients that dial
-//! `tls://HOST:PORT`: rustls (TLS 1.3, the ring provider, as the mesh's
-//! links), certificates from PEM files.
+//! TLS on the local server's TCP port (and the NATS listener's), and for
+//! clients that dial `tls://HOST:PORT`: rustls (TLS 1.3, the ring provider,
+//! as the mesh's links), certificates from PEM files.
 //!
 //! ```text
-//!  client app ─► client's socket pair ─► pump thread ═TLS/TCP═► terminator thread ─► socket pair ─► I/O backend
-//!   (frames)      (plaintext)             (rustls)               (rustls, all TLS     (plaintext)    (io_uring or epoll:
-//!                                                                 connections, mio)                   a connection like any)
+//!  client app ─► socket pair ─► pump thread ═TLS/TCP═► Terminator thread ─► socket pair ─► I/O thread
+//!  (frames)      (plaintext)    (rustls, one            (rustls, one loop      (plaintext)    (io_uring or epoll:
+//!                               per connection)          for every pump)                       a connection like any)
 //! ```
 //!
-//! Where TLS sits on the server: in front of the I/O backends, not inside
-//! them. A *terminator* thread (`server/terminator.rs`) owns the TLS port's
-//! listener; for each connection it accepts, it makes a socket pair, hands
-//! one end to the I/O thread as a connection of its own ("adopted": its
-//! listing shows transport `tls` and the client's address), and runs a
-//! [`pump::Pump`] between the TCP socket (ciphertext) and the other end
-//! (plaintext). Why not rustls inside both backends:
+//! Where TLS sits on the server: beside the I/O backends, not inside them.
+//! The I/O thread accepts TCP as always, hands each connection to a
+//! [`Terminator`] thread, and serves the plaintext end of a socket pair in
+//! its place (listed as transport `tls`, with the client's address); on the
+//! terminator's thread a `Pump` moves bytes between the TCP socket
+//! (ciphertext) and the pair's other end (plaintext). Why not rustls inside
+//! both backends:
 //!
 //! - The backends are built around zero-copy: io_uring receives into a
 //!   registered buffer ring and sends gathered slices straight from event
 //!   memory. Encryption copies every byte anyway, so TLS inside them would
 //!   need a second receive and send path in each (buffered, with rustls's
 //!   state between completions), two new state machines where a mistake
-//!   loses or reorders bytes. The socket pair keeps both backends exactly as
-//!   they are, and TLS is written once, for both, and for the client too.
+//!   loses or reorders bytes. The socket pair keeps both backends as they
+//!   are; TLS is written once, for both, for the NATS listener (tokio), and
+//!   for the client.
 //! - Crypto runs on a thread of its own, beside the I/O thread, so TLS
 //!   clients cost the I/O thread no more than Unix-socket clients do.
 //! - The limits hold unchanged: the session's handshake timeout starts when
-//!   the connection is accepted, so it covers the TLS handshake too; the
-//!   pump closes a TLS handshake that is not done within that same timeout
-//!   itself; `connections_max` counts adopted connections like the others
-//!   (and bounds the pumps); half-received frames are the session's, within
-//!   the node-wide budget as always. A pump holds at most one TLS record of
+//!   the connection is accepted, so it covers the TLS handshake too, and the
+//!   pump ends a TLS handshake not done within that same timeout itself;
+//!   `connections_max` counts TLS connections like the others (pumps are
+//!   bounded too); half-received frames are the session's, within the
+//!   node-wide budget as always. A pump holds at most one TLS record of
 //!   ciphertext and one of plaintext, plus a 64 KiB read only while the
 //!   local side is slower than the network.
 //!
@@ -43,12 +44,16 @@
 //! directions) does not allow.
 //!
 //! A peer that does not speak TLS gets a clear answer, not a hang or a
-//! decode error: the server looks at a new connection's first bytes, and if
-//! they are not a TLS ClientHello it answers with a plain `ERR` frame
-//! ("this port requires TLS") before closing; a client whose server's first
-//! bytes are not a TLS record says "the server did not answer TLS".
+//! decode error: a server looks at a new connection's first bytes, and if
+//! they are not a TLS ClientHello it answers in the peer's own protocol (a
+//! Starling `ERR` frame, "this port requires TLS"; NATS's `-ERR`) before
+//! closing; a client whose server's first bytes are not a TLS record says
+//! "the server did not answer TLS".
 
-pub(crate) mod pump;
+mod pump;
+mod terminator;
+
+pub use terminator::{Terminator, TerminatorConfig};
 
 use std::fmt;
 use std::os::unix::net::UnixStream;
@@ -247,39 +252,37 @@ pub(crate) fn dial(
         rustls::ClientConnection::new(tls.config.clone(), name).map_err(std::io::Error::other)?;
     let (ours, theirs) = UnixStream::pair()?;
     let failure = Arc::new(Failure::default());
-    let pump = pump::Pump::new(
-        connection.into(),
-        tcp,
-        ours,
-        handshake_timeout,
-        failure.clone(),
-    )?;
+    let pump = pump::Pump::client(connection, tcp, ours, handshake_timeout, failure.clone())?;
     std::thread::Builder::new()
         .name("starling-client-tls".into())
         .spawn(move || pump.run_alone())?;
     Ok(Stream::Tls(TlsPlain {
         plain: theirs,
-        failure,
+        failure: Some(failure),
     }))
 }
 
 /// A TLS connection's plaintext end: bytes written here leave encrypted,
-/// bytes read here arrived encrypted; its pump writes down why, if TLS
-/// failed.
+/// bytes read here arrived encrypted; a client's pump writes down why, if
+/// TLS failed (a server's logs it).
 #[derive(Debug)]
 pub(crate) struct TlsPlain {
     pub(crate) plain: UnixStream,
-    failure: Arc<Failure>,
+    failure: Option<Arc<Failure>>,
 }
 
 impl TlsPlain {
-    pub(crate) fn new(plain: UnixStream, failure: Arc<Failure>) -> TlsPlain {
-        TlsPlain { plain, failure }
+    /// A server's connection, from [`Terminator::terminate`].
+    pub(crate) fn accepted(plain: UnixStream) -> TlsPlain {
+        TlsPlain {
+            plain,
+            failure: None,
+        }
     }
 
     /// Why TLS failed, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.get()
+        self.failure.as_ref()?.get()
     }
 }
 

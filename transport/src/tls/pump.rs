@@ -1,7 +1,7 @@
 //! [`Pump`]: one TLS connection's bytes, moved between its TCP socket
-//! (ciphertext) and a socket pair (plaintext), on either side: the server's
-//! terminator runs one per TLS connection on one thread, a client one on a
-//! thread of its own ([`Pump::run_alone`]).
+//! (ciphertext) and a socket pair (plaintext), on either side: a server's
+//! [`super::Terminator`] runs one per TLS connection on one thread, a
+//! client one on a thread of its own ([`Pump::run_alone`]).
 //!
 //! Non-blocking and edge-triggered: [`Pump::drive`] moves bytes until
 //! every socket it needs would block (readiness will come again for each)
@@ -22,7 +22,6 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use rustls::{AlertDescription, CertificateError, Connection};
 
 use super::Failure;
-use crate::frame::{ErrorCode, error_frame};
 
 /// Bytes read from either socket at once (the terminator's loop shares one
 /// buffer of this size among its pumps).
@@ -30,8 +29,6 @@ pub(crate) const SCRATCH_BYTES: usize = 64 << 10;
 /// Rounds of moving bytes per turn: one busy connection does not keep the
 /// terminator's other connections waiting.
 const ROUNDS_PER_TURN: usize = 8;
-/// What the server tells a client that speaks plain Starling to its TLS port.
-const REQUIRES_TLS: &str = "this port requires TLS: connect with tls://HOST:PORT (and --ca)";
 /// What a client says when its server answers, but not in TLS.
 const NOT_TLS: &str = "the server did not answer TLS: is it a plain tcp:// port?";
 
@@ -68,7 +65,16 @@ pub(crate) struct Pump {
     /// How long the handshake may take, and closing: then the pump ends.
     timeout: Duration,
     deadline: Instant,
-    failure: Arc<Failure>,
+    role: Role,
+}
+
+/// The side a pump is on, and what it does when TLS fails.
+#[derive(Debug)]
+enum Role {
+    /// Logs failures; tells a client that does not speak TLS `refusal`.
+    Server { refusal: Arc<[u8]> },
+    /// Writes failures down for the client to report.
+    Client { failure: Arc<Failure> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +102,37 @@ enum End {
 }
 
 impl Pump {
-    /// A pump between `tcp` and `plain` (made non-blocking here); the
-    /// handshake, and closing, may take `timeout` each.
-    pub(crate) fn new(
-        mut tls: Connection,
+    /// A server's pump between `tcp` and `plain` (made non-blocking here);
+    /// the handshake, and closing, may take `timeout` each; a client that
+    /// does not speak TLS is told `refusal`.
+    pub(crate) fn server(
+        tls: rustls::ServerConnection,
+        tcp: std::net::TcpStream,
+        plain: std::os::unix::net::UnixStream,
+        timeout: Duration,
+        refusal: Arc<[u8]>,
+    ) -> io::Result<Pump> {
+        Pump::new(tls.into(), tcp, plain, timeout, Role::Server { refusal })
+    }
+
+    /// A client's pump, as [`Pump::server`]; why TLS failed, if it does,
+    /// goes to `failure`.
+    pub(crate) fn client(
+        tls: rustls::ClientConnection,
         tcp: std::net::TcpStream,
         plain: std::os::unix::net::UnixStream,
         timeout: Duration,
         failure: Arc<Failure>,
+    ) -> io::Result<Pump> {
+        Pump::new(tls.into(), tcp, plain, timeout, Role::Client { failure })
+    }
+
+    fn new(
+        mut tls: Connection,
+        tcp: std::net::TcpStream,
+        plain: std::os::unix::net::UnixStream,
+        timeout: Duration,
+        role: Role,
     ) -> io::Result<Pump> {
         tcp.set_nonblocking(true)?;
         tcp.set_nodelay(true)?;
@@ -121,7 +150,7 @@ impl Pump {
             cipher: Vec::new(),
             timeout,
             deadline: Instant::now() + timeout,
-            failure,
+            role,
         })
     }
 
@@ -463,35 +492,37 @@ impl Pump {
                 Ok(true)
             }
             None => Ok(false),
-            Some(false) if self.is_server() => {
-                // Take what it sent (unread input would reset the
-                // connection under our answer), then answer in its own
-                // protocol; a new connection's socket takes the frame whole.
-                let _ = self.tcp.read(scratch);
-                let _ = self
-                    .tcp
-                    .write(&error_frame(ErrorCode::Handshake, REQUIRES_TLS));
-                tracing::debug!(peer = %self.peer(), "a client spoke plain to the TLS port");
-                Err(End::Gracefully)
-            }
-            Some(false) => {
-                self.fail(NOT_TLS.into());
-                Err(End::Now)
-            }
+            Some(false) => match &self.role {
+                Role::Server { refusal } => {
+                    // Take what it sent (unread input would reset the
+                    // connection under our answer), then answer in its own
+                    // protocol; a new connection's socket takes it whole.
+                    let _ = self.tcp.read(scratch);
+                    let _ = self.tcp.write(refusal);
+                    tracing::debug!(peer = %self.peer(), "a client spoke plain to a TLS port");
+                    Err(End::Gracefully)
+                }
+                Role::Client { .. } => {
+                    self.fail(NOT_TLS.into());
+                    Err(End::Now)
+                }
+            },
         }
     }
 
     fn is_server(&self) -> bool {
-        matches!(self.tls, Connection::Server(_))
+        matches!(self.role, Role::Server { .. })
     }
 
     /// Writes down why TLS failed: for the client to report, in the
     /// server's log.
     fn fail(&self, reason: String) {
-        if self.is_server() {
-            tracing::debug!(peer = %self.peer(), "TLS connection failed: {reason}");
+        match &self.role {
+            Role::Server { .. } => {
+                tracing::debug!(peer = %self.peer(), "TLS connection failed: {reason}");
+            }
+            Role::Client { failure } => failure.set(reason),
         }
-        self.failure.set(reason);
     }
 }
 
@@ -576,7 +607,7 @@ mod tests {
         // A client takes a handshake record or an alert, not a frame.
         assert_eq!(looks_like_tls(false, &[22, 3, 3]), Some(true));
         assert_eq!(looks_like_tls(false, &[21, 3, 3]), Some(true));
-        let error = error_frame(ErrorCode::Framing, "bad frame");
+        let error = crate::frame::error_frame(crate::frame::ErrorCode::Framing, "bad frame");
         assert_eq!(looks_like_tls(false, &error), Some(false));
     }
 }

@@ -422,7 +422,7 @@ impl Loop<'_> {
                     // SAFETY: a successful accept returns a new descriptor we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
                     self.accept_pause.accepted();
-                    self.admit_accepted(kind, fd)?;
+                    self.admit(kind, fd)?;
                 } else {
                     paused = self.accept_pause.failed(-result, Instant::now());
                 }
@@ -497,7 +497,6 @@ impl Loop<'_> {
                         self.write(slot)?;
                     }
                 }
-                self.adopt()?;
                 self.arm_wake()?;
             }
             _ => {}
@@ -505,8 +504,7 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Admits a connection a multishot accept of listener `kind` took.
-    fn admit_accepted(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
+    fn admit(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
         let (stream, remote) = if kind == ACCEPT_TCP {
             let stream = TcpStream::from(fd);
             let _ = stream.set_nodelay(true);
@@ -514,22 +512,16 @@ impl Loop<'_> {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            (Stream::Tcp(stream), remote)
+            match self.server.tcp_stream(stream) {
+                Ok(stream) => (stream, remote),
+                Err(error) => {
+                    tracing::debug!(%remote, %error, "connection dropped: TLS cannot take it");
+                    return Ok(());
+                }
+            }
         } else {
             (Stream::Unix(UnixStream::from(fd)), String::new())
         };
-        self.admit(stream, remote)
-    }
-
-    /// Takes over the connections the TLS terminator accepted.
-    fn adopt(&mut self) -> io::Result<()> {
-        for (stream, remote) in self.server.take_adopted() {
-            self.admit(stream, remote)?;
-        }
-        Ok(())
-    }
-
-    fn admit(&mut self, stream: Stream, remote: String) -> io::Result<()> {
         if self.open >= self.server.config.connections_max {
             refuse(&stream, self.server.config.connections_max);
             return Ok(());
