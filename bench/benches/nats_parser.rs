@@ -89,6 +89,7 @@ fn session(c: &mut Criterion) {
             headers: true,
             auth_required: false,
             tls_required: false,
+            tls_verify: false,
             max_payload: 1 << 20,
             proto: 1,
             client_id: 1,

@@ -31,6 +31,7 @@ fn config(token: Option<String>) -> Arc<NatsConfig> {
             headers: true,
             auth_required: token.is_some(),
             tls_required: false,
+            tls_verify: false,
             max_payload: MAX_PAYLOAD,
             proto: 1,
             client_id: 1,

@@ -125,6 +125,7 @@ impl Node {
                     subscriptions_max: config.limits.subscriptions_per_connection_max,
                     node_subscriptions,
                     pending_events_max: config.limits.pending_events_per_connection_max,
+                    tls: client_tls,
                     ..NatsListenerConfig::default()
                 },
             )?),

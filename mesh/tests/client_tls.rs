@@ -2,7 +2,8 @@
 //! `starling cert` and the command line's own clients, as the README's
 //! "Securing a cluster" runs them: a round trip on both I/O backends; every
 //! way a client can be refused, each said clearly and at once; client
-//! certificates when the node requires them; and the secure default, which
+//! certificates when the node requires them; NATS clients (async-nats) on
+//! the NATS port with the same settings; and the secure default, which
 //! mandatory client certificates satisfy and TLS alone does not.
 //!
 //! The node's settings come from flags, from `STARLING_*` variables and
@@ -248,15 +249,9 @@ fn a_node_with_a_client_ca_requires_a_certificate_from_it() {
 #[test]
 fn client_certificates_let_a_node_serve_other_hosts_tls_alone_does_not() {
     let certificates = Certificates::new();
-    let mut args = vec![
-        "node",
-        "--http",
-        "",
-        "--nats-listen",
-        "",
-        "--listen",
-        "0.0.0.0:0",
-    ];
+    let every_interface = ["--listen", "0.0.0.0:0", "--nats-listen", "0.0.0.0:0"];
+    let mut args = vec!["node", "--http", ""];
+    args.extend(every_interface);
     let flags = certificates.node_flags();
     args.extend(flags.iter().map(String::as_str));
     let output = run(&args);
@@ -265,7 +260,7 @@ fn client_certificates_let_a_node_serve_other_hosts_tls_alone_does_not() {
     assert!(stderr.contains("--client-tls-ca"), "{stderr}");
 
     let clients_ca = certificates.path("clients/ca.pem");
-    let mut args = vec!["--listen", "0.0.0.0:0", "--nats-listen", ""];
+    let mut args = every_interface.to_vec();
     args.extend(flags.iter().map(String::as_str));
     args.extend(["--client-tls-ca", &clients_ca]);
     let node = start_node(&args, &[]);
@@ -280,4 +275,77 @@ fn client_certificates_let_a_node_serve_other_hosts_tls_alone_does_not() {
     let (output, _) = publish(&loopback, &alice, "tls.exposed");
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).starts_with("published 1 event"));
+}
+
+/// Connects a NATS client that trusts the node CA and presents `identity`.
+async fn nats_client(
+    node: &Node,
+    certificates: &Certificates,
+    identity: Option<(&str, &str)>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .add_root_certificates(certificates.dir.join("nodes/ca.pem"))
+        .require_tls(true);
+    if let Some((cert, key)) = identity {
+        options =
+            options.add_client_certificate(certificates.dir.join(cert), certificates.dir.join(key));
+    }
+    tokio::time::timeout(WAIT, options.connect(&node.nats))
+        .await
+        .expect("connects or fails in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_clients_speak_tls_on_the_nats_port_with_the_same_settings() {
+    use futures_util::StreamExt;
+    use std::io::{BufRead, BufReader, Write};
+    let certificates = Certificates::new();
+    let node = tokio::task::block_in_place(|| start(&certificates.node_flags()));
+    let client = nats_client(&node, &certificates, None).await.unwrap();
+    let mut events = client.subscribe("tls.nats").await.unwrap();
+    client.flush().await.unwrap();
+    // What a Starling client publishes over TLS reaches it, and back.
+    let ca = certificates.path("nodes/ca.pem");
+    tokio::task::block_in_place(|| {
+        wait_until("the NATS subscription is in", WAIT, || {
+            subscription_count(&node) == 1
+        });
+        let (output, _) = publish(&node.tcp, &["--ca", &ca], "tls.nats");
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    });
+    let event = tokio::time::timeout(WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&event.payload[..], b"x");
+
+    // A client that speaks plain NATS reads that TLS is required, and is
+    // told so in its own protocol when it goes on in plain text.
+    let address = node.nats.trim_start_matches("nats://").to_owned();
+    let (info, refusal) = tokio::task::block_in_place(|| {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut info = String::new();
+        reader.read_line(&mut info).unwrap();
+        (&stream).write_all(b"CONNECT {}\r\nPING\r\n").unwrap();
+        let mut refusal = String::new();
+        reader.read_line(&mut refusal).unwrap();
+        (info, refusal)
+    });
+    assert!(info.contains(r#""tls_required":true"#), "{info}");
+    assert_eq!(refusal, "-ERR 'Secure Connection - TLS Required'\r\n");
+
+    // With a client CA, the NATS port requires certificates too.
+    let mut flags = certificates.node_flags();
+    flags.extend([
+        "--client-tls-ca".into(),
+        certificates.path("clients/ca.pem"),
+    ]);
+    let strict = tokio::task::block_in_place(|| start(&flags));
+    assert!(nats_client(&strict, &certificates, None).await.is_err());
+    let alice = Some(("clients/alice.pem", "clients/alice-key.pem"));
+    let client = nats_client(&strict, &certificates, alice).await.unwrap();
+    client.publish("tls.alice", "in".into()).await.unwrap();
+    client.flush().await.unwrap();
 }

@@ -29,11 +29,12 @@ use starling_core::event::{self, EventParts};
 use starling_core::{Bus, Message, Publisher};
 use starling_transport::nats::proto;
 use starling_transport::nats::{Close, Input, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::socket::Socket;
 use super::{ListenerState, Mode};
 
 /// Bytes asked of the socket per read, at least.
@@ -68,13 +69,32 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let cid = state.next_cid.fetch_add(1, Ordering::Relaxed);
     let mut session = Session::new(state.session.clone(), &state.bus, cid, addr.ip());
+    let mut greeting = Vec::new();
+    session.greeting(&mut greeting);
+    let stream = match &state.terminator {
+        None => Socket::Tcp(stream),
+        Some(terminator) => {
+            // As nats-server: INFO goes out in plain text, and says TLS is
+            // required; the client starts it then.
+            match start_tls(stream, &greeting, terminator).await {
+                Ok(plain) => {
+                    greeting.clear();
+                    Socket::Tls(plain)
+                }
+                Err(error) => {
+                    tracing::debug!(cid, %addr, %error, "NATS connection closed before TLS");
+                    return;
+                }
+            }
+        }
+    };
     let mut connection = Connection {
         stream,
         input: Vec::new(),
         start: 0,
         needed: 0,
         last_read_len: 0,
-        out: Vec::new(),
+        out: greeting,
         written: 0,
         blocked_since: None,
         source: Source::default(),
@@ -90,8 +110,20 @@ pub(super) async fn serve(
     state.unregister(cid);
 }
 
+/// Writes `greeting` on `tcp`, then hands it to `terminator`: what follows
+/// is TLS; returns the plaintext end.
+async fn start_tls(
+    mut tcp: TcpStream,
+    greeting: &[u8],
+    terminator: &starling_transport::tls::Terminator,
+) -> std::io::Result<tokio::net::UnixStream> {
+    timeout(FLUSH_TIME, tcp.write_all(greeting)).await??;
+    let plain = terminator.terminate(tcp.into_std()?)?;
+    tokio::net::UnixStream::from_std(plain)
+}
+
 struct Connection {
-    stream: TcpStream,
+    stream: Socket,
     /// Bytes read; those before `start` are used.
     input: Vec<u8>,
     start: usize,
@@ -122,7 +154,6 @@ impl Connection {
         mut mode: watch::Receiver<Mode>,
     ) -> &'static str {
         let settings = &state.settings;
-        session.greeting(&mut self.out);
         let auth_deadline = Instant::now() + settings.auth_timeout;
         let mut next_ping = Instant::now() + settings.ping_interval;
         let mut last_read = Instant::now();

@@ -15,9 +15,16 @@
 //! One task per connection ([`connection`]) reads, parses and publishes
 //! into the bus, pulls the connection's bus mailbox into MSG/HMSG frames
 //! written in batches, pings idle clients and closes stale ones.
+//!
+//! With TLS ([`NatsListenerConfig::tls`]), as nats-server: INFO goes out in
+//! plain text saying `tls_required`, then the client starts TLS. The task
+//! hands its TCP connection to a `starling_transport::tls::Terminator`
+//! (one thread for every TLS connection, the local server's design) and
+//! serves the plaintext end of a socket pair in its place ([`socket`]).
 
 mod connection;
 mod monitor;
+mod socket;
 
 use std::collections::HashMap;
 use std::io;
@@ -30,8 +37,9 @@ use starling_core::{Bus, SubscribeOptions};
 use starling_transport::auth::Authentication;
 use starling_transport::budget::Budget;
 use starling_transport::nats::{
-    ConnectionStats, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo,
+    ConnectionStats, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo, proto,
 };
+use starling_transport::tls::{ServerTls, Terminator, TerminatorConfig};
 use tokio::sync::watch;
 
 /// Default address of the NATS listener of `starling node`.
@@ -69,6 +77,9 @@ pub struct NatsListenerConfig {
     /// Time a client may leave written bytes unread before it is closed as
     /// a slow consumer (nats-server's `write_deadline`: 10 s).
     pub write_deadline: Duration,
+    /// TLS: with it, clients must speak TLS (after INFO), and present a
+    /// certificate if its settings require one.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for NatsListenerConfig {
@@ -86,6 +97,7 @@ impl Default for NatsListenerConfig {
             max_pings_out: 2,
             auth_timeout: Duration::from_secs(2),
             write_deadline: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -128,6 +140,8 @@ struct ListenerState {
     slow_consumers: AtomicU64,
     started: SystemTime,
     started_at: Instant,
+    /// With TLS: the thread that speaks it for every connection.
+    terminator: Option<Terminator>,
 }
 
 /// One live connection, for monitoring.
@@ -166,7 +180,8 @@ impl NatsServer {
                 port: addr.port(),
                 headers: true,
                 auth_required: config.auth.required(),
-                tls_required: false,
+                tls_required: config.tls.is_some(),
+                tls_verify: config.tls.as_ref().is_some_and(ServerTls::verifies_clients),
                 max_payload: config.max_payload,
                 proto: 1,
                 client_id: 0,
@@ -183,6 +198,19 @@ impl NatsServer {
             },
             max_pings_out: config.max_pings_out,
         });
+        let terminator = match &config.tls {
+            Some(tls) => Some(Terminator::start(TerminatorConfig {
+                tls: tls.clone(),
+                // The TLS handshake is part of authenticating.
+                handshake_timeout: config.auth_timeout,
+                // Room for connections refused over `connections_max`, whose
+                // `-ERR` goes out once their handshake is done.
+                pumps_max: config.connections_max.saturating_mul(2),
+                refusal: proto::ERR_TLS_REQUIRED.to_vec(),
+                drain_timeout: Duration::from_secs(1),
+            })?),
+            None => None,
+        };
         let state = Arc::new(ListenerState {
             bus,
             settings: config,
@@ -193,6 +221,7 @@ impl NatsServer {
             slow_consumers: AtomicU64::new(0),
             started: SystemTime::now(),
             started_at: Instant::now(),
+            terminator,
         });
         let (mode, watching) = watch::channel(Mode::Running);
         let listener = {
@@ -264,6 +293,11 @@ impl Drop for NatsServer {
         // runtime, where waiting for this one's threads is not allowed.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
+        }
+        // Here rather than where the last task lets go of the state: that
+        // may be a runtime thread, which must not wait.
+        if let Some(terminator) = &self.state.terminator {
+            terminator.finish();
         }
     }
 }

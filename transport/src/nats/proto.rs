@@ -34,6 +34,9 @@ pub const ERR_SLOW_CONSUMER: &[u8] = b"-ERR 'Slow Consumer'\r\n";
 pub const ERR_MAX_CONNECTIONS: &[u8] = b"-ERR 'maximum connections exceeded'\r\n";
 /// `-ERR` for a connection over its subscription limit.
 pub const ERR_MAX_SUBSCRIPTIONS: &[u8] = b"-ERR 'maximum subscriptions exceeded'\r\n";
+/// `-ERR` for a client that does not start TLS on a listener that requires
+/// it (nats-server's text).
+pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
 
 /// `PING`.
 pub const PING: &[u8] = b"PING\r\n";
@@ -69,8 +72,11 @@ pub struct ServerInfo {
     pub headers: bool,
     /// A CONNECT must carry credentials.
     pub auth_required: bool,
-    /// TLS is required (never: the NATS listener is plain TCP).
+    /// TLS is required: the client starts it after this INFO.
     pub tls_required: bool,
+    /// Clients must present a certificate (TLS with a client CA).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_verify: bool,
     /// Largest payload accepted.
     pub max_payload: usize,
     /// Protocol level: 1 (asynchronous INFO, headers).

@@ -33,6 +33,7 @@ fn config_with(auth: Authenticator) -> Arc<NatsConfig> {
             headers: true,
             auth_required: auth.required(),
             tls_required: false,
+            tls_verify: false,
             max_payload: 1024,
             proto: 1,
             client_id: 0,
