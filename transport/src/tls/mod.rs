@@ -16,9 +16,9 @@
 //! (ciphertext) and the pair's other end (plaintext). Why not rustls inside
 //! both backends:
 //!
-//! - The backends are built around zero-copy: io_uring receives into a
-//!   registered buffer ring and sends gathered slices straight from event
-//!   memory. Encryption copies every byte anyway, so TLS inside them would
+//! - The backends are built around few copies: io_uring receives into a
+//!   registered buffer ring and sends gathered slices (large archives
+//!   straight from event memory). Encryption copies every byte anyway, so TLS inside them would
 //!   need a second receive and send path in each (buffered, with rustls's
 //!   state between completions), two new state machines where a mistake
 //!   loses or reorders bytes. The socket pair keeps both backends as they
