@@ -293,15 +293,25 @@ const SCRATCH_BYTES: usize = 4096;
 /// Allocates nothing: the archive goes straight into `out` and the serializer's
 /// scratch space is on the stack. An event without headers, the common case,
 /// is archived by hand (module `plain`) to the same bytes, several times faster.
+#[inline]
 pub fn encode_into(parts: &EventParts<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
     if !(out.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
         return Err(EncodeError::BufferTooSmall);
     }
-    if parts.headers.is_empty()
-        && let Some(encoded) = plain::encode(parts, out)
-    {
-        return encoded;
+    if parts.headers.is_empty() {
+        match plain::encode(parts, out) {
+            plain::Encoded::Len(len) => return Ok(len),
+            plain::Encoded::TooSmall => return Err(EncodeError::BufferTooSmall),
+            plain::Encoded::NotPlain => {}
+        }
     }
+    encode_with_rkyv(parts, out)
+}
+
+/// [`encode_into`] by rkyv's serializer: events with headers, and what the
+/// hand-written archiver leaves to it.
+#[inline(never)]
+fn encode_with_rkyv(parts: &EventParts<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
     let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH_BYTES];
     let writer = rkyv::api::low::to_bytes_in_with_alloc::<_, _, rancor::Failure>(
         parts,

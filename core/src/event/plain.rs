@@ -12,17 +12,29 @@ use super::layout::{
     PAYLOAD_AT, REPLY_AT, REPLY_TAG_AT, ROOT_BYTES, STRING_BYTES, SUBJECT_AT, TAG_SOME, TIME_AT,
     align_up, out_of_line_len_word,
 };
-use super::{ARCHIVE_ALIGN, EncodeError, EventParts};
+use super::{ARCHIVE_ALIGN, EventParts};
+
+/// What [`encode`] did. Two words, returned in registers: a result that
+/// carried an `EncodeError` went through memory and its read-back stalled
+/// on every publish (store forwarding, measured with `perf`).
+pub(super) enum Encoded {
+    /// The archive's length.
+    Len(usize),
+    /// `out` is too small.
+    TooSmall,
+    /// Only rkyv's serializer may answer: a string too long for the format,
+    /// or an archive too large for 32-bit relative pointers.
+    NotPlain,
+}
 
 /// Archives `parts`, which has no headers, into the start of `out` (16-byte
-/// aligned). Returns the archive's length, or `None` for what only rkyv's
-/// serializer may answer: a string too long for the format, or an archive
-/// too large for 32-bit relative pointers.
-pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Option<Result<usize, EncodeError>> {
+/// aligned).
+#[inline]
+pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Encoded {
     debug_assert!(parts.headers.is_empty());
     let reply = parts.reply_to.unwrap_or("");
     if parts.subject.len() > OUT_OF_LINE_BYTES_MAX || reply.len() > OUT_OF_LINE_BYTES_MAX {
-        return None;
+        return Encoded::NotPlain;
     }
     // Positions, in the order rkyv writes the out-of-line data.
     let subject_at = 0;
@@ -33,10 +45,10 @@ pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Option<Result<us
     let root_at = align_up(payload_end, ARCHIVE_ALIGN);
     let len = root_at + ROOT_BYTES;
     if len > i32::MAX as usize {
-        return None;
+        return Encoded::NotPlain;
     }
     let Some(out) = out.get_mut(..len) else {
-        return Some(Err(EncodeError::BufferTooSmall));
+        return Encoded::TooSmall;
     };
 
     let (data, root) = out.split_at_mut(root_at);
@@ -56,7 +68,7 @@ pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Option<Result<us
     }
     write_slice(root, root_at, HEADERS_AT, headers_at, 0);
     write_slice(root, root_at, PAYLOAD_AT, payload_at, parts.payload.len());
-    Some(Ok(len))
+    Encoded::Len(len)
 }
 
 /// Bytes a string takes before the root: none when it is inline.
