@@ -23,6 +23,7 @@
 //! it at its next lookup.
 
 use std::collections::VecDeque;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
@@ -65,6 +66,37 @@ pub struct IndexReader<T> {
     published: Arc<CachePadded<AtomicU64>>,
     /// Where subjects that are not cached are matched, reused.
     scratch: MatchResult<T>,
+    /// The subject of the last cache hit and its result.
+    memo: Memo<T>,
+}
+
+/// The last subject the cached path found, and its result: a publisher that
+/// publishes on one subject again and again compares it with this one and
+/// skips hashing and probing the cache (a third of a 1 → 1 publish's cost,
+/// measured with `perf`).
+struct Memo<T> {
+    /// Keeps its capacity: no allocation once it has held the longest subject.
+    subject: String,
+    /// Points into an entry of the reader's cache (an `Arc`'s contents, which
+    /// stay put while the map moves its handles). Cleared before anything
+    /// changes the cache, so it never outlives the entry.
+    result: Option<NonNull<MatchResult<T>>>,
+}
+
+// SAFETY: the pointer is into the owning reader's own cache and moves with
+// it; `MatchResult<T>` is `Send` when `T` is.
+unsafe impl<T: Send> Send for Memo<T> {}
+
+impl<T> Memo<T> {
+    fn get(&self, subject: &str) -> Option<NonNull<MatchResult<T>>> {
+        self.result.filter(|_| self.subject == subject)
+    }
+
+    fn set(&mut self, subject: &str, result: &MatchResult<T>) {
+        self.subject.clear();
+        self.subject.push_str(subject);
+        self.result = Some(NonNull::from(result));
+    }
 }
 
 /// One of the two copies left-right keeps: the trie, how many changes it
@@ -172,6 +204,10 @@ impl<T: Clone + PartialEq> IndexReaders<T> {
             generation: 0,
             published: self.published.clone(),
             scratch: MatchResult::default(),
+            memo: Memo {
+                subject: String::new(),
+                result: None,
+            },
         }
     }
 }
@@ -214,9 +250,16 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         // to date, and the subject is cached. Entering the left-right copy
         // costs two atomic read-modify-writes and a fence; this costs a load.
         let fresh = self.published.load(Ordering::Acquire) == self.generation;
+        if fresh && let Some(result) = self.memo.get(subject) {
+            // SAFETY: the memo's result is a live cache entry (see `Memo`),
+            // borrowed through `&mut self` like the one below.
+            return Ok(Some(unsafe { result.as_ref() }));
+        }
         let cached = match self.cache.get(subject) {
             Some(result) if fresh => {
                 let result: *const MatchResult<T> = &**result;
+                // SAFETY: as below.
+                self.memo.set(subject, unsafe { &*result });
                 // SAFETY: the result lives in `self.cache`, which the returned
                 // reference keeps borrowed through `&mut self`. (The borrow
                 // checker cannot yet return a borrow from one branch and go on
@@ -225,6 +268,8 @@ impl<T: Clone + PartialEq> IndexReader<T> {
             }
             cached => cached.is_some(),
         };
+        // The cache may change below.
+        self.memo.result = None;
         if !cached {
             // Checked before entering, so that the match below runs against
             // the same copy the cache is brought up to date with.
