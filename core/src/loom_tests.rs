@@ -1,4 +1,4 @@
-//! Model checks of the two synchronization protocols this crate writes itself,
+//! Model checks of the synchronization protocols this crate writes itself,
 //! run with `RUSTFLAGS="--cfg loom" cargo test -p starling-core --release --lib loom`.
 //!
 //! loom runs every interleaving (and every permitted reordering) of the
@@ -14,7 +14,9 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
-use crate::bus::queue::{Delivery, DeliveryQueue, QueueShape};
+use crate::bus::lanes::LaneOwner;
+use crate::bus::queue::{DeliveryQueue, QueueShape};
+use crate::lane::Lane;
 use crate::log::SegmentPool;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::log::{BatchRelease, RecordRef};
@@ -318,7 +320,7 @@ fn closing_never_hides_a_queued_delivery() {
         let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
         let segment = pool.take(64).expect("one segment fits the budget");
         let record = write_record(segment, 1);
-        let queue = Arc::new(DeliveryQueue::new(
+        let queue = std::sync::Arc::new(DeliveryQueue::new(
             1,
             QueueShape {
                 capacity: 1,
@@ -345,7 +347,10 @@ fn closing_never_hides_a_queued_delivery() {
         };
         // SAFETY: `holders` is 1 and exactly one hold is made.
         let hold = unsafe { RecordRef::from_raw(record) };
-        assert!(queue.try_offer(Delivery::new(hold, 7)).is_ok());
+        // Through a lane, published as a publish does, then closed.
+        let mut source = LaneOwner::default();
+        assert!(queue.try_offer(hold, 7, Some(&mut source)).is_ok());
+        queue.lanes.publish(&source);
         queue.close();
         consumer.join().unwrap();
         // SAFETY: the test still owns the segment as its writer; seal it with
@@ -364,7 +369,7 @@ fn a_batch_fenced_once_never_leaves_its_consumer_asleep() {
     loom::model(|| {
         let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
         let segment = pool.take(64).expect("one segment fits the budget");
-        let queue = Arc::new(DeliveryQueue::new(
+        let queue = std::sync::Arc::new(DeliveryQueue::new(
             1,
             QueueShape {
                 capacity: 2,
@@ -386,15 +391,185 @@ fn a_batch_fenced_once_never_leaves_its_consumer_asleep() {
                 assert_eq!(tags, [0, 1]);
             })
         };
+        // Into a lane, published once for the batch, as `Wakes` does.
+        let mut source = LaneOwner::default();
         for tag in 0..2 {
             let record = write_record_at(segment, tag as usize, 1);
             // SAFETY: `holders` is 1 and exactly one hold is made per record.
             let hold = unsafe { RecordRef::from_raw(record) };
-            assert!(queue.try_offer(Delivery::new(hold, tag)).is_ok());
+            assert!(queue.try_offer(hold, tag, Some(&mut source)).is_ok());
         }
+        queue.lanes.publish(&source);
         publish_fence();
         queue.signal.wake_if_sleeping();
         consumer.join().unwrap();
+        // SAFETY: the test still owns the segment as its writer; seal it with
+        // its two records (released above) so the pool can drop it cleanly.
+        if unsafe { segment.as_ref() }.seal(2) {
+            SegmentPool::recycle(segment);
+        }
+    });
+}
+
+/// A lane of two slots: the producer pushes three values, publishing after
+/// each pair (and when it finds the lane full), while the consumer claims
+/// runs. Every value must come out once, in order, its write visible to the
+/// read, and no slot written while it is read (loom tracks the cells).
+#[test]
+fn lane_hands_over_every_value_once_in_order() {
+    loom::model(|| {
+        let lane = Arc::new(Lane::new(2));
+        let producer = {
+            let lane = lane.clone();
+            thread::spawn(move || {
+                for i in 0..3u32 {
+                    let mut value = Box::new(i);
+                    // SAFETY: this thread is the lane's only producer.
+                    while let Err(rejected) = unsafe { lane.push(value) } {
+                        value = rejected;
+                        // SAFETY: as above.
+                        unsafe { lane.publish() };
+                        thread::yield_now();
+                    }
+                    if i % 2 == 1 {
+                        // SAFETY: as above.
+                        unsafe { lane.publish() };
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { lane.publish() };
+            })
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            // SAFETY: this thread is the lane's only consumer.
+            let run = unsafe { lane.claim(2) };
+            if run.len() == 0 {
+                thread::yield_now();
+            }
+            seen.extend(run.map(|value| *value));
+        }
+        producer.join().unwrap();
+        assert_eq!(seen, [0, 1, 2]);
+    });
+}
+
+/// Two sources take turns with one queue's lane: the first pushes, publishes
+/// and gives the lane back (its backlog dropped); the second claims a lane
+/// and pushes. The second's producer state must be the first's as it left it
+/// (no race on the producer's cells), and the consumer must get both
+/// deliveries, each once.
+#[test]
+fn a_lane_passes_from_source_to_source_with_its_state() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let segment = pool.take(64).expect("one segment fits the budget");
+        let queue = std::sync::Arc::new(DeliveryQueue::new(
+            1,
+            QueueShape {
+                capacity: 2,
+                pending_bytes_max: 1 << 20,
+                segment_bytes: 4096,
+                spin: Duration::ZERO,
+            },
+            Default::default(),
+        ));
+        let holds: Vec<_> = (0..2)
+            .map(|at| {
+                // SAFETY: `holders` is 1 and exactly one hold is made per record.
+                unsafe { RecordRef::from_raw(write_record_at(segment, at, 1)) }
+            })
+            .collect();
+        let (first, second) = {
+            let mut holds = holds.into_iter();
+            (holds.next().unwrap(), holds.next().unwrap())
+        };
+        let earlier = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut source = LaneOwner::default();
+                assert!(queue.try_offer(first, 1, Some(&mut source)).is_ok());
+                queue.lanes.publish(&source);
+                // Dropped: the lane goes back.
+            })
+        };
+        let later = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut source = LaneOwner::default();
+                assert!(queue.try_offer(second, 2, Some(&mut source)).is_ok());
+                queue.lanes.publish(&source);
+            })
+        };
+        earlier.join().unwrap();
+        later.join().unwrap();
+        let mut tags: Vec<u64> = queue.take_batch(4).map(|delivery| delivery.tag).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, [1, 2]);
+        // SAFETY: the test still owns the segment as its writer; seal it with
+        // its two records (released above) so the pool can drop it cleanly.
+        if unsafe { segment.as_ref() }.seal(2) {
+            SegmentPool::recycle(segment);
+        }
+    });
+}
+
+/// A source finds its lane full and waits for room (as `Backlog` does:
+/// register, re-try, park) while the consumer takes a batch, which gives the
+/// slot back with one store and then signals space: the source must always
+/// be woken or find the room itself, and its delivery must arrive.
+#[test]
+fn a_source_waiting_on_its_full_lane_is_always_woken() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let segment = pool.take(64).expect("one segment fits the budget");
+        let queue = std::sync::Arc::new(DeliveryQueue::new(
+            1,
+            QueueShape {
+                capacity: 1,
+                pending_bytes_max: 1 << 20,
+                segment_bytes: 4096,
+                spin: Duration::ZERO,
+            },
+            Default::default(),
+        ));
+        let mut holds = (0..2).map(|at| {
+            // SAFETY: `holders` is 1 and exactly one hold is made per record.
+            unsafe { RecordRef::from_raw(write_record_at(segment, at, 1)) }
+        });
+        let (first, second) = (holds.next().unwrap(), holds.next().unwrap());
+        // The source parks in its own thread (see above on loom's join).
+        let source = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut source = LaneOwner::default();
+                assert!(queue.try_offer(first, 0, Some(&mut source)).is_ok());
+                queue.lanes.publish(&source);
+                let waker = current_thread_waker();
+                let mut hold = second;
+                loop {
+                    match queue.try_offer(hold, 1, Some(&mut source)) {
+                        Ok(()) => break,
+                        Err(rejected) => hold = rejected,
+                    }
+                    queue.space.register(&waker);
+                    match queue.try_offer(hold, 1, Some(&mut source)) {
+                        Ok(()) => break,
+                        Err(rejected) => hold = rejected,
+                    }
+                    thread::park();
+                }
+                queue.lanes.publish(&source);
+            })
+        };
+        let mut tags = Vec::new();
+        while tags.len() < 2 {
+            // Dropping the batch gives its slots back, then signals space.
+            tags.extend(queue.take_batch(1).map(|delivery| delivery.tag));
+            thread::yield_now();
+        }
+        source.join().unwrap();
+        assert_eq!(tags, [0, 1]);
         // SAFETY: the test still owns the segment as its writer; seal it with
         // its two records (released above) so the pool can drop it cleanly.
         if unsafe { segment.as_ref() }.seal(2) {

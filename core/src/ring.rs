@@ -267,6 +267,19 @@ impl<T> Ring<T> {
         self.slots[index].stamp(index, Ordering::Acquire) != head.wrapping_add(1)
     }
 
+    /// True if consumers have claimed every position producers claimed so
+    /// far: every value pushed before this call (by this thread, or by one
+    /// whose push happens-before it) is taken out or being taken out.
+    pub(crate) fn is_all_claimed(&self) -> bool {
+        // Relaxed: `tail` is at least this thread's own pushes (coherence),
+        // and a `head` that reached it was moved by a consumer claim that,
+        // since we read its value, does not come after what this thread
+        // does next (see `bus::lanes` for the use).
+        let tail = self.tail.load(Ordering::Relaxed);
+        // Positions only grow: `head` may have passed the `tail` read above.
+        self.head.load(Ordering::Relaxed).wrapping_sub(tail) as isize >= 0
+    }
+
     /// Values in the ring; approximate while producers or consumers run.
     pub(crate) fn len(&self) -> usize {
         let tail = self.tail.load(Ordering::Relaxed);

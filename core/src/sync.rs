@@ -3,9 +3,9 @@
 //! `.ci/run` for how the loom tests run).
 //!
 //! Only the protocols written in this crate go through here: the segment
-//! reference counts ([`crate::log`]), the delivery rings ([`crate::ring`]) and
-//! the park/wake handshake ([`crate::signal`]). The pool's free list is
-//! crossbeam's `ArrayQueue`, tested by crossbeam; under loom it is replaced by
+//! reference counts ([`crate::log`]), the delivery rings ([`crate::ring`]),
+//! the single-producer lanes ([`crate::lane`]) and the park/wake handshake
+//! ([`crate::signal`]). The pool's free list is crossbeam's `ArrayQueue`, tested by crossbeam; under loom it is replaced by
 //! a lock-protected stand-in with the same acquire/release edges, so that the
 //! model still sees every happens-before.
 
@@ -18,11 +18,11 @@ pub(crate) use std::hint::spin_loop;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{
-    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
 /// The waiter list of [`crate::signal::SpaceSignal`]: a lock taken only by
@@ -65,6 +65,10 @@ pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
 #[cfg(not(loom))]
 impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
     /// Runs `f` with a pointer to the contents; the caller's protocol must
     /// make this access exclusive.
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {

@@ -18,14 +18,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::Target;
-use super::queue::{Delivery, DeliveryQueue, Outcome, SlowConsumerPolicy};
+use super::lanes::LaneOwner;
+use super::queue::{DeliveryQueue, Outcome, SlowConsumerPolicy};
+use crate::log::RecordRef;
 use crate::signal::publish_fence;
 
-/// Deliveries a source owes to full `Block` queues. Reused across episodes:
-/// its lists keep their capacity, so a stalled source allocates nothing in
-/// steady state.
+/// Deliveries a source owes to full `Block` queues, and the source's
+/// identity for the lanes it delivers through (see `bus::lanes`): every
+/// delivery of a source, owed or not, goes through its backlog. Reused across
+/// episodes: its lists keep their capacity, so a stalled source allocates
+/// nothing in steady state. Dropping it gives its lanes back.
 #[derive(Debug, Default)]
 pub struct Backlog {
+    lanes: LaneOwner,
     owed: Vec<Owed>,
     /// The same list's spare half: a pass moves what is still owed here.
     still_owed: Vec<Owed>,
@@ -41,7 +46,8 @@ pub struct Backlog {
 #[derive(Debug)]
 struct Owed {
     target: Target,
-    delivery: Delivery,
+    record: RecordRef,
+    tag: u64,
 }
 
 impl Backlog {
@@ -72,14 +78,21 @@ impl Backlog {
         Some(since + max_stall)
     }
 
-    /// Keeps a delivery that met a full queue.
-    pub(crate) fn owe(&mut self, target: &Target, delivery: Delivery) {
+    /// The source's identity for lanes.
+    pub(crate) fn lanes(&mut self) -> &mut LaneOwner {
+        &mut self.lanes
+    }
+
+    /// Keeps a delivery (a hold on `record`, tagged `tag`) that met a full
+    /// queue.
+    pub(crate) fn owe(&mut self, target: &Target, record: RecordRef, tag: u64) {
         if self.owed.is_empty() {
             self.since = Some(Instant::now());
         }
         self.owed.push(Owed {
             target: target.clone(),
-            delivery,
+            record,
+            tag,
         });
     }
 
@@ -137,30 +150,44 @@ impl Backlog {
             _ => false,
         };
         self.full.clear();
-        for Owed { target, delivery } in self.owed.drain(..) {
+        for Owed {
+            target,
+            record,
+            tag,
+        } in self.owed.drain(..)
+        {
             let queue = &target.queue;
             if self.full.iter().any(|full| Arc::ptr_eq(full, queue)) {
-                self.still_owed.push(Owed { target, delivery });
+                self.still_owed.push(Owed {
+                    target,
+                    record,
+                    tag,
+                });
                 continue;
             }
-            match queue.deliver_or_owe(delivery) {
+            match queue.deliver_or_owe(record, tag, &mut self.lanes) {
                 Outcome::Queued => {
                     // Owed deliveries are few (one per full queue an event
                     // met): a fence each costs nothing next to the wait.
+                    queue.lanes.publish(&self.lanes);
                     publish_fence();
                     queue.signal.wake_if_sleeping();
                 }
                 Outcome::Dropped => target.count_dropped(),
-                Outcome::Full(delivery) if expired(&target) => {
+                Outcome::Full(record) if expired(&target) => {
                     queue.demote();
                     self.demotions += 1;
-                    drop(delivery);
+                    drop(record);
                     queue.count_dropped();
                     target.count_dropped();
                 }
-                Outcome::Full(delivery) => {
+                Outcome::Full(record) => {
                     self.full.push(queue.clone());
-                    self.still_owed.push(Owed { target, delivery });
+                    self.still_owed.push(Owed {
+                        target,
+                        record,
+                        tag,
+                    });
                 }
             }
         }

@@ -19,6 +19,7 @@ mod backlog;
 mod error;
 mod event_ref;
 mod interest;
+pub(crate) mod lanes;
 mod mailbox;
 mod publisher;
 pub(crate) mod queue;
@@ -44,7 +45,8 @@ pub use request::Reply;
 pub use route::{PLAIN_TAG, Scope};
 pub use subscription::Subscription;
 
-use self::queue::{Delivery, DeliveryQueue, Outcome, QueueCensus};
+use self::lanes::LaneOwner;
+use self::queue::{DeliveryQueue, Outcome, QueueCensus};
 use self::request::Inbox;
 use crate::event::{EventLimits, Header};
 use crate::log::RecordRef;
@@ -94,7 +96,12 @@ impl Default for BusConfig {
 /// Per-subscription settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscribeOptions {
-    /// Events a subscription (or a mailbox) can hold before the policy applies.
+    /// Events a subscription (or a mailbox) can hold from one source before
+    /// the policy applies. A source is a publisher, a client connection or a
+    /// data stream of a mesh link; the first few sources to deliver get a
+    /// lane of this size each (the fast path), the others share one more
+    /// queue of this size. `pending_bytes_max` bounds the memory they pin
+    /// together.
     pub capacity: usize,
     /// Bytes of event memory its queued events may pin before the policy
     /// applies. A queued event pins its record's whole segment, so this
@@ -207,14 +214,21 @@ pub(crate) struct TargetStats {
 }
 
 impl Target {
-    /// Offers a record to this subscription's queue under its policy.
-    pub(crate) fn deliver(&self, record: RecordRef) -> Outcome {
-        self.deliver_tagged(record, self.tag)
+    /// Offers a record from the source `owner` to this subscription's queue
+    /// under its policy.
+    pub(crate) fn deliver(&self, record: RecordRef, owner: &mut LaneOwner) -> Outcome {
+        self.deliver_tagged(record, self.tag, owner)
     }
 
     /// Like [`Target::deliver`], with the delivery carrying `tag`.
-    pub(crate) fn deliver_tagged(&self, record: RecordRef, tag: u64) -> Outcome {
-        let outcome = self.queue.deliver(Delivery::new(record, tag), self.policy);
+    #[inline]
+    pub(crate) fn deliver_tagged(
+        &self,
+        record: RecordRef,
+        tag: u64,
+        owner: &mut LaneOwner,
+    ) -> Outcome {
+        let outcome = self.queue.deliver((record, tag), self.policy, owner);
         if matches!(outcome, Outcome::Dropped) {
             self.count_dropped();
         }
@@ -223,10 +237,17 @@ impl Target {
 
     /// Offers a record only if the queue has room; hands it back otherwise,
     /// uncounted.
-    pub(crate) fn try_deliver(&self, record: RecordRef) -> Result<(), RecordRef> {
-        self.queue
-            .try_offer(Delivery::new(record, self.tag))
-            .map_err(|rejected| rejected.record)
+    pub(crate) fn try_deliver(
+        &self,
+        record: RecordRef,
+        owner: &mut LaneOwner,
+    ) -> Result<(), RecordRef> {
+        let owner = match self.policy {
+            // Making room takes from the head: the ring's (see `lanes`).
+            SlowConsumerPolicy::DropOldest => None,
+            _ => Some(owner),
+        };
+        self.queue.try_offer(record, self.tag, owner)
     }
 
     /// Counts a dropped event against this subscription (its queue counts

@@ -265,11 +265,11 @@ impl PublisherCore {
             if !backlog.is_empty() {
                 // A full `Block` queue: its consumer may be asleep, not yet
                 // woken for this batch, and must be awake to make room.
-                wakes.wake_all();
+                wakes.wake_all(backlog.lanes());
                 backlog.flush_blocking();
             }
         }
-        wakes.wake_all();
+        wakes.wake_all(backlog.lanes());
         self.backlog = backlog;
         self.wakes = wakes;
         outcome.map(|()| delivered)

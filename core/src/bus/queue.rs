@@ -1,5 +1,6 @@
-//! The delivery queue of one consumer: a bounded ring of holds on records, the
-//! slow-consumer policies applied when it is full, the memory it is charged
+//! The delivery queue of one consumer: bounded lanes and a ring of holds on
+//! records (see `bus::lanes`), the slow-consumer policies applied when it is
+//! full, the memory it is charged
 //! for, exact counters, and its two signals: "an event is here" (to the
 //! consumer) and "there is room again" (to the sources it held back).
 
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use super::lanes::{LANES, LaneOwner, Lanes};
+use crate::lane::LaneRun;
 use crate::log::RecordRef;
 use crate::ring::{ClaimedRun, Ring};
 use crate::signal::{Signal, SpaceSignal};
@@ -108,17 +111,11 @@ pub struct UnknownPolicy(String);
 pub(crate) struct Delivery {
     pub(crate) record: RecordRef,
     pub(crate) tag: u64,
-    pub(crate) charge: u32,
-}
-
-impl Delivery {
-    pub(crate) fn new(record: RecordRef, tag: u64) -> Self {
-        Self {
-            record,
-            tag,
-            charge: 0,
-        }
-    }
+    /// A whole word, though a segment's size fits in 32 bits: a 4-byte
+    /// store read back as part of an 8-byte copy (moving the delivery on)
+    /// cannot be forwarded from the store buffer, and stalled every publish
+    /// (measured with `perf`).
+    pub(crate) charge: u64,
 }
 
 /// What became of a delivery.
@@ -126,9 +123,9 @@ impl Delivery {
 pub(crate) enum Outcome {
     Queued,
     Dropped,
-    /// A `Block` queue had no room: the caller owes it this delivery (see
+    /// A `Block` queue had no room: the caller owes it this hold (see
     /// `Backlog`).
-    Full(Delivery),
+    Full(RecordRef),
 }
 
 /// What a consumer is charged for, and up to how much.
@@ -176,6 +173,10 @@ impl QueueCensus {
     fn count(&self, slots: usize) {
         self.queues
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.add_slots(slots);
+    }
+
+    fn add_slots(&self, slots: usize) {
         self.slots
             .fetch_add(slots, std::sync::atomic::Ordering::Relaxed);
     }
@@ -192,6 +193,9 @@ impl QueueCensus {
 pub(crate) struct DeliveryQueue {
     /// Unique within the bus; names the queue (a mailbox) in listings.
     pub(crate) id: u64,
+    /// A lane for each of the first few sources that deliver here.
+    pub(crate) lanes: Lanes,
+    /// For the sources without a lane, and for `DropOldest` deliveries.
     ring: Ring<Delivery>,
     /// Waking the consumer.
     pub(crate) signal: Signal,
@@ -210,12 +214,21 @@ pub(crate) struct DeliveryQueue {
     demotions: AtomicU64,
     /// Events this consumer missed. Written by publishers.
     dropped: CachePadded<AtomicU64>,
-    /// Events this consumer took out. Written by the consumer only.
-    received: CachePadded<AtomicU64>,
+    /// Written by the consumer only.
+    consumer: CachePadded<ConsumerSide>,
     closed: AtomicBool,
     spin: Duration,
     /// Where this queue is counted until it is freed.
     census: Arc<QueueCensus>,
+}
+
+/// What only the consumer writes.
+struct ConsumerSide {
+    /// Events taken out.
+    received: AtomicU64,
+    /// Where the next batch starts among the ring and the lanes, rotated so
+    /// that none of them waits behind the others for long.
+    rotation: AtomicUsize,
 }
 
 /// How a queue is made.
@@ -237,6 +250,7 @@ impl DeliveryQueue {
         census.count(shape.capacity);
         Self {
             id,
+            lanes: Lanes::new(shape.capacity),
             ring: Ring::new(shape.capacity),
             signal: Signal::default(),
             space: SpaceSignal::default(),
@@ -250,29 +264,50 @@ impl DeliveryQueue {
             demoted: AtomicBool::new(false),
             demotions: AtomicU64::new(0),
             dropped: CachePadded::new(AtomicU64::new(0)),
-            received: CachePadded::new(AtomicU64::new(0)),
+            consumer: CachePadded::new(ConsumerSide {
+                received: AtomicU64::new(0),
+                rotation: AtomicUsize::new(0),
+            }),
             closed: AtomicBool::new(false),
             spin: shape.spin,
             census,
         }
     }
 
-    /// Publisher side: queues `delivery` under `policy`. The caller then runs
+    /// Publisher side: queues a hold on `record`, tagged `tag`, from the
+    /// source `owner` under `policy`. The caller then runs
     /// [`crate::signal::publish_fence`] and [`Signal::wake_if_sleeping`].
-    pub(crate) fn deliver(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Outcome {
+    ///
+    /// Holds go in and out as bare `RecordRef`s (a pointer, returned in a
+    /// register), the `Delivery` made only where it is stored: handing a
+    /// 24-byte delivery back and forth through the layers below cost a
+    /// store-forwarding stall per call (measured with `perf`).
+    #[inline]
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        (record, tag): (RecordRef, u64),
+        policy: SlowConsumerPolicy,
+        owner: &mut LaneOwner,
+    ) -> Outcome {
         match policy {
-            SlowConsumerPolicy::DropNewest => self.offer(delivery),
+            SlowConsumerPolicy::DropNewest => self.offer(record, tag, owner),
             SlowConsumerPolicy::DropOldest => {
-                self.push_evicting(delivery);
+                self.push_evicting(record, tag);
                 Outcome::Queued
             }
-            SlowConsumerPolicy::Block { .. } => self.deliver_or_owe(delivery),
+            SlowConsumerPolicy::Block { .. } => self.deliver_or_owe(record, tag, owner),
         }
     }
 
-    /// `Block`: queues the delivery, drops it while demoted, or hands it
-    /// back to be owed.
-    pub(crate) fn deliver_or_owe(&self, delivery: Delivery) -> Outcome {
+    /// `Block`: queues the hold, drops it while demoted, or hands it back to
+    /// be owed.
+    #[inline]
+    pub(crate) fn deliver_or_owe(
+        self: &Arc<Self>,
+        record: RecordRef,
+        tag: u64,
+        owner: &mut LaneOwner,
+    ) -> Outcome {
         if self.demoted.load(Ordering::Relaxed) && !self.promote_if_drained() {
             self.count_dropped();
             return Outcome::Dropped;
@@ -282,15 +317,15 @@ impl DeliveryQueue {
             self.count_dropped();
             return Outcome::Dropped;
         }
-        match self.try_offer(delivery) {
+        match self.try_offer(record, tag, Some(owner)) {
             Ok(()) => Outcome::Queued,
             Err(rejected) => Outcome::Full(rejected),
         }
     }
 
-    /// Queues `delivery` if there is room, else drops it and counts it.
-    pub(crate) fn offer(&self, delivery: Delivery) -> Outcome {
-        match self.try_offer(delivery) {
+    /// Queues the hold if there is room, else drops it and counts it.
+    fn offer(self: &Arc<Self>, record: RecordRef, tag: u64, owner: &mut LaneOwner) -> Outcome {
+        match self.try_offer(record, tag, Some(owner)) {
             Ok(()) => Outcome::Queued,
             Err(rejected) => {
                 self.count_dropped();
@@ -300,52 +335,106 @@ impl DeliveryQueue {
         }
     }
 
-    /// Queues `delivery` if there is room (in the ring and in the queue's
-    /// byte charge); hands it back otherwise, uncounted.
-    pub(crate) fn try_offer(&self, mut delivery: Delivery) -> Result<(), Delivery> {
-        let charge = self.charge_for(&delivery);
+    /// Queues a hold on `record`, tagged `tag`, if there is room (in
+    /// `owner`'s lane, or the ring if it has none or is `None`, and in the
+    /// queue's byte charge); hands it back otherwise, uncounted.
+    #[inline]
+    pub(crate) fn try_offer(
+        self: &Arc<Self>,
+        record: RecordRef,
+        tag: u64,
+        owner: Option<&mut LaneOwner>,
+    ) -> Result<(), RecordRef> {
+        let segment = record.segment_key();
+        let charge = self.charge_for(&record, segment);
         if charge > 0
             && self.charges.pending_bytes.load(Ordering::Relaxed) + charge > self.pending_bytes_max
         {
-            return Err(delivery);
+            return Err(record);
         }
-        delivery.charge = charge as u32;
-        let segment = delivery.record.segment_key();
-        match self.ring.push(delivery) {
-            Ok(()) => {
-                if charge > 0 {
-                    self.charges.last_segment.store(segment, Ordering::Relaxed);
-                    self.charges
-                        .pending_bytes
-                        .fetch_add(charge, Ordering::Relaxed);
-                }
-                Ok(())
+        self.push(record, tag, charge, owner)?;
+        if charge > 0 {
+            self.charges.last_segment.store(segment, Ordering::Relaxed);
+            self.charges
+                .pending_bytes
+                .fetch_add(charge, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Pushes a delivery into `owner`'s lane, claiming one if it has none
+    /// here and one is free (see `bus::lanes` on order); into the ring
+    /// otherwise.
+    #[inline]
+    fn push(
+        self: &Arc<Self>,
+        record: RecordRef,
+        tag: u64,
+        charge: u64,
+        owner: Option<&mut LaneOwner>,
+    ) -> Result<(), RecordRef> {
+        let make = |record| Delivery {
+            record,
+            tag,
+            charge,
+        };
+        if let Some(owner) = owner {
+            if let Some(lane) = self.lanes.owned_by(owner) {
+                // SAFETY: the lane is `owner`'s, and pushes with an owner
+                // are made through `&mut` of it: this is the lane's only
+                // producer.
+                return unsafe { lane.push_with(record, make) };
             }
-            Err(mut rejected) => {
-                rejected.charge = 0;
-                Err(rejected)
+            return self
+                .push_claiming(make(record), owner)
+                .map_err(|rejected| rejected.record);
+        }
+        self.ring
+            .push(make(record))
+            .map_err(|rejected| rejected.record)
+    }
+
+    /// [`DeliveryQueue::push`] for a source without a lane here: claims one
+    /// if it may, else pushes into the ring.
+    #[cold]
+    fn push_claiming(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        owner: &mut LaneOwner,
+    ) -> Result<(), Delivery> {
+        let claimed = self.lanes.claim(
+            owner,
+            || self.ring.is_all_claimed(),
+            |slots| self.census.add_slots(slots),
+        );
+        match claimed {
+            Some(lane) => {
+                owner.holds(self);
+                // SAFETY: as in `push`; claimed just now.
+                unsafe { lane.push(delivery) }
             }
+            None => self.ring.push(delivery),
         }
     }
 
-    /// What queueing `delivery` would be charged: a segment if its record
-    /// lies in another segment than the last charged delivery's.
-    fn charge_for(&self, delivery: &Delivery) -> u64 {
-        if self.charges.last_segment.load(Ordering::Relaxed) == delivery.record.segment_key() {
+    /// What queueing a hold on `record` (in `segment`) would be charged: a
+    /// segment if its record lies in another segment than the last charged
+    /// delivery's.
+    fn charge_for(&self, record: &RecordRef, segment: usize) -> u64 {
+        if self.charges.last_segment.load(Ordering::Relaxed) == segment {
             0
         } else {
-            self.segment_bytes
-                .max(delivery.record.archive().len() as u64)
+            self.segment_bytes.max(record.archive().len() as u64)
         }
     }
 
     /// `DropOldest`: takes out the oldest deliveries (counting each) until
     /// this one fits.
-    fn push_evicting(&self, mut delivery: Delivery) {
+    fn push_evicting(self: &Arc<Self>, mut record: RecordRef, tag: u64) {
         loop {
-            match self.try_offer(delivery) {
+            match self.try_offer(record, tag, None) {
                 Ok(()) => return,
-                Err(rejected) => delivery = rejected,
+                Err(rejected) => record = rejected,
             }
             match self.ring.pop() {
                 Some(evicted) => {
@@ -382,9 +471,14 @@ impl DeliveryQueue {
         }
     }
 
-    /// At or below the low watermark: half the ring, half the byte limit.
+    /// At or below the low watermark: the ring and every lane at most half
+    /// full, half the byte limit.
     fn is_drained(&self) -> bool {
         self.ring.len() <= self.ring.capacity() / 2
+            && self
+                .lanes
+                .iter()
+                .all(|lane| lane.len() <= lane.capacity() / 2)
             && self.charges.pending_bytes.load(Ordering::Relaxed) <= self.pending_bytes_max / 2
     }
 
@@ -397,55 +491,84 @@ impl DeliveryQueue {
         if delivery.charge > 0 {
             self.charges
                 .pending_bytes
-                .fetch_sub(u64::from(delivery.charge), Ordering::Relaxed);
+                .fetch_sub(delivery.charge, Ordering::Relaxed);
         }
     }
 
     /// Consumer side: the next delivery, if any.
     pub(crate) fn try_take(&self) -> Option<Delivery> {
-        let delivery = self.ring.pop()?;
-        // A single writer: a load and a store are enough, and cheaper than an
-        // atomic add. Relaxed: the counter orders nothing.
-        let received = self.received.load(Ordering::Relaxed);
-        self.received.store(received + 1, Ordering::Relaxed);
-        self.release_charge(&delivery);
-        self.space.notify_if_drained(|| self.is_drained());
-        Some(delivery)
+        self.take_batch(1).next()
     }
 
-    /// Consumer side: takes up to `max` deliveries at once, in order: one
-    /// claim of the ring's head, one update of the received counter and one
-    /// look at the space signal for the whole batch.
+    /// Consumer side: takes up to `max` deliveries at once: one claim of the
+    /// ring's head and of each lane's, one update of the received counter
+    /// and one look at the space signal for the whole batch. Each source's
+    /// deliveries come in its order; the sources take turns being first.
     pub(crate) fn take_batch(&self, max: usize) -> TakenBatch<'_> {
-        let run = self.ring.claim(max);
-        // A single writer: see `try_take`.
-        let received = self.received.load(Ordering::Relaxed);
-        self.received
-            .store(received + run.len() as u64, Ordering::Relaxed);
+        let consumer = &*self.consumer;
+        // A single writer: a load and a store are enough, and cheaper than an
+        // atomic add. Relaxed: the consumer's own counters order nothing.
+        let first = consumer.rotation.load(Ordering::Relaxed);
+        consumer
+            .rotation
+            .store(first.wrapping_add(1), Ordering::Relaxed);
+        let mut runs: [Option<Run<'_>>; LANES + 1] = std::array::from_fn(|_| None);
+        let mut claimed = 0;
+        let mut taken = 0;
+        for turn in 0..=LANES {
+            if taken == max {
+                break;
+            }
+            // Source `LANES` is the ring.
+            let run = match (first + turn) % (LANES + 1) {
+                LANES => Run::Ring(self.ring.claim(max - taken)),
+                lane => match self.lanes.get(lane) {
+                    // SAFETY: this is the queue's only consumer (a mailbox is
+                    // not `Sync`), and the batch's runs are one per lane.
+                    Some(lane) => Run::Lane(unsafe { lane.claim(max - taken) }),
+                    None => continue,
+                },
+            };
+            if run.len() > 0 {
+                taken += run.len();
+                runs[claimed] = Some(run);
+                claimed += 1;
+            }
+        }
+        let received = consumer.received.load(Ordering::Relaxed);
+        consumer
+            .received
+            .store(received + taken as u64, Ordering::Relaxed);
         TakenBatch {
             queue: self,
-            taken: run.len(),
-            run,
+            taken,
+            runs,
+            current: 0,
         }
+    }
+
+    /// True if no delivery is queued, as far as this thread can see.
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty() && self.lanes.iter().all(|lane| lane.is_empty())
     }
 
     /// Consumer side: waits until a delivery is queued or the queue is
     /// closed, or until `deadline`. True if one is queued.
     pub(crate) fn wait_for_delivery(&self, deadline: Option<Instant>) -> bool {
         loop {
-            if !self.ring.is_empty() {
+            if !self.is_empty() {
                 return true;
             }
             if self.is_closed() {
                 // Closed after the look above: a delivery queued before the
                 // close is visible now (see `close`).
-                return !self.ring.is_empty();
+                return !self.is_empty();
             }
-            let ready = self.signal.wait(self.spin, deadline, || {
-                !self.ring.is_empty() || self.is_closed()
-            });
+            let ready = self
+                .signal
+                .wait(self.spin, deadline, || !self.is_empty() || self.is_closed());
             if !ready {
-                return !self.ring.is_empty();
+                return !self.is_empty();
             }
         }
     }
@@ -473,7 +596,7 @@ impl DeliveryQueue {
             return Poll::Ready(self.try_take());
         }
         self.signal.prepare_to_sleep(cx.waker());
-        if !self.ring.is_empty() || self.is_closed() {
+        if !self.is_empty() || self.is_closed() {
             self.signal.awake();
             return match self.try_take() {
                 Some(delivery) => Poll::Ready(Some(delivery)),
@@ -509,17 +632,19 @@ impl DeliveryQueue {
     }
 
     pub(crate) fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.consumer.received.load(Ordering::Relaxed)
     }
 
     pub(crate) fn pending(&self) -> usize {
-        self.ring.len()
+        self.ring.len() + self.lanes.iter().map(|lane| lane.len()).sum::<usize>()
     }
 
     pub(crate) fn pending_bytes(&self) -> u64 {
         self.charges.pending_bytes.load(Ordering::Relaxed)
     }
 
+    /// Deliveries the queue holds from each source with a lane, and from
+    /// the sources without one together.
     pub(crate) fn capacity(&self) -> usize {
         self.ring.capacity()
     }
@@ -535,7 +660,8 @@ impl DeliveryQueue {
 
 impl Drop for DeliveryQueue {
     fn drop(&mut self) {
-        self.census.uncount(self.ring.capacity());
+        self.census
+            .uncount(self.ring.capacity() + self.lanes.slot_count());
     }
 }
 
@@ -546,7 +672,34 @@ pub(crate) struct TakenBatch<'a> {
     queue: &'a DeliveryQueue,
     /// Deliveries in the batch, taken out or not.
     taken: usize,
-    run: ClaimedRun<'a, Delivery>,
+    /// The runs claimed, in the order they were claimed (the order they are
+    /// read in, which keeps each source's order across ring and lane: see
+    /// `bus::lanes`).
+    runs: [Option<Run<'a>>; LANES + 1],
+    /// The run being read.
+    current: usize,
+}
+
+/// Deliveries claimed from the ring or from one lane.
+enum Run<'a> {
+    Ring(ClaimedRun<'a, Delivery>),
+    Lane(LaneRun<'a, Delivery>),
+}
+
+impl Run<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Run::Ring(run) => run.len(),
+            Run::Lane(run) => run.len(),
+        }
+    }
+
+    fn next(&mut self) -> Option<Delivery> {
+        match self {
+            Run::Ring(run) => run.next(),
+            Run::Lane(run) => run.next(),
+        }
+    }
 }
 
 impl TakenBatch<'_> {
@@ -560,19 +713,25 @@ impl Iterator for TakenBatch<'_> {
     type Item = Delivery;
 
     fn next(&mut self) -> Option<Delivery> {
-        let delivery = self.run.next()?;
+        let delivery = loop {
+            let run = self.runs.get_mut(self.current)?.as_mut()?;
+            match run.next() {
+                Some(delivery) => break delivery,
+                None => self.current += 1,
+            }
+        };
         self.queue.release_charge(&delivery);
         Some(delivery)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.run.size_hint()
     }
 }
 
 impl Drop for TakenBatch<'_> {
     fn drop(&mut self) {
         self.by_ref().for_each(drop);
+        // The runs give their slots back now (a lane's run with one store of
+        // its head), before the space signal's fence below: a source that
+        // waits for room either sees it or is seen waiting.
+        self.runs = std::array::from_fn(|_| None);
         if self.taken > 0 {
             let queue = self.queue;
             queue.space.notify_if_drained(|| queue.is_drained());

@@ -81,8 +81,8 @@ pub(crate) fn route(
             }
             let record = holds.next().expect("one hold per possible delivery");
             let tag = if target.remote { PLAIN_TAG } else { target.tag };
-            if let Outcome::Full(delivery) = target.deliver_tagged(record, tag) {
-                backlog.owe(target, delivery);
+            if let Outcome::Full(record) = target.deliver_tagged(record, tag, backlog.lanes()) {
+                backlog.owe(target, record, tag);
             }
             delivered += 1;
         }
@@ -99,7 +99,7 @@ pub(crate) fn route(
             delivered += 1;
         }
     }
-    waking.delivered_to_all(&result.plain);
+    waking.delivered_to_all(&result.plain, backlog.lanes());
     Ok(delivered)
 }
 
@@ -143,9 +143,9 @@ fn deliver_to_group(
             if !eligible(member) {
                 continue;
             }
-            match member.try_deliver(record) {
+            match member.try_deliver(record, backlog.lanes()) {
                 Ok(()) => {
-                    waking.delivered_to(member);
+                    waking.delivered_to(member, backlog.lanes());
                     return true;
                 }
                 Err(rejected) => record = rejected,
@@ -161,13 +161,13 @@ fn deliver_to_group(
     else {
         return false;
     };
-    match member.deliver(record) {
+    match member.deliver(record, backlog.lanes()) {
         Outcome::Queued => {
-            waking.delivered_to(member);
+            waking.delivered_to(member, backlog.lanes());
             true
         }
-        Outcome::Full(delivery) => {
-            backlog.owe(member, delivery);
+        Outcome::Full(record) => {
+            backlog.owe(member, record, member.tag);
             true
         }
         Outcome::Dropped => false,

@@ -4,7 +4,8 @@
 //! The publisher's half of the park handshake (see `crate::signal`) is a
 //! SeqCst fence after its deliveries and a look at each consumer's
 //! `sleeping` flag after the fence. Nothing requires one fence per event:
-//! every delivery of a batch comes before the one fence in program order,
+//! every delivery of a batch comes before the one fence in program order
+//! (published into its lane right before the fence, with one store per lane),
 //! so a consumer that announced sleep before it is seen sleeping, and one
 //! that announced it after sees every delivery of the batch in its re-check.
 //! A batch therefore fences once and looks at each consumer it delivered to
@@ -13,6 +14,7 @@
 use std::sync::Arc;
 
 use super::Target;
+use super::lanes::LaneOwner;
 use super::queue::DeliveryQueue;
 use crate::signal::publish_fence;
 
@@ -27,10 +29,13 @@ pub(crate) enum Waking<'a> {
 }
 
 impl Waking<'_> {
-    /// The event was delivered to each of `targets`.
-    pub(crate) fn delivered_to_all(&mut self, targets: &[Target]) {
+    /// The event was delivered to each of `targets` by the source `owner`.
+    pub(crate) fn delivered_to_all(&mut self, targets: &[Target], owner: &LaneOwner) {
         match self {
             Waking::Now => {
+                for target in targets {
+                    target.queue.lanes.publish(owner);
+                }
                 publish_fence();
                 for target in targets {
                     target.queue.signal.wake_if_sleeping();
@@ -40,9 +45,9 @@ impl Waking<'_> {
         }
     }
 
-    /// The event was delivered to `target`.
-    pub(crate) fn delivered_to(&mut self, target: &Target) {
-        self.delivered_to_all(std::slice::from_ref(target));
+    /// The event was delivered to `target` by the source `owner`.
+    pub(crate) fn delivered_to(&mut self, target: &Target, owner: &LaneOwner) {
+        self.delivered_to_all(std::slice::from_ref(target), owner);
     }
 }
 
@@ -69,10 +74,14 @@ impl Wakes {
         }
     }
 
-    /// Fences once and wakes each noted consumer that sleeps.
-    pub(crate) fn wake_all(&mut self) {
+    /// Publishes what the source `owner` pushed into each noted queue's
+    /// lane, fences once and wakes each noted consumer that sleeps.
+    pub(crate) fn wake_all(&mut self, owner: &LaneOwner) {
         if self.queues.is_empty() {
             return;
+        }
+        for queue in &self.queues {
+            queue.lanes.publish(owner);
         }
         publish_fence();
         for queue in self.queues.drain(..) {
