@@ -91,7 +91,10 @@ fn layout_events() -> Vec<(&'static str, Event)> {
     let padded = Event {
         subject: "orders.eu".into(),
         reply_to: Some("_INBOX.x.1".into()),
-        headers: vec![("h".into(), vec![]), ("a-long-header-name".into(), vec![1; 9])],
+        headers: vec![
+            ("h".into(), vec![]),
+            ("a-long-header-name".into(), vec![1; 9]),
+        ],
         payload: vec![3; 3],
         ..Event::default()
     };

@@ -7,11 +7,13 @@
 //! sizes, then the stream.
 #![no_main]
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use starling_core::{Bus, SubscribeOptions};
-use starling_transport::auth::Authenticator;
+use starling_transport::auth::{Authentication, Authenticator};
+use starling_transport::budget::Budget;
 use starling_transport::nats::{
     Close, Input, MAX_CONTROL_LINE, NATS_VERSION, NatsConfig, ServerInfo, Session,
 };
@@ -38,9 +40,10 @@ fn config(token: Option<String>) -> Arc<NatsConfig> {
             client_ip: "127.0.0.1".into(),
             ldm: false,
         },
-        auth: Arc::new(Authenticator::new(token, Vec::new())),
+        auth: Arc::new(Authentication::new(Authenticator::new(token, Vec::new()))),
         max_control_line: MAX_CONTROL_LINE,
         subscriptions_max: 16,
+        node_subscriptions: Arc::new(Budget::new(32)),
         mailbox: SubscribeOptions::default(),
         max_pings_out: 2,
     })
@@ -50,7 +53,7 @@ fn config(token: Option<String>) -> Arc<NatsConfig> {
 /// chunks of `sizes` (cycled), as the listener drives it.
 fn answer(stream: &[u8], sizes: &[usize], token: Option<String>) -> (Vec<u8>, Option<Close>) {
     let bus = Bus::default();
-    let mut session = Session::new(config(token), &bus, 1, "127.0.0.1".into());
+    let mut session = Session::new(config(token), &bus, 1, IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut out = Vec::new();
     session.greeting(&mut out);
     let (mut start, mut end) = (0, 0);
@@ -64,6 +67,11 @@ fn answer(stream: &[u8], sizes: &[usize], token: Option<String>) -> (Vec<u8>, Op
                     break Some(close);
                 }
                 start += used;
+            }
+            Ok(Input::Verifying { .. }) => {
+                unreachable!(
+                    "the fuzzed node has a token and no password users: nothing is verified on a thread"
+                )
             }
             Ok(Input::Incomplete { needed }) => {
                 assert!(needed > end - start, "incomplete asks for more than it has");
