@@ -36,13 +36,14 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use starling_core::bus::PLAIN_TAG;
 use starling_core::subject::INBOX_PREFIX;
@@ -132,9 +133,12 @@ struct DataStream {
     send: SendStream,
     /// The peer's acknowledgements.
     acks: RecvStream,
-    /// Frames encoded for the stream, written from `written` on.
+    /// Frames encoded for the stream since they were last handed to QUIC.
     buffer: Vec<u8>,
-    written: usize,
+    /// Frames handed to QUIC that it has not taken all of (its window is
+    /// spent). Handed over as owned bytes, which QUIC keeps until they are
+    /// acknowledged instead of copying them: one copy less per event.
+    handing: Bytes,
     /// Forward frames encoded for the stream, and acknowledged by the peer.
     sent: u64,
     acked: u64,
@@ -155,7 +159,7 @@ enum Broken {
 
 impl DataStream {
     fn unwritten(&self) -> usize {
-        self.buffer.len() - self.written
+        self.buffer.len() + self.handing.len()
     }
 
     /// Reads the acknowledgements that arrived and writes what QUIC takes;
@@ -179,21 +183,32 @@ impl DataStream {
                 Poll::Pending => break,
             }
         }
-        while self.unwritten() > 0 {
-            match Pin::new(&mut self.send).poll_write(cx, &self.buffer[self.written..]) {
+        loop {
+            if self.handing.is_empty() {
+                if self.buffer.is_empty() {
+                    break;
+                }
+                // A fresh buffer as large as the last: QUIC frees the old
+                // one once the peer has acknowledged it.
+                let fresh = Vec::with_capacity(self.buffer.capacity());
+                self.handing = Bytes::from(std::mem::replace(&mut self.buffer, fresh));
+            }
+            // Takes what the windows allow at once, from the front of
+            // `handing`, or registers `cx` for more credit; the future holds
+            // no state of its own, so dropping it pending loses nothing.
+            let write = pin!(
+                self.send
+                    .write_chunks(std::slice::from_mut(&mut self.handing))
+            );
+            match write.poll(cx) {
                 Poll::Ready(Ok(written)) => {
-                    self.written += written;
                     counters
                         .bytes_out
-                        .fetch_add(written as u64, Ordering::Relaxed);
+                        .fetch_add(written.bytes as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Err(_)) => return Err(Broken::Lost),
                 Poll::Pending => break,
             }
-        }
-        if self.unwritten() == 0 {
-            self.buffer.clear();
-            self.written = 0;
         }
         Ok(())
     }
@@ -332,7 +347,7 @@ impl Egress {
                             send,
                             acks,
                             buffer: Vec::with_capacity(64 << 10),
-                            written: 0,
+                            handing: Bytes::new(),
                             sent: 0,
                             acked: 0,
                             ack_bytes: [0; 8 * ACK_BYTES],
