@@ -2,8 +2,9 @@
 //! `[[users]]` of the node's config file; an open connection whose user was
 //! removed, or whose permissions changed, is closed with the reason (on the
 //! Starling protocol and on the NATS protocol), a new one is refused, an
-//! added user may connect, and a user left alike stays connected. A restart
-//! with the user removed refuses it too.
+//! added user may connect, and a user left alike stays connected; a revoked
+//! client of the library stops reconnecting. A restart with the user removed
+//! refuses it too.
 
 mod common;
 
@@ -12,10 +13,10 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event, ServerError};
-use starling_transport::client::{Client, ClientOptions};
+use starling_transport::client::{Client, ClientError, ClientOptions};
 use starling_transport::frame::control::ErrorBody;
 use starling_transport::frame::{ErrorCode, Kind};
 
@@ -137,11 +138,31 @@ fn sighup_revokes_removed_users_on_open_connections_and_a_restart_keeps_them_out
     let news = alice.subscribe("news").unwrap();
     let bob = raw_connection(&node, "bob-token");
     let dave = raw_connection(&node, "dave-token");
+    // bob again, through the client library, which would reconnect.
+    let bob_client = Client::connect_with(
+        &node.tcp,
+        ClientOptions {
+            reconnect: true,
+            ..options("", "", "bob-token")
+        },
+    )
+    .unwrap();
 
     std::fs::write(&config, after(&alice_hash)).unwrap();
     sighup(&node);
     assert_revoked(bob, "user 'bob' was removed");
     assert_revoked(dave, "permissions of user 'dave' changed");
+    // The revoked client gives up instead of reconnecting for ever: its
+    // handshake is refused, so it closes.
+    let deadline = Instant::now() + WAIT;
+    while !matches!(bob_client.publish("news", b"x"), Err(ClientError::Closed)) {
+        assert!(
+            Instant::now() < deadline,
+            "bob's client still retries after its user was removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(bob_client.reconnects(), 0);
 
     // The reload is in force: bob is refused, carol let in, and alice,
     // alike, was never cut (her subscription still delivers).
