@@ -11,11 +11,13 @@
 //!   and subscribe to, for both protocols;
 //! - [`tls`]: TLS on the server's TCP port and for `tls://` clients;
 //! - [`url`]: `tcp://HOST:PORT`, `tls://HOST:PORT` and `unix:///path` addresses;
-//! - [`budget`]: node-wide allowances connections share.
+//! - [`budget`]: node-wide allowances connections share;
+//! - [`descriptors`]: raising the process's open-files limit.
 
 pub mod auth;
 pub mod budget;
 pub mod client;
+pub mod descriptors;
 pub mod frame;
 pub mod nats;
 mod read_buffer;

@@ -4,6 +4,7 @@
 mod cert;
 mod client;
 mod demo;
+mod descriptors;
 mod health;
 mod node;
 mod passwd;

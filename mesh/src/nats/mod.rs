@@ -156,7 +156,7 @@ impl NatsServer {
     /// Binds `config.listen` and serves NATS clients on `bus` from a runtime
     /// of its own.
     pub fn start(bus: Bus, config: NatsListenerConfig) -> io::Result<NatsServer> {
-        let listener = std::net::TcpListener::bind(&config.listen).map_err(|error| {
+        let listener = starling_transport::server::listen_tcp(&config.listen).map_err(|error| {
             io::Error::new(
                 error.kind(),
                 format!("cannot serve NATS on {}: {error}", config.listen),

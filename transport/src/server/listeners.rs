@@ -1,8 +1,11 @@
 //! The listening sockets: bound before the I/O thread starts, so that
-//! errors such as "address in use" reach the caller; and turning away a
-//! connection over the limit.
+//! errors such as "address in use" reach the caller, with a listen backlog
+//! that takes a burst of connections; and turning away a connection over
+//! the limit.
 
 use std::io::{self, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -27,7 +30,7 @@ pub(super) fn bind(config: &ServerConfig) -> io::Result<Listeners> {
     }
     let tcp = match &config.tcp {
         Some(address) => {
-            let listener = std::net::TcpListener::bind(address.as_str()).map_err(|error| {
+            let listener = listen_tcp(address).map_err(|error| {
                 io::Error::new(
                     error.kind(),
                     format!("cannot listen on tcp://{address}: {error}"),
@@ -53,6 +56,28 @@ pub(super) fn bind(config: &ServerConfig) -> io::Result<Listeners> {
         None => None,
     };
     Ok(Listeners { tcp, uds })
+}
+
+/// Connections the kernel completes and queues for a TCP listener until it
+/// accepts them. std's `TcpListener::bind` asks for 128: a burst of clients
+/// (thousands reconnecting at once, or only a few hundred while the I/O
+/// thread waits for a core) overflows it, and each connection that finds it
+/// full has its handshake dropped and retried by its client a second or more
+/// later. The kernel caps it at `net.core.somaxconn` (4096 by default since
+/// Linux 5.4). std's Unix listeners already ask for the most the kernel
+/// allows.
+const TCP_BACKLOG: libc::c_int = 4096;
+
+/// A TCP listener on `address` with a backlog of [`TCP_BACKLOG`]: for every
+/// port where clients connect (the node's own protocol and NATS's).
+pub fn listen_tcp(address: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(address)?;
+    // Calling listen again on a listening socket sets its backlog anew.
+    // SAFETY: plain syscall on a descriptor `listener` owns and keeps open.
+    if unsafe { libc::listen(listener.as_raw_fd(), TCP_BACKLOG) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
 }
 
 /// Removes a socket file left by a node that did not stop cleanly, but never

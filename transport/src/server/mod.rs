@@ -48,6 +48,7 @@ use std::time::Duration;
 
 pub use backend::{Backend, BackendChoice};
 pub use counters::{ConnectionStats, SubscriptionStats};
+pub use listeners::listen_tcp;
 pub use registry::{ConnectionInfo, ConnectionTotals, SubscriptionDelivered};
 pub use session::SessionConfig;
 
