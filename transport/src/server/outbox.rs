@@ -18,7 +18,8 @@
 //! with, so appending to one while a send of its first bytes is in flight
 //! never moves those bytes. The outbox has no memory until the first frame
 //! is queued (a connection that never hears from the node costs little), and
-//! gives it back when the connection goes quiet. (Starting small and growing
+//! gives it back when the connection goes quiet (at once, for a connection
+//! without subscriptions: see `Session::sent`). (Starting small and growing
 //! while deliveries outgrew it lost events in the stopped-node backpressure
 //! test; not understood yet, so not done.)
 
@@ -222,6 +223,12 @@ impl Outbox {
     /// True if nothing is waiting to be written.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Entries it has room for without allocating.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Bytes waiting to be written.

@@ -325,11 +325,19 @@ impl Session {
 
     /// `written` bytes of the outbox went out.
     pub(crate) fn sent(&mut self, written: usize) {
-        self.protocol
+        let protocol = &mut self.protocol;
+        protocol
             .stats
             .bytes_out
             .fetch_add(written as u64, Ordering::Relaxed);
-        self.protocol.outbox.advance(written);
+        protocol.outbox.advance(written);
+        if protocol.mailbox.is_none() {
+            // Without a subscription it is sent only answers, now and then
+            // (its HELLO, a PONG): it need not keep room for a whole outbox
+            // of deliveries (~48 KiB at 1,024 entries) while it idles, as
+            // most connections of a crowded node do.
+            protocol.outbox.release_memory();
+        }
     }
 
     /// True once the connection should close: a fatal error was reported and

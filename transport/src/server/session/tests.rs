@@ -101,3 +101,35 @@ fn subscriptions_are_limited_per_connection() {
     assert_eq!(bus.subscriptions().len(), 8, "the limit is 8");
     assert!(!session.closing(), "going over the limit is not fatal");
 }
+
+/// Writes everything the session's outbox holds, as a socket taking it all.
+fn write_all(session: &mut Session) {
+    let mut bytes = 0;
+    session.outbox().for_each_slice(|slice| {
+        bytes += slice.len();
+        true
+    });
+    session.sent(bytes);
+}
+
+#[test]
+fn a_connection_without_subscriptions_keeps_no_outbox_once_answered() {
+    let bus = Bus::default();
+    let mut publisher = bus.publisher();
+    let mut session = session(&bus);
+    session.receive(&aligned(&hello()), &mut publisher);
+    assert!(session.outbox().capacity() >= 64, "room for its HELLO");
+    write_all(&mut session);
+    assert_eq!(
+        session.outbox().capacity(),
+        0,
+        "an idle client that never subscribed holds no outbox"
+    );
+    let body = Subscribe::new("a", None).encode();
+    session.receive(&aligned(&frame(Kind::Sub as u8, 1, &body)), &mut publisher);
+    write_all(&mut session);
+    assert!(
+        session.outbox().capacity() >= 64,
+        "a subscriber keeps room for its deliveries until it goes quiet"
+    );
+}
