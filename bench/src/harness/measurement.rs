@@ -1,5 +1,5 @@
 //! Measuring: latency histograms and their percentiles, rates, and the CPU
-//! time and peak memory of a server process, read from `/proc`.
+//! time and memory (now and at peak) of a server process, read from `/proc`.
 
 use std::time::Duration;
 
@@ -73,11 +73,14 @@ pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
-/// A process's CPU time so far and the most memory it has had resident.
+/// A process's CPU time so far, and the memory it has resident now and had
+/// at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessUsage {
     /// User and system time of all its threads.
     pub cpu: Duration,
+    /// Resident set size now (`VmRSS`).
+    pub rss_bytes: u64,
     /// Peak resident set size (`VmHWM`).
     pub peak_rss_bytes: u64,
 }
@@ -90,11 +93,15 @@ impl ProcessUsage {
         let stat = std::fs::read_to_string(&stat_path).context(format!("reading {stat_path}"))?;
         let status =
             std::fs::read_to_string(&status_path).context(format!("reading {status_path}"))?;
+        let memory = |field: &str| {
+            parse_memory(&status, field)
+                .ok_or_else(|| Error::new(format!("no {field} line in {status_path}")))
+        };
         Ok(Self {
             cpu: parse_cpu(&stat)
                 .ok_or_else(|| Error::new(format!("no utime and stime in {stat_path}")))?,
-            peak_rss_bytes: parse_peak_rss(&status)
-                .ok_or_else(|| Error::new(format!("no VmHWM line in {status_path}")))?,
+            rss_bytes: memory("VmRSS")?,
+            peak_rss_bytes: memory("VmHWM")?,
         })
     }
 }
@@ -143,10 +150,13 @@ fn parse_cpu(stat: &str) -> Option<Duration> {
     )
 }
 
-/// `VmHWM` in bytes from the text of `/proc/PID/status` (given there in kB).
-fn parse_peak_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let mut words = line["VmHWM:".len()..].split_whitespace();
+/// A memory figure such as `VmHWM` in bytes from the text of
+/// `/proc/PID/status` (given there in kB).
+fn parse_memory(status: &str, field: &str) -> Option<u64> {
+    let figure = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
+    let mut words = figure.split_whitespace();
     let kilobytes: u64 = words.next()?.parse().ok()?;
     (words.next() == Some("kB")).then_some(kilobytes * 1024)
 }
@@ -164,17 +174,19 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_is_vm_hwm_in_bytes() {
+    fn memory_figures_are_in_bytes() {
         let status =
             "Name:\tnats-server\nVmPeak:\t 1300000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 10240 kB\n";
-        assert_eq!(parse_peak_rss(status), Some(20480 * 1024));
-        assert_eq!(parse_peak_rss("Name:\tx\n"), None);
+        assert_eq!(parse_memory(status, "VmHWM"), Some(20480 * 1024));
+        assert_eq!(parse_memory(status, "VmRSS"), Some(10240 * 1024));
+        assert_eq!(parse_memory("Name:\tx\n", "VmHWM"), None);
     }
 
     #[test]
     fn this_process_can_be_read() {
         let usage = ProcessUsage::read(std::process::id()).expect("/proc/self is readable");
-        assert!(usage.peak_rss_bytes > 0);
+        assert!(usage.rss_bytes > 0);
+        assert!(usage.peak_rss_bytes >= usage.rss_bytes);
     }
 
     #[test]
@@ -194,6 +206,7 @@ mod tests {
     fn cost_per_million_events() {
         let usage = |cpu_ms, peak_rss_bytes| ProcessUsage {
             cpu: Duration::from_millis(cpu_ms),
+            rss_bytes: peak_rss_bytes,
             peak_rss_bytes,
         };
         let cost = ServerCost::between(

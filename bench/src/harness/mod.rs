@@ -21,9 +21,12 @@
 //! - [`targets`]: the systems under test: starting and stopping their
 //!   servers, and driving them;
 //! - [`measurement`]: histograms, rates, server CPU and memory from `/proc`;
-//! - [`report`]: rows, tables, JSON and SVG charts.
+//! - [`report`]: rows, tables, JSON and SVG charts;
+//! - [`connections`]: the `starling-connections` binary: how fast a node
+//!   accepts connections and what an idle one costs it.
 
 pub mod cli;
+pub mod connections;
 pub mod error;
 pub mod load;
 pub mod measurement;

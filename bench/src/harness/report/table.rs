@@ -7,9 +7,12 @@ use super::{Row, percent};
 use crate::harness::scenarios::Scenario;
 use crate::harness::targets::Target;
 
+/// How a column's cells line up.
 #[derive(Debug, Clone, Copy)]
-enum Align {
+pub enum Align {
+    /// On the left: names.
     Left,
+    /// On the right: figures.
     Right,
 }
 
@@ -295,7 +298,9 @@ fn micros(us: f64) -> String {
     }
 }
 
-fn markdown(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+/// A Markdown table of `rows` (a cell per column, in order) under
+/// `columns`' titles, padded to line up in a terminal.
+pub fn markdown(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()

@@ -14,7 +14,7 @@
 //! between servers ([`Role::server`]).
 
 pub mod bus;
-mod monitor;
+pub mod monitor;
 pub mod nats;
 pub mod nats_port;
 pub mod process;
@@ -313,6 +313,17 @@ fn receive_from_mailbox(
     Ok(taken)
 }
 
+/// Where the `starling` binary is: `given`, or next to this executable
+/// (cargo builds both into the same directory).
+pub fn starling_binary(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.to_owned()),
+        None => Ok(std::env::current_exe()
+            .context("finding this executable")?
+            .with_file_name("starling")),
+    }
+}
+
 /// Starts the targets' systems: knows where their servers' binaries are and
 /// keeps the async runtime the NATS client runs on.
 #[derive(Debug)]
@@ -343,12 +354,7 @@ impl Launcher {
         };
         let mut starling = None;
         if targets.iter().any(|t| t.needs_starling_node()) {
-            let path = match starling_bin {
-                Some(path) => path.to_owned(),
-                None => std::env::current_exe()
-                    .context("finding this executable")?
-                    .with_file_name("starling"),
-            };
+            let path = starling_binary(starling_bin)?;
             if path.is_file() {
                 starling = Some(path);
             } else {

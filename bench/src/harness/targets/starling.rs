@@ -9,6 +9,7 @@
 //! authenticated: no certificates to make), and is ready once every node
 //! has an `up` link to every other (`/v1/links`).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,7 +37,7 @@ pub struct Mesh {
 
 /// One running node and what it said about itself.
 #[derive(Debug)]
-struct Node {
+pub struct Node {
     process: ServerProcess,
     tcp: String,
     unix: String,
@@ -97,7 +98,7 @@ impl Mesh {
         for index in 0..target.servers() {
             let seed = nodes.first().map(Node::cluster_id).transpose()?;
             let cluster = in_mesh.then(|| seed.map(|(address, _)| address.to_owned()));
-            nodes.push(Node::start(binary, index, io_backend, cluster)?);
+            nodes.push(Node::start(binary, index, io_backend, cluster, &[])?);
         }
         let mut mesh = Self {
             nodes,
@@ -143,6 +144,38 @@ impl Mesh {
 }
 
 impl Node {
+    /// Starts a node of its own, outside any target, on `io_backend` (as
+    /// `--io-backend` takes it), with `extra` arguments (`--config FILE`):
+    /// for measurements of the node itself (see `harness::connections`).
+    pub fn start_alone(binary: &Path, io_backend: &str, extra: &[&OsStr]) -> Result<Self> {
+        Self::start(binary, 0, io_backend, None, extra)
+    }
+
+    /// Its client port, `HOST:PORT`.
+    pub fn tcp(&self) -> &str {
+        &self.tcp
+    }
+
+    /// Its HTTP endpoint, `HOST:PORT`.
+    pub fn http(&self) -> &str {
+        &self.http
+    }
+
+    /// The I/O backend it said it runs.
+    pub fn io_backend(&self) -> &str {
+        &self.io_backend
+    }
+
+    /// Its CPU time and memory so far.
+    pub fn usage(&self) -> Result<ProcessUsage> {
+        self.process.usage()
+    }
+
+    /// Stops it (see [`ServerProcess::stop`]).
+    pub fn stop(self) -> Result<()> {
+        self.process.stop()
+    }
+
     /// Starts node `index` (its name says which) and reads what it says.
     /// `cluster`: `None` outside a mesh; in one, the seed's cluster address
     /// (`None` for the first node).
@@ -151,6 +184,7 @@ impl Node {
         index: usize,
         io_backend: &str,
         cluster: Option<Option<String>>,
+        extra: &[&OsStr],
     ) -> Result<Self> {
         let scratch = Scratch::create()?;
         let mut command = Command::new(binary);
@@ -162,6 +196,7 @@ impl Node {
             .args(["--io-backend", io_backend])
             .arg("--uds")
             .arg(scratch.path().join("node.sock"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         if let Some(seed) = cluster {
