@@ -12,14 +12,15 @@
 //! - [`tls`]: TLS on the server's TCP port and for `tls://` clients;
 //! - [`url`]: `tcp://HOST:PORT`, `tls://HOST:PORT` and `unix:///path` addresses;
 //! - [`budget`]: node-wide allowances connections share;
-//! - [`descriptors`]: raising the process's open-files limit.
+//! - [`process`]: what a server sets for its whole process at start (the
+//!   open-files limit, no transparent huge pages).
 
 pub mod auth;
 pub mod budget;
 pub mod client;
-pub mod descriptors;
 pub mod frame;
 pub mod nats;
+pub mod process;
 mod read_buffer;
 mod secret;
 pub mod server;

@@ -4,10 +4,10 @@
 mod cert;
 mod client;
 mod demo;
-mod descriptors;
 mod health;
 mod node;
 mod passwd;
+mod process;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -39,7 +39,7 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         client_tls_ca: args.client_tls_ca,
     };
     let config = NodeConfig::load(args.config.as_deref(), overrides.clone())?;
-    super::descriptors::raise_limit(&config);
+    super::process::prepare(&config);
     let reload = Reload {
         path: args.config,
         overrides,

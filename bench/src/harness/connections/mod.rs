@@ -130,8 +130,8 @@ pub fn run(options: &Options) -> Result<ExitCode> {
             binary.display()
         )));
     }
-    let descriptors =
-        starling_transport::descriptors::raise_limit().context("raising the open-files limit")?;
+    let descriptors = starling_transport::process::raise_open_files_limit()
+        .context("raising the open-files limit")?;
     if descriptors.now < options.connections + DESCRIPTORS_RESERVED {
         return Err(Error::new(format!(
             "the open-files limit ({}) is too low for {} connections; raise the hard limit \

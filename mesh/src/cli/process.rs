@@ -1,11 +1,11 @@
-//! The node's open-files limit: every connection is a descriptor, and the
-//! soft limit a shell hands a process (often 1,024) is far below what a
-//! node's connection limits allow. As nats-server (through Go's runtime)
-//! and most servers do, `starling node` raises its soft limit to the hard
-//! limit at start, and says so; if even that is too low for its limits, it
-//! warns.
+//! What `starling node` sets for its own process at start (see
+//! `starling_transport::process`): its open-files limit raised to the hard
+//! limit, as nats-server (through Go's runtime) and most servers do, with a
+//! warning if even that is too low for its connection limits; and no
+//! transparent huge pages, which made every idle connection's buffers
+//! resident.
 
-use starling_transport::descriptors;
+use starling_transport::process;
 
 use crate::config::NodeConfig;
 
@@ -13,10 +13,13 @@ use crate::config::NodeConfig;
 /// the io_uring ring and eventfd, the mesh's sockets, logs.
 const RESERVED: u64 = 64;
 
-/// Raises the soft open-files limit to the hard limit, logging what it did,
-/// and warns if the limit is below what `config`'s connection limits need.
-pub(super) fn raise_limit(config: &NodeConfig) {
-    let limit = match descriptors::raise_limit() {
+/// Makes the process settings, logging what it did and what failed.
+pub(super) fn prepare(config: &NodeConfig) {
+    if let Err(error) = process::disable_transparent_huge_pages() {
+        // Only memory is at stake: idle connections cost more.
+        tracing::info!("transparent huge pages stay on: {error}");
+    }
+    let limit = match process::raise_open_files_limit() {
         Ok(limit) => limit,
         Err(error) => {
             tracing::warn!("cannot raise the open-files limit to the hard limit: {error}");
