@@ -38,17 +38,17 @@ pub(super) fn prepare(config: &NodeConfig) {
         tracing::warn!(
             "the open-files limit ({}) is below the {needed} descriptors the connection limits \
              allow ([limits] connections_max, http_connections_max): past it, the node pauses \
-             accepting; raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit)",
+             accepting; raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit) or \
+             lower connections_max",
             limit.now
         );
     }
 }
 
-/// Descriptors for every connection `config`'s limits allow at once: the
-/// client port's and the NATS listener's (each up to `connections_max`),
-/// the HTTP endpoint's, and [`RESERVED`].
+/// Descriptors for a client port full to `connections_max` while the HTTP
+/// endpoint is full too, and [`RESERVED`]. (The NATS listener has a limit of
+/// its own, but both ports full at once is not what limits are sized for.)
 fn needed(config: &NodeConfig) -> u64 {
-    let client_ports = 1 + u64::from(config.nats.is_some());
     let limits = &config.limits;
-    limits.connections_max as u64 * client_ports + limits.http_connections_max as u64 + RESERVED
+    limits.connections_max as u64 + limits.http_connections_max as u64 + RESERVED
 }

@@ -156,11 +156,11 @@ impl Header {
 /// A whole `ERR` frame (header, body, padding) with tag 0: what a server
 /// sends a connection it turns away before a session has it.
 pub(crate) fn error_frame(code: ErrorCode, reason: &str) -> Vec<u8> {
-    let body = control::ErrorBody::new(code, reason).encode();
-    let mut bytes = Header::new(Kind::Err, 0, body.len()).encode().to_vec();
-    bytes.extend_from_slice(&body);
-    bytes.extend_from_slice(&PADDING[..padded(body.len()) - body.len()]);
-    bytes
+    encode(
+        Kind::Err,
+        0,
+        &control::ErrorBody::new(code, reason).encode(),
+    )
 }
 
 /// `length` rounded up to the frame alignment.
@@ -170,6 +170,17 @@ pub fn padded(length: usize) -> usize {
 
 /// Zeros to pad any body to the frame alignment.
 pub static PADDING: [u8; FRAME_ALIGN] = [0; FRAME_ALIGN];
+
+/// A whole frame in a buffer of its own: header, body, padding. For frames
+/// made once in a while (a refusal, a tool's or a test's handshake); the
+/// data paths write frames in place.
+pub fn encode(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_BYTES + padded(body.len()));
+    frame.extend_from_slice(&Header::new(kind, tag, body.len()).encode());
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(&PADDING[..padded(body.len()) - body.len()]);
+    frame
+}
 
 /// Stable error codes, sent in `ERR` frames. Do not change the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

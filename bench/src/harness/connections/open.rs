@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
-use starling_transport::frame::{HEADER_BYTES, Header, Kind, PADDING, padded};
+use starling_transport::frame::{self, HEADER_BYTES, Header, Kind};
 
 use crate::harness::error::{Context, Error, Result};
 
@@ -48,22 +48,20 @@ impl Variant {
         if self == Variant::Silent {
             return (frames, 0);
         }
-        push_frame(
-            &mut frames,
+        frames.extend(frame::encode(
             Kind::Hello,
             0,
             &Hello::ours("starling-connections", "").encode(),
-        );
+        ));
         if self == Variant::Hello {
             return (frames, 1);
         }
         let subject = format!("idle.{connection}");
-        push_frame(
-            &mut frames,
+        frames.extend(frame::encode(
             Kind::Sub,
             1,
             &Subscribe::new(subject, None).encode(),
-        );
+        ));
         (frames, 2)
     }
 }
@@ -138,13 +136,6 @@ fn open_share(
         }
     }
     Ok(connections)
-}
-
-/// Appends a whole frame to `out`.
-fn push_frame(out: &mut Vec<u8>, kind: Kind, tag: u64, body: &[u8]) {
-    out.extend_from_slice(&Header::new(kind, tag, body.len()).encode());
-    out.extend_from_slice(body);
-    out.extend_from_slice(&PADDING[..padded(body.len()) - body.len()]);
 }
 
 /// Reads one of the node's answers: its `HELLO`, an `OK`, or an error.
