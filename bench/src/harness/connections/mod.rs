@@ -6,11 +6,12 @@
 //! build, next to this executable), opens `--connections` connections from
 //! `--threads` threads at once (see [`open`]) and reports
 //!
-//! - accepted/s: connections over the time until the node counts them all
-//!   open (`/v1/node`, polled every few milliseconds);
-//! - handshakes/s (`hello`, `subscribed`): connections over the time until
-//!   every client has read the node's answers (`HELLO`, and `OK` to its
-//!   `SUB`);
+//! - connections/s: connections over the time until the node holds them
+//!   all: for `silent` ones, until the node's descriptors (`/proc/PID/fd`,
+//!   read every few milliseconds; not `/v1/node`, whose report walks every
+//!   connection and subscription) have grown by their count; for real
+//!   clients, until every one has read the node's answers (`HELLO`, and `OK`
+//!   to its `SUB`);
 //! - KiB per connection: the growth of the node's resident memory (`VmRSS`)
 //!   from before the first connection to after the last, over their count.
 //!
@@ -36,10 +37,15 @@ use super::targets::process::Scratch;
 use super::targets::starling::Node;
 use super::targets::{monitor, starling_binary};
 
-/// How often the node's connection count is read while connections open.
+/// How often the node's descriptors are counted while silent connections
+/// open.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How long the node may take to count every connection open.
+/// How long the node is left to close an HTTP connection, or to set up
+/// the sessions of connections already accepted.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// How long the node may take to accept every connection.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Descriptors this process needs besides the connections it opens.
@@ -108,9 +114,7 @@ impl Backend {
 /// One run's figures.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
-    accepted_per_s: f64,
-    /// For real clients (not `silent`): every answer read.
-    handshakes_per_s: Option<f64>,
+    per_second: f64,
     bytes_per_connection: f64,
 }
 
@@ -154,13 +158,10 @@ pub fn run(options: &Options) -> Result<ExitCode> {
                     variant.name()
                 ))?;
                 println!(
-                    "{} {} run {run}: {:.0} accepted/s{}, {:.2} KiB per connection",
+                    "{} {} run {run}: {:.0} connections/s, {:.2} KiB per connection",
                     backend.name(),
                     variant.name(),
-                    measured.accepted_per_s,
-                    measured
-                        .handshakes_per_s
-                        .map_or_else(String::new, |rate| format!(", {rate:.0} handshakes/s")),
+                    measured.per_second,
                     measured.bytes_per_connection / 1024.0
                 );
                 runs.push(measured);
@@ -200,47 +201,68 @@ fn measure(
         .parse()
         .context(format!("the node's address {}", node.tcp()))?;
     // The HTTP endpoint's first request sets up what every later one uses:
-    // not a connection's cost.
+    // not a connection's cost. Its connection is closed a moment after the
+    // answer: counted among the node's descriptors, it would never go.
     let _: NodeView = monitor::get(node.http(), "/v1/node")?;
+    std::thread::sleep(SETTLE);
     let before = node.usage()?.rss_bytes;
+    let descriptors = descriptors(node.pid())?;
     let count = options.connections as usize;
     let start = Instant::now();
-    let (opened, accepted) = std::thread::scope(|scope| {
+    let (opened, held) = std::thread::scope(|scope| {
         let opening = scope.spawn(|| open::open(address, count, options.threads as usize, variant));
-        let accepted = await_count(&node, options.connections, start);
+        let held = (variant == Variant::Silent)
+            .then(|| await_descriptors(node.pid(), descriptors + count, start))
+            .transpose();
         let opened = opening
             .join()
             .unwrap_or_else(|_| Err(Error::new("the opening thread panicked")));
-        (opened, accepted)
+        (opened, held)
     });
     let Opened {
         connections,
         elapsed,
     } = opened?;
-    let accepted = accepted?;
+    let elapsed = held?.unwrap_or(elapsed);
+    // io_uring accepts into the descriptor table before the node's loop
+    // makes the connection's session.
+    std::thread::sleep(SETTLE);
     let after = node.usage()?.rss_bytes;
+    // Every one counted: none was refused or lost.
+    let view: NodeView = monitor::get(node.http(), "/v1/node")?;
+    if view.connections != options.connections {
+        return Err(Error::new(format!(
+            "the node counts {} connections, not {}",
+            view.connections, options.connections
+        )));
+    }
     drop(connections);
     node.stop()?;
-    let per_second = |elapsed: Duration| options.connections as f64 / elapsed.as_secs_f64();
     Ok(Measured {
-        accepted_per_s: per_second(accepted),
-        handshakes_per_s: (variant != Variant::Silent).then(|| per_second(elapsed)),
+        per_second: options.connections as f64 / elapsed.as_secs_f64(),
         bytes_per_connection: after.saturating_sub(before) as f64 / options.connections as f64,
     })
 }
 
-/// Waits until the node counts `count` connections open; returns how long
+/// How many descriptors process `pid` has open.
+fn descriptors(pid: u32) -> Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&dir)
+        .context(format!("reading {dir}"))?
+        .count())
+}
+
+/// Waits until process `pid` has `count` descriptors open; returns how long
 /// after `start` it did.
-fn await_count(node: &Node, count: u64, start: Instant) -> Result<Duration> {
+fn await_descriptors(pid: u32, count: usize, start: Instant) -> Result<Duration> {
     loop {
-        let view: NodeView = monitor::get(node.http(), "/v1/node")?;
-        if view.connections >= count {
+        let open = descriptors(pid)?;
+        if open >= count {
             return Ok(start.elapsed());
         }
         if start.elapsed() > ACCEPT_TIMEOUT {
             return Err(Error::new(format!(
-                "the node counted {} of {count} connections after {ACCEPT_TIMEOUT:?}",
-                view.connections
+                "the node had {open} of {count} descriptors open after {ACCEPT_TIMEOUT:?}"
             )));
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -249,27 +271,22 @@ fn await_count(node: &Node, count: u64, start: Instant) -> Result<Duration> {
 
 /// A backend and variant's medians, and every run's figures.
 fn row(backend: Backend, variant: Variant, runs: &[Measured]) -> Vec<String> {
-    let figures = |figure: fn(&Measured) -> Option<f64>, format: fn(f64) -> String| {
-        let mut values: Vec<f64> = runs.iter().filter_map(figure).collect();
-        if values.is_empty() {
-            return ("—".to_owned(), "—".to_owned());
-        }
+    let figures = |figure: fn(&Measured) -> f64, format: fn(f64) -> String| {
+        let mut values: Vec<f64> = runs.iter().map(figure).collect();
         let each = values.iter().map(|&v| format(v)).collect::<Vec<_>>();
         values.sort_by(f64::total_cmp);
         (format(values[values.len() / 2]), each.join(", "))
     };
-    let rate = |value: f64| format!("{value:.0}");
-    let kib = |bytes: f64| format!("{:.2}", bytes / 1024.0);
-    let (accepted, accepted_runs) = figures(|m| Some(m.accepted_per_s), rate);
-    let (handshakes, handshakes_runs) = figures(|m| m.handshakes_per_s, rate);
-    let (memory, memory_runs) = figures(|m| Some(m.bytes_per_connection), kib);
+    let (rate, rate_runs) = figures(|m| m.per_second, |value| format!("{value:.0}"));
+    let (memory, memory_runs) = figures(
+        |m| m.bytes_per_connection,
+        |bytes| format!("{:.2}", bytes / 1024.0),
+    );
     vec![
         backend.name().to_owned(),
         variant.name().to_owned(),
-        accepted,
-        accepted_runs,
-        handshakes,
-        handshakes_runs,
+        rate,
+        rate_runs,
         memory,
         memory_runs,
     ]
@@ -281,9 +298,7 @@ fn table(rows: &[Vec<String>]) -> String {
         &[
             ("backend", Left),
             ("variant", Left),
-            ("accepted/s", Right),
-            ("runs", Left),
-            ("handshakes/s", Right),
+            ("connections/s", Right),
             ("runs", Left),
             ("KiB each", Right),
             ("runs", Left),

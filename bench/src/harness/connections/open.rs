@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
@@ -122,6 +123,7 @@ fn open_share(
     for number in numbers {
         let mut stream = TcpStream::connect(address)
             .context(format!("opening connection {} to {address}", number + 1))?;
+        reset_on_close(&stream)?;
         let (greeting, answered) = variant.greeting(number);
         if !greeting.is_empty() {
             stream.set_nodelay(true).context("setting TCP_NODELAY")?;
@@ -136,6 +138,36 @@ fn open_share(
         }
     }
     Ok(connections)
+}
+
+/// Makes closing `stream` reset the connection (`SO_LINGER` of zero)
+/// instead of leaving this side in TIME_WAIT for a minute: a few runs of
+/// thousands of connections would otherwise tie up most of the ephemeral
+/// ports, and `connect` slows down searching for a free one (runs fell from
+/// ~12,000 to ~4,000 connections/s with 65,000 sockets in TIME_WAIT).
+fn reset_on_close(stream: &TcpStream) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads the one struct it is given, which lives here,
+    // for a descriptor `stream` owns and keeps open.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if set == -1 {
+        return Err(Error::new(format!(
+            "setting SO_LINGER: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads one of the node's answers: its `HELLO`, an `OK`, or an error.

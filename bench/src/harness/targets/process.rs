@@ -106,9 +106,14 @@ impl ServerProcess {
         self.child.stdout.take()
     }
 
-    /// Its CPU time and peak memory so far.
+    /// Its CPU time and memory so far.
     pub fn usage(&self) -> Result<ProcessUsage> {
         ProcessUsage::read(self.child.id())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// An error about this server, with the end of its log.

@@ -171,6 +171,11 @@ impl Node {
         self.process.usage()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Stops it (see [`ServerProcess::stop`]).
     pub fn stop(self) -> Result<()> {
         self.process.stop()
