@@ -343,6 +343,11 @@ fn idle_clients(node: &Node, count: usize) -> Vec<TcpStream> {
     let mut clients: Vec<TcpStream> = (0..count)
         .map(|_| {
             let mut client = TcpStream::connect(address).unwrap();
+            // Closed with a reset, not a minute of TIME_WAIT: 10,000 of
+            // those would slow down every connect on the machine.
+            socket2::SockRef::from(&client)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
             client.write_all(&hello).unwrap();
             client
         })

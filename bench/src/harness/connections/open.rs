@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
@@ -146,28 +145,9 @@ fn open_share(
 /// ports, and `connect` slows down searching for a free one (runs fell from
 /// ~12,000 to ~4,000 connections/s with 65,000 sockets in TIME_WAIT).
 fn reset_on_close(stream: &TcpStream) -> Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads the one struct it is given, which lives here,
-    // for a descriptor `stream` owns and keeps open.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if set == -1 {
-        return Err(Error::new(format!(
-            "setting SO_LINGER: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .context("setting SO_LINGER")
 }
 
 /// Reads one of the node's answers: its `HELLO`, an `OK`, or an error.
