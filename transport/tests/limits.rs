@@ -1,7 +1,7 @@
 //! The local server's limits and timeouts, against both backends: bursts of
 //! requests held back rather than cut, connections that never finish their
-//! handshake or go silent, half-sent frames, and the node's subscription
-//! limit.
+//! handshake or go silent, 500 slow-loris connections, half-sent frames,
+//! and the node's subscription limit.
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions, ClientSubscription};
+use starling_transport::frame::control::Hello;
 use starling_transport::frame::{ErrorCode, Header, Kind};
 use starling_transport::server::{Server, ServerConfig, SessionConfig};
 
@@ -286,5 +287,66 @@ fn the_node_refuses_subscriptions_over_its_limit_and_counts_what_goes() {
             "{backend:?}: a closed connection gives its subscriptions back"
         );
         drop((b1, b2));
+    }
+}
+
+#[test]
+fn five_hundred_slow_loris_connections_are_cut_at_the_handshake_timeout_while_a_client_is_served() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    const SLOW: usize = 500;
+    // 500 sockets on each side of loopback, in one process with the other
+    // tests of this file: more than a default soft limit of 1,024 allows.
+    let limit = starling_transport::process::raise_open_files_limit().unwrap();
+    if limit.now < 4 * SLOW as u64 {
+        println!(
+            "SKIP slow loris: open-files limit {} is below what the test needs",
+            limit.now
+        );
+        return;
+    }
+    let hello = frame(Kind::Hello, 0, &Hello::ours("loris", "").encode());
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            ServerConfig {
+                session: SessionConfig {
+                    handshake_timeout: TIMEOUT,
+                    ..SessionConfig::default()
+                },
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        let client = Client::connect(&node.tcp).unwrap();
+        let echo = client.subscribe("loris.echo").unwrap();
+        client.flush().unwrap();
+        let opened = Instant::now();
+        let mut slow: Vec<Raw> = (0..SLOW).map(|_| Raw::connect(&node)).collect();
+        // Each sends its HELLO a byte at a time, far slower than the
+        // handshake timeout allows for the whole frame; meanwhile the
+        // client's round trips go on.
+        for (round, byte) in hello.iter().take(6).enumerate() {
+            for raw in &mut slow {
+                raw.write(std::slice::from_ref(byte));
+            }
+            let payload = [round as u8; 16];
+            client.publish("loris.echo", &payload).unwrap();
+            let event = echo.recv_timeout(2 * SECOND).unwrap_or_else(|error| {
+                panic!("{backend:?}: round {round} not served while slow clients wait: {error}")
+            });
+            assert_eq!(event.payload(), payload, "{backend:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for raw in &mut slow {
+            assert_eq!(raw.expect_error().0, ErrorCode::Handshake, "{backend:?}");
+            assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+        }
+        let waited = opened.elapsed();
+        assert!(
+            waited < TIMEOUT + 4 * SECOND,
+            "{backend:?}: every slow client cut soon after the {TIMEOUT:?} handshake timeout, took {waited:?}"
+        );
+        assert!(client.is_connected(), "{backend:?}");
+        assert_eq!(client.reconnects(), 0, "{backend:?}");
     }
 }
