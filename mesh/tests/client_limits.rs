@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Node, get, resident_bytes_of, skip, start_node, start_node_with_descriptors,
-    subscription_count, temp_dir, wait_until,
+    subscription_count, temp_dir, wait_until, with_server_errors,
 };
 use starling_transport::client::{Client, ClientSubscription};
 use starling_transport::frame::control::Hello;
@@ -145,19 +145,8 @@ async fn the_node_wide_subscription_limit_counts_both_protocols() {
     let starling = tokio::task::block_in_place(|| Client::connect(&node.tcp)).unwrap();
     let _a = tokio::task::block_in_place(|| starling.subscribe("a")).unwrap();
     count(2);
-    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
-    let nats = async_nats::ConnectOptions::new()
-        .event_callback(move |event| {
-            let errors = errors_tx.clone();
-            async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    let _ = errors.send(error.to_string());
-                }
-            }
-        })
-        .connect(&node.nats)
-        .await
-        .unwrap();
+    let (nats, mut errors) = with_server_errors(async_nats::ConnectOptions::new());
+    let nats = nats.connect(&node.nats).await.unwrap();
     let b = nats.subscribe("b").await.unwrap();
     let _c = nats.subscribe("c").await.unwrap();
     count(4);
@@ -165,7 +154,8 @@ async fn the_node_wide_subscription_limit_counts_both_protocols() {
     let said = tokio::time::timeout(Duration::from_secs(10), errors.recv())
         .await
         .expect("the NATS client is told")
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(said.contains("maximum subscriptions exceeded"), "{said}");
     let error = tokio::task::block_in_place(|| starling.subscribe("e")).unwrap_err();
     assert!(error.to_string().contains("limit of 4"), "{error}");

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::{ConnectOptions, Event, ServerError};
+use async_nats::{ConnectOptions, ServerError};
 use starling_transport::client::{Client, ClientError, ClientOptions};
 use starling_transport::frame::control::ErrorBody;
 use starling_transport::frame::{ErrorCode, Kind};
@@ -69,16 +69,6 @@ fn sighup(node: &Node) {
     let pid = node.process.0.id().to_string();
     let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(status.success());
-}
-
-fn options(user: &str, password: &str, token: &str) -> ClientOptions {
-    ClientOptions {
-        user: user.into(),
-        password: password.into(),
-        token: token.into(),
-        reconnect: false,
-        ..ClientOptions::default()
-    }
 }
 
 /// A Starling connection let in with `token`, spoken to frame by frame, so
@@ -194,19 +184,8 @@ async fn sighup_revokes_a_removed_users_nats_connection() {
     let node =
         tokio::task::block_in_place(|| start_node(&["--config", config.to_str().unwrap()], &[]));
 
-    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
-    let bob = ConnectOptions::with_token("bob-token".into())
-        .event_callback(move |event| {
-            let errors = errors_tx.clone();
-            async move {
-                if let Event::ServerError(error) = event {
-                    let _ = errors.send(error);
-                }
-            }
-        })
-        .connect(&node.nats)
-        .await
-        .expect("bob gets in");
+    let (bob, mut errors) = with_server_errors(ConnectOptions::with_token("bob-token".into()));
+    let bob = bob.connect(&node.nats).await.expect("bob gets in");
     bob.flush().await.unwrap();
     let alice = ConnectOptions::with_user_and_password("alice".into(), "wonderland".into())
         .connect(&node.nats)

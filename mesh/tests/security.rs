@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::ConnectOptions;
 use futures_util::StreamExt;
-use starling_transport::client::{Client, ClientError, ClientOptions};
+use starling_transport::client::{Client, ClientError};
 use starling_transport::frame::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,16 +66,6 @@ fn start_secured(extra: &[&str]) -> (Node, PathBuf) {
     let mut args = vec!["--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
     (start_node(&args, &[]), dir)
-}
-
-fn options(user: &str, password: &str, token: &str) -> ClientOptions {
-    ClientOptions {
-        user: user.into(),
-        password: password.into(),
-        token: token.into(),
-        reconnect: false,
-        ..ClientOptions::default()
-    }
 }
 
 fn alice(node: &Node) -> Client {
@@ -362,19 +352,11 @@ async fn nats_clients_are_held_to_the_same_users_and_permissions() {
             "a client without valid credentials got in"
         );
     }
-    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
-    let alice = ConnectOptions::with_user_and_password("alice".into(), "wonderland".into())
-        .event_callback(move |event| {
-            let errors = errors_tx.clone();
-            async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    let _ = errors.send(error.to_string());
-                }
-            }
-        })
-        .connect(&node.nats)
-        .await
-        .expect("alice gets in");
+    let (alice, mut errors) = with_server_errors(ConnectOptions::with_user_and_password(
+        "alice".into(),
+        "wonderland".into(),
+    ));
+    let alice = alice.connect(&node.nats).await.expect("alice gets in");
     let admin = ConnectOptions::with_token(ADMIN_TOKEN.into())
         .connect(&node.nats)
         .await
@@ -399,7 +381,7 @@ async fn nats_clients_are_held_to_the_same_users_and_permissions() {
             .await
             .unwrap()
             .unwrap();
-        said.push(error);
+        said.push(error.to_string());
     }
     for expected in [
         r#"Permissions Violation for Publish to "orders.us.1""#,

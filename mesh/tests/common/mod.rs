@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use starling_core::subject::pattern_matches;
-use starling_transport::client::{Client, ClientSubscription};
+use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -639,4 +639,36 @@ pub fn resident_bytes(pid: u32) -> u64 {
 /// VmRSS of a node's process.
 pub fn resident_bytes_of(node: &Node) -> u64 {
     resident_bytes(node.process.0.id())
+}
+
+/// Starling client options with credentials (any may be empty), without
+/// reconnecting: a refusal ends the client, for the test to see.
+pub fn options(user: &str, password: &str, token: &str) -> ClientOptions {
+    ClientOptions {
+        user: user.into(),
+        password: password.into(),
+        token: token.into(),
+        reconnect: false,
+        ..ClientOptions::default()
+    }
+}
+
+/// `options` with the `-ERR`s the node sends its NATS client handed to the
+/// returned receiver.
+pub fn with_server_errors(
+    options: async_nats::ConnectOptions,
+) -> (
+    async_nats::ConnectOptions,
+    tokio::sync::mpsc::UnboundedReceiver<async_nats::ServerError>,
+) {
+    let (errors_tx, errors) = tokio::sync::mpsc::unbounded_channel();
+    let options = options.event_callback(move |event| {
+        let errors = errors_tx.clone();
+        async move {
+            if let async_nats::Event::ServerError(error) = event {
+                let _ = errors.send(error);
+            }
+        }
+    });
+    (options, errors)
 }
