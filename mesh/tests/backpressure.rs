@@ -459,9 +459,15 @@ fn a_slow_client_subscriber_on_another_node_slows_the_publishing_client_and_lose
     let subscription = on_b.subscribe("slow.>").unwrap();
     wait_interest(&all, "b", "slow.>", None, true);
 
-    // A small write buffer: the client's own buffer holds little.
+    // A small write buffer: the client's own buffer holds little. The
+    // flush's PING queues behind every event the queues and sockets hold
+    // (thousands), which drain at the subscriber's pace: its PONG came
+    // 3.4-5.0 s after it was sent at a load average of 25, past the default
+    // `answer_timeout` of 5 s once in 5 runs. So the publisher waits for its
+    // PONG as long as the subscriber may take for every event.
     let options = ClientOptions {
         write_buffer_bytes_max: 64 << 10,
+        answer_timeout: PER_EVENT * EVENTS as u32 * 10,
         ..ClientOptions::default()
     };
     let on_a = Client::connect_with(&a.tcp, options).unwrap();
