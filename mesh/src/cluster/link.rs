@@ -746,6 +746,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_cluster_socket_gets_as_large_a_receive_buffer_as_the_kernel_allows() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let same_socket = socket.try_clone().unwrap();
+        let tls = LinkTls::new(&TlsSource::InsecureDev, "test").unwrap();
+        let _endpoint = link_endpoint(socket, &tls, &ClusterConfig::default()).unwrap();
+        let granted = quinn::udp::UdpSocketState::new((&same_socket).into())
+            .unwrap()
+            .recv_buffer_size((&same_socket).into())
+            .unwrap();
+        // Linux grants up to `rmem_max`, and reports twice what it granted
+        // (the other half is its bookkeeping). Where `rmem_max` is the
+        // default itself, there is nothing more to get.
+        let allowed: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            granted >= 2 * crate::cluster::SOCKET_RECEIVE_BUFFER.min(allowed),
+            "granted {granted} bytes, rmem_max {allowed}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_link_on_loopback_finds_packets_larger_than_quics_default() {
         let (acceptor, dialer) = (endpoint(), endpoint());
         let acceptor_address = acceptor.local_addr().unwrap();

@@ -335,6 +335,17 @@ pub const DATA_STREAMS_MAX: usize = 16;
 /// call over 64 KiB.
 pub(crate) const UDP_PAYLOAD_MAX: u16 = 6500;
 
+/// Receive buffer asked for the cluster socket; the kernel grants at most
+/// `net.core.rmem_max` (4 MiB on this project's machines; where it was left
+/// at its default, ~208 KiB, nothing changes). At the default, a mesh
+/// thread that is not scheduled for a moment (a loaded machine) lets the
+/// socket overflow, and each datagram lost there stalls its streams until
+/// QUIC's loss recovery resends it: one run of the backpressure tests on
+/// loopback dropped 175-194 datagrams (1452-byte packets as well as 6500),
+/// the queue at its 212 KB limit; with this, none, the queue peaking at
+/// 805 KB.
+pub(crate) const SOCKET_RECEIVE_BUFFER: usize = 8 << 20;
+
 /// A QUIC endpoint on `socket` that accepts and dials links with `tls`,
 /// with the transport settings links need (keep-alive, idle timeout,
 /// flow-control windows). Must be called within a tokio runtime.
@@ -348,6 +359,8 @@ pub(crate) fn link_endpoint(
     tls: &LinkTls,
     config: &ClusterConfig,
 ) -> std::io::Result<quinn::Endpoint> {
+    quinn::udp::UdpSocketState::new((&socket).into())?
+        .set_recv_buffer_size((&socket).into(), SOCKET_RECEIVE_BUFFER)?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(config.keep_alive))
