@@ -8,6 +8,11 @@
 //! (the figure the goal is about) and each node's own time. Probes go out
 //! every 50 µs, which bounds the resolution.
 //!
+//! It also prints how long the process's threads were runnable but waiting
+//! for a CPU during the rounds (Linux's `/proc/self/task/*/schedstat`): on
+//! a shared machine that wait, not the mesh, makes the tail (BENCHMARKS.md,
+//! issue 12), and a figure without it cannot be compared with another.
+//!
 //! `cargo bench -p starling-bench --bench convergence` runs it in full;
 //! without `--bench` (as under `cargo test --benches`) it runs a smoke round.
 
@@ -31,6 +36,7 @@ fn main() {
     let nodes = start_mesh();
     let mut every_node = histogram();
     let mut each_node = histogram();
+    let scheduled_before = scheduled();
     for round in 0..rounds {
         let subscriber = &nodes[round % NODES];
         let probers: Vec<Prober<'_>> = nodes
@@ -57,6 +63,7 @@ fn main() {
         // Let the withdrawal of this round's interest settle.
         std::thread::sleep(Duration::from_millis(5));
     }
+    let scheduled_after = scheduled();
     println!(
         "interest convergence, {NODES} nodes over QUIC on loopback, {rounds} subscriptions \
          (probe interval {} µs)",
@@ -76,6 +83,13 @@ fn main() {
             histogram.value_at_quantile(0.90),
             histogram.value_at_quantile(0.99),
             histogram.max()
+        );
+    }
+    if let (Some(before), Some(after)) = (scheduled_before, scheduled_after) {
+        println!(
+            "this process's threads over the rounds: {} ms running, {} ms runnable and waiting for a CPU",
+            after.running.saturating_sub(before.running).as_millis(),
+            after.waiting.saturating_sub(before.waiting).as_millis()
         );
     }
 }
@@ -98,4 +112,34 @@ fn histogram() -> Histogram<u64> {
 
 fn micros(duration: Duration) -> u64 {
     (duration.as_micros() as u64).max(1)
+}
+
+/// CPU time of this process's threads so far, and time they spent runnable
+/// but not running.
+#[derive(Debug, Clone, Copy)]
+struct Scheduled {
+    running: Duration,
+    waiting: Duration,
+}
+
+/// Sums `/proc/self/task/*/schedstat` (nanoseconds on a CPU, nanoseconds
+/// waiting in a run queue, time slices); `None` where there is none.
+fn scheduled() -> Option<Scheduled> {
+    let mut total = Scheduled {
+        running: Duration::ZERO,
+        waiting: Duration::ZERO,
+    };
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("schedstat")) else {
+            // The thread ended since the listing.
+            continue;
+        };
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(running)), Some(Ok(waiting))) = (fields.next(), fields.next()) else {
+            return None;
+        };
+        total.running += Duration::from_nanos(running);
+        total.waiting += Duration::from_nanos(waiting);
+    }
+    Some(total)
 }
