@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use starling_core::{Bus, Header, Message, SlowConsumerPolicy, SubscribeOptions};
+use starling_core::{Bus, BusConfig, Header, Message, SlowConsumerPolicy, SubscribeOptions};
 
 struct CountingAllocator;
 
@@ -231,48 +231,67 @@ fn request_reply() {
     );
 }
 
-/// Subjects the many-subjects scenario publishes on: more than a batch, well
-/// within a publisher's match cache (1024 subjects by default).
-const DISTINCT_SUBJECTS: usize = 500;
+/// Events published before the consumer takes them in the many-subjects
+/// scenarios: well within a subscription's 4096 deliveries per source.
+const CHUNK: usize = 1_000;
 
 fn many_distinct_subjects_and_batches() {
-    let bus = Bus::default();
+    // Within the default match cache (1024 subjects).
+    distinct_subjects(Bus::default(), 1_000);
+    // Ten times more, with a match cache to hold them: a cache entry per
+    // subject is made once, never again per round.
+    distinct_subjects(
+        Bus::new(BusConfig {
+            match_cache_capacity: 16_384,
+            ..BusConfig::default()
+        }),
+        10_000,
+    );
+}
+
+/// Publishes on `count` distinct subjects, one by one and in batches, to
+/// one subscriber, and requires no allocation per round once each subject
+/// has been seen: a per-subject allocation would show in every round.
+fn distinct_subjects(bus: Bus, count: usize) {
     let sub = bus.subscribe("orders.>").unwrap();
-    let subjects: Vec<String> = (0..DISTINCT_SUBJECTS)
-        .map(|i| format!("orders.{i}.created"))
-        .collect();
-    let rounds = EVENTS / DISTINCT_SUBJECTS;
+    let subjects: Vec<String> = (0..count).map(|i| format!("orders.{i}.created")).collect();
+    let rounds = (EVENTS / count).max(2);
     let mut publisher = bus.publisher();
-    let count = allocations_in_steady_state(|| {
+    let allocations = allocations_in_steady_state(|| {
         for _ in 0..rounds {
-            for subject in &subjects {
-                publisher.publish(subject, &[6; 16]).unwrap();
-            }
-            for subject in &subjects {
-                assert_eq!(sub.try_recv().unwrap().subject(), subject);
+            for chunk in subjects.chunks(CHUNK) {
+                for subject in chunk {
+                    publisher.publish(subject, &[6; 16]).unwrap();
+                }
+                for subject in chunk {
+                    assert_eq!(sub.try_recv().unwrap().subject(), subject);
+                }
             }
         }
     });
-    assert_eq!(count, 0, "1 → 1 on many distinct subjects");
+    assert_eq!(allocations, 0, "1 → 1 on {count} distinct subjects");
 
     let batch: Vec<Message<'_>> = subjects
         .iter()
         .map(|subject| Message::new(subject, &[7; 16]))
         .collect();
-    let count = allocations_in_steady_state(|| {
+    let allocations = allocations_in_steady_state(|| {
         for _ in 0..rounds {
-            assert_eq!(publisher.publish_batch(&batch).unwrap(), batch.len());
-            let mut next = 0;
-            while next < batch.len() {
-                sub.try_recv_batch(64, |event| {
-                    assert_eq!(event.subject(), subjects[next].as_str());
-                    next += 1;
-                });
+            for (at, chunk) in batch.chunks(CHUNK).enumerate() {
+                assert_eq!(publisher.publish_batch(chunk).unwrap(), chunk.len());
+                let mut next = at * CHUNK;
+                let end = next + chunk.len();
+                while next < end {
+                    sub.try_recv_batch(64, |event| {
+                        assert_eq!(event.subject(), subjects[next].as_str());
+                        next += 1;
+                    });
+                }
             }
         }
     });
     assert_eq!(
-        count, 0,
-        "publish_batch and try_recv_batch on many subjects"
+        allocations, 0,
+        "publish_batch and try_recv_batch on {count} distinct subjects"
     );
 }
