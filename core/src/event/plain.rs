@@ -52,11 +52,20 @@ pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Encoded {
     };
 
     let (data, root) = out.split_at_mut(root_at);
+    // The padding (before the headers, after the payload) is zeroed by
+    // whole 16-byte blocks written before the data that overlaps them: a
+    // fixed-size store each, where filling exactly the padding was a call to
+    // `memset` per event (4% of the 1 -> 1 publisher's samples in `perf`).
+    let reply_end = reply_at + out_of_line_bytes(reply);
+    if reply_end < headers_at {
+        zero_block(data, reply_end - reply_end % ARCHIVE_ALIGN);
+    }
+    if payload_end < root_at {
+        zero_block(data, root_at - ARCHIVE_ALIGN);
+    }
     write_out_of_line(data, subject_at, parts.subject);
     write_out_of_line(data, reply_at, reply);
-    data[reply_at + out_of_line_bytes(reply)..headers_at].fill(0);
     data[payload_at..payload_end].copy_from_slice(parts.payload);
-    data[payload_end..].fill(0);
 
     root.fill(0);
     root[ID_AT..ID_AT + 16].copy_from_slice(&parts.id.to_le_bytes());
@@ -69,6 +78,12 @@ pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Encoded {
     write_slice(root, root_at, HEADERS_AT, headers_at, 0);
     write_slice(root, root_at, PAYLOAD_AT, payload_at, parts.payload.len());
     Encoded::Len(len)
+}
+
+/// Zeroes the 16 bytes at `at`, a multiple of 16 inside `data` (whose
+/// length, the root's position, is one too).
+fn zero_block(data: &mut [u8], at: usize) {
+    data[at..at + ARCHIVE_ALIGN].copy_from_slice(&[0; ARCHIVE_ALIGN]);
 }
 
 /// Bytes a string takes before the root: none when it is inline.
