@@ -120,6 +120,61 @@ fn healthy_subscribers_get_every_event_flat_out() {
     }
 }
 
+/// One client shared by several publishing threads, with a write buffer of
+/// a few frames (so they keep finding it full and waiting for room): the
+/// subscriber gets every event exactly once, each thread's in the order it
+/// published them.
+#[test]
+fn threads_sharing_a_client_lose_duplicate_and_reorder_nothing() {
+    const THREADS: u64 = 4;
+    const EVENTS: u64 = 20_000;
+    for backend in backends() {
+        let node = node(backend);
+        let subscriber = Client::connect(&node.tcp).unwrap();
+        let events = subscriber.subscribe("shared.>").unwrap();
+        subscriber.flush().unwrap();
+        let publisher = Client::connect_with(
+            &node.tcp,
+            ClientOptions {
+                write_buffer_bytes_max: 4 << 10,
+                ..patient()
+            },
+        )
+        .unwrap();
+        let threads: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let publisher = publisher.clone();
+                std::thread::spawn(move || {
+                    let subject = format!("shared.{thread}");
+                    for number in 0..EVENTS {
+                        publisher.publish(&subject, &number.to_le_bytes()).unwrap();
+                    }
+                    publisher.flush().unwrap();
+                })
+            })
+            .collect();
+        let until = Instant::now() + 60 * SECOND;
+        let mut next = [0u64; THREADS as usize];
+        for received in 0..THREADS * EVENTS {
+            let event = events
+                .recv_deadline(until)
+                .unwrap_or_else(|error| panic!("{backend:?}: {received} events, then {error:?}"));
+            let thread: usize = event.subject()["shared.".len()..].parse().unwrap();
+            let number = u64::from_le_bytes(event.payload().try_into().unwrap());
+            assert_eq!(number, next[thread], "{backend:?}: thread {thread}");
+            next[thread] += 1;
+        }
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(next, [EVENTS; THREADS as usize], "{backend:?}");
+        // Nothing more: a marker published after everything comes next.
+        publisher.publish("shared.marker", b"end").unwrap();
+        let marker = events.recv_deadline(until).unwrap();
+        assert_eq!(marker.subject(), "shared.marker", "{backend:?}");
+    }
+}
+
 /// A subscriber that takes a millisecond per event: nothing is lost, and the
 /// publisher is slowed to the subscriber's pace.
 #[test]

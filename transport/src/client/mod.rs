@@ -15,8 +15,10 @@
 //! ```
 //!
 //! A `Client` is cheap to clone and safe to share. Publishing appends the
-//! frame to a write buffer that a flusher thread writes out (so many publishes
-//! share one system call); [`Client::flush`] waits until the node has
+//! frame to a write buffer, a ring that any number of threads append to
+//! without a lock, which a flusher thread writes out (so many publishes
+//! share one system call, and a publisher wakes the flusher only when it
+//! has parked); [`Client::flush`] waits until the node has
 //! processed everything published before it. A reader thread takes the node's
 //! frames and hands each delivered event to its subscription's queue (the
 //! same queues as the in-process bus: blocking, timed, async receive, and a
@@ -29,6 +31,7 @@ mod answers;
 mod completion;
 mod connection;
 mod handshake;
+mod ring;
 mod writer;
 
 use std::fmt;

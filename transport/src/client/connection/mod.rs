@@ -51,10 +51,12 @@ pub(crate) struct Connection {
     connected: AtomicBool,
     /// Set when the client closes or the connection is lost for good.
     /// Relaxed: a thread that sleeps checks it under the lock it sleeps
-    /// with (the writer's, the answers'), and whoever sets it takes that lock
-    /// before notifying (`Writer::close`, `Writer::wake_all`,
+    /// with (a publisher waiting for room, the answers'), and whoever sets it
+    /// takes that lock before notifying (`Writer::close`, `Writer::wake_all`,
     /// `Answers::stop_timer`, `Answers::fail_all`): the lock orders it. The
-    /// reader looks again at least every `READ_TICK`.
+    /// flusher parks, and they unpark it after setting this (an unpark is
+    /// never lost: see `Writer::wake_flusher`). The reader looks again at
+    /// least every `READ_TICK`.
     closed: AtomicBool,
     /// The node's last count of events it dropped for us; a report only
     /// (Relaxed).
@@ -74,14 +76,21 @@ impl Connection {
         let (stream, decoder) = handshake::open(&url, &options)?;
         let connection_id = starling_core::random_u64();
         let nuid = format!("{connection_id:016x}");
+        let local = Bus::new(BusConfig {
+            subscription: options.subscription,
+            ..BusConfig::default()
+        });
+        // The largest frame a publish can make: any control frame is smaller.
+        let frame_bytes_max = HEADER_BYTES + padded(local.config().limits.archive_bytes_max());
         let connection = Arc::new(Connection {
             connection_id,
             url,
-            local: Bus::new(BusConfig {
-                subscription: options.subscription,
-                ..BusConfig::default()
-            }),
-            writer: Writer::new(stream.clone(), options.write_buffer_bytes_max),
+            local,
+            writer: Writer::new(
+                stream.clone(),
+                options.write_buffer_bytes_max,
+                frame_bytes_max,
+            ),
             options,
             inbox_prefix: format!("{INBOX_PREFIX}{nuid}."),
             next_tag: AtomicU64::new(1),
