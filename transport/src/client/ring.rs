@@ -19,7 +19,7 @@
 //! `flusher_sleeping`. At least one of them sees the other's write, so a
 //! committed frame never waits for a flusher asleep; and a publisher pays the
 //! wake-up (20–25 µs on this machine) only when the flusher really sleeps.
-//! The loom models below (`loom_tests`) check both protocols.
+//! The loom models below (`loom_tests`) check the commit protocol.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -330,30 +330,33 @@ mod tests {
 
 #[cfg(all(test, loom))]
 mod loom_tests {
-    //! Model checks, run with
+    //! Model checks of the commit protocol (marks, `tail`, `head`), run with
     //! `RUSTFLAGS="--cfg loom" cargo test -p starling-transport --release --lib loom_tests`
-    //! (scripts/test runs them).
-    //! loom does not see the ring's raw bytes; it checks the marks, `head`,
-    //! `tail` and the sleep handshake, and the tests check the bytes read.
+    //! (scripts/test runs them). loom does not see the ring's raw bytes; it
+    //! checks the atomics, and the tests check the bytes read.
+    //!
+    //! The flusher's park handshake is not modelled here: it is core's
+    //! `Signal` handshake (flag, SeqCst fence, re-check; commit, SeqCst
+    //! fence, read the flag), but loom 0.7.3 lets a Relaxed (or SeqCst) load
+    //! after a SeqCst fence miss a store made before an earlier fence once
+    //! the loading thread has itself swapped that flag before, which the C++
+    //! fence rules forbid: a two-thread probe of the bare pattern fails the
+    //! same way. The flusher below yields instead of parking.
 
     use loom::sync::Arc;
     use loom::thread;
 
     use super::*;
 
-    /// Drains `frames` one-slot frames, parking as the flusher does when it
-    /// finds none; returns their first bytes in the order written out.
+    /// Drains `frames` one-slot frames; returns their first bytes in the
+    /// order written out.
     fn drain(ring: &FrameRing, frames: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut head = 0;
         while out.len() < frames {
             let committed = ring.committed(head);
             if committed.to == head {
-                ring.prepare_to_sleep();
-                if !ring.has_committed(head) {
-                    thread::park();
-                }
-                ring.awake();
+                thread::yield_now();
                 continue;
             }
             for slice in ring.slices(committed) {
@@ -365,37 +368,34 @@ mod loom_tests {
         out
     }
 
+    /// Publishes `frames` one-slot frames named by their numbers from a
+    /// thread of its own.
+    fn publish(
+        ring: &Arc<FrameRing>,
+        frames: std::ops::RangeInclusive<u8>,
+    ) -> thread::JoinHandle<()> {
+        let ring = ring.clone();
+        thread::spawn(move || {
+            for name in frames {
+                while !ring.try_push(&[name; FRAME_ALIGN]) {
+                    thread::yield_now();
+                }
+            }
+        })
+    }
+
     /// Two publishers, one frame each, into a ring with room for one frame
     /// buffered (so the second may wait for the first to go out, and reuses
-    /// its memory): both arrive once each, and no wake-up is lost (a lost
-    /// one leaves the flusher parked for ever: loom reports a deadlock).
+    /// its memory): both arrive, once each.
     #[test]
-    fn frames_arrive_once_and_the_flusher_always_wakes() {
+    fn frames_arrive_once() {
         loom::model(|| {
             let ring = Arc::new(FrameRing::new(FRAME_ALIGN, FRAME_ALIGN));
-            let flusher = {
-                let ring = ring.clone();
-                thread::spawn(move || drain(&ring, 2))
-            };
-            let publishers: Vec<_> = (1..=2u8)
-                .map(|name| {
-                    let ring = ring.clone();
-                    let flusher = flusher.thread().clone();
-                    thread::spawn(move || {
-                        let frame = [name; FRAME_ALIGN];
-                        while !ring.try_push(&frame) {
-                            thread::yield_now();
-                        }
-                        if ring.wake_needed() {
-                            flusher.unpark();
-                        }
-                    })
-                })
-                .collect();
+            let publishers = [publish(&ring, 1..=1), publish(&ring, 2..=2)];
+            let mut out = drain(&ring, 2);
             for publisher in publishers {
                 publisher.join().unwrap();
             }
-            let mut out = flusher.join().unwrap();
             out.sort_unstable();
             assert_eq!(out, [1, 2]);
         });
@@ -406,19 +406,9 @@ mod loom_tests {
     fn one_publishers_frames_keep_their_order() {
         loom::model(|| {
             let ring = Arc::new(FrameRing::new(2 * FRAME_ALIGN, FRAME_ALIGN));
-            let flusher = {
-                let ring = ring.clone();
-                thread::spawn(move || drain(&ring, 2))
-            };
-            for name in 1..=2u8 {
-                while !ring.try_push(&[name; FRAME_ALIGN]) {
-                    thread::yield_now();
-                }
-                if ring.wake_needed() {
-                    flusher.thread().unpark();
-                }
-            }
-            assert_eq!(flusher.join().unwrap(), [1, 2]);
+            let publisher = publish(&ring, 1..=2);
+            assert_eq!(drain(&ring, 2), [1, 2]);
+            publisher.join().unwrap();
         });
     }
 }
