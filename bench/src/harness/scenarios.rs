@@ -188,7 +188,14 @@ fn run_stream(scenario: Scenario, system: &mut dyn System, load: &Load) -> Resul
         subscribers.push((endpoint, inbound));
     }
     system.await_interest(&subject, scenario.queue_group(), subscribers.len())?;
-    let publishers = (0..scenario.publishers())
+    // Open until the run is over, as a real publisher's connection would
+    // be: a client that closes right after its flush can lose what it sent.
+    // Its flush may only mean "handed to the socket" (async-nats'), and a
+    // TCP connection closed with bytes unread on it (or written to after)
+    // is reset, which throws away what its kernel has not transmitted yet:
+    // a busy node read 48 of 200 events before such a reset ("read error"),
+    // and the run counted the rest as lost.
+    let mut publishers = (0..scenario.publishers())
         .map(|_| system.open(Role::Publisher))
         .collect::<Result<Vec<_>>>()?;
     let counts_drops = subscribers
@@ -215,9 +222,9 @@ fn run_stream(scenario: Scenario, system: &mut dyn System, load: &Load) -> Resul
             .collect();
         let count = publishers.len();
         let senders: Vec<_> = publishers
-            .into_iter()
+            .iter_mut()
             .enumerate()
-            .map(|(index, mut endpoint)| {
+            .map(|(index, endpoint)| {
                 let (start, subject) = (&start, &subject);
                 let length = load.length.share(count, index);
                 scope.spawn(move || {
@@ -249,6 +256,7 @@ fn run_stream(scenario: Scenario, system: &mut dyn System, load: &Load) -> Resul
         let consumed = join_all(consumers, "subscriber");
         Ok::<_, Error>((published?, consumed?))
     })?;
+    drop(publishers);
     let dropped_between_servers =
         system.dropped_between_servers(scenario.subscribers(), scenario.queue_group().is_some())?;
     Ok(combine(
@@ -342,7 +350,8 @@ fn publish(
         load::stamp(payload, clock.nanos_at(send_at));
         true
     })?;
-    // The last publish counts as done once the server has it.
+    // The last publish counts as done once the server has it (or, for a
+    // client whose flush only writes to its socket, once it is on its way).
     endpoint.flush()?;
     Ok(Published {
         sent: schedule.issued(),
@@ -478,4 +487,129 @@ fn join<T>(handle: ScopedJoinHandle<'_, Result<T>>, role: &str) -> Result<T> {
 fn join_all<T>(handles: Vec<ScopedJoinHandle<'_, Result<T>>>, role: &str) -> Result<Vec<T>> {
     let results: Vec<Result<T>> = handles.into_iter().map(|h| join(h, role)).collect();
     results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::harness::measurement::ProcessUsage;
+    use crate::harness::targets::{OnEvent, OnReply};
+
+    /// How long the server below takes to read what a publisher sent after
+    /// its flush returned.
+    const READ_LAG: Duration = Duration::from_millis(50);
+
+    /// A server that reads its publishers late, as a busy one does: a
+    /// publisher's flush returns once the events are in its socket (as
+    /// async-nats' does), they reach the subscriber [`READ_LAG`] later, and
+    /// what has not been read when the publisher's connection closes is
+    /// lost, as behind a connection reset.
+    #[derive(Default)]
+    struct LateReader {
+        /// Payloads sent and not read yet.
+        unread: Mutex<Vec<Vec<u8>>>,
+        /// When a publisher's flush last returned.
+        flushed: Mutex<Option<Instant>>,
+    }
+
+    struct LateSystem(Arc<LateReader>);
+
+    struct LateEndpoint {
+        server: Arc<LateReader>,
+        publisher: bool,
+    }
+
+    struct LateInbound(Arc<LateReader>);
+
+    impl System for LateSystem {
+        fn open(&self, role: Role) -> Result<Box<dyn Endpoint>> {
+            Ok(Box::new(LateEndpoint {
+                server: self.0.clone(),
+                publisher: matches!(role, Role::Publisher),
+            }))
+        }
+
+        fn await_interest(&mut self, _: &str, _: Option<&str>, _: usize) -> Result<()> {
+            Ok(())
+        }
+
+        fn dropped_between_servers(&self, _: usize, _: bool) -> Result<Option<u64>> {
+            Ok(Some(0))
+        }
+
+        fn server_usage(&self) -> Result<Vec<ProcessUsage>> {
+            Ok(Vec::new())
+        }
+
+        fn io_backend(&self) -> Option<&str> {
+            None
+        }
+
+        fn stop(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Endpoint for LateEndpoint {
+        fn subscribe(&mut self, _: &str, _: Option<&str>) -> Result<Box<dyn Inbound>> {
+            Ok(Box::new(LateInbound(self.server.clone())))
+        }
+
+        fn publish(&mut self, _: &str, payload: &[u8]) -> Result<()> {
+            self.server.unread.lock().unwrap().push(payload.to_vec());
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<()> {
+            if self.publisher {
+                *self.server.flushed.lock().unwrap() = Some(Instant::now());
+            }
+            Ok(())
+        }
+
+        fn request(&mut self, _: &str, _: &[u8], _: &mut OnReply<'_>) -> Result<bool> {
+            Err(Error::new("no requests here"))
+        }
+    }
+
+    impl Drop for LateEndpoint {
+        fn drop(&mut self) {
+            if self.publisher {
+                self.server.unread.lock().unwrap().clear();
+            }
+        }
+    }
+
+    impl Inbound for LateInbound {
+        fn receive(&mut self, wait: Duration, on_event: &mut OnEvent<'_>) -> Result<usize> {
+            let flushed = *self.0.flushed.lock().unwrap();
+            if flushed.is_none_or(|at| at.elapsed() < READ_LAG) {
+                std::thread::sleep(wait.min(Duration::from_millis(1)));
+                return Ok(0);
+            }
+            let read = std::mem::take(&mut *self.0.unread.lock().unwrap());
+            for payload in &read {
+                on_event(payload, None)?;
+            }
+            Ok(read.len())
+        }
+
+        fn dropped(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_publisher_stays_connected_until_the_server_has_read_its_events() {
+        let mut system = LateSystem(Arc::default());
+        let load = Load {
+            payload_bytes: 128,
+            length: RunLength::Count(200),
+            rate: None,
+        };
+        let outcome = run(Scenario::Pubsub, &mut system, &load).unwrap();
+        assert_eq!((outcome.sent, outcome.received), (200, 200));
+    }
 }

@@ -350,6 +350,9 @@ impl Endpoint for NatsEndpoint {
     }
 
     fn flush(&mut self) -> Result<()> {
+        // async-nats' flush returns once its buffer is written to the
+        // socket, not once the server has read it: the connection must stay
+        // open until it has (see `scenarios::run_stream`).
         self.runtime
             .block_on(self.client.flush())
             .context("flushing to nats-server")
