@@ -1,4 +1,5 @@
-//! The portable backend: one epoll loop (through `mio`) driving every session.
+//! The portable backend: an epoll loop (through `mio`) per I/O thread,
+//! driving the thread's sessions.
 //!
 //! Edge-triggered: on readable, read until the socket would block (or the
 //! connection's turn is up, or its session stalls); on writable, or whenever
@@ -18,8 +19,9 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::ServerState;
 use super::accept::AcceptPause;
-use super::listeners::{Listeners, refuse};
+use super::listeners::Listeners;
 use super::session::{Session, Tick, earliest, tick_interval};
+use super::threads::Accepted;
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
 use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
@@ -67,15 +69,17 @@ struct Connection {
     unread: bool,
 }
 
-/// Runs the loop until the server stops. Calls `started` once it is ready.
+/// Runs I/O thread `thread`'s loop until the server stops. Calls `started`
+/// once it is ready.
 pub(super) fn run(
+    thread: usize,
     listeners: Listeners,
     server: &Arc<ServerState>,
     started: &dyn Fn(),
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let loop_waker = Arc::new(MioWaker(mio::Waker::new(poll.registry(), WAKE)?));
-    let _ = server.waker.set(loop_waker.clone());
+    server.threads.set_waker(thread, loop_waker.clone());
     let ready = ReadyQueue::new(server.config.connections_max, loop_waker);
 
     let mut tcp = listeners.tcp.map(TcpListener::from_std);
@@ -92,6 +96,7 @@ pub(super) fn run(
 
     let mut state = Loop {
         server,
+        thread,
         publisher: server.bus.publisher(),
         connections: slab::Slab::new(),
         ready,
@@ -125,7 +130,10 @@ pub(super) fn run(
         }
         for event in events.iter() {
             match event.token() {
-                WAKE => state.pull_ready(poll.registry()),
+                WAKE => {
+                    state.admit_handed_over(poll.registry());
+                    state.pull_ready(poll.registry());
+                }
                 LISTEN_TCP | LISTEN_UDS => {
                     state.accept(tcp.as_ref(), uds.as_ref(), poll.registry());
                 }
@@ -184,6 +192,8 @@ pub(super) fn run(
 
 struct Loop<'a> {
     server: &'a Arc<ServerState>,
+    /// This I/O thread's index.
+    thread: usize,
     publisher: starling_core::Publisher,
     connections: slab::Slab<Connection>,
     ready: Arc<ReadyQueue>,
@@ -238,7 +248,10 @@ impl Loop<'_> {
             match accept() {
                 Ok((stream, remote)) => {
                     self.accept_pause.accepted();
-                    self.admit(stream, remote, registry);
+                    let accepted = Accepted { stream, remote };
+                    if let Some(accepted) = self.server.threads.place(self.thread, accepted) {
+                        self.admit(accepted, registry);
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -256,13 +269,21 @@ impl Loop<'_> {
         self.accept_again = true;
     }
 
-    fn admit(&mut self, stream: Stream, remote: String, registry: &Registry) {
-        if self.connections.len() >= self.server.config.connections_max {
-            refuse(&stream, self.server.config.connections_max);
-            return;
+    /// Admits the connections thread 0 handed to this thread.
+    fn admit_handed_over(&mut self, registry: &Registry) {
+        while let Some(accepted) = self.server.threads.take(self.thread) {
+            self.admit(accepted, registry);
         }
+    }
+
+    /// Serves a connection placed on this thread.
+    fn admit(&mut self, accepted: Accepted, registry: &Registry) {
+        let Accepted { stream, remote } = accepted;
         let peer = super::peer_ip(&remote);
-        let (id, stats) = self.server.connections.open(stream.transport(), remote);
+        let (id, stats) = self
+            .server
+            .connections
+            .open(stream.transport(), remote, self.thread);
         let entry = self.connections.vacant_entry();
         let index = entry.key();
         let token = Token(FIRST_CONNECTION + index);
@@ -271,7 +292,7 @@ impl Loop<'_> {
             .register(&mut SourceFd(&stream.as_raw_fd()), token, interest)
             .is_err()
         {
-            self.server.connections.close(id);
+            self.server.closed(self.thread, id);
             return;
         }
         let waker = SessionWaker::new(index as u64, self.ready.clone());
@@ -489,7 +510,7 @@ impl Loop<'_> {
         if let Some(connection) = self.connections.try_remove(index) {
             // Fails only if it was never registered.
             let _ = registry.deregister(&mut SourceFd(&connection.stream.as_raw_fd()));
-            self.server.connections.close(connection.id);
+            self.server.closed(self.thread, connection.id);
         }
     }
 }

@@ -13,8 +13,9 @@ use super::ServerConfig;
 use crate::frame;
 use crate::stream::Stream;
 
-/// The listening sockets of a server.
-#[derive(Debug)]
+/// The listening sockets of a server (none, for I/O threads other than
+/// the first).
+#[derive(Debug, Default)]
 pub(super) struct Listeners {
     pub(super) tcp: Option<std::net::TcpListener>,
     pub(super) uds: Option<UnixListener>,

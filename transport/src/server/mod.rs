@@ -2,7 +2,9 @@
 //! Unix domain socket or TCP.
 //!
 //! ```text
-//!  listener ──accept──► worker thread (one I/O loop: io_uring, or epoll)
+//!  listener ──accept──► I/O thread 0 ──hands over──► I/O thread k (each: one
+//!                          │  loop, io_uring or epoll; N threads, default
+//!                          │  one per core; a connection stays on its thread)
 //!                          │  Session per connection (sans-IO, session.rs)
 //!   client bytes ─recv──►  │  frames → PUB: worker's Publisher → Bus
 //!                          │           SUB: the session's Mailbox subscribes
@@ -11,18 +13,23 @@
 //!   Bus delivery ──wake──► ready queue + eventfd → the worker pulls the session
 //! ```
 //!
+//! Thread 0 accepts and places each connection on the thread with the
+//! fewest (`threads.rs`).
+//!
 //! Two backends drive the same sessions: io_uring (multishot accept,
 //! multishot receive into a registered buffer ring, gathered sends straight
 //! from event memory) and a portable epoll loop. The node probes io_uring at
-//! start and falls back to epoll on any failure, saying why once.
+//! start (on every I/O thread: a ring belongs to its thread) and falls back
+//! to epoll, on every thread, on any failure, saying why once.
 //!
 //! With TLS settings ([`ServerConfig::tls`]) the TCP port speaks TLS only:
 //! the I/O thread hands each TCP connection it accepts to a TLS
 //! [`Terminator`] thread and serves the plaintext end of a socket pair
 //! instead (why in `crate::tls`); the Unix socket stays plain.
 //!
-//! Here: the server's lifecycle (start, shutdown) and what its I/O thread
-//! shares with it. `listeners.rs` binds; `backend.rs` chooses the backend,
+//! Here: the server's lifecycle (start, shutdown) and what its I/O threads
+//! share with it. `listeners.rs` binds; `backend.rs` chooses the backend and
+//! starts the threads, `threads.rs` spreads the connections over them,
 //! `uring/` and `epoll.rs` drive the sessions; `registry.rs` keeps the open
 //! connections and the totals, `counters.rs` what each connection did.
 
@@ -34,15 +41,17 @@ mod listeners;
 mod outbox;
 mod registry;
 mod session;
+mod threads;
 #[cfg(target_os = "linux")]
 mod uring;
 mod wake;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -73,6 +82,9 @@ pub struct ServerConfig {
     pub uds: Option<PathBuf>,
     /// The I/O backend.
     pub backend: BackendChoice,
+    /// I/O threads sharing the connections; 0: one per core
+    /// (`std::thread::available_parallelism`).
+    pub io_threads: usize,
     /// Most connections at once; more are refused with an `ERR` frame.
     pub connections_max: usize,
     /// Per-connection protocol settings and limits.
@@ -97,6 +109,7 @@ impl Default for ServerConfig {
             tcp: Some("127.0.0.1:7400".into()),
             uds: None,
             backend: BackendChoice::Auto,
+            io_threads: 0,
             connections_max: 10_000,
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(1),
@@ -114,11 +127,12 @@ pub struct Server {
     tcp_addr: Option<SocketAddr>,
     uds_path: Option<PathBuf>,
     state: Arc<ServerState>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// What the I/O thread and the server's owner share: the bus, the settings,
-/// the registry of connections, the stop signal and the loop's waker.
+/// What the I/O threads and the server's owner share: the bus, the settings,
+/// the registry of connections, the stop signal and the threads' inboxes
+/// and wakers.
 #[derive(Debug)]
 struct ServerState {
     bus: Bus,
@@ -130,11 +144,11 @@ struct ServerState {
     /// The subscriptions of every session.
     subscriptions: Arc<Budget>,
     /// Set once, by `shutdown`. SYNC POINT (server-stop): the Release store
-    /// pairs with the Acquire load the I/O loop makes every turn; `waker`
-    /// makes it take that turn at once.
+    /// pairs with the Acquire load each I/O loop makes every turn; its
+    /// waker (in `threads`) makes it take that turn at once.
     stopping: AtomicBool,
-    /// Set by the backend once it runs: how to wake its loop from any thread.
-    waker: OnceLock<Arc<dyn wake::WakeLoop>>,
+    /// The I/O threads: their inboxes, connection counts and wakers.
+    threads: threads::IoThreads,
     /// With TLS: the thread that speaks it for the TCP connections.
     terminator: Option<Terminator>,
 }
@@ -151,6 +165,13 @@ impl ServerState {
             self.partial_frames.clone(),
             self.subscriptions.clone(),
         )
+    }
+
+    /// A connection of I/O thread `thread` closed (or was never admitted):
+    /// unregisters it and frees its place under `connections_max`.
+    fn closed(&self, thread: usize, id: u64) {
+        self.connections.close(id);
+        self.threads.closed(thread);
     }
 
     /// An accepted TCP connection as the I/O thread serves it: with TLS,
@@ -177,17 +198,22 @@ fn peer_ip(remote: &str) -> Option<IpAddr> {
 }
 
 impl Server {
-    /// Binds the listeners and starts the I/O loop on its own thread.
+    /// Binds the listeners and starts the I/O threads
+    /// ([`ServerConfig::io_threads`]), each running its own loop.
     pub fn start(bus: Bus, config: ServerConfig) -> io::Result<Server> {
         let listeners = listeners::bind(&config)?;
         let tcp_addr = listeners.tcp.as_ref().map(|l| l.local_addr()).transpose()?;
         let uds_path = config.uds.clone();
         let choice = config.backend;
+        let io_threads = match config.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            count => count,
+        };
         let terminator = match &config.tls {
             Some(tls) => Some(Terminator::start(TerminatorConfig {
                 tls: tls.clone(),
                 handshake_timeout: config.session.handshake_timeout,
-                // Room for connections the I/O thread turns away over
+                // Room for connections the I/O threads turn away over
                 // `connections_max`: its `ERR` saying so reaches the
                 // client once its handshake is done.
                 pumps_max: config.connections_max.saturating_mul(2),
@@ -200,36 +226,20 @@ impl Server {
             session: Arc::new(config.session.clone()),
             partial_frames: Arc::new(Budget::new(config.partial_frame_bytes_max)),
             subscriptions: Arc::new(Budget::new(config.subscriptions_max)),
+            threads: threads::IoThreads::new(io_threads, config.connections_max),
             bus,
             config,
             connections: ConnectionRegistry::default(),
             stopping: AtomicBool::new(false),
-            waker: OnceLock::new(),
             terminator,
         });
-        // The I/O thread sets its backend up itself (an io_uring ring belongs
-        // to the thread that submits to it) and reports which it runs.
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let worker = {
-            let state = state.clone();
-            std::thread::Builder::new()
-                .name("starling-io".into())
-                .spawn(move || backend::run(choice, listeners, &state, &started_tx))?
-        };
-        let backend = match started_rx.recv() {
-            Ok(Ok(backend)) => backend,
-            Ok(Err(error)) => {
-                let _ = worker.join();
-                return Err(error);
-            }
-            Err(_) => return Err(io::Error::other("the I/O thread exited during start-up")),
-        };
+        let (backend, workers) = backend::start(choice, listeners, &state)?;
         Ok(Server {
             backend,
             tcp_addr,
             uds_path,
             state,
-            worker: Mutex::new(Some(worker)),
+            workers: Mutex::new(workers),
         })
     }
 
@@ -267,17 +277,18 @@ impl Server {
 
     /// Stops accepting, tells every client the node is shutting down, writes
     /// what is queued (for up to the drain timeout), closes every connection
-    /// and waits for the I/O thread (and then, with TLS, for the TLS
+    /// and waits for every I/O thread (and then, with TLS, for the TLS
     /// connections' last words, for up to the drain timeout again).
     /// Idempotent; also done on drop.
     pub fn shutdown(&self) {
         self.state.stopping.store(true, Ordering::Release);
-        if let Some(waker) = self.state.waker.get() {
-            waker.wake_loop();
-        }
-        let worker = self.worker.lock().expect("worker lock").take();
-        if let Some(worker) = worker {
-            let _ = worker.join();
+        self.state.threads.wake_all();
+        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        if !workers.is_empty() {
+            for worker in workers {
+                let _ = worker.join();
+            }
+            self.state.threads.discard_waiting();
             if let Some(path) = &self.uds_path {
                 let _ = std::fs::remove_file(path);
             }

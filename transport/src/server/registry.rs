@@ -20,6 +20,9 @@ pub struct ConnectionInfo {
     pub transport: &'static str,
     /// The peer's address, for TCP.
     pub remote: String,
+    /// The I/O thread that serves it (0 to `io_threads - 1`), for its whole
+    /// life.
+    pub io_thread: usize,
     /// The name the client gave in its `HELLO`.
     pub client_name: String,
     /// When it connected, nanoseconds since the Unix epoch.
@@ -105,16 +108,19 @@ struct ClosedTotals {
 struct Registered {
     transport: &'static str,
     remote: String,
+    io_thread: usize,
     connected_unix_nanos: u64,
     stats: Arc<ConnectionStats>,
 }
 
 impl ConnectionRegistry {
-    /// Registers a new connection; returns its id and counters.
+    /// Registers a new connection, served by I/O thread `io_thread`;
+    /// returns its id and counters.
     pub(super) fn open(
         &self,
         transport: &'static str,
         remote: String,
+        io_thread: usize,
     ) -> (u64, Arc<ConnectionStats>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stats = Arc::new(ConnectionStats::default());
@@ -124,6 +130,7 @@ impl ConnectionRegistry {
         let registered = Registered {
             transport,
             remote,
+            io_thread,
             connected_unix_nanos,
             stats: stats.clone(),
         };
@@ -202,6 +209,7 @@ impl ConnectionRegistry {
                     id: *id,
                     transport: c.transport,
                     remote: c.remote.clone(),
+                    io_thread: c.io_thread,
                     client_name: c.stats.client_name.get().cloned().unwrap_or_default(),
                     connected_unix_nanos: c.connected_unix_nanos,
                     bytes_in: c.stats.bytes_in.load(Ordering::Relaxed),

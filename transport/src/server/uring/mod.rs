@@ -1,4 +1,5 @@
-//! The io_uring backend: one ring drives every connection.
+//! The io_uring backend: a ring per I/O thread drives the thread's
+//! connections.
 //!
 //! - Accepting: one multishot accept per listener; each new connection posts a
 //!   completion. Re-armed when the kernel ends the multishot.
@@ -14,7 +15,8 @@
 //!   a static block. One send in flight per connection; the outbox does not
 //!   move entries, nor bytes already in a chunk, while it is.
 //! - Waking: publishers that find an idle connection's mailbox empty queue the
-//!   connection and write to an eventfd the ring is reading.
+//!   connection and write to an eventfd the ring is reading; thread 0 writes
+//!   to it too when it hands this thread a connection.
 //!
 //! Every submission carries `user_data` = kind (8 bits) | generation (24 bits)
 //! | slot (32 bits). A connection's slot is freed only when none of its
@@ -43,8 +45,9 @@ use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
 
 use super::ServerState;
 use super::accept::AcceptPause;
-use super::listeners::{Listeners, refuse};
+use super::listeners::Listeners;
 use super::session::{Session, Tick, earliest, tick_interval};
+use super::threads::Accepted;
 use super::wake::{ReadyQueue, SessionWaker};
 use crate::stream::Stream;
 
@@ -92,6 +95,8 @@ struct Slot {
 
 struct Loop<'a> {
     server: &'a Arc<ServerState>,
+    /// This I/O thread's index.
+    thread: usize,
     ring: IoUring,
     buffers: BufferRing,
     eventfd: Arc<EventFd>,
@@ -125,9 +130,11 @@ fn split(user_data: u64) -> (u8, u32, u32) {
     )
 }
 
-/// Runs the loop until the server stops. Calls `started` once it is ready.
+/// Runs I/O thread `thread`'s loop until the server stops. Calls `started`
+/// once it is ready.
 pub(super) fn run(
     setup: Setup,
+    thread: usize,
     listeners: Listeners,
     server: &Arc<ServerState>,
     started: &dyn Fn(),
@@ -137,10 +144,11 @@ pub(super) fn run(
         buffers,
         eventfd,
     } = setup;
-    let _ = server.waker.set(eventfd.clone());
+    server.threads.set_waker(thread, eventfd.clone());
     let ready = ReadyQueue::new(server.config.connections_max, eventfd.clone());
     let mut state = Loop {
         server,
+        thread,
         ring,
         buffers,
         eventfd,
@@ -422,7 +430,11 @@ impl Loop<'_> {
                     // SAFETY: a successful accept returns a new descriptor we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
                     self.accept_pause.accepted();
-                    self.admit(kind, fd)?;
+                    if let Some(accepted) = self.accepted(kind, fd)
+                        && let Some(accepted) = self.server.threads.place(self.thread, accepted)
+                    {
+                        self.admit(accepted)?;
+                    }
                 } else {
                     paused = self.accept_pause.failed(-result, Instant::now());
                 }
@@ -489,6 +501,9 @@ impl Loop<'_> {
                 self.release_if_done(slot, generation);
             }
             WAKE => {
+                while let Some(accepted) = self.server.threads.take(self.thread) {
+                    self.admit(accepted)?;
+                }
                 while let Some(key) = self.ready.pop() {
                     let (generation, slot) = ((key >> 32) as u32, key as u32);
                     if let Some(connection) = live(&mut self.slots, slot, generation) {
@@ -504,7 +519,9 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn admit(&mut self, kind: u8, fd: OwnedFd) -> io::Result<()> {
+    /// A connection a listener of `kind` accepted, as the loop serves it;
+    /// `None` if TLS cannot take it (it is dropped).
+    fn accepted(&self, kind: u8, fd: OwnedFd) -> Option<Accepted> {
         let (stream, remote) = if kind == ACCEPT_TCP {
             let stream = TcpStream::from(fd);
             let _ = stream.set_nodelay(true);
@@ -516,18 +533,23 @@ impl Loop<'_> {
                 Ok(stream) => (stream, remote),
                 Err(error) => {
                     tracing::debug!(%remote, %error, "connection dropped: TLS cannot take it");
-                    return Ok(());
+                    return None;
                 }
             }
         } else {
             (Stream::Unix(UnixStream::from(fd)), String::new())
         };
-        if self.open >= self.server.config.connections_max {
-            refuse(&stream, self.server.config.connections_max);
-            return Ok(());
-        }
+        Some(Accepted { stream, remote })
+    }
+
+    /// Serves a connection placed on this thread.
+    fn admit(&mut self, accepted: Accepted) -> io::Result<()> {
+        let Accepted { stream, remote } = accepted;
         let peer = super::peer_ip(&remote);
-        let (id, stats) = self.server.connections.open(stream.transport(), remote);
+        let (id, stats) = self
+            .server
+            .connections
+            .open(stream.transport(), remote, self.thread);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -646,7 +668,7 @@ impl Loop<'_> {
         if done {
             let connection = entry.connection.take().expect("checked above");
             entry.generation = entry.generation.wrapping_add(1) & 0x00FF_FFFF;
-            self.server.connections.close(connection.id);
+            self.server.closed(self.thread, connection.id);
             self.free.push(slot);
             self.open -= 1;
         }
