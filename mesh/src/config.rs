@@ -8,6 +8,7 @@
 //! uds = "/run/starling.sock"       # local clients over a Unix socket
 //! http = "127.0.0.1:7402"          # /healthz, /metrics, /v1/...; "" for none
 //! io_backend = "auto"              # auto | uring | epoll
+//! io_threads = 0                   # I/O threads sharing the client connections; 0: one per core
 //! token = "..."                    # clients must present it (no permissions: may do anything)
 //! allow_anonymous = false          # needed to serve clients on a non-loopback address
 //!                                  # without users, a token or client certificates
@@ -96,6 +97,8 @@ pub struct NodeConfig {
     pub http: Option<String>,
     /// The I/O backend of the local server.
     pub io_backend: BackendChoice,
+    /// The local server's I/O threads; 0: one per core.
+    pub io_threads: usize,
     /// A token clients must present.
     pub token: Option<String>,
     /// The users clients authenticate as, with their permissions. With
@@ -203,6 +206,7 @@ impl Default for NodeConfig {
             uds: None,
             http: Some(DEFAULT_HTTP.into()),
             io_backend: BackendChoice::Auto,
+            io_threads: 0,
             token: None,
             users: Vec::new(),
             allow_anonymous: false,
@@ -223,6 +227,7 @@ pub struct FileConfig {
     uds: Option<PathBuf>,
     http: Option<String>,
     io_backend: Option<String>,
+    io_threads: Option<usize>,
     token: Option<String>,
     allow_anonymous: Option<bool>,
     client_tls_cert: Option<PathBuf>,
@@ -290,6 +295,8 @@ pub struct Overrides {
     pub http: Option<String>,
     /// `--io-backend` / `STARLING_IO_BACKEND`.
     pub io_backend: Option<String>,
+    /// `--io-threads` / `STARLING_IO_THREADS`.
+    pub io_threads: Option<usize>,
     /// `--token` / `STARLING_TOKEN`.
     pub token: Option<String>,
     /// `--allow-anonymous` / `STARLING_ALLOW_ANONYMOUS`.
@@ -394,6 +401,10 @@ impl NodeConfig {
                 .filter(|path| !path.as_os_str().is_empty()),
             http: non_empty(overrides.http.or(file.http).or(defaults.http)),
             io_backend,
+            io_threads: overrides
+                .io_threads
+                .or(file.io_threads)
+                .unwrap_or(defaults.io_threads),
             token: non_empty(overrides.token.or(file.token)),
             users,
             allow_anonymous: overrides.allow_anonymous || file.allow_anonymous.unwrap_or(false),

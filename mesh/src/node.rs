@@ -85,6 +85,7 @@ impl Node {
                     tcp: config.listen.clone(),
                     uds: config.uds.clone(),
                     backend: config.io_backend,
+                    io_threads: config.io_threads,
                     connections_max: config.limits.connections_max,
                     partial_frame_bytes_max: config.limits.partial_frame_bytes_max,
                     subscriptions_max: config.limits.subscriptions_max,

@@ -248,6 +248,31 @@ fn flags_beat_the_environment_which_beats_the_config_file() {
 }
 
 #[test]
+fn io_threads_come_from_the_flag_or_the_environment_and_show_in_the_api() {
+    let by_flag: (&[&str], &[(&str, &str)]) = (&["--io-threads", "3"], &[]);
+    let by_environment: (&[&str], &[(&str, &str)]) = (&[], &[("STARLING_IO_THREADS", "3")]);
+    for (flags, environment) in [by_flag, by_environment] {
+        let node = start_node(flags, environment);
+        let (_, body) = get(&node.http, "/v1/node");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["io_threads"], 3, "{flags:?} {environment:?}");
+        // Each subscriber is registered before the next starts: one per thread.
+        let _subs: Vec<Process> = (0..3)
+            .map(|_| start_sub(&node, &["spread", "--timeout", "60"]))
+            .collect();
+        let (_, body) = get(&node.http, "/v1/connections");
+        let connections: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let threads: Vec<u64> = connections
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["io_thread"].as_u64().unwrap())
+            .collect();
+        assert_eq!(threads, [0, 1, 2], "{flags:?} {environment:?}");
+    }
+}
+
+#[test]
 fn sigterm_drains_and_stops_cleanly() {
     let mut node = start_node(&[], &[]);
     let socket = node.uds.trim_start_matches("unix://").to_owned();

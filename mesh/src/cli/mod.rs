@@ -139,6 +139,10 @@ pub struct NodeArgs {
     /// The local server's I/O backend: auto, uring or epoll [default: auto].
     #[arg(long, env = "STARLING_IO_BACKEND")]
     io_backend: Option<String>,
+    /// I/O threads sharing the local server's connections (each connection
+    /// stays on one); 0: one per core [default: 0].
+    #[arg(long, env = "STARLING_IO_THREADS", value_name = "N")]
+    io_threads: Option<usize>,
     /// A token clients must present.
     #[arg(long, env = "STARLING_TOKEN", hide_env_values = true)]
     token: Option<String>,

@@ -23,6 +23,7 @@ pub(super) fn run(args: NodeArgs) -> Result<ExitCode, Box<dyn Error>> {
         uds: args.uds,
         http: args.http,
         io_backend: args.io_backend,
+        io_threads: args.io_threads,
         token: args.token,
         allow_anonymous: args.allow_anonymous,
         nats_listen: args.nats_listen,

@@ -14,7 +14,7 @@ fn write(text: &str) -> PathBuf {
 #[test]
 fn flags_beat_the_file_which_beats_the_defaults() {
     let path = write(
-        "name = \"from-file\"\nlisten = \"127.0.0.1:9000\"\nio_backend = \"epoll\"\n[limits]\nconnections_max = 5\n[nats]\nlisten = \"127.0.0.1:4333\"\n",
+        "name = \"from-file\"\nlisten = \"127.0.0.1:9000\"\nio_backend = \"epoll\"\nio_threads = 3\n[limits]\nconnections_max = 5\n[nats]\nlisten = \"127.0.0.1:4333\"\n",
     );
     let overrides = Overrides {
         name: Some("from-flag".into()),
@@ -24,6 +24,7 @@ fn flags_beat_the_file_which_beats_the_defaults() {
     assert_eq!(config.name, "from-flag");
     assert_eq!(config.listen.as_deref(), Some("127.0.0.1:9000"));
     assert_eq!(config.io_backend, BackendChoice::Epoll);
+    assert_eq!(config.io_threads, 3);
     assert_eq!(config.http.as_deref(), Some(DEFAULT_HTTP));
     assert_eq!(config.nats.as_deref(), Some("127.0.0.1:4333"));
     assert_eq!(config.limits.connections_max, 5);

@@ -59,6 +59,7 @@ impl Snapshot {
             uptime_seconds: state.started.elapsed().as_secs_f64(),
             started_unix_nanos: state.started_unix_nanos,
             io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
+            io_threads: server.map_or(0, Server::io_threads),
             tcp: server
                 .and_then(Server::tcp_addr)
                 .map(|a| format!("tcp://{a}")),
@@ -98,6 +99,7 @@ impl Snapshot {
                 id: c.id,
                 transport: c.transport,
                 remote: c.remote.clone(),
+                io_thread: c.io_thread,
                 client_name: c.client_name.clone(),
                 connected_unix_nanos: c.connected_unix_nanos,
                 bytes_in: c.bytes_in,

@@ -16,6 +16,8 @@ pub struct NodeView {
     pub started_unix_nanos: u64,
     /// The local server's I/O backend, and why if epoll.
     pub io_backend: String,
+    /// The local server's I/O threads (0 without a local server).
+    pub io_threads: usize,
     /// `tcp://...`, if listening on TCP.
     pub tcp: Option<String>,
     /// `unix://...`, if listening on a Unix socket.
@@ -55,6 +57,8 @@ pub struct ConnectionView {
     pub transport: &'static str,
     /// Peer address (TCP).
     pub remote: String,
+    /// The I/O thread serving it (0 to the node's `io_threads` - 1).
+    pub io_thread: usize,
     /// The client's name.
     pub client_name: String,
     /// Connect time, nanoseconds since the Unix epoch.

@@ -169,34 +169,46 @@ struct IoThread {
 
 impl IoThread {
     fn run(self) {
+        let IoThread {
+            index,
+            choice,
+            listeners,
+            server,
+            probed,
+            decision,
+            running,
+        } = self;
         let mut setup = None;
-        let probe = match self.choice {
+        let probe = match choice {
             BackendChoice::Epoll => Ok(()),
             BackendChoice::Auto | BackendChoice::Uring => uring_setup().map(|ring| {
                 setup = Some(ring);
             }),
         };
-        let _ = self.probed.send(probe);
-        let Ok(backend) = self.decision.recv() else {
+        // Dropped once sent: should another thread die before it reports,
+        // the receiver then sees that rather than waiting for ever.
+        let _ = probed.send(probe);
+        drop(probed);
+        let Ok(backend) = decision.recv() else {
             return;
         };
         // Called by the loop once its waker is set; waits for every other
         // thread's.
         let started = || {
-            let _ = self.running.send(Ok(()));
-            let _ = self.decision.recv();
+            let _ = running.send(Ok(()));
+            let _ = decision.recv();
         };
         let result = match setup {
             Some(setup) if backend == Backend::Uring => {
-                run_uring(setup, self.index, self.listeners, &self.server, &started)
+                run_uring(setup, index, listeners, &server, &started)
             }
             setup => {
                 drop(setup);
-                super::epoll::run(self.index, self.listeners, &self.server, &started)
+                super::epoll::run(index, listeners, &server, &started)
             }
         };
         if let Err(error) = result {
-            let _ = self.running.send(Err(error));
+            let _ = running.send(Err(error));
         }
     }
 }

@@ -248,6 +248,11 @@ impl Server {
         &self.backend
     }
 
+    /// How many I/O threads share the connections.
+    pub fn io_threads(&self) -> usize {
+        self.state.threads.count()
+    }
+
     /// The TCP address listened on, with the actual port.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 
 use super::listeners::refuse;
 use super::wake::WakeLoop;
@@ -32,9 +32,11 @@ pub(super) struct Accepted {
 /// What one I/O thread shares with the acceptor and the server's owner.
 #[derive(Debug)]
 struct IoThread {
-    /// Connections handed to this thread, not yet admitted. Sized for
-    /// `connections_max`, which bounds what all threads hold together.
-    inbox: ArrayQueue<Accepted>,
+    /// Connections handed to this thread, not yet admitted. Unbounded, so
+    /// an idle server holds no slots for them (`connections_max` bounds
+    /// them anyway); a segment is allocated per 31 connections handed over,
+    /// on the accept path only.
+    inbox: SegQueue<Accepted>,
     /// Its connections: open, or waiting in its inbox. Relaxed: thread 0
     /// adds, the owner subtracts when one closes; a late subtraction only
     /// makes thread 0 more careful for a moment.
@@ -55,7 +57,7 @@ impl IoThreads {
     pub(super) fn new(count: usize, connections_max: usize) -> Self {
         let threads = (0..count.max(1))
             .map(|_| IoThread {
-                inbox: ArrayQueue::new(connections_max.max(1)),
+                inbox: SegQueue::new(),
                 connections: AtomicUsize::new(0),
                 waker: OnceLock::new(),
             })
@@ -109,10 +111,9 @@ impl IoThreads {
         }
         // SYNC POINT (io-inbox): the queue's push (Release) pairs with the
         // target's pop (Acquire) after its wake-up: the stream arrives whole.
-        // The counts keep what all inboxes hold under `connections_max`, the
-        // capacity of each, so the push cannot fail.
-        let pushed = thread.inbox.push(accepted);
-        debug_assert!(pushed.is_ok(), "inbox sized for connections_max");
+        // Every waker is set before thread 0 accepts (`backend::start`), so
+        // the wake-up is never missed.
+        thread.inbox.push(accepted);
         if let Some(waker) = thread.waker.get() {
             waker.wake_loop();
         }
