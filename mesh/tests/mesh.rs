@@ -2,11 +2,13 @@
 //! nodes, wildcards, queue groups, interest withdrawal, request/reply, and a
 //! node killed under load and restarted. Clients are the transport's
 //! `Client`, so every event can be counted and checked. Every process is
-//! killed when its test ends, pass or fail.
+//! killed when its test ends, pass or fail. And, with two nodes in this
+//! process: what a node reports as a peer's interest is already routed.
 
 mod common;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -671,4 +673,67 @@ fn interest_removed_after_a_peer_restart_leaves_nothing_stale() {
         }
     }
     markers.assert_nothing_crossed(&all, &before, &[(1, &publishers[0]), (2, &publishers[1])]);
+}
+
+/// What a node reports as a peer's interest is in force: an event published
+/// on the node right after the report shows the interest reaches the peer.
+/// (Routes were once made by the peer's egress task after the driver had
+/// reported them, and an event published in between was lost.)
+///
+/// Two nodes in this process, so that the event is published within
+/// microseconds of the report, and several threads ask for reports all the
+/// time, so that one is queued behind each interest change: the node
+/// answers it right after taking the change in. Each round subscribes to a
+/// new subject on `a`; the first watcher to see `b` report it publishes a
+/// probe on `b`, then markers on the same subject until something arrives.
+/// One thread's events on one subject keep their order, so the probe must
+/// arrive first.
+#[test]
+fn interest_a_node_reports_is_routed_before_the_report() {
+    const ROUNDS: usize = 300;
+    const WATCHERS: usize = 3;
+    let a = start_embedded_node("a", Vec::new(), 1024);
+    let seed = a.cluster().unwrap().local_addr().to_string();
+    let b = start_embedded_node("b", vec![seed], 1024);
+    let b_cluster = b.cluster().unwrap();
+    let knows = |subject: &str| {
+        b_cluster.view().unwrap().interest.peers.iter().any(|peer| {
+            peer.peer_name == "a" && peer.entries.iter().any(|entry| entry.pattern == subject)
+        })
+    };
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let subject = format!("probe.{round}");
+        let subscription = a.bus().subscribe(&subject).unwrap();
+        let (published, arrived) = (AtomicBool::new(false), AtomicBool::new(false));
+        let first = std::thread::scope(|scope| {
+            for _ in 0..WATCHERS {
+                scope.spawn(|| {
+                    let deadline = Instant::now() + RECEIVE;
+                    while !published.load(Ordering::Relaxed) {
+                        if knows(&subject) && !published.swap(true, Ordering::Relaxed) {
+                            b.bus().publish(&subject, b"probe").unwrap();
+                            while !arrived.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(5));
+                                b.bus().publish(&subject, END).unwrap();
+                            }
+                            return;
+                        }
+                        assert!(Instant::now() < deadline, "b never learned {subject}");
+                    }
+                });
+            }
+            let first = subscription.recv_timeout(2 * RECEIVE);
+            arrived.store(true, Ordering::Relaxed);
+            first.unwrap_or_else(|error| panic!("nothing on {subject} arrives: {error}"))
+        });
+        if first.payload() != b"probe" {
+            lost.push(round);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "probes published as soon as b reported a's interest were lost in {} of {ROUNDS} rounds: {lost:?}",
+        lost.len()
+    );
 }

@@ -1,8 +1,10 @@
 //! The way out to one peer: its mailbox on the bus, and the task that drains
 //! it onto the link's data streams.
 //!
-//! The mailbox's subscriptions are the peer's interest (set by the driver as
-//! the peer tells it), so the bus routes to it exactly what the peer wants:
+//! The mailbox's subscriptions are the peer's interest (made by the driver
+//! itself as the peer tells it, so that what the node reports as the peer's
+//! interest is already routed: see [`route`]), so the bus routes to it
+//! exactly what the peer wants:
 //! plain interest once per event ([`PLAIN_TAG`]) and each queue group the peer
 //! was chosen for (tagged with the peer's id for that entry). One publish that
 //! goes to the peer both ways arrives here as adjacent deliveries of the same
@@ -48,7 +50,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use starling_core::bus::PLAIN_TAG;
 use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::counters::LinkCounters;
 use super::interest::InterestKey;
@@ -74,10 +76,11 @@ const STREAM_BUFFER_MAX: usize = 256 << 10;
 /// What the driver tells a peer's egress task.
 #[derive(Debug)]
 pub(crate) enum EgressCommand {
-    /// Route events matching `key` to the peer, for its entry `id`.
-    Subscribe { id: u64, key: InterestKey },
-    /// Stop routing for the peer's entry `id`.
-    Unsubscribe { id: u64 },
+    /// Events for the peer's entry `id` (of queue group `group`, if any) are
+    /// routed to the mailbox now (see [`route`]).
+    Routed { id: u64, group: Option<Arc<str>> },
+    /// The peer's entry `id` is no longer routed (see [`unroute`]).
+    Unrouted { id: u64 },
     /// The link is (back) up on this connection.
     Connect(Connection),
     /// The link is down.
@@ -101,7 +104,7 @@ pub(crate) async fn run(
         counters,
     };
     while let Some(command) = poll_fn(|cx| egress.poll(cx, &mailbox, &mut commands)).await {
-        egress.command(&mailbox, command, data_streams).await;
+        egress.command(command, data_streams).await;
     }
     egress.retire(&mut mailbox.borrow_mut());
 }
@@ -219,7 +222,8 @@ impl Egress {
     /// nothing more to do (`None`): writes each stream as far as QUIC takes
     /// it, and takes a batch of events from the mailbox while every stream
     /// has room. Yields after each batch, so that the thread's other tasks
-    /// run.
+    /// run. Commands come first: no event is taken while one is queued (an
+    /// event may be for an entry that a queued `Routed` names).
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -315,28 +319,12 @@ impl Egress {
         self.counters.dropped_out.fetch_add(left, Ordering::Relaxed);
     }
 
-    async fn command(
-        &mut self,
-        mailbox: &RefCell<Mailbox>,
-        command: EgressCommand,
-        data_streams: usize,
-    ) {
+    async fn command(&mut self, command: EgressCommand, data_streams: usize) {
         match command {
-            EgressCommand::Subscribe { id, key } => {
-                let subscribed =
-                    mailbox
-                        .borrow_mut()
-                        .subscribe(id, &key.pattern, key.group.as_deref());
-                if let Err(error) = subscribed {
-                    // The peer validated it too; a difference in limits
-                    // between builds is all that can get here.
-                    tracing::warn!(pattern = %key.pattern, %error, "a peer's interest cannot be routed");
-                    return;
-                }
-                self.entries.insert(id, key.group.map(Arc::from));
+            EgressCommand::Routed { id, group } => {
+                self.entries.insert(id, group);
             }
-            EgressCommand::Unsubscribe { id } => {
-                mailbox.borrow_mut().unsubscribe(id);
+            EgressCommand::Unrouted { id } => {
                 self.entries.remove(&id);
             }
             EgressCommand::Connect(connection) => {
@@ -426,6 +414,47 @@ impl Egress {
         }
         written
     }
+}
+
+/// Routes events matching `key` to the peer whose mailbox is `mailbox`, for
+/// its entry `id`, and tells its egress task (on `commands`) the entry's
+/// queue group. Called by the driver as it learns the entry, so the route is
+/// in force before the entry shows in any report: a client that waits for
+/// the peer's interest in `/v1/interest` and then publishes reaches the peer.
+///
+/// The route is on the bus at once, and the task learns of the entry later,
+/// when it runs; no event is lost in between: the task reads every command
+/// queued before it takes any event from the mailbox ([`Egress::poll`]), and
+/// both calls here happen before it runs again (one thread).
+pub(crate) fn route(
+    mailbox: &RefCell<Mailbox>,
+    commands: &UnboundedSender<EgressCommand>,
+    id: u64,
+    key: InterestKey,
+) {
+    let subscribed = mailbox
+        .borrow_mut()
+        .subscribe(id, &key.pattern, key.group.as_deref());
+    if let Err(error) = subscribed {
+        // The peer validated it too; a difference in limits between builds
+        // is all that can get here.
+        tracing::warn!(pattern = %key.pattern, %error, "a peer's interest cannot be routed");
+        return;
+    }
+    let group = key.group.map(Arc::from);
+    let _ = commands.send(EgressCommand::Routed { id, group });
+}
+
+/// Stops routing events for the peer's entry `id` (see [`route`]). A queue
+/// group's events routed to it and still queued are counted as unroutable
+/// as they are taken ([`Egress::take`]).
+pub(crate) fn unroute(
+    mailbox: &RefCell<Mailbox>,
+    commands: &UnboundedSender<EgressCommand>,
+    id: u64,
+) {
+    mailbox.borrow_mut().unsubscribe(id);
+    let _ = commands.send(EgressCommand::Unrouted { id });
 }
 
 /// The data stream for `subject`: FNV-1a, so every node agrees.

@@ -48,7 +48,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint};
-use starling_core::{Bus, InterestChange, QueueCounters, SlowConsumerPolicy, SubscribeOptions};
+use starling_core::{
+    Bus, InterestChange, Mailbox, QueueCounters, SlowConsumerPolicy, SubscribeOptions,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{oneshot, watch};
 
@@ -158,6 +160,9 @@ struct LinkState {
 }
 
 struct PeerEgress {
+    /// The peer's mailbox on the bus; the driver routes the peer's interest
+    /// to it itself ([`egress::route`]).
+    mailbox: Rc<RefCell<Mailbox>>,
     commands: UnboundedSender<EgressCommand>,
     counters: Arc<LinkCounters>,
     queue: QueueCounters,
@@ -602,20 +607,24 @@ impl Driver {
         while let Some(output) = self.interest.poll_output() {
             match output {
                 Output::Send { to, message } => self.send(to, Control::Interest(message)),
+                // Routed here, before the next event (a report of the
+                // peer's interest among them) is handled.
                 Output::Subscribe { peer, id, key } => {
-                    self.egress(peer, EgressCommand::Subscribe { id, key })
+                    if let Some(egress) = self.egress(peer) {
+                        egress::route(&egress.mailbox, &egress.commands, id, key);
+                    }
                 }
                 Output::Unsubscribe { peer, id } => {
-                    self.egress(peer, EgressCommand::Unsubscribe { id })
+                    if let Some(egress) = self.egress(peer) {
+                        egress::unroute(&egress.mailbox, &egress.commands, id);
+                    }
                 }
             }
         }
     }
 
-    fn egress(&self, peer: NodeId, command: EgressCommand) {
-        if let Some(egress) = self.peers.get(&peer).and_then(|p| p.egress.as_ref()) {
-            let _ = egress.commands.send(command);
-        }
+    fn egress(&self, peer: NodeId) -> Option<&PeerEgress> {
+        self.peers.get(&peer).and_then(|p| p.egress.as_ref())
     }
 
     async fn shutdown(&mut self) {
@@ -653,8 +662,9 @@ fn start_egress(
         ..SubscribeOptions::default()
     });
     let queue = mailbox.counters();
-    // One mailbox, one thread: the egress task drains it, and the link's
-    // ingress tasks add reply routes to it, all on the mesh thread.
+    // One mailbox, one thread: the egress task drains it, the driver routes
+    // the peer's interest to it, and the link's ingress tasks add reply
+    // routes to it, all on the mesh thread.
     let mailbox = Rc::new(RefCell::new(mailbox));
     let replies = Rc::new(RefCell::new(ReplyRoutes::new(
         mailbox.clone(),
@@ -662,12 +672,13 @@ fn start_egress(
     )));
     let (commands, receiver) = unbounded_channel();
     tokio::task::spawn_local(egress::run(
-        mailbox,
+        mailbox.clone(),
         receiver,
         config.data_streams.clamp(1, super::DATA_STREAMS_MAX),
         counters.clone(),
     ));
     PeerEgress {
+        mailbox,
         commands,
         counters,
         queue,
