@@ -2,7 +2,8 @@
 //! joined in a chain of seeds find each other by gossip, a node killed with
 //! SIGKILL is declared dead by every other while they go on delivering, and
 //! once restarted it is alive again and served; a node that stops on
-//! purpose is reported as having left; twenty short-lived nodes killed
+//! purpose is reported as having left, and leaves no warning in its peers'
+//! logs (a killed one does); twenty short-lived nodes killed
 //! just after joining are all declared dead within the stated bound. Every
 //! process is killed when its test ends, pass or fail.
 
@@ -249,6 +250,49 @@ fn a_member_that_stops_is_reported_left_and_its_interest_goes() {
                 .all(|m| m.state == "alive")
         );
     }
+}
+
+/// Stops `node` with `signal` (`TERM`: it leaves the mesh; `KILL`) and waits
+/// for it to exit.
+fn signal(node: &mut Node, signal: &str) {
+    let pid = node.process.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+    node.process.0.wait().unwrap();
+}
+
+/// The `WARN` lines of `node`'s log about `peer` (by name or address).
+fn warnings_about(node: &Node, peer: &Node) -> Vec<String> {
+    let mut lines = log_lines(node, &[" WARN ", &format!("peer={}", peer.name)]);
+    lines.extend(log_lines(node, &[" WARN ", &peer.cluster]));
+    lines
+}
+
+/// A node that stops on purpose (it says so as it closes its links) leaves
+/// no warning in its peers' logs; a node killed does. As at the end of
+/// `starling demo`: n1 and n2, seeded with n0, dialed it again while it was
+/// stopping and warned "link failed: control stream: connection lost" or
+/// "... the server refused to accept a new connection". Then n2 is killed
+/// (SIGKILL), and n1 warns about it: n1's log is checked once that warning
+/// is in, seconds after n0 left.
+#[test]
+fn a_node_that_stops_leaves_no_warning_in_its_peers_logs_and_a_killed_one_does() {
+    let mut n0 = start_mesh_node("n0", None, None);
+    let n1 = start_mesh_node("n1", Some(&n0.cluster), None);
+    let mut n2 = start_mesh_node("n2", Some(&n0.cluster), None);
+    wait_full_mesh(&[&n0, &n1, &n2]);
+
+    signal(&mut n0, "TERM");
+    wait_member_state(&[&n1, &n2], "n0", "left", Duration::from_secs(3));
+    signal(&mut n2, "KILL");
+    wait_until("n1 to warn about n2, killed", DEATH_BOUND, || {
+        !warnings_about(&n1, &n2).is_empty()
+    });
+    assert_eq!(warnings_about(&n1, &n0), Vec::<String>::new(), "n1 on n0");
+    assert_eq!(warnings_about(&n2, &n0), Vec::<String>::new(), "n2 on n0");
 }
 
 /// Issue 15: twenty nodes, each with its own name and address, join a

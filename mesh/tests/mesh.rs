@@ -581,6 +581,10 @@ fn the_demo_runs_a_three_node_food_ordering_mesh_and_exits_zero() {
             .any(|line| line.contains("orders") && line.contains("/s")),
         "a live line:\n{stdout}"
     );
+    // Its nodes stop on purpose, one after another: no peer warns about a
+    // link to one that stops (it said three times "link failed: ...").
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains(" WARN "), "warnings:\n{stderr}");
 }
 
 /// Kills `node` (SIGKILL) and starts it again at the same cluster address,

@@ -110,6 +110,8 @@ pub(crate) enum DialError {
     /// The peer refused the link because a live member holds this node's
     /// name (the reason says which).
     NameTaken(String),
+    /// The peer closed the connection because it is stopping.
+    Stopping(String),
     /// The peer could not be reached, or the handshake failed.
     Link(String),
 }
@@ -125,9 +127,10 @@ impl std::fmt::Display for DialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DialError::Unresolved(why) => write!(f, "cannot resolve: {why}"),
-            DialError::NoAnswer(why) | DialError::NameTaken(why) | DialError::Link(why) => {
-                f.write_str(why)
-            }
+            DialError::NoAnswer(why)
+            | DialError::NameTaken(why)
+            | DialError::Stopping(why)
+            | DialError::Link(why) => f.write_str(why),
         }
     }
 }
@@ -152,40 +155,52 @@ pub(crate) async fn dial(
             let why = format!("cannot connect: {error}");
             match error {
                 quinn::ConnectionError::TimedOut => DialError::NoAnswer(why),
+                closed if close::is_shutdown(&closed) => {
+                    DialError::Stopping(closed_reason(&closed))
+                }
                 _ => DialError::Link(why),
             }
         })?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|error| format!("cannot open the control stream: {error}"))?;
-        write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
-        match read_control(&mut recv, handshake_bytes_max(&local)).await? {
-            Control::Hello(theirs) => {
-                if let Some(why) = check_peer(&local, &connection, &theirs) {
-                    connection.close(close::REFUSED, why.as_bytes());
-                    return Err(DialError::Link(format!(
-                        "refused {} ({}): {why}",
-                        theirs.name, theirs.advertise
-                    )));
+        let handshake = async {
+            let (mut send, mut recv) = connection
+                .open_bi()
+                .await
+                .map_err(|error| format!("cannot open the control stream: {error}"))?;
+            write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
+            match read_control(&mut recv, handshake_bytes_max(&local)).await? {
+                Control::Hello(theirs) => {
+                    if let Some(why) = check_peer(&local, &connection, &theirs) {
+                        connection.close(close::REFUSED, why.as_bytes());
+                        return Err(DialError::Link(format!(
+                            "refused {} ({}): {why}",
+                            theirs.name, theirs.advertise
+                        )));
+                    }
+                    Ok(Established {
+                        connection: connection.clone(),
+                        hello: theirs,
+                        dialed: Some(address.clone()),
+                        control_send: send,
+                        control_recv: recv,
+                    })
                 }
-                Ok(Established {
-                    connection,
-                    hello: theirs,
-                    dialed: Some(address.clone()),
-                    control_send: send,
-                    control_recv: recv,
-                })
+                Control::Refuse(reason) => Err(DialError::Link(format!(
+                    "the peer refused the link: {reason}"
+                ))),
+                Control::NameTaken(reason) => Err(DialError::NameTaken(reason)),
+                other => Err(DialError::Link(format!(
+                    "the peer answered HELLO with {}",
+                    control_name(&other)
+                ))),
             }
-            Control::Refuse(reason) => Err(DialError::Link(format!(
-                "the peer refused the link: {reason}"
-            ))),
-            Control::NameTaken(reason) => Err(DialError::NameTaken(reason)),
-            other => Err(DialError::Link(format!(
-                "the peer answered HELLO with {}",
-                control_name(&other)
-            ))),
-        }
+        };
+        handshake.await.map_err(|error| match error {
+            DialError::Link(_) => match stopping(&connection) {
+                Some(why) => DialError::Stopping(why),
+                None => error,
+            },
+            error => error,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
@@ -197,6 +212,8 @@ pub(crate) async fn dial(
 pub(crate) enum AcceptError {
     /// It claims the name of a live member: its operator must act.
     NameTaken(String),
+    /// The peer closed the connection because it is stopping.
+    Stopping(String),
     /// The connection or the handshake failed, or the peer was refused for
     /// another reason.
     Failed(String),
@@ -211,7 +228,9 @@ impl From<String> for AcceptError {
 impl std::fmt::Display for AcceptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AcceptError::NameTaken(why) | AcceptError::Failed(why) => f.write_str(why),
+            AcceptError::NameTaken(why) | AcceptError::Stopping(why) | AcceptError::Failed(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -229,40 +248,54 @@ where
 {
     let remote = incoming.remote_address();
     let attempt = async {
-        let connection = incoming
-            .await
-            .map_err(|error| format!("connection failed: {error}"))?;
-        let (mut send, mut recv) = connection
-            .accept_bi()
-            .await
-            .map_err(|error| format!("no control stream: {error}"))?;
-        let theirs = match read_control(&mut recv, handshake_bytes_max(&local)).await? {
-            Control::Hello(theirs) => theirs,
-            other => {
-                let why = format!(
-                    "the first message must be HELLO, not {}",
-                    control_name(&other)
-                );
-                connection.close(close::PROTOCOL, why.as_bytes());
-                return Err(why.into());
+        let connection = incoming.await.map_err(|error| {
+            if close::is_shutdown(&error) {
+                AcceptError::Stopping(closed_reason(&error))
+            } else {
+                AcceptError::Failed(format!("connection failed: {error}"))
             }
+        })?;
+        let handshake = async {
+            let (mut send, mut recv) = connection
+                .accept_bi()
+                .await
+                .map_err(|error| format!("no control stream: {error}"))?;
+            let theirs = match read_control(&mut recv, handshake_bytes_max(&local)).await? {
+                Control::Hello(theirs) => theirs,
+                other => {
+                    let why = format!(
+                        "the first message must be HELLO, not {}",
+                        control_name(&other)
+                    );
+                    connection.close(close::PROTOCOL, why.as_bytes());
+                    return Err(why.into());
+                }
+            };
+            let refused =
+                |why: &str| format!("refused {} ({}): {why}", theirs.name, theirs.advertise);
+            if let Some(why) = check_peer(&local, &connection, &theirs) {
+                refuse(&connection, &mut send, &why, Control::Refuse).await;
+                return Err(AcceptError::Failed(refused(&why)));
+            }
+            if let Some(why) = vet_name(theirs.clone(), remote).await {
+                refuse(&connection, &mut send, &why, Control::NameTaken).await;
+                return Err(AcceptError::NameTaken(refused(&why)));
+            }
+            write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
+            Ok(Established {
+                connection: connection.clone(),
+                hello: theirs,
+                dialed: None,
+                control_send: send,
+                control_recv: recv,
+            })
         };
-        let refused = |why: &str| format!("refused {} ({}): {why}", theirs.name, theirs.advertise);
-        if let Some(why) = check_peer(&local, &connection, &theirs) {
-            refuse(&connection, &mut send, &why, Control::Refuse).await;
-            return Err(AcceptError::Failed(refused(&why)));
-        }
-        if let Some(why) = vet_name(theirs.clone(), remote).await {
-            refuse(&connection, &mut send, &why, Control::NameTaken).await;
-            return Err(AcceptError::NameTaken(refused(&why)));
-        }
-        write_control(&mut send, &Control::Hello(local.hello.clone())).await?;
-        Ok(Established {
-            connection,
-            hello: theirs,
-            dialed: None,
-            control_send: send,
-            control_recv: recv,
+        handshake.await.map_err(|error| match error {
+            AcceptError::Failed(_) => match stopping(&connection) {
+                Some(why) => AcceptError::Stopping(why),
+                None => error,
+            },
+            error => error,
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
@@ -283,6 +316,15 @@ async fn refuse(
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
     connection.close(close::REFUSED, why.as_bytes());
+}
+
+/// Why `connection` closed, if it closed because the peer is stopping: a
+/// handshake that fails for that is no fault of either node's.
+fn stopping(connection: &Connection) -> Option<String> {
+    connection
+        .close_reason()
+        .filter(close::is_shutdown)
+        .map(|closed| closed_reason(&closed))
 }
 
 fn check_peer(local: &Local, connection: &Connection, theirs: &Hello) -> Option<String> {
@@ -410,11 +452,7 @@ pub(crate) async fn control_reader<E: From<LinkEvent>>(
             Err(error) => {
                 if let Some(closed) = connection.close_reason() {
                     let end = match &closed {
-                        quinn::ConnectionError::ApplicationClosed(close)
-                            if close.error_code == close::SHUTDOWN =>
-                        {
-                            LinkEnd::Departed
-                        }
+                        closed if close::is_shutdown(closed) => LinkEnd::Departed,
                         quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
                             LinkEnd::Silent
                         }

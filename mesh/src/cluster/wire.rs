@@ -65,6 +65,21 @@ pub(crate) mod close {
     pub const PROTOCOL: VarInt = VarInt::from_u32(3);
     /// The peer restarted or was forgotten.
     pub const GONE: VarInt = VarInt::from_u32(4);
+
+    /// The reason a stopping node gives with [`SHUTDOWN`].
+    pub const SHUTDOWN_REASON: &str = "the node is stopping";
+
+    /// Whether `error` is a peer's close as it stops on purpose: [`SHUTDOWN`]
+    /// with a reason. quinn closes a connection dropped without a close with
+    /// code 0 too, but gives no reason: that is no departure (a handshake
+    /// that gave up on bad bytes, say).
+    pub fn is_shutdown(error: &quinn::ConnectionError) -> bool {
+        matches!(
+            error,
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == SHUTDOWN && !close.reason.is_empty()
+        )
+    }
 }
 
 const HELLO_MAGIC: &[u8; 4] = b"STRM";

@@ -7,8 +7,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use starling_core::subject::pattern_matches;
@@ -42,6 +42,9 @@ pub struct Node {
     /// The cluster port's address, if the node is in a mesh.
     pub cluster: String,
     pub dir: PathBuf,
+    /// The lines it wrote to stderr so far (its log), which also go on to
+    /// this process's stderr.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Node {
@@ -119,12 +122,13 @@ fn start_node_by(
         .env_remove("STARLING_NAME")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
     }
     let mut child = command.spawn().expect("starling node starts");
     let stdout = child.stdout.take().unwrap();
+    let log = record_log(child.stderr.take().unwrap());
     let process = Process(child);
     // Read the start-up lines on a thread, so that a node that prints nothing
     // fails the test instead of hanging it.
@@ -147,6 +151,7 @@ fn start_node_by(
         name: String::new(),
         cluster: String::new(),
         dir,
+        log,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.backend.is_empty() {
@@ -173,6 +178,32 @@ fn start_node_by(
         }
     }
     node
+}
+
+/// Keeps the lines of `stderr` as they come, passing each on to this
+/// process's stderr (written directly: the test harness would swallow
+/// `eprintln!`'s), so that a failed test still shows every node's log.
+fn record_log(stderr: ChildStderr) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            lines.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
+/// The lines of `node`'s log that hold all of `words`.
+pub fn log_lines(node: &Node, words: &[&str]) -> Vec<String> {
+    node.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| words.iter().all(|word| line.contains(word)))
+        .cloned()
+        .collect()
 }
 
 /// A node in this process, in a mesh on a free loopback port (no local

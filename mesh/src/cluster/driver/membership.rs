@@ -218,6 +218,16 @@ impl Gossip {
         })
     }
 
+    /// Whether the node at `address` left the mesh on purpose (and no live
+    /// member is there now): failing to reach it says nothing new.
+    pub fn left(&self, address: &str) -> bool {
+        let members = self.membership.members();
+        let at_address = || members.iter().filter(|member| member.advertise == address);
+        at_address().any(|member| member.state == MemberState::Left)
+            && !at_address()
+                .any(|member| matches!(member.state, MemberState::Alive | MemberState::Suspect))
+    }
+
     /// Every member, this node first, with its name where known.
     pub fn members(&self) -> Vec<(MemberStatus, Option<&str>)> {
         let mut members = vec![(self.membership.own_status(), None)];

@@ -25,6 +25,12 @@
 //! SWIM's probes to come round to it: when many members die at once, each
 //! survivor suspects all of them within the idle timeout.
 //!
+//! **Warnings.** A lost link, a dead member and a peer that cannot be
+//! reached are warned about; a peer that stops on purpose is not: it closes
+//! its connections with `SHUTDOWN` and a reason, and a dial or handshake
+//! that fails on that close, or a dial of the address of a member that left,
+//! is logged at debug level.
+//!
 //! **Duplicates.** If two nodes dial each other at once, both keep the
 //! connection dialed by the lower node id and close the other: the rule
 //! gives the same answer on both sides, whatever the order of events.
@@ -248,7 +254,9 @@ impl Driver {
                     self.refusals_logged.clear();
                 }
                 let last = self.refusals_logged.insert(remote, now);
-                if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
+                let recent =
+                    last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+                if recent || matches!(error, AcceptError::Stopping(_)) {
                     tracing::debug!("link from {remote}: {error}");
                 } else if let AcceptError::NameTaken(_) = error {
                     tracing::error!("link from {remote}: {error}");
@@ -284,8 +292,11 @@ impl Driver {
                             self.gossip.silent(&address, None);
                         }
                         // Said once per run of failures; the redials go on
-                        // quietly, with backoff, until one succeeds.
-                        let first = !self.backoff.contains_key(&address);
+                        // quietly, with backoff, until one succeeds. A peer
+                        // that stopped on purpose is not news: it said so.
+                        let first = !self.backoff.contains_key(&address)
+                            && !matches!(error, DialError::Stopping(_))
+                            && !self.gossip.left(&address);
                         match &error {
                             DialError::NameTaken(why) => {
                                 self.name_refusals.refused(&address, why, Instant::now())
@@ -636,12 +647,12 @@ impl Driver {
         }
         for peer in self.peers.values() {
             if let Some(link) = &peer.link {
-                link::close_with(&link.connection, close::SHUTDOWN, "the node is stopping");
+                link::close_with(&link.connection, close::SHUTDOWN, close::SHUTDOWN_REASON);
             }
         }
         self.peers.clear();
         self.endpoint
-            .close(close::SHUTDOWN, b"the node is stopping");
+            .close(close::SHUTDOWN, close::SHUTDOWN_REASON.as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
