@@ -8,6 +8,13 @@
 //! (the figure the goal is about) and each node's own time. Probes go out
 //! every 50 µs, which bounds the resolution.
 //!
+//! The first [`WARM_UP_ROUNDS`] rounds are not recorded: they pay the
+//! process's first touches of its memory, which mimalloc asks the kernel to
+//! back with transparent huge pages, each fault zeroing 2 MiB on the
+//! faulting thread (BENCHMARKS.md, issue 12, 2026-12-06: 68-82% of the
+//! samples of the slow rounds, most within the first ~50 rounds). Their
+//! figures are printed on a line of their own.
+//!
 //! It also prints how long the process's threads were runnable but waiting
 //! for a CPU during the rounds (Linux's `/proc/self/task/*/schedstat`): on
 //! a shared machine that wait, not the mesh, makes the tail (BENCHMARKS.md,
@@ -29,40 +36,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NODES: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds run before the recorded ones, in a full run.
+const WARM_UP_ROUNDS: usize = 100;
 
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
-    let rounds = if full { 500 } else { 10 };
+    let (warm_up, rounds) = if full { (WARM_UP_ROUNDS, 500) } else { (0, 10) };
     let nodes = start_mesh();
-    let mut every_node = histogram();
-    let mut each_node = histogram();
+    let cold_before = scheduled();
+    let (cold, _) = run_rounds(&nodes, 0..warm_up);
     let scheduled_before = scheduled();
-    for round in 0..rounds {
-        let subscriber = &nodes[round % NODES];
-        let probers: Vec<Prober<'_>> = nodes
-            .iter()
-            .filter(|node| node.name() != subscriber.name())
-            .map(|node| Prober {
-                name: node.name(),
-                bus: node.bus(),
-            })
-            .collect();
-        let (subscription, effective) = convergence::measure(
-            subscriber.bus(),
-            &format!("convergence.r{round}"),
-            &probers,
-            TIMEOUT,
-        )
-        .expect("every node delivers within the timeout");
-        drop(subscription);
-        let slowest = effective.iter().max().expect("four other nodes");
-        every_node.record(micros(*slowest)).unwrap();
-        for time in &effective {
-            each_node.record(micros(*time)).unwrap();
-        }
-        // Let the withdrawal of this round's interest settle.
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (every_node, each_node) = run_rounds(&nodes, warm_up..warm_up + rounds);
     let scheduled_after = scheduled();
     println!(
         "interest convergence, {NODES} nodes over QUIC on loopback, {rounds} subscriptions \
@@ -92,6 +76,57 @@ fn main() {
             after.waiting.saturating_sub(before.waiting).as_millis()
         );
     }
+    if !cold.is_empty() {
+        let ran = match (cold_before, scheduled_before) {
+            (Some(before), Some(after)) => format!(
+                "; threads ran {} ms",
+                after.running.saturating_sub(before.running).as_millis()
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "the {warm_up} warm-up rounds before them (not in the table): every other node p50 {} µs, \
+             p99 {} µs, max {} µs{ran}",
+            cold.value_at_quantile(0.50),
+            cold.value_at_quantile(0.99),
+            cold.max()
+        );
+    }
+}
+
+/// Runs the rounds numbered `rounds`, each subscribing on the next node in
+/// turn; returns the histograms of the time until every other node
+/// delivered, and until each did.
+fn run_rounds(nodes: &[Node], rounds: std::ops::Range<usize>) -> (Histogram<u64>, Histogram<u64>) {
+    let mut every_node = histogram();
+    let mut each_node = histogram();
+    for round in rounds {
+        let subscriber = &nodes[round % NODES];
+        let probers: Vec<Prober<'_>> = nodes
+            .iter()
+            .filter(|node| node.name() != subscriber.name())
+            .map(|node| Prober {
+                name: node.name(),
+                bus: node.bus(),
+            })
+            .collect();
+        let (subscription, effective) = convergence::measure(
+            subscriber.bus(),
+            &format!("convergence.r{round}"),
+            &probers,
+            TIMEOUT,
+        )
+        .expect("every node delivers within the timeout");
+        drop(subscription);
+        let slowest = effective.iter().max().expect("four other nodes");
+        every_node.record(micros(*slowest)).unwrap();
+        for time in &effective {
+            each_node.record(micros(*time)).unwrap();
+        }
+        // Let the withdrawal of this round's interest settle.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (every_node, each_node)
 }
 
 fn start_mesh() -> Vec<Node> {
