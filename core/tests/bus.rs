@@ -658,3 +658,98 @@ fn batch_receive_says_timeout_while_open_and_closed_once_drained() {
     assert_eq!(sub.recv_batch(16, |_| {}), Err(RecvError::Closed));
     assert_eq!(sub.received(), 1);
 }
+
+/// A batch stops at its first bad message, whether the bad part is its
+/// payload (on a subject the batch repeats: the lookup that skips the
+/// subject compare must not skip the limits) or its subject; the messages
+/// before it are delivered, in order, and none after it.
+#[test]
+fn a_batch_with_a_bad_message_in_the_middle_publishes_only_those_before_it() {
+    let bus = Bus::new(BusConfig {
+        limits: starling_core::EventLimits {
+            payload_bytes_max: 8,
+            ..Default::default()
+        },
+        ..BusConfig::default()
+    });
+    let sub = bus.subscribe("batch.>").unwrap();
+    let mut publisher = bus.publisher();
+    let subject = "batch.same";
+    let too_large = [9u8; 9];
+    let oversized = [
+        Message::new(subject, b"0"),
+        Message::new(subject, b"1"),
+        Message::new(subject, &too_large),
+        Message::new(subject, b"3"),
+    ];
+    let error = publisher.publish_batch(&oversized).unwrap_err();
+    assert_eq!(error.published, 2);
+    assert_eq!(
+        error.error,
+        PublishError::Invalid(EncodeError::PayloadTooLarge { len: 9, max: 8 })
+    );
+    let misspelt = [
+        Message::new(subject, b"4"),
+        Message::new("batch..bad", b"5"),
+        Message::new(subject, b"6"),
+    ];
+    let error = publisher.publish_batch(&misspelt).unwrap_err();
+    assert_eq!(error.published, 1);
+    assert!(matches!(
+        error.error,
+        PublishError::Invalid(EncodeError::Subject(SubjectError::EmptyToken { .. }))
+    ));
+    publisher.publish(subject, b"end").unwrap();
+    let mut payloads = Vec::new();
+    sub.try_recv_batch(16, |event| payloads.push(event.payload().to_vec()));
+    assert_eq!(payloads, [&b"0"[..], b"1", b"4", b"end"]);
+}
+
+/// Consumers asleep when a batch starts are all woken by it, however its
+/// subjects repeat (a result's consumers are noted once per run of it), and
+/// a subscription made between two batches on one subject gets the second.
+#[test]
+fn a_batch_of_repeated_subjects_wakes_every_consumer_it_reaches() {
+    let bus = Bus::default();
+    let receive = |pattern: &str, expected: usize| {
+        let sub = bus.subscribe(pattern).unwrap();
+        std::thread::spawn(move || {
+            let mut got = 0;
+            while got < expected {
+                // A consumer left asleep would see its events only at the
+                // timeout: far later than the deadline below.
+                got += sub
+                    .recv_batch_timeout(64, 60 * SECOND, |_| {})
+                    .expect("events come");
+            }
+            got
+        })
+    };
+    let (only_a, only_b, both) = (receive("w.a", 4), receive("w.b", 3), receive("w.*", 7));
+    let (a, b) = (String::from("w.a"), String::from("w.b"));
+    // Equal subjects in different bytes, and the same bytes again.
+    let batch = [
+        Message::new(&a, b"1"),
+        Message::new(&a, b"2"),
+        Message::new("w.a", b"3"),
+        Message::new(&b, b"4"),
+        Message::new(&b, b"5"),
+        Message::new(&a, b"6"),
+        Message::new("w.b", b"7"),
+    ];
+    let mut publisher = bus.publisher();
+    let published = Instant::now();
+    assert_eq!(publisher.publish_batch(&batch).unwrap(), 14);
+    for (consumer, expected) in [(only_a, 4), (only_b, 3), (both, 7)] {
+        assert_eq!(consumer.join().unwrap(), expected);
+    }
+    assert!(
+        published.elapsed() < 20 * SECOND,
+        "every consumer was woken"
+    );
+
+    // The consumers' subscriptions went with their threads.
+    let late = bus.subscribe("w.a").unwrap();
+    assert_eq!(publisher.publish_batch(&batch[..2]).unwrap(), 2);
+    assert_eq!(late.try_recv_batch(16, |_| {}), 2);
+}

@@ -99,7 +99,7 @@ pub(crate) fn route(
             delivered += 1;
         }
     }
-    waking.delivered_to_all(&result.plain, backlog.lanes());
+    waking.delivered_to_plain(&result.plain, backlog.lanes());
     Ok(delivered)
 }
 

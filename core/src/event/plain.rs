@@ -65,7 +65,7 @@ pub(super) fn encode(parts: &EventParts<'_>, out: &mut [u8]) -> Encoded {
     }
     write_out_of_line(data, subject_at, parts.subject);
     write_out_of_line(data, reply_at, reply);
-    data[payload_at..payload_end].copy_from_slice(parts.payload);
+    copy_bytes(&mut data[payload_at..payload_end], parts.payload);
 
     root.fill(0);
     root[ID_AT..ID_AT + 16].copy_from_slice(&parts.id.to_le_bytes());
@@ -97,7 +97,28 @@ fn out_of_line_bytes(value: &str) -> usize {
 
 fn write_out_of_line(data: &mut [u8], at: usize, value: &str) {
     if value.len() > INLINE_BYTES_MAX {
-        data[at..at + value.len()].copy_from_slice(value.as_bytes());
+        copy_bytes(&mut data[at..at + value.len()], value.as_bytes());
+    }
+}
+
+/// Copies `src` into `dst`, of the same length. Subjects and small payloads
+/// take two fixed-size copies that may overlap (4, 8 or 16 bytes each)
+/// instead of a call to `memmove` with a length known only at run time
+/// (2.1% of the batch 1 → 1 publisher's samples in `perf`); longer ones, and
+/// the shortest, are copied as usual.
+#[inline]
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    fn halves<const N: usize>(dst: &mut [u8], src: &[u8]) {
+        let len = src.len();
+        dst[..N].copy_from_slice(&src[..N]);
+        dst[len - N..].copy_from_slice(&src[len - N..]);
+    }
+    match src.len() {
+        4..8 => halves::<4>(dst, src),
+        8..16 => halves::<8>(dst, src),
+        16..=32 => halves::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -125,4 +146,24 @@ fn write_slice(root: &mut [u8], root_at: usize, field: usize, target: usize, cou
 /// `i32::MAX` bytes, so it fits.
 fn relative(from: usize, to: usize) -> i32 {
     (to as i64 - from as i64) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_bytes;
+
+    #[test]
+    fn copy_bytes_copies_every_length_exactly() {
+        let src: Vec<u8> = (1..=40).collect();
+        for len in 0..=src.len() {
+            let mut dst = vec![0; len + 2];
+            copy_bytes(&mut dst[1..=len], &src[..len]);
+            assert_eq!(&dst[1..=len], &src[..len], "length {len}");
+            assert_eq!(
+                (dst[0], dst[len + 1]),
+                (0, 0),
+                "length {len}: nothing around it"
+            );
+        }
+    }
 }

@@ -70,6 +70,17 @@ pub struct IndexReader<T> {
     memo: Memo<T>,
 }
 
+/// Names one result a reader memoized ([`IndexReader::lookup_stamped`]): as
+/// long as the reader hands out a stamp, the result it names is the same
+/// one, unchanged. A batch publisher that routed an event with a result need
+/// not note that result's consumers again for the next event with the same
+/// stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultStamp(u64);
+
+/// A match result and its stamp, if the reader memoizes it.
+pub type Stamped<'a, T> = (&'a MatchResult<T>, Option<ResultStamp>);
+
 /// The last subject the cached path found, and its result: a publisher that
 /// publishes on one subject again and again compares it with this one and
 /// skips hashing and probing the cache (a third of a 1 → 1 publish's cost,
@@ -81,6 +92,10 @@ struct Memo<T> {
     /// stay put while the map moves its handles). Cleared before anything
     /// changes the cache, so it never outlives the entry.
     result: Option<NonNull<MatchResult<T>>>,
+    /// Counts the results memoized: each `set` draws a new stamp, and the
+    /// cache changes only after the memo is cleared, so one stamp always
+    /// stands for one unchanged result.
+    stamp: u64,
 }
 
 // SAFETY: the pointer is into the owning reader's own cache and moves with
@@ -96,6 +111,7 @@ impl<T> Memo<T> {
         self.subject.clear();
         self.subject.push_str(subject);
         self.result = Some(NonNull::from(result));
+        self.stamp += 1;
     }
 }
 
@@ -188,8 +204,9 @@ impl<T: Clone + PartialEq> IndexWriter<T> {
         });
         self.handle.publish();
         // SYNC POINT (index-generation): Release after the change is visible
-        // in the readers' copy; pairs with the Acquire in `lookup`. A reader
-        // that sees the new number will enter the index and catch up.
+        // in the readers' copy; pairs with the Acquire in `lookup_stamped`.
+        // A reader that sees the new number will enter the index and catch
+        // up.
         let generation = self.handle.enter().map_or(0, |shared| shared.generation);
         self.published.store(generation, Ordering::Release);
     }
@@ -207,6 +224,7 @@ impl<T: Clone + PartialEq> IndexReaders<T> {
             memo: Memo {
                 subject: String::new(),
                 result: None,
+                stamp: 0,
             },
         }
     }
@@ -236,6 +254,25 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         cacheable: bool,
         check: impl FnOnce() -> Result<(), E>,
     ) -> Result<Option<&MatchResult<T>>, E> {
+        let found = self.lookup_stamped(subject, cacheable, None, check)?;
+        Ok(found.map(|(result, _)| result))
+    }
+
+    /// Like [`IndexReader::lookup_checked`], also returning the result's
+    /// stamp if it is the one this reader memoizes (a cached subject's; not
+    /// one matched or brought up to date just now, nor one not cacheable).
+    ///
+    /// `again` is the stamp the previous lookup returned, given by a caller
+    /// that looks up the very same subject again (the same bytes, borrowed
+    /// ever since): if the reader still memoizes that result and the index
+    /// has not changed, it is returned without comparing the subject.
+    pub fn lookup_stamped<E>(
+        &mut self,
+        subject: &str,
+        cacheable: bool,
+        again: Option<ResultStamp>,
+        check: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Option<Stamped<'_, T>>, E> {
         if !cacheable {
             check()?;
             let Some(shared) = self.handle.enter() else {
@@ -244,27 +281,35 @@ impl<T: Clone + PartialEq> IndexReader<T> {
             self.scratch.plain.clear();
             self.scratch.groups.clear();
             shared.trie.match_into(subject, &mut self.scratch);
-            return Ok(Some(&self.scratch));
+            return Ok(Some((&self.scratch, None)));
         }
         // Fast path: nothing changed since this reader's cache was brought up
         // to date, and the subject is cached. Entering the left-right copy
         // costs two atomic read-modify-writes and a fence; this costs a load.
+        // SYNC POINT (index-generation): pairs with the Release in `change`.
         let fresh = self.published.load(Ordering::Acquire) == self.generation;
-        if fresh && let Some(result) = self.memo.get(subject) {
+        let memoized = match again {
+            // The stamp says the subject is the memo's, if it is still current.
+            Some(stamp) => self.memo.result.filter(|_| self.memo.stamp == stamp.0),
+            None => self.memo.get(subject),
+        };
+        if fresh && let Some(result) = memoized {
+            let stamp = ResultStamp(self.memo.stamp);
             // SAFETY: the memo's result is a live cache entry (see `Memo`),
             // borrowed through `&mut self` like the one below.
-            return Ok(Some(unsafe { result.as_ref() }));
+            return Ok(Some((unsafe { result.as_ref() }, Some(stamp))));
         }
         let cached = match self.cache.get(subject) {
             Some(result) if fresh => {
                 let result: *const MatchResult<T> = &**result;
                 // SAFETY: as below.
                 self.memo.set(subject, unsafe { &*result });
+                let stamp = ResultStamp(self.memo.stamp);
                 // SAFETY: the result lives in `self.cache`, which the returned
                 // reference keeps borrowed through `&mut self`. (The borrow
                 // checker cannot yet return a borrow from one branch and go on
                 // in the other; this saves hashing the subject twice.)
-                return Ok(Some(unsafe { &*result }));
+                return Ok(Some((unsafe { &*result }, Some(stamp))));
             }
             cached => cached.is_some(),
         };
@@ -294,10 +339,10 @@ impl<T: Clone + PartialEq> IndexReader<T> {
         if self.cache.get(subject).is_none() {
             let result = shared.trie.matches(subject);
             drop(shared);
-            return Ok(Some(self.cache.insert(subject, Arc::new(result))));
+            return Ok(Some((self.cache.insert(subject, Arc::new(result)), None)));
         }
         drop(shared);
-        Ok(self.cache.get(subject).map(|result| &**result))
+        Ok(self.cache.get(subject).map(|result| (&**result, None)))
     }
 
     /// True once the writer is gone.

@@ -14,5 +14,5 @@ pub mod index;
 pub mod trie;
 
 pub use cache::MatchCache;
-pub use index::{IndexReader, IndexReaders, IndexWriter};
+pub use index::{IndexReader, IndexReaders, IndexWriter, ResultStamp};
 pub use trie::{MatchResult, QueueGroup, Trie};
