@@ -68,9 +68,9 @@ mod sync;
 mod loom_tests;
 
 pub use bus::{
-    Bus, BusConfig, BusStats, EventRef, InterestChange, InterestWatcher, Mailbox, Message,
-    PublishBatchError, PublishError, Publisher, QueueCounters, QueueInfo, RecvError, Reply,
-    RequestError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionInfo, random_u64,
+    Bus, BusConfig, BusStats, DirectSource, EventRef, Inlet, InterestChange, InterestWatcher,
+    Mailbox, Message, PublishBatchError, PublishError, Publisher, QueueCounters, QueueInfo,
+    RecvError, Reply, RequestError, SlowConsumerPolicy, SubscribeError, SubscribeOptions,
+    Subscription, SubscriptionInfo, random_u64,
 };
 pub use event::{ArchivedEvent, Event, EventLimits, Header};

@@ -12,6 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use starling_core::event::{self, Event, EventLimits};
 use starling_core::{Bus, BusConfig, Header, Message, SlowConsumerPolicy, SubscribeOptions};
 
 struct CountingAllocator;
@@ -86,6 +87,7 @@ fn publish_to_deliver_allocates_nothing_in_steady_state() {
     across_threads_with_parking();
     request_reply();
     many_distinct_subjects_and_batches();
+    direct_delivery_through_inlets();
 }
 
 fn one_to_one_on_one_thread() {
@@ -294,4 +296,44 @@ fn distinct_subjects(bus: Bus, count: usize) {
         allocations, 0,
         "publish_batch and try_recv_batch on {count} distinct subjects"
     );
+}
+
+/// A client's receive path: archives from outside, validated once and
+/// handed to one of two mailboxes through their inlets (one `Block`, one
+/// `DropNewest`), woken once per chunk as the client's reader does per read.
+fn direct_delivery_through_inlets() {
+    let bus = Bus::default();
+    let lossless = bus.mailbox(SubscribeOptions::default());
+    let dropping = bus.mailbox(SubscribeOptions::default());
+    let inlets = [
+        lossless.inlet(0, SlowConsumerPolicy::default()),
+        dropping.inlet(0, SlowConsumerPolicy::DropNewest),
+    ];
+    let archive = Event {
+        subject: "orders.eu.created".into(),
+        payload: vec![8; 16],
+        ..Event::default()
+    }
+    .to_archive();
+    let limits = EventLimits::default();
+    let mut source = bus.direct_source();
+    let allocations = allocations_in_steady_state(|| {
+        for _ in 0..EVENTS / CHUNK {
+            for at in 0..CHUNK {
+                let checked = event::check(&archive, &limits).unwrap();
+                source.deliver(&inlets[at % 2], checked).unwrap();
+            }
+            source.wake();
+            for mailbox in [&lossless, &dropping] {
+                let mut taken = 0;
+                while taken < CHUNK / 2 {
+                    taken += mailbox.try_recv_batch(64, |event| {
+                        assert_eq!(event.payload(), [8; 16]);
+                    });
+                }
+            }
+        }
+    });
+    assert_eq!(dropping.dropped(), 0);
+    assert_eq!(allocations, 0, "direct delivery through two inlets");
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::direct::Inlet;
 use super::event_ref::EventRef;
 use super::queue::{DeliveryQueue, QueueShape};
 use super::{BusInner, RecvError, SlowConsumerPolicy, SubscribeError, SubscribeOptions, Target};
@@ -118,6 +119,22 @@ impl Mailbox {
         }
         self.entries = kept;
         before - self.entries.len()
+    }
+
+    /// A way into this mailbox's queue that bypasses the subscription
+    /// index (see [`Inlet`]): what a [`DirectSource`](super::DirectSource)
+    /// delivers through it comes here alone, tagged `tag`, under `policy`.
+    /// Inlets are not subscriptions: they are not counted or listed as such,
+    /// and the mailbox's consumer cannot tell their events from others.
+    pub fn inlet(&self, tag: u64, policy: SlowConsumerPolicy) -> Inlet {
+        Inlet::new(Target {
+            id: self.inner.next_id(),
+            queue: self.queue.clone(),
+            tag,
+            remote: self.remote,
+            policy,
+            stats: Default::default(),
+        })
     }
 
     /// Number of subscriptions feeding this mailbox.

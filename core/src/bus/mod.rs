@@ -16,6 +16,7 @@
 //! unsubscribing (the control plane) take a lock; publishers never wait for it.
 
 mod backlog;
+mod direct;
 mod error;
 mod event_ref;
 mod interest;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use backlog::Backlog;
+pub use direct::{DirectSource, Inlet};
 pub use error::{PublishBatchError, PublishError, RecvError, RequestError, SubscribeError};
 pub use event_ref::EventRef;
 pub use interest::{InterestChange, InterestWatcher};
