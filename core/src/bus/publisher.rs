@@ -124,20 +124,6 @@ impl Publisher {
             .publish_checked(archive, archive.event().subject(), Scope::Local)
     }
 
-    /// Validates an archive and delivers it to the subscriptions of
-    /// `routing_subject` instead of its own subject, unchanged. A client
-    /// library uses this to hand the node's deliveries, each already matched
-    /// by the node for one subscription, to that subscription's local queue.
-    pub fn publish_archive_to(
-        &mut self,
-        routing_subject: &str,
-        archive: &[u8],
-    ) -> Result<usize, PublishError> {
-        let checked = event::check(archive, &self.core.limits)?;
-        self.core
-            .publish_checked(checked, routing_subject, Scope::Local)
-    }
-
     /// Publishes an event a peer node forwarded: to local consumers only
     /// (never to another peer: the mesh is full, one hop), and only those the
     /// peer chose it for: plain subscriptions if `plain`, and one local member

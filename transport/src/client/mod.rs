@@ -195,7 +195,7 @@ impl fmt::Debug for Client {
 #[derive(Debug)]
 pub struct ClientSubscription {
     sid: u64,
-    local: starling_core::Subscription,
+    local: starling_core::Mailbox,
     connection: Arc<Connection>,
 }
 

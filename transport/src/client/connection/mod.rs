@@ -5,8 +5,8 @@
 
 mod reader;
 mod reconnect;
+mod routes;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 use starling_core::event::{self, EventParts, Header as EventHeader};
 use starling_core::subject::{self, INBOX_PREFIX};
-use starling_core::{Bus, BusConfig, Event, SlowConsumerPolicy, SubscribeOptions, Subscription};
+use starling_core::{Bus, BusConfig, Event, Mailbox, SlowConsumerPolicy, SubscribeOptions};
 
+use self::routes::{Subscribed, Subscriptions};
 use super::answers::{Answers, PendingRequest};
 use super::completion::Completion;
 use super::handshake;
@@ -35,7 +36,9 @@ const INBOX_SID: u64 = u64::MAX;
 pub(crate) struct Connection {
     pub(crate) url: ServerUrl,
     pub(crate) options: ClientOptions,
-    /// Delivers received events to subscriptions' queues.
+    /// The event memory and queues of this client's subscriptions: the
+    /// reader hands each received event to its subscription's queue
+    /// directly (see `routes`), never through this bus's index.
     local: Bus,
     inbox_prefix: String,
     /// Tags of requests and pings, subscription ids, event id low halves.
@@ -45,8 +48,9 @@ pub(crate) struct Connection {
     connection_id: u64,
     writer: Writer,
     answers: Answers,
-    /// Live subscriptions, sent again after a reconnect.
-    subscriptions: Mutex<BTreeMap<u64, Subscribe>>,
+    /// Live subscriptions: sent again after a reconnect, and where the
+    /// reader delivers their events.
+    subscriptions: Subscriptions,
     /// For `is_connected` only; orders nothing (Relaxed).
     connected: AtomicBool,
     /// Set when the client closes or the connection is lost for good.
@@ -95,7 +99,7 @@ impl Connection {
             inbox_prefix: format!("{INBOX_PREFIX}{nuid}."),
             next_tag: AtomicU64::new(1),
             answers: Answers::new(),
-            subscriptions: Mutex::new(BTreeMap::new()),
+            subscriptions: Subscriptions::default(),
             connected: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             dropped_by_node: AtomicU64::new(0),
@@ -181,26 +185,26 @@ impl Connection {
         pattern: &str,
         group: Option<&str>,
         policy: SlowConsumerPolicy,
-    ) -> Result<(u64, Subscription), ClientError> {
+    ) -> Result<(u64, Mailbox), ClientError> {
         subject::validate_pattern(pattern, &self.local.config().limits.subject)?;
         let sid = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let options = SubscribeOptions {
+        let local = self.local.mailbox(SubscribeOptions {
             policy,
             ..self.options.subscription
-        };
-        let local = self
-            .local
-            .subscribe_with(&routing_subject(sid), None, options)
-            .map_err(|_| ClientError::Closed)?;
+        });
         let request = Subscribe {
             pattern: pattern.to_owned(),
             queue_group: group.map(str::to_owned),
             policy,
         };
-        self.subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .insert(sid, request.clone());
+        // Known to the reader before the node can send an event for it.
+        self.subscriptions.insert(
+            sid,
+            Subscribed {
+                request: request.clone(),
+                inlet: local.inlet(0, policy),
+            },
+        );
         let completion = self.answers.expect_ack(sid, self.options.answer_timeout);
         let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
         let sent = self.enqueue(deadline, |buffer| {
@@ -214,10 +218,7 @@ impl Connection {
         match answer {
             Ok(()) => Ok((sid, local)),
             Err(error) => {
-                self.subscriptions
-                    .lock()
-                    .expect("subscriptions lock")
-                    .remove(&sid);
+                self.subscriptions.remove(sid);
                 self.answers.forget_ack(sid);
                 Err(error)
             }
@@ -225,12 +226,7 @@ impl Connection {
     }
 
     pub(crate) fn unsubscribe(&self, sid: u64) {
-        let known = self
-            .subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .remove(&sid)
-            .is_some();
+        let known = self.subscriptions.remove(sid);
         if known && !self.closed.load(Ordering::Relaxed) {
             let deadline = Room::Until(Instant::now() + self.options.answer_timeout);
             let _ = self.enqueue(deadline, |buffer| push_frame(buffer, Kind::Unsub, sid, &[]));
@@ -300,6 +296,8 @@ impl Connection {
         }
         self.writer.close();
         self.answers.stop_timer();
+        // A reader held back by a full `Block` queue stops waiting.
+        self.subscriptions.close_mailboxes();
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         let current = std::thread::current().id();
         for thread in threads {
@@ -325,18 +323,4 @@ impl Connection {
     ) -> Result<(), ClientError> {
         self.writer.enqueue(&self.closed, room, write)
     }
-}
-
-/// The local subject a subscription's events are routed on.
-fn routing_subject(sid: u64) -> String {
-    let mut subject = String::new();
-    push_routing_subject(&mut subject, sid);
-    subject
-}
-
-/// Appends [`routing_subject`] to `out`, without allocating once `out` has
-/// grown: the reader does this for every event it receives.
-fn push_routing_subject(out: &mut String, sid: u64) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "_SID.{sid}");
 }

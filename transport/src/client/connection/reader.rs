@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use starling_core::Publisher;
+use starling_core::DirectSource;
 use starling_core::event;
 
-use super::{Connection, INBOX_SID, push_routing_subject};
+use super::routes::Routes;
+use super::{Connection, INBOX_SID};
 use crate::client::ClientError;
 use crate::client::writer::{Room, push_frame};
 use crate::frame::control::ErrorBody;
@@ -23,13 +24,35 @@ const READ_TICK: Duration = Duration::from_millis(50);
 /// Bytes per read.
 const READ_BYTES: usize = 64 << 10;
 
+/// What the reader delivers events with.
+struct Delivery {
+    /// Writes each event into the client's event memory and hands it to its
+    /// subscription's queue.
+    source: DirectSource,
+    /// Each subscription's queue, by id.
+    routes: Routes,
+    /// A malformed event was reported in the log already (each one is
+    /// counted as dropped by its subscription; the log says it once).
+    malformed_reported: bool,
+}
+
 impl Connection {
     /// The reader thread, until the client is closed or the connection is
     /// lost for good.
-    pub(super) fn read_loop(self: Arc<Self>, mut stream: Arc<Stream>, mut decoder: Decoder) {
-        let mut publisher = self.local.publisher();
+    pub(super) fn read_loop(self: Arc<Self>, stream: Arc<Stream>, decoder: Decoder) {
+        self.read_until_gone(stream, decoder);
+        // No more events will come: each subscription's queue drains, then
+        // says it is closed.
+        self.subscriptions.close_mailboxes();
+    }
+
+    fn read_until_gone(&self, mut stream: Arc<Stream>, mut decoder: Decoder) {
+        let mut delivery = Delivery {
+            source: self.local.direct_source(),
+            routes: Routes::default(),
+            malformed_reported: false,
+        };
         let mut buffer = ReadBuffer::new(READ_BYTES);
-        let mut routing = String::new();
         let _ = stream.set_read_timeout(Some(READ_TICK));
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -39,10 +62,14 @@ impl Connection {
             match (&*stream).read(bytes) {
                 Ok(0) => {}
                 Ok(n) => {
+                    delivery.routes.refresh(&self.subscriptions);
                     let result = decoder.feed(&bytes[..n], |frame| {
-                        self.dispatch(frame, &mut publisher, &mut routing);
+                        self.dispatch(frame, &mut delivery);
                         Ok::<(), ()>(())
                     });
+                    // The consumers see this read's events now: one fence
+                    // for them all.
+                    delivery.source.wake();
                     if result.is_ok() {
                         continue;
                     }
@@ -79,17 +106,11 @@ impl Connection {
         }
     }
 
-    fn dispatch(&self, frame: Frame<'_>, publisher: &mut Publisher, routing: &mut String) {
+    fn dispatch(&self, frame: Frame<'_>, delivery: &mut Delivery) {
         let tag = frame.header.tag;
         match frame.header.kind {
             Kind::Msg if tag == INBOX_SID => self.reply(frame.body),
-            Kind::Msg => {
-                routing.clear();
-                push_routing_subject(routing, tag);
-                // The local queues apply their own policy and count drops; a
-                // malformed event from the node is dropped.
-                let _ = publisher.publish_archive_to(routing, frame.body);
-            }
+            Kind::Msg => self.deliver(tag, frame.body, delivery),
             Kind::Ok => self.answers.answer_ack(tag, Ok(())),
             Kind::Err => {
                 let Ok(error) = ErrorBody::decode(frame.body) else {
@@ -124,6 +145,33 @@ impl Connection {
                 let _ = self.enqueue(Room::Now, |buffer| push_frame(buffer, Kind::Pong, tag, &[]));
             }
             Kind::Hello | Kind::Sub | Kind::Unsub | Kind::Pub | Kind::Forward => {}
+        }
+    }
+
+    /// An event the node matched for subscription `sid`: validated once,
+    /// then handed to that subscription's queue, which applies its policy
+    /// and counts what it drops.
+    fn deliver(&self, sid: u64, body: &[u8], delivery: &mut Delivery) {
+        // None: a subscription that has just ended (the node sent the event
+        // before it had our `UNSUB`).
+        let Some(inlet) = delivery.routes.get(sid, &self.subscriptions) else {
+            return;
+        };
+        match event::check(body, &self.local.config().limits) {
+            Ok(checked) => {
+                // Out of event memory: counted as dropped by the subscription.
+                let _ = delivery.source.deliver(inlet, checked);
+            }
+            Err(error) => {
+                // The node validated it when it was published: the bytes
+                // were damaged on the way, or the node is not what it
+                // claims. The event is lost, and counted.
+                inlet.count_dropped();
+                if !delivery.malformed_reported {
+                    delivery.malformed_reported = true;
+                    tracing::warn!(url = %self.url, sid, "the node sent a malformed event, dropped and counted by its subscription (later ones are counted, not logged): {error}");
+                }
+            }
         }
     }
 

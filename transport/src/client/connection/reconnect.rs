@@ -43,14 +43,9 @@ impl Connection {
             };
             let mut frames = AlignedVec::<FRAME_ALIGN>::new();
             self.push_inbox_subscribe(&mut frames);
-            for (sid, subscription) in self
-                .subscriptions
-                .lock()
-                .expect("subscriptions lock")
-                .iter()
-            {
-                push_frame(&mut frames, Kind::Sub, *sid, &subscription.encode());
-            }
+            self.subscriptions.for_each_request(|sid, request| {
+                push_frame(&mut frames, Kind::Sub, sid, &request.encode());
+            });
             self.writer.reconnected(stream.clone(), frames);
             self.connected.store(true, Ordering::Relaxed);
             self.reconnects.fetch_add(1, Ordering::Relaxed);
