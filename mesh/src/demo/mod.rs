@@ -206,7 +206,8 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<(), DemoError>
     let by_region = analytics.join().unwrap_or_default();
     report.absorb(&samples);
     report.summary(&tally, &stock, &by_region, out)?;
-    check_exactly_once(&tally)?;
+    let settled = tally.processed_total() >= tally.published.load(Ordering::Relaxed);
+    check_exactly_once(&tally, settled, options.rate)?;
     writeln!(
         out,
         "delivery: every order processed exactly once, none lost"
@@ -266,7 +267,11 @@ fn analytics_counter(
         })
 }
 
-fn check_exactly_once(tally: &Tally) -> Result<(), DemoError> {
+/// Fails if an order was processed twice, an inventory check failed, or an
+/// order was never processed. `settled`: every order was processed before
+/// the demo stopped waiting; if not, the missing orders may be lost or only
+/// late (a machine too slow for the rate), and the message says both.
+fn check_exactly_once(tally: &Tally, settled: bool, rate: u64) -> Result<(), DemoError> {
     let published = tally.published.load(Ordering::Relaxed) as usize;
     let mut lost = 0;
     let mut twice = 0;
@@ -279,9 +284,17 @@ fn check_exactly_once(tally: &Tally) -> Result<(), DemoError> {
     }
     let failed_checks = tally.check_failures.load(Ordering::Relaxed);
     if lost + twice > 0 || failed_checks > 0 {
+        let missing = if settled || lost == 0 {
+            format!("{lost} orders lost")
+        } else {
+            format!(
+                "{lost} orders not processed {} s after the last was published (lost, or still \
+                 queued on a machine too slow for --rate {rate}: try a lower rate or a release build)",
+                SETTLE.as_secs()
+            )
+        };
         return Err(DemoError::Delivery(format!(
-            "{lost} orders lost, {twice} processed more than once, {failed_checks} inventory \
-             checks failed"
+            "{missing}, {twice} processed more than once, {failed_checks} inventory checks failed"
         )));
     }
     Ok(())
@@ -479,7 +492,50 @@ impl Drop for TempDir {
 
 #[cfg(test)]
 mod tests {
-    use super::thousands;
+    use super::*;
+
+    /// A tally of 3 orders published, the first processed once and the
+    /// second twice; the third never.
+    fn tally_with_a_missing_order() -> Tally {
+        let tally = Tally::new(3, 1);
+        tally.published.store(3, Ordering::Relaxed);
+        tally.deliveries[0].store(1, Ordering::Relaxed);
+        tally.deliveries[1].store(2, Ordering::Relaxed);
+        tally
+    }
+
+    #[test]
+    fn a_missing_order_is_lost_when_every_order_was_processed_in_time() {
+        let tally = tally_with_a_missing_order();
+        tally.processed[0].store(3, Ordering::Relaxed);
+        let error = check_exactly_once(&tally, true, 2_000).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "1 orders lost, 1 processed more than once, 0 inventory checks failed"
+        );
+    }
+
+    #[test]
+    fn a_missing_order_may_be_late_when_the_demo_stopped_waiting() {
+        let tally = tally_with_a_missing_order();
+        let error = check_exactly_once(&tally, false, 2_000).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("1 orders not processed 10 s after the last was published"),
+            "{message}"
+        );
+        assert!(message.contains("--rate 2000"), "{message}");
+    }
+
+    #[test]
+    fn every_order_processed_once_passes() {
+        let tally = Tally::new(2, 1);
+        tally.published.store(2, Ordering::Relaxed);
+        for delivery in &tally.deliveries {
+            delivery.store(1, Ordering::Relaxed);
+        }
+        assert!(check_exactly_once(&tally, true, 2_000).is_ok());
+    }
 
     #[test]
     fn thousands_are_grouped() {
