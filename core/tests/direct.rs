@@ -76,34 +76,37 @@ fn events_arrive_in_order_with_the_inlets_tag_and_nothing_in_the_index() {
     );
 }
 
-#[test]
-fn drop_newest_keeps_the_first_and_counts_each_drop() {
+/// Delivers events 0..100 through a 16-event mailbox under `policy`;
+/// returns the sequences it keeps, after checking that it counts the other
+/// 84 as dropped.
+fn kept_of_a_hundred(policy: SlowConsumerPolicy) -> Vec<u64> {
     let bus = Bus::default();
-    let (mailbox, inlet) = mailbox(&bus, 16, SlowConsumerPolicy::DropNewest);
+    let (mailbox, inlet) = mailbox(&bus, 16, policy);
     let mut source = bus.direct_source();
     for sequence in 0..100 {
         deliver(&mut source, &inlet, sequence);
     }
     source.wake();
     assert_eq!((mailbox.pending(), mailbox.dropped()), (16, 84));
-    let mut seen = Vec::new();
-    mailbox.try_recv_batch(100, |event| seen.push(sequence_of(event.payload())));
-    assert_eq!(seen, (0..16).collect::<Vec<_>>());
+    let mut kept = Vec::new();
+    mailbox.try_recv_batch(100, |event| kept.push(sequence_of(event.payload())));
+    kept
+}
+
+#[test]
+fn drop_newest_keeps_the_first_and_counts_each_drop() {
+    assert_eq!(
+        kept_of_a_hundred(SlowConsumerPolicy::DropNewest),
+        (0..16).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn drop_oldest_keeps_the_last_and_counts_each_eviction() {
-    let bus = Bus::default();
-    let (mailbox, inlet) = mailbox(&bus, 16, SlowConsumerPolicy::DropOldest);
-    let mut source = bus.direct_source();
-    for sequence in 0..100 {
-        deliver(&mut source, &inlet, sequence);
-    }
-    source.wake();
-    assert_eq!((mailbox.pending(), mailbox.dropped()), (16, 84));
-    let mut seen = Vec::new();
-    mailbox.try_recv_batch(100, |event| seen.push(sequence_of(event.payload())));
-    assert_eq!(seen, (84..100).collect::<Vec<_>>());
+    assert_eq!(
+        kept_of_a_hundred(SlowConsumerPolicy::DropOldest),
+        (84..100).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -84,14 +84,7 @@ impl Mailbox {
         group: Option<&str>,
         policy: SlowConsumerPolicy,
     ) -> Result<(), SubscribeError> {
-        let target = Target {
-            id: self.inner.next_id(),
-            queue: self.queue.clone(),
-            tag,
-            remote: self.remote,
-            policy,
-            stats: Default::default(),
-        };
+        let target = self.target(tag, policy);
         let (pattern, group) = self
             .inner
             .add_subscription(pattern, group, target.clone())?;
@@ -127,14 +120,19 @@ impl Mailbox {
     /// Inlets are not subscriptions: they are not counted or listed as such,
     /// and the mailbox's consumer cannot tell their events from others.
     pub fn inlet(&self, tag: u64, policy: SlowConsumerPolicy) -> Inlet {
-        Inlet::new(Target {
+        Inlet::new(self.target(tag, policy))
+    }
+
+    /// A new way into this mailbox's queue, with counters of its own.
+    fn target(&self, tag: u64, policy: SlowConsumerPolicy) -> Target {
+        Target {
             id: self.inner.next_id(),
             queue: self.queue.clone(),
             tag,
             remote: self.remote,
             policy,
             stats: Default::default(),
-        })
+        }
     }
 
     /// Number of subscriptions feeding this mailbox.
