@@ -59,8 +59,7 @@ impl Inlet {
     /// arrived malformed, say): [`Mailbox::dropped`](super::Mailbox::dropped)
     /// says so, as it says every other loss.
     pub fn count_dropped(&self) {
-        self.target.queue.count_dropped();
-        self.target.count_dropped();
+        self.target.miss();
     }
 
     /// No more events will come through this mailbox's queue, from any
