@@ -1,7 +1,7 @@
 //! The listening sockets: bound before the I/O thread starts, so that
 //! errors such as "address in use" reach the caller, with a listen backlog
-//! that takes a burst of connections; and turning away a connection over
-//! the limit.
+//! that takes a burst of connections; and turning away a connection the
+//! node will not serve (over the limit, or shutting down).
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -103,11 +103,11 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// Tells a connection over the limit why it is closed, if it can take the
-/// bytes at once (without blocking the loop), and leaves it to be dropped.
-pub(super) fn refuse(stream: &Stream, limit: usize) {
+/// Tells a connection the node will not serve why it is closed (an `ERR`
+/// frame with `code` and `reason`), if it can take the bytes at once
+/// (without blocking the loop), and leaves it to be dropped.
+pub(super) fn refuse(stream: &Stream, code: frame::ErrorCode, reason: &str) {
     if stream.set_nonblocking(true).is_ok() {
-        let reason = format!("the node accepts at most {limit} connections");
-        let _ = (&*stream).write(&frame::error_frame(frame::ErrorCode::Limit, &reason));
+        let _ = (&*stream).write(&frame::error_frame(code, reason));
     }
 }

@@ -37,6 +37,11 @@ use crate::frame::{
 /// a large frame for it.
 const HELLO_BODY_BYTES_MAX: usize = 16 << 10;
 
+/// The reason of the `ERR` (shutting-down) every connection gets when the
+/// node stops: served ones from their session, and those still waiting for
+/// their I/O thread (`threads.rs`).
+pub(crate) const SHUTTING_DOWN: &str = "the node is shutting down";
+
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -405,11 +410,8 @@ impl Session {
 
     /// Tells the client the node is going away.
     pub(crate) fn shut_down(&mut self) {
-        self.protocol.fail(
-            ErrorCode::ShuttingDown,
-            0,
-            "the node is shutting down".into(),
-        );
+        self.protocol
+            .fail(ErrorCode::ShuttingDown, 0, SHUTTING_DOWN.into());
     }
 }
 
@@ -592,11 +594,9 @@ impl Protocol {
             Err(error @ (SubscribeError::Pattern(_) | SubscribeError::QueueGroup)) => {
                 self.error(ErrorCode::InvalidSubject, sid, error.to_string())
             }
-            Err(SubscribeError::Closed) => Err(self.fail(
-                ErrorCode::ShuttingDown,
-                sid,
-                "the node is shutting down".into(),
-            )),
+            Err(SubscribeError::Closed) => {
+                Err(self.fail(ErrorCode::ShuttingDown, sid, SHUTTING_DOWN.into()))
+            }
         }
     }
 
@@ -646,11 +646,9 @@ impl Protocol {
             Err(error @ (PublishError::Invalid(_) | PublishError::Malformed { .. })) => {
                 self.error(ErrorCode::InvalidEvent, tag, error.to_string())
             }
-            Err(PublishError::Closed) => Err(self.fail(
-                ErrorCode::ShuttingDown,
-                tag,
-                "the node is shutting down".into(),
-            )),
+            Err(PublishError::Closed) => {
+                Err(self.fail(ErrorCode::ShuttingDown, tag, SHUTTING_DOWN.into()))
+            }
         }
     }
 

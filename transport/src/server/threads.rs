@@ -18,7 +18,9 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_queue::SegQueue;
 
 use super::listeners::refuse;
+use super::session::SHUTTING_DOWN;
 use super::wake::WakeLoop;
+use crate::frame::ErrorCode;
 use crate::stream::Stream;
 
 /// An accepted connection, on its way to the thread that will serve it.
@@ -97,7 +99,11 @@ impl IoThreads {
             .map(|thread| thread.connections.load(Ordering::Relaxed));
         let open: usize = counts.clone().sum();
         if open >= self.connections_max {
-            refuse(&accepted.stream, self.connections_max);
+            let reason = format!(
+                "the node accepts at most {} connections",
+                self.connections_max
+            );
+            refuse(&accepted.stream, ErrorCode::Limit, &reason);
             return None;
         }
         let (target, _) = counts
@@ -133,10 +139,12 @@ impl IoThreads {
     }
 
     /// After every thread has stopped: closes the connections still waiting
-    /// in inboxes (handed over while their thread was stopping).
+    /// in inboxes (handed over while their thread was stopping), each told
+    /// why, as the connections their threads had admitted were.
     pub(super) fn discard_waiting(&self) {
         for (index, thread) in self.threads.iter().enumerate() {
-            while thread.inbox.pop().is_some() {
+            while let Some(waiting) = thread.inbox.pop() {
+                refuse(&waiting.stream, ErrorCode::ShuttingDown, SHUTTING_DOWN);
                 self.closed(index);
             }
         }
@@ -183,5 +191,25 @@ mod tests {
         let (next, _client) = accepted();
         assert!(threads.place(0, next).is_none());
         assert!(threads.take(2).is_some());
+    }
+
+    #[test]
+    fn a_connection_left_in_an_inbox_at_shutdown_is_told_why_it_closes() {
+        let threads = IoThreads::new(2, 4);
+        let (own, _own_client) = accepted();
+        assert!(threads.place(0, own).is_some());
+        // Handed to thread 1 after its loop stopped: nobody admits it.
+        let (late, mut client) = accepted();
+        assert!(threads.place(0, late).is_none());
+        threads.discard_waiting();
+        let mut received = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut received).unwrap();
+        assert_eq!(
+            received,
+            crate::frame::error_frame(ErrorCode::ShuttingDown, SHUTTING_DOWN)
+        );
+        // Its place is free again.
+        let (next, _next_client) = accepted();
+        assert!(threads.place(0, next).is_none(), "thread 1 has none now");
     }
 }
