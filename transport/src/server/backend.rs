@@ -52,7 +52,8 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Starts the server's I/O threads and returns once every loop runs.
+/// Starts the server's I/O threads and returns once every loop runs, or
+/// with an error once one cannot start or has died (panicked) on the way.
 ///
 /// Each thread sets its backend up itself (an io_uring ring belongs to the
 /// thread that submits to it) and reports whether io_uring works there;
@@ -65,21 +66,22 @@ pub(super) fn start(
     server: &Arc<ServerState>,
 ) -> io::Result<(Backend, Vec<JoinHandle<()>>)> {
     let count = server.threads.count();
-    let (probed_tx, probed_rx) = mpsc::channel();
-    let (running_tx, running_rx) = mpsc::channel();
     let mut listeners = Some(listeners);
     let mut workers = Vec::with_capacity(count);
     let mut decisions = Vec::with_capacity(count);
+    let mut reports = Vec::with_capacity(count);
     for index in 0..count {
         let (decision_tx, decision_rx) = mpsc::channel();
+        let (report_tx, report_rx) = mpsc::channel();
         let thread = IoThread {
             index,
             choice,
             listeners: listeners.take().unwrap_or_default(),
             server: server.clone(),
-            probed: probed_tx.clone(),
             decision: decision_rx,
-            running: running_tx.clone(),
+            report: report_tx,
+            #[cfg(test)]
+            panic_after_probe: tests::PANIC_AFTER_PROBE.get() == Some(index),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("starling-io-{index}"))
@@ -88,6 +90,7 @@ pub(super) fn start(
             Ok(worker) => {
                 workers.push(worker);
                 decisions.push(decision_tx);
+                reports.push(report_rx);
             }
             Err(error) => {
                 // Without a decision, the threads started return at once.
@@ -97,11 +100,9 @@ pub(super) fn start(
             }
         }
     }
-    drop((probed_tx, running_tx));
     let mut unavailable = None;
-    for _ in 0..count {
-        let probe = probed_rx.recv().unwrap_or_else(|_| Err(exited()));
-        if let Err(error) = probe {
+    for report in &reports {
+        if let Err(error) = next_report(report) {
             unavailable.get_or_insert(error);
         }
     }
@@ -125,8 +126,8 @@ pub(super) fn start(
     for decision in &decisions {
         let _ = decision.send(backend.clone());
     }
-    for _ in 0..count {
-        if let Err(error) = running_rx.recv().unwrap_or_else(|_| Err(exited())) {
+    for report in &reports {
+        if let Err(error) = next_report(report) {
             // SYNC POINT (server-stop): as in `Server::shutdown`. The loops
             // that run stop at once: they have no connection yet.
             server.stopping.store(true, Ordering::Release);
@@ -142,8 +143,13 @@ pub(super) fn start(
     Ok((backend, workers))
 }
 
-fn exited() -> io::Error {
-    io::Error::other("an I/O thread exited during start-up")
+/// What a thread reports next, or that it died (its sender was dropped
+/// as it unwound): each thread has its own channel, so one that dies is
+/// seen as such even while the others hold theirs, waiting for the decision.
+fn next_report(report: &Receiver<io::Result<()>>) -> io::Result<()> {
+    report
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("an I/O thread exited during start-up")))
 }
 
 fn join(workers: Vec<JoinHandle<()>>) {
@@ -158,13 +164,15 @@ struct IoThread {
     choice: BackendChoice,
     listeners: Listeners,
     server: Arc<ServerState>,
-    /// Whether io_uring works here (always, if not asked for).
-    probed: Sender<io::Result<()>>,
     /// The backend all threads run; then closed once every loop runs (or
     /// if the server does not start).
     decision: Receiver<Backend>,
-    /// The loop runs, or could not start.
-    running: Sender<io::Result<()>>,
+    /// To `start`, in turn: whether io_uring works here (always, if not
+    /// asked for); then whether the loop runs, or why it could not start.
+    report: Sender<io::Result<()>>,
+    /// Test hook: die between the probe and the loop.
+    #[cfg(test)]
+    panic_after_probe: bool,
 }
 
 impl IoThread {
@@ -174,9 +182,10 @@ impl IoThread {
             choice,
             listeners,
             server,
-            probed,
             decision,
-            running,
+            report,
+            #[cfg(test)]
+            panic_after_probe,
         } = self;
         let mut setup = None;
         let probe = match choice {
@@ -185,17 +194,16 @@ impl IoThread {
                 setup = Some(ring);
             }),
         };
-        // Dropped once sent: should another thread die before it reports,
-        // the receiver then sees that rather than waiting for ever.
-        let _ = probed.send(probe);
-        drop(probed);
+        let _ = report.send(probe);
+        #[cfg(test)]
+        assert!(!panic_after_probe, "I/O thread {index}: injected failure");
         let Ok(backend) = decision.recv() else {
             return;
         };
         // Called by the loop once its waker is set; waits for every other
         // thread's.
         let started = || {
-            let _ = running.send(Ok(()));
+            let _ = report.send(Ok(()));
             let _ = decision.recv();
         };
         let result = match setup {
@@ -208,7 +216,7 @@ impl IoThread {
             }
         };
         if let Err(error) = result {
-            let _ = running.send(Err(error));
+            let _ = report.send(Err(error));
         }
     }
 }
@@ -251,4 +259,49 @@ fn run_uring(
     _: &dyn Fn(),
 ) -> io::Result<()> {
     match setup {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use starling_core::Bus;
+
+    use super::*;
+    use crate::server::{Server, ServerConfig};
+
+    thread_local! {
+        /// The I/O thread that dies between its probe and its loop, in the
+        /// servers this thread starts.
+        pub(super) static PANIC_AFTER_PROBE: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    #[test]
+    fn a_thread_that_dies_before_its_loop_runs_fails_start_instead_of_hanging_it() {
+        for backend in [BackendChoice::Epoll, BackendChoice::Auto] {
+            for dying in [0, 1] {
+                let (started_tx, started_rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    PANIC_AFTER_PROBE.set(Some(dying));
+                    let config = ServerConfig {
+                        tcp: Some("127.0.0.1:0".into()),
+                        backend,
+                        io_threads: 3,
+                        ..ServerConfig::default()
+                    };
+                    let started = Server::start(Bus::default(), config).map(drop);
+                    let _ = started_tx.send(started);
+                });
+                let started = started_rx
+                    .recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("{backend:?}, thread {dying} died: start hangs"));
+                let error = started.expect_err("a thread died: start must fail");
+                assert!(
+                    error.to_string().contains("exited during start-up"),
+                    "{backend:?}, thread {dying}: {error}"
+                );
+            }
+        }
+    }
 }
