@@ -295,6 +295,75 @@ fn a_node_that_stops_leaves_no_warning_in_its_peers_logs_and_a_killed_one_does()
     assert_eq!(warnings_about(&n2, &n0), Vec::<String>::new(), "n2 on n0");
 }
 
+/// A member that left on purpose is not dialed again until a new start of
+/// it is alive: its peers used to dial it 40-100 ms after "member left", to
+/// carry membership's answer to its departure notice. n0 logs each dial it
+/// starts (at debug level); n2 leaves, membership goes on for a few
+/// packets (a later packet for n2 would dial it too), then n1 leaves: once
+/// n0 logs that, its log holds every dial it made after n2 left.
+#[test]
+fn a_member_that_left_is_not_dialed_again() {
+    let n0 = start_node(
+        &[
+            "--name",
+            "n0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--insecure-dev-tls",
+        ],
+        &[("RUST_LOG", "warn,starling_mesh::cluster::driver=debug")],
+    );
+    let mut n1 = start_mesh_node("n1", Some(&n0.cluster), None);
+    let mut n2 = start_mesh_node("n2", Some(&n0.cluster), None);
+    wait_full_mesh(&[&n0, &n1, &n2]);
+
+    signal(&mut n2, "TERM");
+    wait_member_state(&[&n0, &n1], "n2", "left", Duration::from_secs(3));
+    let sent = membership_packets_out(&n0);
+    wait_until("n0 to send more membership packets", DEATH_BOUND, || {
+        membership_packets_out(&n0) >= sent + 4
+    });
+    signal(&mut n1, "TERM");
+    wait_until("n0 to log that n1 left", Duration::from_secs(5), || {
+        !log_lines(&n0, &["member left", "peer=n1"]).is_empty()
+    });
+    for peer in [&n2, &n1] {
+        assert_eq!(
+            dials_after_leaving(&n0, peer),
+            Vec::<String>::new(),
+            "n0 dialed {} after it left",
+            peer.name
+        );
+    }
+}
+
+/// The dials `node` logged to `peer`'s address after it logged that `peer`
+/// left.
+fn dials_after_leaving(node: &Node, peer: &Node) -> Vec<String> {
+    let log = node.log.lock().unwrap();
+    let left = format!("peer={}", peer.name);
+    let address = format!("address={}", peer.cluster);
+    let after = log
+        .iter()
+        .position(|line| line.contains("member left") && line.contains(&left))
+        .expect("the departure is logged");
+    log[after..]
+        .iter()
+        .filter(|line| line.contains("dialing") && line.contains(&address))
+        .cloned()
+        .collect()
+}
+
+/// The membership packets `node` sent so far (from `/metrics`).
+fn membership_packets_out(node: &Node) -> u64 {
+    let (_, metrics) = get_from(node, "/metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("starling_membership_packets_out_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("/metrics reports membership packets")
+}
+
 /// Issue 15: twenty nodes, each with its own name and address, join a
 /// 3-node mesh one after another and are killed (SIGKILL) 200 ms after
 /// joining (their seed knows them). Every survivor must hold every one it

@@ -4,8 +4,10 @@
 //! Packets are routed by address (a seed is known by its address alone).
 //! A packet for an address with no link is held (a few per address) and
 //! the address is dialed; the packets go once the link is up, and are
-//! dropped and counted if the dial fails. SWIM takes a lost packet for a
-//! slow member, never for a wrong one, so nothing else is retried here.
+//! dropped and counted if the dial fails; a packet for a member that left
+//! on purpose is dropped and counted at once, without a dial. SWIM takes a
+//! lost packet for a slow member, never for a wrong one, so nothing else is
+//! retried here.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -306,6 +308,12 @@ impl Driver {
                 self.gossip.send_on(&connection, packet);
             }
             None if self.stopping => self.gossip.figures.unsent_out += 1,
+            // Not dialed for it: a member that left on purpose (foca
+            // answers its departure notice at once), until a new start of
+            // it is alive there. A seed is, as always (see `Driver::wanted`).
+            None if self.gossip.left(address) && !self.is_seed(address) => {
+                self.gossip.figures.unsent_out += 1;
+            }
             None => {
                 self.gossip.hold(address, packet);
                 self.dial(address.to_owned());

@@ -10,7 +10,8 @@
 //! node id dials, and a membership packet for a member without a link dials
 //! it too (that is how the two sides of a healed partition find each
 //! other). Seeds are redialed for as long as the node runs; other members,
-//! by the lower id, for as long as membership holds them alive.
+//! by the lower id, for as long as membership holds them alive; one that
+//! left on purpose is not dialed again until a new start of it is alive.
 //!
 //! **Deaths.** A member that membership reports departed is forgotten at
 //! once: its link closes and its interest goes. One declared dead has its
@@ -277,7 +278,7 @@ impl Driver {
                     Ok(established) => {
                         self.backoff.remove(&address);
                         self.name_refusals.accepted(&address);
-                        let seed = self.config.seeds.contains(&address);
+                        let seed = self.is_seed(&address);
                         if seed {
                             self.seed_peers.insert(address, established.hello.node_id);
                         }
@@ -563,9 +564,14 @@ impl Driver {
         }
     }
 
+    /// Whether `address` is one of this node's seeds.
+    fn is_seed(&self, address: &str) -> bool {
+        self.config.seeds.iter().any(|seed| seed == address)
+    }
+
     /// Whether this node should (re)dial `address`.
     fn wanted(&self, address: &str) -> bool {
-        if self.config.seeds.iter().any(|seed| seed == address) {
+        if self.is_seed(address) {
             let linked = self
                 .seed_peers
                 .get(address)
@@ -582,6 +588,7 @@ impl Driver {
         if !self.dialing.insert(address.clone()) {
             return;
         }
+        tracing::debug!(%address, "dialing");
         let endpoint = self.endpoint.clone();
         let local = self.local.clone();
         let events = self.events.clone();
