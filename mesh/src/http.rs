@@ -178,7 +178,7 @@ async fn metrics(
 }
 
 async fn node(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
-    Json(serde_json::to_value(Snapshot::take(&state, None).node()).unwrap_or_default())
+    Json(serde_json::to_value(Snapshot::node_only(&state)).unwrap_or_default())
 }
 
 async fn connections(State(state): State<Arc<NodeState>>) -> impl IntoResponse {

@@ -259,3 +259,81 @@ fn metrics_come_in_the_classic_text_or_in_openmetrics_as_the_scraper_asks() {
     assert!(open.ends_with("\n# EOF\n"), "{open}");
     assert_eq!(series(&text), series(&open));
 }
+
+/// `/v1/node` counts the open connections from a counter the server keeps
+/// beside its registry (it used to list every connection under the
+/// registry's lock, holding up accepts and closes): the count never falls
+/// below the connections held open while others open and close around
+/// them, and is exact once they settle. Its fields stay as they were.
+#[test]
+fn the_node_view_counts_connections_right_while_others_open_and_close() {
+    let node = start_node(&["--io-threads", "2"], &[]);
+    let view = get_json(&node, "/v1/node");
+    let mut fields: Vec<&str> = view
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "connections",
+            "io_backend",
+            "io_threads",
+            "memory",
+            "name",
+            "queue_slots",
+            "queues",
+            "started_unix_nanos",
+            "subscriptions",
+            "tcp",
+            "uds",
+            "uptime_seconds",
+            "version"
+        ]
+    );
+    let counted = || get_json(&node, "/v1/node")["connections"].as_u64().unwrap();
+    let listed = || get_json(&node, "/v1/connections").as_array().unwrap().len() as u64;
+    let mut held: Vec<Client> = (0..5)
+        .map(|_| Client::connect(&node.tcp).unwrap())
+        .collect();
+    wait_until("five connections", Duration::from_secs(10), || {
+        counted() == 5 && listed() == 5
+    });
+
+    let address = node.tcp.trim_start_matches("tcp://");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let churned = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(TcpStream::connect(address).unwrap());
+                    churned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        let mut polls = 0;
+        while polls < 20 || churned.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            let count = counted();
+            assert!(count >= 5, "{count} connections counted, five held open");
+            polls += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    wait_until(
+        "the churned connections to close",
+        Duration::from_secs(10),
+        || counted() == 5 && listed() == 5,
+    );
+    for client in held.drain(2..) {
+        client.close();
+    }
+    wait_until(
+        "three held connections to close",
+        Duration::from_secs(10),
+        || counted() == 2 && listed() == 2,
+    );
+}

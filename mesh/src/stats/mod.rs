@@ -52,30 +52,7 @@ impl Snapshot {
         let server = state.server.as_ref();
         let connections = server.map(Server::connections).unwrap_or_default();
         let bus_subscriptions = state.bus.subscriptions();
-        let bus = state.bus.stats();
-        let node = NodeView {
-            name: state.config.name.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: state.started.elapsed().as_secs_f64(),
-            started_unix_nanos: state.started_unix_nanos,
-            io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
-            io_threads: server.map_or(0, Server::io_threads),
-            tcp: server
-                .and_then(Server::tcp_addr)
-                .map(|a| format!("tcp://{a}")),
-            uds: server
-                .and_then(Server::uds_path)
-                .map(|p| format!("unix://{}", p.display())),
-            connections: connections.len(),
-            subscriptions: bus_subscriptions.len(),
-            queues: bus.queues,
-            queue_slots: bus.queue_slots,
-            memory: MemoryView {
-                bytes_allocated: bus.memory.bytes_allocated,
-                bytes_max: bus.memory.bytes_max,
-                exhausted: bus.memory.exhausted,
-            },
-        };
+        let node = node_view(state, connections.len(), bus_subscriptions.len());
         let subscriptions = subscription_views(&bus_subscriptions, &connections);
         Snapshot {
             node,
@@ -86,9 +63,11 @@ impl Snapshot {
         }
     }
 
-    /// `/v1/node`.
-    pub fn node(&self) -> &NodeView {
-        &self.node
+    /// `/v1/node` alone, without listing every connection (the server
+    /// keeps their count).
+    pub fn node_only(state: &NodeState) -> NodeView {
+        let connections = state.server.as_ref().map_or(0, Server::connection_count);
+        node_view(state, connections, state.bus.subscriptions().len())
     }
 
     /// `/v1/connections`.
@@ -120,5 +99,34 @@ impl Snapshot {
             subscriptions: self.subscriptions,
             patterns,
         }
+    }
+}
+
+/// `/v1/node`, with `connections` open and `subscriptions` live.
+fn node_view(state: &NodeState, connections: usize, subscriptions: usize) -> NodeView {
+    let server = state.server.as_ref();
+    let bus = state.bus.stats();
+    NodeView {
+        name: state.config.name.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        started_unix_nanos: state.started_unix_nanos,
+        io_backend: server.map_or_else(|| "none".to_owned(), |s| s.backend().to_string()),
+        io_threads: server.map_or(0, Server::io_threads),
+        tcp: server
+            .and_then(Server::tcp_addr)
+            .map(|a| format!("tcp://{a}")),
+        uds: server
+            .and_then(Server::uds_path)
+            .map(|p| format!("unix://{}", p.display())),
+        connections,
+        subscriptions,
+        queues: bus.queues,
+        queue_slots: bus.queue_slots,
+        memory: MemoryView {
+            bytes_allocated: bus.memory.bytes_allocated,
+            bytes_max: bus.memory.bytes_max,
+            exhausted: bus.memory.exhausted,
+        },
     }
 }

@@ -269,6 +269,12 @@ impl Server {
         &self.state.subscriptions
     }
 
+    /// How many connections are open: read from a counter, without
+    /// walking (or locking) the registry of connections.
+    pub fn connection_count(&self) -> usize {
+        self.state.connections.count()
+    }
+
     /// The open connections.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         self.state.connections.snapshot()

@@ -3,7 +3,7 @@
 //! connection so far ([`ConnectionTotals`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,12 +81,18 @@ pub struct ConnectionTotals {
 }
 
 /// The registry of open connections (control plane: a lock, taken on
-/// connect, disconnect and listing only).
+/// connect, disconnect and listing only; a listing holds it only to copy
+/// the entries' handles, so an HTTP poll does not hold up accepts and
+/// closes for the time it takes to read every connection's figures).
 #[derive(Debug, Default)]
 pub(super) struct ConnectionRegistry {
     /// Relaxed: only uniqueness matters, which `fetch_add` gives alone.
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Registered>>,
+    open: Mutex<HashMap<u64, Arc<Registered>>>,
+    /// How many entries `open` has, for a count without the lock. Changed
+    /// under the lock with the map, so it equals the map's length whenever
+    /// the lock is free; Relaxed: a statistic that orders nothing.
+    open_count: AtomicUsize,
     /// Counters of connections that have closed, so that totals never go
     /// down when a client leaves.
     closed: ClosedTotals,
@@ -134,17 +140,28 @@ impl ConnectionRegistry {
             connected_unix_nanos,
             stats: stats.clone(),
         };
-        self.open
-            .lock()
-            .expect("connections lock")
-            .insert(id, registered);
+        let mut open = self.open.lock().expect("connections lock");
+        open.insert(id, Arc::new(registered));
+        self.open_count.store(open.len(), Ordering::Relaxed);
+        drop(open);
         (id, stats)
+    }
+
+    /// How many connections are open (without the lock).
+    pub(super) fn count(&self) -> usize {
+        self.open_count.load(Ordering::Relaxed)
     }
 
     /// Unregisters a connection that closed, adding its counters to the
     /// totals of closed connections.
     pub(super) fn close(&self, id: u64) {
-        let Some(closed) = self.open.lock().expect("connections lock").remove(&id) else {
+        let closed = {
+            let mut open = self.open.lock().expect("connections lock");
+            let closed = open.remove(&id);
+            self.open_count.store(open.len(), Ordering::Relaxed);
+            closed
+        };
+        let Some(closed) = closed else {
             return;
         };
         let add = |total: &AtomicU64, value: u64| total.fetch_add(value, Ordering::Relaxed);
@@ -189,9 +206,16 @@ impl ConnectionRegistry {
         }
     }
 
-    /// The open connections, by id.
+    /// The open connections, by id. Their figures are read after the lock
+    /// is given back.
     pub(super) fn snapshot(&self) -> Vec<ConnectionInfo> {
-        let open = self.open.lock().expect("connections lock");
+        let open: Vec<(u64, Arc<Registered>)> = self
+            .open
+            .lock()
+            .expect("connections lock")
+            .iter()
+            .map(|(id, registered)| (*id, registered.clone()))
+            .collect();
         let mut list: Vec<ConnectionInfo> = open
             .iter()
             .map(|(id, c)| {
