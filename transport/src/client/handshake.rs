@@ -13,7 +13,9 @@ use rkyv::util::AlignedVec;
 use super::writer::push_frame;
 use super::{ClientError, ClientOptions};
 use crate::frame::control::{ErrorBody, Hello};
-use crate::frame::{DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Kind};
+use crate::frame::{
+    DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Kind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+};
 use crate::read_buffer::ReadBuffer;
 use crate::stream::Stream;
 use crate::url::ServerUrl;
@@ -65,10 +67,32 @@ fn connect_tcp(address: &str, timeout: Duration) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Connects and shakes hands: sends our `HELLO`, waits for the node's.
-pub(super) fn open(
+/// An open connection: the socket, the decoder that read the node's
+/// `HELLO` (it may hold more), and the protocol version agreed.
+pub(super) type Opened = (Arc<Stream>, Decoder, u32);
+
+/// Connects and shakes hands: sends our `HELLO`, waits for the node's. A
+/// node older than this build's protocol refuses the version: then it is
+/// asked again with the oldest one, on a new connection, so that a new
+/// client keeps working with an old node (without packed frames).
+pub(super) fn open(url: &ServerUrl, options: &ClientOptions) -> Result<Opened, ClientError> {
+    match open_with(url, options, PROTOCOL_VERSION) {
+        Err(ClientError::Server {
+            code: ErrorCode::Incompatible,
+            reason,
+        }) if reason.starts_with("protocol version") => {
+            let (stream, decoder) = open_with(url, options, PROTOCOL_VERSION_MIN)?;
+            Ok((stream, decoder, PROTOCOL_VERSION_MIN))
+        }
+        opened => opened.map(|(stream, decoder)| (stream, decoder, PROTOCOL_VERSION)),
+    }
+}
+
+/// [`open`] asking for protocol `version`.
+fn open_with(
     url: &ServerUrl,
     options: &ClientOptions,
+    version: u32,
 ) -> Result<(Arc<Stream>, Decoder), ClientError> {
     let stream = connect(url, options)?;
     // A TLS connection that failed closes its plaintext end: what failed is
@@ -91,6 +115,7 @@ pub(super) fn open(
         &Hello {
             user: options.user.clone(),
             password: options.password.clone(),
+            version,
             ..Hello::ours(&options.name, &options.token)
         }
         .encode(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
-use super::{FRAME_ALIGN, FrameError, HEADER_BYTES, Header};
+use super::{FRAME_ALIGN, FrameError, HEADER_BYTES, Header, Kind};
 use crate::budget::Budget;
 
 /// Reassembly capacity kept between frames; more is given back when the
@@ -260,6 +260,18 @@ fn parse_all<E>(
         }
         let body_start = at + HEADER_BYTES;
         let body = &bytes[body_start..body_start + header.length as usize];
+        // Packed records end where the body says, not at the archive's
+        // own end: padding that is not zero would be bytes nobody reads.
+        if header.kind == Kind::PackedPub
+            && bytes[body_start + body.len()..at + frame_bytes]
+                .iter()
+                .any(|&b| b != 0)
+        {
+            return Err(DecodeError::Frame(FrameError::Malformed {
+                kind: Kind::PackedPub,
+                reason: "padding is not zero",
+            }));
+        }
         limits.first_seen = true;
         on_frame(Frame { header, body }).map_err(DecodeError::Handler)?;
         at += frame_bytes;
@@ -291,7 +303,7 @@ impl<E> From<FrameError> for DecodeError<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Kind, PADDING, padded};
+    use crate::frame::{PADDING, padded};
 
     fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
         let mut bytes = Header::new(kind, tag, body.len()).encode().to_vec();

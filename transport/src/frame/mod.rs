@@ -26,15 +26,21 @@
 //!
 //! The bodies of control frames are small, little-endian, and described in
 //! [`control`]. `PUB` and `MSG` bodies are archived [`starling_core::Event`]s.
+//! A `PACKED_PUB` body (protocol 4) is many small events, each a compact
+//! record that the node turns back into the archive a `PUB` would carry
+//! ([`packed`], where the record is drawn); its padding must be zero.
 //!
 //! A connection starts with the client's `HELLO` (protocol version, archive
 //! format fingerprint, client name, optional token, user and password) and the server's `HELLO`
-//! in reply; anything else first is a protocol error. Every decoder here
+//! in reply; anything else first is a protocol error. The node answers with
+//! the client's version if it speaks it (3 or 4) and refuses any other; a
+//! client sends `PACKED_PUB` frames only to a node that answered 4. Every decoder here
 //! checks lengths before it allocates or reads, and reports bad input as a
 //! [`FrameError`] with a stable [`ErrorCode`].
 
 pub mod control;
 mod decoder;
+pub mod packed;
 
 pub use decoder::{DecodeError, Decoder, Frame};
 
@@ -46,9 +52,16 @@ pub const HEADER_BYTES: usize = 16;
 /// Alignment of every frame in the stream, and of every body.
 pub const FRAME_ALIGN: usize = 16;
 
-/// The protocol version this build speaks. 3: `HELLO` carries a user and
-/// a password.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The newest protocol version this build speaks, and the one its client
+/// asks for. 3: `HELLO` carries a user and a password. 4: `PACKED_PUB`.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The oldest protocol version a node still answers: a version-3 client
+/// keeps working unchanged (it never sees a frame it does not know).
+pub const PROTOCOL_VERSION_MIN: u32 = 3;
+
+/// The first protocol version with `PACKED_PUB` frames.
+pub const PACKED_SINCE: u32 = 4;
 
 const _: () = assert!(HEADER_BYTES == 16);
 const _: () = assert!(FRAME_ALIGN == starling_core::event::ARCHIVE_ALIGN);
@@ -81,6 +94,9 @@ pub enum Kind {
     /// never on a local connection. Its layout belongs to the mesh
     /// (`starling_mesh::cluster::wire`).
     Forward = 10,
+    /// Publishes many small events (protocol 4, client to node); tag: the
+    /// high half of the base id. Body: records ([`packed`]).
+    PackedPub = 11,
 }
 
 impl Kind {
@@ -97,6 +113,7 @@ impl Kind {
             8 => Kind::Ok,
             9 => Kind::Err,
             10 => Kind::Forward,
+            11 => Kind::PackedPub,
             _ => return None,
         })
     }

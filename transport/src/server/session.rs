@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use starling_core::bus::{Backlog, PublishError, SubscribeError};
-use starling_core::event;
+use starling_core::event::{self, EventParts};
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
@@ -26,9 +26,10 @@ use super::outbox::{Full, Outbox};
 use crate::auth::{Access, Authentication, DeliveryFilter};
 use crate::budget::Budget;
 use crate::frame::control::{ErrorBody, Subscribe};
+use crate::frame::packed::Records;
 use crate::frame::{
-    DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PADDING,
-    padded,
+    DecodeError, Decoder, ErrorCode, FRAME_ALIGN, Frame, HEADER_BYTES, Header, Kind, PACKED_SINCE,
+    PADDING, padded,
 };
 
 /// The largest body a connection's first frame, its `HELLO`, may have: its
@@ -41,6 +42,11 @@ const HELLO_BODY_BYTES_MAX: usize = 16 << 10;
 /// node stops: served ones from their session, and those still waiting for
 /// their I/O thread (`threads.rs`).
 pub(crate) const SHUTTING_DOWN: &str = "the node is shutting down";
+
+/// Bytes of the buffer that packed events are archived in kept between
+/// frames: the archive of the largest event a client packs (a 1 KiB payload,
+/// two 256-byte subjects) fits; a frame that needed more gives it back.
+const ARCHIVE_SCRATCH_KEPT_BYTES: usize = 4 << 10;
 
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
@@ -141,6 +147,11 @@ struct Protocol {
     deadline: Instant,
     /// Pings sent since the node last heard from the client.
     pings_unanswered: u32,
+    /// The protocol version agreed in the handshake (the client's).
+    version: u32,
+    /// Where a `PACKED_PUB` record is archived before it is checked and
+    /// published as a `PUB`'s archive would be; empty until the first.
+    archive_scratch: AlignedVec<FRAME_ALIGN>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +203,8 @@ impl Session {
                 heard_from: false,
                 deadline: handshake_deadline,
                 pings_unanswered: 0,
+                version: 0,
+                archive_scratch: AlignedVec::new(),
             },
         }
     }
@@ -463,7 +476,7 @@ impl Protocol {
     /// Handles spilled frames in order until one stalls (or none is left).
     /// They were whole, valid frames when spilled.
     fn handle_spilled(&mut self, publisher: &mut Publisher) {
-        let spill = std::mem::take(&mut self.spill);
+        let mut spill = std::mem::take(&mut self.spill);
         let mut at = self.spill_at;
         while at < spill.len() && self.backlog.is_empty() && self.outbox.has_room_for_control() {
             let bytes = spill[at..at + HEADER_BYTES]
@@ -482,9 +495,15 @@ impl Protocol {
             if self.handle(Frame { header, body }, publisher).is_err() {
                 // Fatal: the connection is closing; the rest is ignored.
                 at = spill.len();
+            } else if !self.spill.is_empty() {
+                // A `PACKED_PUB` stopped part-way (see `publish_packed`):
+                // the records it left go before the frames after it.
+                self.spill.extend_from_slice(&spill[at..]);
+                spill = std::mem::take(&mut self.spill);
+                at = 0;
             }
         }
-        // Nothing was spilled meanwhile: `handle` spills only while a
+        // Nothing else was spilled meanwhile: `handle` spills only while a
         // backlog is owed or the outbox is full, and the loop stops as soon
         // as either is.
         debug_assert!(self.spill.is_empty());
@@ -530,7 +549,11 @@ impl Protocol {
             (State::Ready, Kind::Pong) => Ok(()),
             (State::Ready, Kind::Sub) => self.subscribe(tag, frame.body),
             (State::Ready, Kind::Unsub) => self.unsubscribe(tag),
-            (State::Ready, Kind::Pub) => self.publish(tag, frame.body, publisher),
+            (State::Ready, Kind::Pub) => {
+                self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+                self.publish(tag, frame.body, publisher)
+            }
+            (State::Ready, Kind::PackedPub) => self.publish_packed(tag, frame.body, publisher),
             (State::Ready, kind @ (Kind::Msg | Kind::Ok | Kind::Err)) => Err(self.fail(
                 ErrorCode::Framing,
                 tag,
@@ -614,8 +637,9 @@ impl Protocol {
         self.reply(Kind::Ok, sid, &[])
     }
 
+    /// Publishes the archive a `PUB` carried, or a `PACKED_PUB` record was
+    /// turned into.
     fn publish(&mut self, tag: u64, body: &[u8], publisher: &mut Publisher) -> Result<(), Fatal> {
-        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
         let archive = match event::check(body, &self.limits) {
             Ok(archive) => archive,
             Err(error) => {
@@ -650,6 +674,73 @@ impl Protocol {
                 Err(self.fail(ErrorCode::ShuttingDown, tag, SHUTTING_DOWN.into()))
             }
         }
+    }
+
+    /// Publishes the records of a `PACKED_PUB`, each as the `PUB` with tag 0
+    /// it stands for: archived by the same encoder a client uses (the bytes
+    /// rkyv would write), then checked and published by `publish`, with the
+    /// same errors. A frame with a broken record is refused whole, before any
+    /// is published. A record that must wait (a full `Block` queue, or no
+    /// room for another answer) leaves the rest in the spill, as a frame of
+    /// its own, for `Session::resume`.
+    fn publish_packed(
+        &mut self,
+        tag: u64,
+        body: &[u8],
+        publisher: &mut Publisher,
+    ) -> Result<(), Fatal> {
+        if self.version < PACKED_SINCE {
+            let reason = format!(
+                "PACKED_PUB needs protocol {PACKED_SINCE}; this connection agreed on {}",
+                self.version
+            );
+            return Err(self.fail(ErrorCode::Framing, tag, reason));
+        }
+        if let Err(error) = Records::check(tag, body) {
+            return Err(self.fail(ErrorCode::Framing, tag, error.to_string()));
+        }
+        let mut scratch = std::mem::take(&mut self.archive_scratch);
+        let mut records = Records::new(tag, body);
+        let mut result = Ok(());
+        while let Some(Ok(record)) = records.next() {
+            self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+            result = match record.text() {
+                Ok(text) => {
+                    let parts = EventParts {
+                        id: record.id,
+                        time_unix_nanos: record.time_unix_nanos,
+                        subject: text.subject,
+                        reply_to: text.reply_to,
+                        headers: &[],
+                        payload: record.payload,
+                    };
+                    let bound = parts.archive_bytes_bound();
+                    if scratch.len() < bound {
+                        scratch.resize(bound, 0);
+                    }
+                    match event::encode_into(&parts, &mut scratch) {
+                        Ok(len) => self.publish(0, &scratch[..len], publisher),
+                        Err(error) => self.error(ErrorCode::InvalidEvent, 0, error.to_string()),
+                    }
+                }
+                Err(reason) => {
+                    self.error(ErrorCode::InvalidEvent, 0, format!("malformed: {reason}"))
+                }
+            };
+            let must_wait = !self.backlog.is_empty() || !self.outbox.has_room_for_control();
+            if result.is_err() || must_wait {
+                break;
+            }
+        }
+        if result.is_ok() {
+            records
+                .push_rest(&mut self.spill)
+                .expect("the frame's records were checked");
+        }
+        if scratch.capacity() <= ARCHIVE_SCRATCH_KEPT_BYTES {
+            self.archive_scratch = scratch;
+        }
+        result
     }
 
     /// Queues a frame to the client. Every frame handled had room for its

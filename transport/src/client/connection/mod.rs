@@ -24,7 +24,8 @@ use super::handshake;
 use super::writer::{Room, Writer, push_frame};
 use super::{ClientError, ClientOptions};
 use crate::frame::control::Subscribe;
-use crate::frame::{FRAME_ALIGN, HEADER_BYTES, Header, Kind, padded};
+use crate::frame::packed::{self, PACKED_PAYLOAD_BYTES_MAX, Record};
+use crate::frame::{FRAME_ALIGN, HEADER_BYTES, Header, Kind, PACKED_SINCE, padded};
 use crate::url::ServerUrl;
 
 /// The subscription id of the client's reply inbox.
@@ -53,6 +54,12 @@ pub(crate) struct Connection {
     subscriptions: Subscriptions,
     /// For `is_connected` only; orders nothing (Relaxed).
     connected: AtomicBool,
+    /// The node agreed on protocol 4: small events go as `PACKED_PUB`
+    /// records. Set at each (re)connect; a hint for the frame to write,
+    /// ordering nothing (Relaxed). Frames buffered across a reconnect to a
+    /// node that speaks only 3 are refused by it (not expected: a node
+    /// replaced by an older build under a running client).
+    packed: AtomicBool,
     /// Set when the client closes or the connection is lost for good.
     /// Relaxed: a thread that sleeps checks it under the lock it sleeps
     /// with (a publisher waiting for room, the answers'), and whoever sets it
@@ -77,7 +84,7 @@ impl Connection {
         url: ServerUrl,
         options: ClientOptions,
     ) -> Result<Arc<Connection>, ClientError> {
-        let (stream, decoder) = handshake::open(&url, &options)?;
+        let (stream, decoder, version) = handshake::open(&url, &options)?;
         let connection_id = starling_core::random_u64();
         let nuid = format!("{connection_id:016x}");
         let local = Bus::new(BusConfig {
@@ -101,6 +108,7 @@ impl Connection {
             answers: Answers::new(),
             subscriptions: Subscriptions::default(),
             connected: AtomicBool::new(true),
+            packed: AtomicBool::new(version >= PACKED_SINCE),
             closed: AtomicBool::new(false),
             dropped_by_node: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -165,6 +173,23 @@ impl Connection {
             payload,
         };
         event::check_parts(&parts, &self.local.config().limits)?;
+        // Only what a `PUB` with tag 0 would carry, and small: a request
+        // (a tag asks for NoResponders) or an event with headers goes as
+        // a `PUB`, and so does a payload whose archive dwarfs the root.
+        if tag == 0
+            && headers.is_empty()
+            && payload.len() <= PACKED_PAYLOAD_BYTES_MAX
+            && self.packed.load(Ordering::Relaxed)
+        {
+            let record = Record {
+                id: parts.id,
+                time_unix_nanos: parts.time_unix_nanos,
+                subject: subject.as_bytes(),
+                reply_to: reply_to.map(str::as_bytes),
+                payload,
+            };
+            return self.enqueue(room, |buffer| packed::push_frame(buffer, &[record]));
+        }
         self.enqueue(room, |buffer| {
             let start = buffer.len();
             let bound = parts.archive_bytes_bound();

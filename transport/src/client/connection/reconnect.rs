@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::Connection;
 use crate::client::writer::push_frame;
 use crate::client::{ClientError, handshake};
-use crate::frame::{Decoder, ErrorCode, FRAME_ALIGN, Kind};
+use crate::frame::{Decoder, ErrorCode, FRAME_ALIGN, Kind, PACKED_SINCE};
 use crate::stream::Stream;
 
 /// The first wait before connecting again.
@@ -25,7 +25,7 @@ impl Connection {
         while !self.closed.load(Ordering::Relaxed) {
             std::thread::sleep(delay);
             delay = (delay * 2).min(self.options.reconnect_delay_max);
-            let (stream, decoder) = match handshake::open(&self.url, &self.options) {
+            let (stream, decoder, version) = match handshake::open(&self.url, &self.options) {
                 Ok(opened) => opened,
                 // The node refuses these credentials now (a reload revoked
                 // the user, or changed its password): asking again would
@@ -46,6 +46,8 @@ impl Connection {
             self.subscriptions.for_each_request(|sid, request| {
                 push_frame(&mut frames, Kind::Sub, sid, &request.encode());
             });
+            self.packed
+                .store(version >= PACKED_SINCE, Ordering::Relaxed);
             self.writer.reconnected(stream.clone(), frames);
             self.connected.store(true, Ordering::Relaxed);
             self.reconnects.fetch_add(1, Ordering::Relaxed);

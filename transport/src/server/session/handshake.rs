@@ -10,7 +10,7 @@ use starling_core::event;
 use super::{Fatal, Protocol, State};
 use crate::auth::{Access, AuthError, Begin, Credentials, Revoked, Verification};
 use crate::frame::control::Hello;
-use crate::frame::{ErrorCode, Kind, PROTOCOL_VERSION};
+use crate::frame::{ErrorCode, Kind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 
 /// A handshake waiting for its password to be verified.
 #[derive(Debug)]
@@ -22,9 +22,11 @@ pub(super) struct Verifying {
 impl Protocol {
     pub(super) fn hello(&mut self, body: &[u8]) -> Result<(), Fatal> {
         if let Some(version) = Hello::version_of(body)
-            && version != PROTOCOL_VERSION
+            && !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version)
         {
-            let reason = format!("protocol version {version} is not {PROTOCOL_VERSION}");
+            let reason = format!(
+                "protocol version {version} is not {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}"
+            );
             return Err(self.fail(ErrorCode::Incompatible, 0, reason));
         }
         let hello = match Hello::decode(body) {
@@ -39,6 +41,8 @@ impl Protocol {
             );
             return Err(self.fail(ErrorCode::Incompatible, 0, reason));
         }
+        // Answered with the client's own version, which it knows.
+        self.version = hello.version;
         let credentials = Credentials {
             user: &hello.user,
             password: &hello.password,
@@ -77,7 +81,10 @@ impl Protocol {
         };
         self.stats.set_client_name(client_name);
         self.state = State::Ready;
-        let ours = Hello::ours(&self.config.server_name, "");
+        let ours = Hello {
+            version: self.version,
+            ..Hello::ours(&self.config.server_name, "")
+        };
         self.reply(Kind::Hello, 0, &ours.encode())
     }
 

@@ -1,0 +1,482 @@
+//! `PACKED_PUB` bodies (protocol 4): many small events in one frame, each a
+//! compact record instead of a 64-byte-rooted archive. A 16-byte event on a
+//! short subject takes about 30 bytes here, where a `PUB` frame takes 128.
+//!
+//! A client sends them only to a node that answered its `HELLO` with
+//! protocol 4, and only for events without headers, with a payload of at
+//! most [`PACKED_PAYLOAD_BYTES_MAX`] bytes, published with tag 0 (no
+//! `NoResponders` asked for: a request goes as a `PUB`, whose tag the
+//! answer names). The node turns each record back into the archive a `PUB`
+//! would have carried, byte for byte (the hand-written encoder of
+//! `starling_core::event`), and checks and publishes it as it would that
+//! `PUB`'s: the same checks, the same error codes, with tag 0.
+//!
+//! ```text
+//!  frame header: kind PACKED_PUB (11), tag = the high 64 bits of the base id
+//!  body: one or more records, back to back, no padding between them;
+//!        the frame's zero padding follows the last (checked: zero)
+//!
+//!  record:
+//!  +-------+-------------+---------+---------------------------+-------------+---------+----------+------------+
+//!  | flags | subject len | subject | if flags & 1: reply len,  | payload len | payload | id delta | time delta |
+//!  | u8    | varint      | bytes   |   reply bytes             | varint      | bytes   | zz varint| zz varint  |
+//!  +-------+-------------+---------+---------------------------+-------------+---------+----------+------------+
+//!
+//!  flags:      bit 0 = a reply subject follows the subject; bits 1-7 zero
+//!  varint:     unsigned LEB128, 7 bits a byte, low first; the shortest form only
+//!  zz varint:  a zigzag-encoded signed difference, as a varint
+//!  id delta:   id - previous id (wrapping, i128); the first record's previous
+//!              id is `tag << 64` (so a client's ids, its random high half and
+//!              a counter, cost a few bytes)
+//!  time delta: time_unix_nanos - previous time (wrapping, i64); the first
+//!              record's previous time is 0
+//! ```
+//!
+//! Structure errors (a record cut short, a length past the body, a varint
+//! too long or not in its shortest form, reserved flag bits, an empty body,
+//! padding not zero) are framing errors: the stream cannot be trusted, the
+//! connection closes. A subject that is not UTF-8 is an event's fault, as
+//! in a `PUB` archive: that event is refused and the rest go on.
+
+use rkyv::util::AlignedVec;
+
+use super::{FRAME_ALIGN, FrameError, HEADER_BYTES, Header, Kind, PADDING, padded};
+
+/// The largest payload a client packs; larger events go as `PUB` frames,
+/// where the archive's fixed 64 bytes are small beside the payload.
+pub const PACKED_PAYLOAD_BYTES_MAX: usize = 1024;
+
+/// The `flags` bit saying a reply subject follows.
+const FLAG_REPLY: u8 = 1;
+
+/// Bits a varint may hold for a length, a time delta, an id delta.
+const LENGTH_BITS: u32 = 32;
+const TIME_BITS: u32 = 64;
+const ID_BITS: u32 = 128;
+
+/// One event of a `PACKED_PUB` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The event's id.
+    pub id: u128,
+    /// The event's time, nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// The subject's bytes (UTF-8 is the receiver's to check: see
+    /// [`Record::text`]).
+    pub subject: &'a [u8],
+    /// The reply subject's bytes, if any.
+    pub reply_to: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// A record's subjects as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text<'a> {
+    /// The subject.
+    pub subject: &'a str,
+    /// The reply subject, if any.
+    pub reply_to: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    /// The subjects as `str`, or which of them is not UTF-8.
+    pub fn text(&self) -> Result<Text<'a>, &'static str> {
+        let subject =
+            std::str::from_utf8(self.subject).map_err(|_| "the subject is not UTF-8")?;
+        let reply_to = match self.reply_to {
+            Some(reply) => {
+                Some(std::str::from_utf8(reply).map_err(|_| "the reply subject is not UTF-8")?)
+            }
+            None => None,
+        };
+        Ok(Text { subject, reply_to })
+    }
+}
+
+/// Where a record's deltas start from: the previous record, or for the
+/// frame's first the base its tag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Previous {
+    id: u128,
+    time: u64,
+}
+
+impl Previous {
+    fn of_frame(tag: u64) -> Self {
+        Self {
+            id: u128::from(tag) << 64,
+            time: 0,
+        }
+    }
+}
+
+/// The tag of a frame whose first record has `id`.
+fn tag_for(id: u128) -> u64 {
+    (id >> 64) as u64
+}
+
+/// Appends a whole `PACKED_PUB` frame holding `records` (at least one) to
+/// `buffer`: header, records, zero padding.
+pub fn push_frame(buffer: &mut AlignedVec<FRAME_ALIGN>, records: &[Record<'_>]) {
+    let (first, rest) = records.split_first().expect("a frame holds a record");
+    push_frame_continuing(buffer, first, |body, previous| {
+        for record in rest {
+            push_record(body, previous, record);
+        }
+    });
+}
+
+/// Appends a `PACKED_PUB` frame whose first record is `first` and whose
+/// other records `more` appends (encoded against `first`); patches the
+/// header's length once they are written.
+fn push_frame_continuing(
+    buffer: &mut AlignedVec<FRAME_ALIGN>,
+    first: &Record<'_>,
+    more: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>, &mut Previous),
+) {
+    let start = buffer.len();
+    let tag = tag_for(first.id);
+    buffer.extend_from_slice(&[0; HEADER_BYTES]);
+    buffer.reserve(record_bytes_max(first));
+    let mut previous = Previous::of_frame(tag);
+    push_record(buffer, &mut previous, first);
+    more(buffer, &mut previous);
+    let length = buffer.len() - start - HEADER_BYTES;
+    buffer[start..start + HEADER_BYTES]
+        .copy_from_slice(&Header::new(Kind::PackedPub, tag, length).encode());
+    buffer.extend_from_slice(&PADDING[..padded(length) - length]);
+}
+
+/// The most bytes `record` can take.
+fn record_bytes_max(record: &Record<'_>) -> usize {
+    const VARINTS: usize = 5 + 5 + 5 + 19 + 10;
+    1 + VARINTS + record.subject.len() + record.reply_to.map_or(0, <[u8]>::len) + record.payload.len()
+}
+
+fn push_record(out: &mut AlignedVec<FRAME_ALIGN>, previous: &mut Previous, record: &Record<'_>) {
+    out.push(if record.reply_to.is_some() { FLAG_REPLY } else { 0 });
+    push_bytes(out, record.subject);
+    if let Some(reply) = record.reply_to {
+        push_bytes(out, reply);
+    }
+    push_bytes(out, record.payload);
+    let id_delta = record.id.wrapping_sub(previous.id) as i128;
+    push_varint(out, ((id_delta << 1) ^ (id_delta >> 127)) as u128);
+    let time_delta = record.time_unix_nanos.wrapping_sub(previous.time) as i64;
+    push_varint(out, u128::from(((time_delta << 1) ^ (time_delta >> 63)) as u64));
+    *previous = Previous {
+        id: record.id,
+        time: record.time_unix_nanos,
+    };
+}
+
+fn push_bytes(out: &mut AlignedVec<FRAME_ALIGN>, bytes: &[u8]) {
+    push_varint(out, bytes.len() as u128);
+    out.extend_from_slice(bytes);
+}
+
+fn push_varint(out: &mut AlignedVec<FRAME_ALIGN>, mut value: u128) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The records of a `PACKED_PUB` body, in order. Yields an error at the
+/// first structure error, then nothing.
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    rest: &'a [u8],
+    previous: Previous,
+}
+
+impl<'a> Records<'a> {
+    /// The records of the frame with `tag` and `body`.
+    pub fn new(tag: u64, body: &'a [u8]) -> Self {
+        Self {
+            rest: body,
+            previous: Previous::of_frame(tag),
+        }
+    }
+
+    /// Checks the whole body's structure (every record, and that there is
+    /// one), without reading the events: what a receiver does before it acts
+    /// on any record, so that a frame is refused whole or not at all.
+    pub fn check(tag: u64, body: &'a [u8]) -> Result<usize, FrameError> {
+        if body.is_empty() {
+            return Err(malformed("no records"));
+        }
+        Records::new(tag, body).try_fold(0, |count, record| record.map(|_| count + 1))
+    }
+
+    /// Appends a `PACKED_PUB` frame of the records not yet read to `buffer`
+    /// (nothing if none is left): the first is encoded again against the new
+    /// frame's base, the others are copied as they are. For a receiver that
+    /// must stop part-way through a frame and go on later.
+    pub fn push_rest(mut self, buffer: &mut AlignedVec<FRAME_ALIGN>) -> Result<(), FrameError> {
+        let Some(first) = self.next().transpose()? else {
+            return Ok(());
+        };
+        let rest = self.rest;
+        push_frame_continuing(buffer, &first, |body, _| body.extend_from_slice(rest));
+        Ok(())
+    }
+
+    fn record(&mut self) -> Result<Record<'a>, FrameError> {
+        let flags = self.take(1)?[0];
+        if flags & !FLAG_REPLY != 0 {
+            return Err(malformed("reserved record flags are set"));
+        }
+        let subject = self.bytes()?;
+        let reply_to = if flags & FLAG_REPLY != 0 {
+            Some(self.bytes()?)
+        } else {
+            None
+        };
+        let payload = self.bytes()?;
+        let id_zigzag = self.varint(ID_BITS)?;
+        let id_delta = (id_zigzag >> 1) as i128 ^ -((id_zigzag & 1) as i128);
+        let time_zigzag = self.varint(TIME_BITS)? as u64;
+        let time_delta = (time_zigzag >> 1) as i64 ^ -((time_zigzag & 1) as i64);
+        self.previous = Previous {
+            id: self.previous.id.wrapping_add(id_delta as u128),
+            time: self.previous.time.wrapping_add(time_delta as u64),
+        };
+        Ok(Record {
+            id: self.previous.id,
+            time_unix_nanos: self.previous.time,
+            subject,
+            reply_to,
+            payload,
+        })
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(malformed("a record runs past the end of the body"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
+        let len = self.varint(LENGTH_BITS)?;
+        // Within the body (below 4 GiB): checked before anything is read.
+        self.take(usize::try_from(len).unwrap_or(usize::MAX))
+    }
+
+    /// A LEB128 varint of at most `bits` bits, in its shortest form.
+    fn varint(&mut self, bits: u32) -> Result<u128, FrameError> {
+        let mut value = 0u128;
+        let mut shift = 0;
+        loop {
+            let byte = self.take(1)?[0];
+            let low = u128::from(byte & 0x7F);
+            if shift + 7 > bits && low >> (bits - shift) != 0 {
+                return Err(malformed("a varint overflows its field"));
+            }
+            value |= low << shift;
+            if byte & 0x80 == 0 {
+                if byte == 0 && shift > 0 {
+                    return Err(malformed("a varint is longer than its shortest form"));
+                }
+                return Ok(value);
+            }
+            shift += 7;
+            if shift >= bits {
+                return Err(malformed("a varint overflows its field"));
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let record = self.record();
+        if record.is_err() {
+            self.rest = &[];
+        }
+        Some(record)
+    }
+}
+
+fn malformed(reason: &'static str) -> FrameError {
+    FrameError::Malformed {
+        kind: Kind::PackedPub,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of(records: &[Record<'_>]) -> AlignedVec<FRAME_ALIGN> {
+        let mut buffer = AlignedVec::new();
+        push_frame(&mut buffer, records);
+        buffer
+    }
+
+    fn decode(frame: &[u8]) -> Result<Vec<Record<'_>>, FrameError> {
+        let header = Header::decode(frame[..HEADER_BYTES].try_into().unwrap(), 1 << 20)?;
+        assert_eq!(header.kind, Kind::PackedPub);
+        assert_eq!(header.frame_bytes(), frame.len(), "padded to the alignment");
+        let body = &frame[HEADER_BYTES..HEADER_BYTES + header.length as usize];
+        Records::check(header.tag, body)?;
+        Records::new(header.tag, body).collect()
+    }
+
+    const SAMPLE: Record<'static> = Record {
+        id: (0xDEAD_BEEF_u128 << 64) | 7,
+        time_unix_nanos: 1_765_000_000_000_000_000,
+        subject: b"bench.x",
+        reply_to: None,
+        payload: &[0xAB; 16],
+    };
+
+    #[test]
+    fn a_small_event_takes_a_quarter_of_a_pub_frame_in_a_batch_and_half_alone() {
+        let alone = frame_of(&[SAMPLE]);
+        assert_eq!(alone.len(), 64, "one 16-byte event alone: 16 + 48");
+        let batch: Vec<Record<'_>> = (0..16)
+            .map(|i| Record {
+                id: SAMPLE.id + i,
+                time_unix_nanos: SAMPLE.time_unix_nanos + 300 * i as u64,
+                ..SAMPLE
+            })
+            .collect();
+        let frame = frame_of(&batch);
+        assert!(
+            frame.len() <= 16 * 32,
+            "{} bytes for 16 events, 32 a piece at most",
+            frame.len()
+        );
+        assert_eq!(decode(&frame).unwrap(), batch);
+    }
+
+    #[test]
+    fn extreme_ids_and_times_round_trip() {
+        let records = [
+            Record {
+                id: u128::MAX,
+                time_unix_nanos: u64::MAX,
+                reply_to: Some(b"_INBOX.abc.1"),
+                ..SAMPLE
+            },
+            Record {
+                id: 0,
+                time_unix_nanos: 0,
+                subject: b"",
+                payload: b"",
+                ..SAMPLE
+            },
+            Record {
+                id: 1 << 127,
+                time_unix_nanos: 1 << 63,
+                subject: b"\xFF not utf-8",
+                ..SAMPLE
+            },
+        ];
+        assert_eq!(decode(&frame_of(&records)).unwrap(), records);
+        assert_eq!(
+            records[2].text(),
+            Err("the subject is not UTF-8"),
+            "kept as bytes for the receiver to refuse"
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_a_body_is_refused() {
+        let second = Record {
+            reply_to: Some(b"r.s"),
+            ..SAMPLE
+        };
+        let frame = frame_of(&[SAMPLE, second]);
+        let body_of = |frame: &[u8]| {
+            let length = Header::decode(frame[..16].try_into().unwrap(), 1 << 20)
+                .unwrap()
+                .length as usize;
+            frame[HEADER_BYTES..HEADER_BYTES + length].to_vec()
+        };
+        let body = body_of(&frame);
+        let first_record = body_of(&frame_of(&[SAMPLE])).len();
+        for cut in 1..body.len() {
+            let checked = Records::check(tag_for(SAMPLE.id), &body[..cut]);
+            assert_eq!(checked.is_ok(), cut == first_record, "cut at {cut}: {checked:?}");
+        }
+        assert_eq!(Records::check(tag_for(SAMPLE.id), &body), Ok(2));
+        assert!(matches!(
+            Records::check(0, &[]),
+            Err(FrameError::Malformed {
+                reason: "no records",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_varints_and_flags_are_refused() {
+        let refused = |body: &[u8]| match Records::check(0, body) {
+            Err(FrameError::Malformed { reason, .. }) => reason,
+            other => panic!("{body:?} gave {other:?}"),
+        };
+        // flags 0, subject "a", payload "", id delta, time delta.
+        assert!(Records::check(0, &[0, 1, b'a', 0, 0, 0]).is_ok());
+        assert_eq!(refused(&[2, 1, b'a', 0, 0, 0]), "reserved record flags are set");
+        assert_eq!(
+            refused(&[0, 0x81, 0, b'a', 0, 0, 0]),
+            "a varint is longer than its shortest form"
+        );
+        let mut too_long_time = vec![0, 1, b'a', 0, 0];
+        too_long_time.extend([0xFF; 9]);
+        too_long_time.push(0x02);
+        assert_eq!(refused(&too_long_time), "a varint overflows its field");
+        let mut eleven = vec![0, 1, b'a', 0, 0];
+        eleven.extend([0x80; 10]);
+        eleven.push(1);
+        assert_eq!(refused(&eleven), "a varint overflows its field");
+        assert_eq!(
+            refused(&[0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, b'a']),
+            "a record runs past the end of the body"
+        );
+        assert_eq!(
+            refused(&[0, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F]),
+            "a varint overflows its field"
+        );
+    }
+
+    #[test]
+    fn the_rest_of_a_frame_is_pushed_again_from_any_record() {
+        let records: Vec<Record<'_>> = (0..5u64)
+            .map(|i| Record {
+                id: SAMPLE.id.wrapping_add(u128::from(i) * 1_000_003) ^ (u128::from(i) << 100),
+                time_unix_nanos: SAMPLE.time_unix_nanos - 1_000 * i,
+                ..SAMPLE
+            })
+            .collect();
+        let frame = frame_of(&records);
+        let header = Header::decode(frame[..16].try_into().unwrap(), 1 << 20).unwrap();
+        let body = &frame[HEADER_BYTES..HEADER_BYTES + header.length as usize];
+        for read in 0..=records.len() {
+            let mut reading = Records::new(header.tag, body);
+            for _ in 0..read {
+                reading.next().unwrap().unwrap();
+            }
+            let mut rest = AlignedVec::<FRAME_ALIGN>::new();
+            reading.push_rest(&mut rest).unwrap();
+            if read == records.len() {
+                assert!(rest.is_empty());
+            } else {
+                assert_eq!(decode(&rest).unwrap(), records[read..], "after {read}");
+            }
+        }
+    }
+}
