@@ -15,7 +15,7 @@ use common::tls::{Authority, tls_node};
 use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, Event};
 use starling_transport::client::{Client, ClientOptions};
-use starling_transport::frame::control::{Hello, Subscribe};
+use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
 use starling_transport::frame::{ErrorCode, Header, Kind};
 use starling_transport::server::BackendChoice;
 
@@ -424,4 +424,134 @@ fn a_subscriber_that_never_reads_does_not_hold_anyone_up() {
         bystanders.finish();
         drop(stuck);
     }
+}
+
+/// A valid record, "packed.a" with an empty payload and zero deltas, that
+/// starts each malformed `PACKED_PUB` body below: the frame is refused whole,
+/// so it must never be delivered.
+const VALID_RECORD: &[u8] = &[
+    0, 8, b'p', b'a', b'c', b'k', b'e', b'd', b'.', b'a', 0, 0, 0,
+];
+
+fn after_valid(rest: &[u8]) -> Vec<u8> {
+    [VALID_RECORD, rest].concat()
+}
+
+#[test]
+fn malformed_packed_frames_are_refused_whole_and_close_only_their_connection() {
+    let mut too_long_time = after_valid(&[0, 1, b'a', 0, 0]);
+    too_long_time.extend([0xFF; 9]);
+    too_long_time.push(0x02);
+    let mut bad_padding = frame(Kind::PackedPub, 0, VALID_RECORD);
+    *bad_padding.last_mut().unwrap() = 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "truncated record",
+            frame(Kind::PackedPub, 0, &after_valid(&[0, 8, b'p', b'a', b'c'])),
+        ),
+        (
+            "length past the body",
+            frame(Kind::PackedPub, 0, &after_valid(&[0, 0x7F, b'a'])),
+        ),
+        (
+            "overlong varint",
+            frame(
+                Kind::PackedPub,
+                0,
+                &after_valid(&[0, 0x81, 0x00, b'a', 0, 0, 0]),
+            ),
+        ),
+        (
+            "reserved flags",
+            frame(Kind::PackedPub, 0, &after_valid(&[4, 1, b'a', 0, 0, 0])),
+        ),
+        ("varint overflow", frame(Kind::PackedPub, 0, &too_long_time)),
+        ("no records", frame(Kind::PackedPub, 0, &[])),
+        ("padding not zero", bad_padding),
+    ];
+    each_backend(|node| {
+        let mut watcher = Raw::hello(node);
+        watcher.send(Kind::Sub, 1, &Subscribe::new("packed.*", None).encode());
+        assert_eq!(watcher.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        for (name, bytes) in &cases {
+            let mut raw = Raw::hello(node);
+            raw.write(bytes);
+            assert_eq!(raw.expect_error().0, ErrorCode::Framing, "{name}");
+            assert!(raw.closed_within(2 * SECOND), "{name}: closed");
+        }
+        // A marker sent after them all is the first thing the watcher gets.
+        let mut good = Raw::hello(node);
+        let marker = Event {
+            subject: "packed.marker".into(),
+            ..Event::default()
+        };
+        good.send(Kind::Pub, 0, &marker.to_archive());
+        let (kind, _, body) = watcher.next_frame(5 * SECOND).expect("the marker");
+        assert_eq!(kind, Kind::Msg);
+        assert_eq!(body, marker.to_archive().as_slice(), "nothing before it");
+    });
+}
+
+/// Random damage to valid `PACKED_PUB` frames: a frame whose structure
+/// breaks closes its connection with a framing error; any other keeps it
+/// open (its events published or refused one by one), which a `PING` then
+/// shows.
+#[test]
+fn randomly_damaged_packed_frames_close_exactly_when_their_structure_breaks() {
+    use starling_transport::frame::packed::{self, Record, Records};
+    each_backend(|node| {
+        let mut rng = 0x0DD5_EED5_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..40 {
+            let records: Vec<Record<'_>> = (0..1 + next() % 5)
+                .map(|i| Record {
+                    id: u128::from(next()) << (next() % 64),
+                    time_unix_nanos: next(),
+                    subject: b"damaged.subject",
+                    reply_to: (i % 2 == 1).then_some(b"reply.to".as_slice()),
+                    payload: &[7; 40][..(next() % 40) as usize],
+                })
+                .collect();
+            let mut frame_bytes = rkyv::util::AlignedVec::<16>::new();
+            packed::push_frame(&mut frame_bytes, &records);
+            let length = u32::from_le_bytes(frame_bytes[..4].try_into().unwrap()) as usize;
+            let tag = u64::from_le_bytes(frame_bytes[8..16].try_into().unwrap());
+            for _ in 0..1 + next() % 3 {
+                let at = 16 + (next() as usize % length);
+                frame_bytes[at] = next() as u8;
+            }
+            let broken = Records::check(tag, &frame_bytes[16..16 + length]).is_err();
+            let mut raw = Raw::hello(node);
+            raw.write(&frame_bytes);
+            raw.send(Kind::Ping, 99, &[]);
+            let mut answer = None;
+            while let Some((kind, tag, body)) = raw.next_frame(2 * SECOND) {
+                match kind {
+                    Kind::Pong => {
+                        answer = Some(Ok(tag));
+                        break;
+                    }
+                    Kind::Err => {
+                        let error = ErrorBody::decode(&body).unwrap();
+                        if error.code == ErrorCode::Framing {
+                            answer = Some(Err(error.reason));
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if broken {
+                assert!(matches!(answer, Some(Err(_))), "round {round}: {answer:?}");
+                assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+            } else {
+                assert_eq!(answer, Some(Ok(99)), "round {round}: still open");
+            }
+        }
+    });
 }

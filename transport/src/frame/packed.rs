@@ -82,8 +82,7 @@ pub struct Text<'a> {
 impl<'a> Record<'a> {
     /// The subjects as `str`, or which of them is not UTF-8.
     pub fn text(&self) -> Result<Text<'a>, &'static str> {
-        let subject =
-            std::str::from_utf8(self.subject).map_err(|_| "the subject is not UTF-8")?;
+        let subject = std::str::from_utf8(self.subject).map_err(|_| "the subject is not UTF-8")?;
         let reply_to = match self.reply_to {
             Some(reply) => {
                 Some(std::str::from_utf8(reply).map_err(|_| "the reply subject is not UTF-8")?)
@@ -151,11 +150,18 @@ fn push_frame_continuing(
 /// The most bytes `record` can take.
 fn record_bytes_max(record: &Record<'_>) -> usize {
     const VARINTS: usize = 5 + 5 + 5 + 19 + 10;
-    1 + VARINTS + record.subject.len() + record.reply_to.map_or(0, <[u8]>::len) + record.payload.len()
+    1 + VARINTS
+        + record.subject.len()
+        + record.reply_to.map_or(0, <[u8]>::len)
+        + record.payload.len()
 }
 
 fn push_record(out: &mut AlignedVec<FRAME_ALIGN>, previous: &mut Previous, record: &Record<'_>) {
-    out.push(if record.reply_to.is_some() { FLAG_REPLY } else { 0 });
+    out.push(if record.reply_to.is_some() {
+        FLAG_REPLY
+    } else {
+        0
+    });
     push_bytes(out, record.subject);
     if let Some(reply) = record.reply_to {
         push_bytes(out, reply);
@@ -164,7 +170,10 @@ fn push_record(out: &mut AlignedVec<FRAME_ALIGN>, previous: &mut Previous, recor
     let id_delta = record.id.wrapping_sub(previous.id) as i128;
     push_varint(out, ((id_delta << 1) ^ (id_delta >> 127)) as u128);
     let time_delta = record.time_unix_nanos.wrapping_sub(previous.time) as i64;
-    push_varint(out, u128::from(((time_delta << 1) ^ (time_delta >> 63)) as u64));
+    push_varint(
+        out,
+        u128::from(((time_delta << 1) ^ (time_delta >> 63)) as u64),
+    );
     *previous = Previous {
         id: record.id,
         time: record.time_unix_nanos,
@@ -343,7 +352,7 @@ mod tests {
     };
 
     #[test]
-    fn a_small_event_takes_a_quarter_of_a_pub_frame_in_a_batch_and_half_alone() {
+    fn a_small_event_takes_64_bytes_alone_and_at_most_32_in_a_batch() {
         let alone = frame_of(&[SAMPLE]);
         assert_eq!(alone.len(), 64, "one 16-byte event alone: 16 + 48");
         let batch: Vec<Record<'_>> = (0..16)
@@ -410,7 +419,11 @@ mod tests {
         let first_record = body_of(&frame_of(&[SAMPLE])).len();
         for cut in 1..body.len() {
             let checked = Records::check(tag_for(SAMPLE.id), &body[..cut]);
-            assert_eq!(checked.is_ok(), cut == first_record, "cut at {cut}: {checked:?}");
+            assert_eq!(
+                checked.is_ok(),
+                cut == first_record,
+                "cut at {cut}: {checked:?}"
+            );
         }
         assert_eq!(Records::check(tag_for(SAMPLE.id), &body), Ok(2));
         assert!(matches!(
@@ -430,7 +443,10 @@ mod tests {
         };
         // flags 0, subject "a", payload "", id delta, time delta.
         assert!(Records::check(0, &[0, 1, b'a', 0, 0, 0]).is_ok());
-        assert_eq!(refused(&[2, 1, b'a', 0, 0, 0]), "reserved record flags are set");
+        assert_eq!(
+            refused(&[2, 1, b'a', 0, 0, 0]),
+            "reserved record flags are set"
+        );
         assert_eq!(
             refused(&[0, 0x81, 0, b'a', 0, 0, 0]),
             "a varint is longer than its shortest form"

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 use starling_core::{Bus, BusConfig};
 use starling_transport::frame::control::{ErrorBody, Hello};
-use starling_transport::frame::{Decoder, ErrorCode, Header, Kind, PADDING, padded};
+use starling_transport::frame::{
+    Decoder, ErrorCode, Header, Kind, PADDING, PROTOCOL_VERSION, padded,
+};
 use starling_transport::server::{BackendChoice, Server, ServerConfig};
 use starling_transport::tls::ClientTls;
 
@@ -165,11 +167,22 @@ impl Raw {
 
     /// Connects and completes the handshake.
     pub fn hello(node: &Node) -> Raw {
+        Raw::hello_as(node, PROTOCOL_VERSION).0
+    }
+
+    /// Connects and completes the handshake asking for protocol `version`;
+    /// returns the version the node answered with.
+    pub fn hello_as(node: &Node, version: u32) -> (Raw, u32) {
         let mut raw = Raw::connect(node);
-        raw.send(Kind::Hello, 0, &Hello::ours("raw", "").encode());
-        let (kind, _, _) = raw.next_frame(SECOND).expect("the node answers HELLO");
+        let hello = Hello {
+            version,
+            ..Hello::ours("raw", "")
+        };
+        raw.send(Kind::Hello, 0, &hello.encode());
+        let (kind, _, body) = raw.next_frame(SECOND).expect("the node answers HELLO");
         assert_eq!(kind, Kind::Hello);
-        raw
+        let answered = Hello::decode(&body).expect("a valid HELLO").version;
+        (raw, answered)
     }
 
     pub fn send(&mut self, kind: Kind, tag: u64, body: &[u8]) {

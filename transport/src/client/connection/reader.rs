@@ -144,12 +144,8 @@ impl Connection {
                 // full buffer means the connection is far from idle anyway.
                 let _ = self.enqueue(Room::Now, |buffer| push_frame(buffer, Kind::Pong, tag, &[]));
             }
-            Kind::Hello
-            | Kind::Sub
-            | Kind::Unsub
-            | Kind::Pub
-            | Kind::PackedPub
-            | Kind::Forward => {}
+            Kind::Hello | Kind::Sub | Kind::Unsub | Kind::Pub | Kind::PackedPub | Kind::Forward => {
+            }
         }
     }
 

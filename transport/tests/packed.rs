@@ -1,0 +1,333 @@
+//! `PACKED_PUB` (protocol 4) at a running server, on both backends: records
+//! become exactly the archives a `PUB` would carry, bad events in a frame get
+//! the `PUB`'s errors while the rest go on, a frame held back part-way keeps
+//! its order, a version-3 client keeps working, and a small event costs half
+//! the bytes. (Malformed frames are in `bad_input.rs`, with its bystanders.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Raw, SECOND, backends, config, node, node_with};
+use rkyv::util::AlignedVec;
+use starling_core::{BusConfig, Event, EventLimits, SlowConsumerPolicy, SubscribeOptions};
+use starling_transport::client::Client;
+use starling_transport::frame::control::{ErrorBody, Subscribe};
+use starling_transport::frame::packed::{self, Record};
+use starling_transport::frame::{ErrorCode, FRAME_ALIGN, Kind};
+
+fn record(event: &Event) -> Record<'_> {
+    Record {
+        id: event.id,
+        time_unix_nanos: event.time_unix_nanos,
+        subject: event.subject.as_bytes(),
+        reply_to: event.reply_to.as_deref().map(str::as_bytes),
+        payload: &event.payload,
+    }
+}
+
+fn packed_frame(records: &[Record<'_>]) -> AlignedVec<FRAME_ALIGN> {
+    let mut frame = AlignedVec::new();
+    packed::push_frame(&mut frame, records);
+    frame
+}
+
+fn packed_events(events: &[Event]) -> AlignedVec<FRAME_ALIGN> {
+    packed_frame(&events.iter().map(record).collect::<Vec<_>>())
+}
+
+/// A seeded xorshift: a failing case replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// An event a client could pack: subjects inline and out of line, a reply
+/// subject or none, payloads from empty to the packing limit.
+fn random_event(rng: &mut Rng) -> Event {
+    const SUBJECTS: [&str; 4] = [
+        "a",
+        "orders.eu",
+        "x.y.z.w",
+        "a.very.long.subject.with.many.tokens",
+    ];
+    let subject = SUBJECTS[rng.below(4) as usize].to_owned();
+    let reply_to = match rng.below(3) {
+        0 => None,
+        1 => Some("r".to_owned()),
+        _ => Some(format!("_INBOX.{:x}.{}", rng.next(), rng.below(1000))),
+    };
+    let len = match rng.below(4) {
+        0 => 0,
+        1 => 16,
+        2 => rng.below(64) as usize,
+        _ => rng.below(packed::PACKED_PAYLOAD_BYTES_MAX as u64 + 1) as usize,
+    };
+    Event {
+        id: (u128::from(rng.next()) << 64) | u128::from(rng.next()),
+        time_unix_nanos: rng.next(),
+        subject,
+        reply_to,
+        headers: Vec::new(),
+        payload: (0..len).map(|_| rng.next() as u8).collect(),
+    }
+}
+
+/// Subscribes `raw` to `pattern` as `sid` and waits for the `OK`.
+fn subscribe(raw: &mut Raw, sid: u64, pattern: &str) {
+    raw.send(Kind::Sub, sid, &Subscribe::new(pattern, None).encode());
+    assert_eq!(
+        raw.next_frame(SECOND).map(|f| (f.0, f.1)),
+        Some((Kind::Ok, sid))
+    );
+}
+
+/// The next frame, which must be a `MSG` for `sid`; its body.
+fn next_message(raw: &mut Raw, sid: u64) -> Vec<u8> {
+    let (kind, tag, body) = raw.next_frame(5 * SECOND).expect("a MSG");
+    assert_eq!(
+        (kind, tag),
+        (Kind::Msg, sid),
+        "{:?}",
+        ErrorBody::decode(&body)
+    );
+    body
+}
+
+#[test]
+fn packed_records_arrive_as_the_archives_a_pub_would_carry() {
+    for backend in backends() {
+        let node = node(backend);
+        // The subscriber speaks protocol 3: what it receives is unchanged.
+        let (mut subscriber, version) = Raw::hello_as(&node, 3);
+        assert_eq!(version, 3, "answered with its own version");
+        subscribe(&mut subscriber, 1, ">");
+        let (mut publisher, version) = Raw::hello_as(&node, 4);
+        assert_eq!(version, 4);
+        let mut rng = Rng(0x5EED_0012);
+        for round in 0..12 {
+            let count = 1 + rng.below(40) as usize;
+            let events: Vec<Event> = (0..count).map(|_| random_event(&mut rng)).collect();
+            publisher.write(&packed_events(&events));
+            for (i, event) in events.iter().enumerate() {
+                let body = next_message(&mut subscriber, 1);
+                assert!(
+                    body == event.to_archive().as_slice(),
+                    "{backend:?} round {round}, event {i}: {event:?} is not rkyv's archive"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_events_in_a_packed_frame_get_the_errors_of_a_pub_and_the_rest_go_on() {
+    let limits = EventLimits {
+        payload_bytes_max: 100,
+        ..EventLimits::default()
+    };
+    for backend in backends() {
+        let node = node_with(
+            backend,
+            config(),
+            BusConfig {
+                limits,
+                ..BusConfig::default()
+            },
+        );
+        let mut subscriber = Raw::hello(&node);
+        subscribe(&mut subscriber, 1, "p.*");
+        let mut publisher = Raw::hello(&node);
+        let event = |subject: &str, reply: Option<&str>, payload: usize| Event {
+            id: 7,
+            time_unix_nanos: 9,
+            subject: subject.into(),
+            reply_to: reply.map(Into::into),
+            headers: Vec::new(),
+            payload: vec![1; payload],
+        };
+        let bad = [
+            event("p..x", None, 1),
+            event("$SYS.x", None, 1),
+            event("p.big", None, 200),
+            event("p.r", Some("bad reply"), 1),
+            event("p.*", None, 1),
+        ];
+        // What each gets as a PUB with tag 0: code and reason.
+        let mut as_pub = Vec::new();
+        for event in &bad {
+            publisher.send(Kind::Pub, 0, &event.to_archive());
+            as_pub.push(next_error(&mut publisher));
+        }
+        let first = event("p.1", None, 3);
+        let last = event("p.2", Some("r.s"), 4);
+        let mut records = vec![record(&first)];
+        records.extend(bad.iter().map(record));
+        records.push(Record {
+            subject: b"p.\xFF",
+            ..record(&first)
+        });
+        records.push(record(&last));
+        publisher.write(&packed_frame(&records));
+        let as_packed: Vec<_> = (0..bad.len()).map(|_| next_error(&mut publisher)).collect();
+        assert_eq!(as_packed, as_pub, "{backend:?}: the same codes and reasons");
+        let (code, reason) = next_error(&mut publisher);
+        assert_eq!(code, ErrorCode::InvalidEvent);
+        assert!(reason.contains("not UTF-8"), "{reason}");
+        assert_eq!(
+            next_message(&mut subscriber, 1),
+            first.to_archive().as_slice()
+        );
+        assert_eq!(
+            next_message(&mut subscriber, 1),
+            last.to_archive().as_slice()
+        );
+        // The connection is still open, and nothing else was delivered.
+        let marker = event("p.marker", None, 0);
+        publisher.write(&packed_events(std::slice::from_ref(&marker)));
+        assert_eq!(
+            next_message(&mut subscriber, 1),
+            marker.to_archive().as_slice()
+        );
+    }
+}
+
+/// The next frame, which must be an `ERR` with tag 0: its code and reason.
+fn next_error(raw: &mut Raw) -> (ErrorCode, String) {
+    let (kind, tag, body) = raw.next_frame(5 * SECOND).expect("an ERR");
+    assert_eq!((kind, tag), (Kind::Err, 0));
+    let error = ErrorBody::decode(&body).expect("an ERR body");
+    (error.code, error.reason)
+}
+
+#[test]
+fn a_packed_frame_held_back_part_way_delivers_everything_in_order() {
+    for backend in backends() {
+        let node = node(backend);
+        // Room for four: the frame's fifth record waits for the test to
+        // take the first, and the frames after it wait their turn.
+        let slow = node
+            .bus
+            .subscribe_with(
+                "q.*",
+                None,
+                SubscribeOptions {
+                    capacity: 4,
+                    policy: SlowConsumerPolicy::Block {
+                        max_stall: Duration::from_secs(60),
+                    },
+                    ..SubscribeOptions::default()
+                },
+            )
+            .unwrap();
+        let numbered = |n: u64| Event {
+            id: u128::from(n) * 1_000_003,
+            time_unix_nanos: 1_000_000 - n,
+            subject: format!("q.{}", n % 3),
+            payload: n.to_le_bytes().to_vec(),
+            ..Event::default()
+        };
+        let first: Vec<Event> = (0..300).map(numbered).collect();
+        let last: Vec<Event> = (301..400).map(numbered).collect();
+        let mut stream = packed_events(&first).to_vec();
+        stream.extend(common::frame(Kind::Pub, 0, &numbered(300).to_archive()));
+        stream.extend_from_slice(&packed_events(&last));
+        let mut publisher = Raw::hello(&node);
+        publisher.write(&stream);
+        for n in 0..400u64 {
+            let event = slow
+                .recv_timeout(5 * SECOND)
+                .unwrap_or_else(|e| panic!("{backend:?}: event {n}: {e:?}"));
+            assert_eq!(
+                event.archive(),
+                numbered(n).to_archive().as_slice(),
+                "{backend:?}: event {n}"
+            );
+        }
+        assert!(slow.try_recv().is_none());
+    }
+}
+
+#[test]
+fn a_version_3_client_keeps_working_and_may_not_send_packed_frames() {
+    for backend in backends() {
+        let node = node(backend);
+        let (mut old, version) = Raw::hello_as(&node, 3);
+        assert_eq!(version, 3);
+        subscribe(&mut old, 5, "v3.*");
+        let event = Event {
+            subject: "v3.a".into(),
+            payload: b"old".to_vec(),
+            ..Event::default()
+        };
+        old.send(Kind::Pub, 0, &event.to_archive());
+        assert_eq!(next_message(&mut old, 5), event.to_archive().as_slice());
+        old.write(&packed_events(std::slice::from_ref(&event)));
+        let (kind, tag, body) = old.next_frame(5 * SECOND).expect("an ERR");
+        assert_eq!((kind, tag), (Kind::Err, 0));
+        let error = ErrorBody::decode(&body).unwrap();
+        assert_eq!(error.code, ErrorCode::Framing);
+        assert!(error.reason.contains("protocol 4"), "{}", error.reason);
+        assert!(old.closed_within(2 * SECOND));
+        for version in [2, 5] {
+            let mut raw = Raw::connect(&node);
+            let hello = starling_transport::frame::control::Hello {
+                version,
+                ..starling_transport::frame::control::Hello::ours("other", "")
+            };
+            raw.send(Kind::Hello, 0, &hello.encode());
+            assert_eq!(
+                raw.expect_error().0,
+                ErrorCode::Incompatible,
+                "version {version}"
+            );
+        }
+    }
+}
+
+/// Issue 12's figure: bytes on the wire per 16-byte event on a short
+/// subject (the bench's), as the node counts them for a client's connection.
+#[test]
+fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
+    const EVENTS: u64 = 10_000;
+    let node = node(backends()[0]);
+    let pub_frame = common::frame(
+        Kind::Pub,
+        0,
+        &Event {
+            subject: "bench.pubsub".into(),
+            payload: vec![0; 16],
+            ..Event::default()
+        }
+        .to_archive(),
+    );
+    assert_eq!(pub_frame.len(), 112, "what protocol 3 sends");
+    let client = Client::connect(&node.tcp).unwrap();
+    for _ in 0..EVENTS {
+        client.publish("bench.pubsub", &[0; 16]).unwrap();
+    }
+    client.flush().unwrap();
+    let deadline = Instant::now() + 10 * SECOND;
+    let connection = loop {
+        let connections = node.server.connections();
+        if let Some(c) = connections.into_iter().find(|c| c.events_in == EVENTS) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{EVENTS} events never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let per_event = connection.bytes_in as f64 / EVENTS as f64;
+    println!("bytes on the wire per 16-byte event: {per_event:.1} (PUB: 112)");
+    // One packed frame each (64 bytes), plus the HELLO, SUB and PING.
+    assert!(per_event <= 64.5, "{per_event} bytes per event");
+}
