@@ -18,6 +18,7 @@ use starling_mesh::cluster::interest::{Change, InterestKey, InterestMessage};
 use starling_mesh::cluster::membership::{Identity, Membership, MembershipConfig, Output};
 use starling_mesh::cluster::wire::{self, Control, MESH_PROTOCOL_VERSION};
 use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
+use starling_transport::frame::packed::{self, Record};
 use starling_transport::frame::{ErrorCode, Header, Kind, PADDING, padded};
 
 /// A seed input: its name, and its bytes.
@@ -25,8 +26,9 @@ type Seed = (&'static str, Vec<u8>);
 
 fn main() -> std::io::Result<()> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let seeds: [(&str, Vec<Seed>); 7] = [
+    let seeds: [(&str, Vec<Seed>); 8] = [
         ("frames", frames()),
+        ("packed", packed_bodies()),
         ("control_bodies", control_bodies()),
         (
             "event",
@@ -106,6 +108,44 @@ fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(body);
     bytes.extend_from_slice(&PADDING[..padded(body.len()) - body.len()]);
     bytes
+}
+
+/// `PACKED_PUB` bodies, each after its frame's tag: one record, and several
+/// with reply subjects, out-of-line strings and large id and time steps.
+fn packed_bodies() -> Vec<Seed> {
+    let one = [Record {
+        id: (0xC0FFEE << 64) | 1,
+        time_unix_nanos: 1_765_000_000_000_000_000,
+        subject: b"bench.pubsub",
+        reply_to: None,
+        payload: &[0xAB; 16],
+    }];
+    let several = [
+        one[0],
+        Record {
+            id: 7,
+            time_unix_nanos: 3,
+            reply_to: Some(b"_INBOX.0123456789abcdef.9"),
+            ..one[0]
+        },
+        Record {
+            id: u128::MAX,
+            subject: b"a",
+            payload: &[],
+            ..one[0]
+        },
+    ];
+    [("one", &one[..]), ("several", &several[..])]
+        .into_iter()
+        .map(|(name, records)| {
+            let mut frame = rkyv::util::AlignedVec::<16>::new();
+            packed::push_frame(&mut frame, records);
+            let length = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+            let mut input = frame[8..16].to_vec();
+            input.extend_from_slice(&frame[16..16 + length]);
+            (name, input)
+        })
+        .collect()
 }
 
 /// Hello, Subscribe, Error and event bodies, one of each kind.
