@@ -331,3 +331,70 @@ fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
     // One packed frame each (64 bytes), plus the HELLO, SUB and PING.
     assert!(per_event <= 64.5, "{per_event} bytes per event");
 }
+
+/// A node of protocol 3 only (the build before this one), played by hand:
+/// it refuses the new client's version 4 as that build does; the client
+/// connects again with 3 and then publishes `PUB` frames, never packed.
+#[test]
+fn a_new_client_falls_back_to_protocol_3_with_an_old_node() {
+    use std::io::{Read, Write};
+    use starling_transport::frame::control::Hello;
+    use starling_transport::frame::{Decoder, Header, HEADER_BYTES};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    let old_node = std::thread::spawn(move || {
+        let mut versions = Vec::new();
+        loop {
+            let (mut socket, _) = listener.accept().unwrap();
+            socket.set_read_timeout(Some(5 * SECOND)).unwrap();
+            let mut header = [0; HEADER_BYTES];
+            socket.read_exact(&mut header).unwrap();
+            let header = Header::decode(&header, 1 << 16).unwrap();
+            let mut body = vec![0; header.frame_bytes() - HEADER_BYTES];
+            socket.read_exact(&mut body).unwrap();
+            let version = Hello::version_of(&body).unwrap();
+            versions.push(version);
+            if version != 3 {
+                let refusal = ErrorBody::new(
+                    ErrorCode::Incompatible,
+                    format!("protocol version {version} is not 3"),
+                );
+                socket
+                    .write_all(&common::frame(Kind::Err, 0, &refusal.encode()))
+                    .unwrap();
+                continue;
+            }
+            let hello = Hello {
+                version: 3,
+                ..Hello::ours("old-node", "")
+            };
+            socket
+                .write_all(&common::frame(Kind::Hello, 0, &hello.encode()))
+                .unwrap();
+            // The client's frames until its publish: the inbox's SUB, then
+            // the event, as a PUB.
+            let mut decoder = Decoder::new(1 << 20);
+            let mut kinds = Vec::new();
+            let mut buffer = AlignedVec::<16>::with_capacity(4096);
+            buffer.resize(4096, 0);
+            while !kinds.contains(&Kind::Pub) && !kinds.contains(&Kind::PackedPub) {
+                let n = socket.read(&mut buffer).unwrap();
+                assert!(n > 0, "the client closed early");
+                decoder
+                    .feed::<()>(&buffer[..n], |frame| {
+                        kinds.push(frame.header.kind);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            return (versions, kinds);
+        }
+    });
+    let client = Client::connect(&url).unwrap();
+    client.publish("a.b", b"small").unwrap();
+    let (versions, kinds) = old_node.join().unwrap();
+    assert_eq!(versions, [4, 3]);
+    assert_eq!(kinds.last(), Some(&Kind::Pub), "{kinds:?}");
+    client.close();
+}
