@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use rkyv::util::AlignedVec;
 use starling_core::Event;
-use starling_core::event::{self, EventParts};
+use starling_core::event;
 use starling_transport::frame::packed::{self, Records};
 use starling_transport::frame::{FRAME_ALIGN, HEADER_BYTES};
 
@@ -59,16 +59,8 @@ fuzz_target!(|data: &[u8]| {
 
     let mut archive = AlignedVec::<FRAME_ALIGN>::new();
     for record in &records {
-        let Ok(text) = record.text() else {
+        let Ok(parts) = record.parts() else {
             continue;
-        };
-        let parts = EventParts {
-            id: record.id,
-            time_unix_nanos: record.time_unix_nanos,
-            subject: text.subject,
-            reply_to: text.reply_to,
-            headers: &[],
-            payload: record.payload,
         };
         archive.clear();
         archive.resize(parts.archive_bytes_bound(), 0);
@@ -76,8 +68,8 @@ fuzz_target!(|data: &[u8]| {
         let owned = Event {
             id: record.id,
             time_unix_nanos: record.time_unix_nanos,
-            subject: text.subject.to_owned(),
-            reply_to: text.reply_to.map(str::to_owned),
+            subject: parts.subject.to_owned(),
+            reply_to: parts.reply_to.map(str::to_owned),
             headers: Vec::new(),
             payload: record.payload.to_vec(),
         };

@@ -337,9 +337,9 @@ fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
 /// connects again with 3 and then publishes `PUB` frames, never packed.
 #[test]
 fn a_new_client_falls_back_to_protocol_3_with_an_old_node() {
-    use std::io::{Read, Write};
     use starling_transport::frame::control::Hello;
-    use starling_transport::frame::{Decoder, Header, HEADER_BYTES};
+    use starling_transport::frame::{Decoder, HEADER_BYTES, Header};
+    use std::io::{Read, Write};
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", listener.local_addr().unwrap());

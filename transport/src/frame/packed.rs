@@ -39,6 +39,7 @@
 //! in a `PUB` archive: that event is refused and the rest go on.
 
 use rkyv::util::AlignedVec;
+use starling_core::event::EventParts;
 
 use super::{FRAME_ALIGN, FrameError, HEADER_BYTES, Header, Kind, PADDING, padded};
 
@@ -62,7 +63,7 @@ pub struct Record<'a> {
     /// The event's time, nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
     /// The subject's bytes (UTF-8 is the receiver's to check: see
-    /// [`Record::text`]).
+    /// [`Record::parts`]).
     pub subject: &'a [u8],
     /// The reply subject's bytes, if any.
     pub reply_to: Option<&'a [u8]>,
@@ -70,18 +71,10 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
-/// A record's subjects as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Text<'a> {
-    /// The subject.
-    pub subject: &'a str,
-    /// The reply subject, if any.
-    pub reply_to: Option<&'a str>,
-}
-
 impl<'a> Record<'a> {
-    /// The subjects as `str`, or which of them is not UTF-8.
-    pub fn text(&self) -> Result<Text<'a>, &'static str> {
+    /// The event this record stands for, or which of its subjects is not
+    /// UTF-8.
+    pub fn parts(&self) -> Result<EventParts<'a>, &'static str> {
         let subject = std::str::from_utf8(self.subject).map_err(|_| "the subject is not UTF-8")?;
         let reply_to = match self.reply_to {
             Some(reply) => {
@@ -89,7 +82,14 @@ impl<'a> Record<'a> {
             }
             None => None,
         };
-        Ok(Text { subject, reply_to })
+        Ok(EventParts {
+            id: self.id,
+            time_unix_nanos: self.time_unix_nanos,
+            subject,
+            reply_to,
+            headers: &[],
+            payload: self.payload,
+        })
     }
 }
 
@@ -396,8 +396,8 @@ mod tests {
         ];
         assert_eq!(decode(&frame_of(&records)).unwrap(), records);
         assert_eq!(
-            records[2].text(),
-            Err("the subject is not UTF-8"),
+            records[2].parts().err(),
+            Some("the subject is not UTF-8"),
             "kept as bytes for the receiver to refuse"
         );
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use starling_core::bus::{Backlog, PublishError, SubscribeError};
-use starling_core::event::{self, EventParts};
+use starling_core::event;
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
@@ -704,16 +704,8 @@ impl Protocol {
         let mut result = Ok(());
         while let Some(Ok(record)) = records.next() {
             self.stats.events_in.fetch_add(1, Ordering::Relaxed);
-            result = match record.text() {
-                Ok(text) => {
-                    let parts = EventParts {
-                        id: record.id,
-                        time_unix_nanos: record.time_unix_nanos,
-                        subject: text.subject,
-                        reply_to: text.reply_to,
-                        headers: &[],
-                        payload: record.payload,
-                    };
+            result = match record.parts() {
+                Ok(parts) => {
                     let bound = parts.archive_bytes_bound();
                     if scratch.len() < bound {
                         scratch.resize(bound, 0);
