@@ -1,5 +1,5 @@
 //! Model checks of the synchronization protocols this crate writes itself,
-//! run with `RUSTFLAGS="--cfg loom" cargo test -p starling-core --release --lib loom`.
+//! run with `RUSTFLAGS="--cfg loom -C overflow-checks=on" cargo test -p starling-core --release --lib loom`.
 //!
 //! loom runs every interleaving (and every permitted reordering) of the
 //! threads below and fails on a data race, a deadlock or a failed assertion.

@@ -114,7 +114,12 @@ impl FrameRing {
             // the flusher is done with these bytes (and their marks are
             // clear) before they are written again.
             let head = self.head.0.load(Ordering::Acquire);
-            if tail - head >= self.bytes_max as u64 {
+            // `tail` may be older than `head`: another publisher can push,
+            // and the flusher release those bytes, between the two loads.
+            // Such a tail is stale, so the exchange below fails and reloads
+            // it; it must not read as a full ring (a spurious wait, and an
+            // overflow in debug builds).
+            if tail.saturating_sub(head) >= self.bytes_max as u64 {
                 return false;
             }
             // Relaxed: the tail only hands out disjoint ranges; what the
@@ -331,7 +336,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     //! Model checks of the commit protocol (marks, `tail`, `head`), run with
-    //! `RUSTFLAGS="--cfg loom" cargo test -p starling-transport --release --lib loom_tests`
+    //! `RUSTFLAGS="--cfg loom -C overflow-checks=on" cargo test -p starling-transport --release --lib loom_tests`
     //! (scripts/test runs them). loom does not see the ring's raw bytes; it
     //! checks the atomics, and the tests check the bytes read.
     //!
