@@ -9,11 +9,13 @@
 //! every 50 µs, which bounds the resolution.
 //!
 //! The first [`WARM_UP_ROUNDS`] rounds are not recorded: they pay the
-//! process's first touches of its memory, which mimalloc asks the kernel to
-//! back with transparent huge pages, each fault zeroing 2 MiB on the
-//! faulting thread (BENCHMARKS.md, issue 12, 2026-12-06: 68-82% of the
-//! samples of the slow rounds, most within the first ~50 rounds). Their
-//! figures are printed on a line of their own.
+//! process's first touches of its memory. Their figures are printed on a
+//! line of their own. The process starts as the `starling` binary does, with
+//! transparent huge pages off unless `MIMALLOC_ALLOW_THP` is set: with them
+//! (`MIMALLOC_ALLOW_THP=1`), mimalloc asks the kernel to back its arenas with
+//! huge pages, and each first touch zeroes 2 MiB on the faulting thread
+//! (BENCHMARKS.md, issue 12, 2026-12-06: 68-82% of the samples of the slow
+//! rounds, most within the first ~50 rounds, 10-30 ms each).
 //!
 //! It also prints how long the process's threads were runnable but waiting
 //! for a CPU during the rounds (Linux's `/proc/self/task/*/schedstat`): on
@@ -30,9 +32,15 @@ use starling_mesh::Node;
 use starling_mesh::cluster::tls::TlsSource;
 use starling_mesh::demo::convergence::{self, Prober};
 use starling_mesh::demo::loopback;
+use starling_transport::process;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// As the `starling` binary does.
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static HUGE_PAGES_OFF: extern "C" fn() = process::disable_transparent_huge_pages_by_default;
 
 const NODES: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +48,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const WARM_UP_ROUNDS: usize = 100;
 
 fn main() {
+    let huge_pages = match process::huge_pages_at_start() {
+        Ok(outcome) => outcome.to_string(),
+        Err(error) => format!("on ({error})"),
+    };
     let full = std::env::args().any(|arg| arg == "--bench");
     let (warm_up, rounds) = if full { (WARM_UP_ROUNDS, 500) } else { (0, 10) };
     let nodes = start_mesh();
@@ -50,7 +62,7 @@ fn main() {
     let scheduled_after = scheduled();
     println!(
         "interest convergence, {NODES} nodes over QUIC on loopback, {rounds} subscriptions \
-         (probe interval {} µs)",
+         (probe interval {} µs; transparent huge pages {huge_pages})",
         convergence::PROBE_INTERVAL.as_micros()
     );
     println!(

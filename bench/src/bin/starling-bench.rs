@@ -5,13 +5,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use starling_bench::harness::{self, cli::Options};
+use starling_transport::process;
 
-// The allocator the `starling` binary uses, so the in-process bus target
-// runs as the node's bus does.
+// The allocator the `starling` binary uses, set up as it is (transparent
+// huge pages off before mimalloc starts, unless MIMALLOC_ALLOW_THP is set),
+// so the in-process bus target runs as the node's bus does.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static HUGE_PAGES_OFF: extern "C" fn() = process::disable_transparent_huge_pages_by_default;
+
 fn main() -> ExitCode {
+    if let Err(error) = process::huge_pages_at_start() {
+        eprintln!("starling-bench: transparent huge pages stay on: {error}");
+    }
     let options = Options::parse();
     match harness::run(&options) {
         Ok(code) => code,

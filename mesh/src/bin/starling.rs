@@ -7,6 +7,15 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Transparent huge pages off (unless MIMALLOC_ALLOW_THP is set) before
+// mimalloc's constructor touches its first arena: each first touch of a huge
+// page zeroed 2 MiB, 10-30 ms stalls over a fresh node's first subscriptions
+// (BENCHMARKS.md, interest convergence). `cli::main` logs what it did.
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static HUGE_PAGES_OFF: extern "C" fn() =
+    starling_transport::process::disable_transparent_huge_pages_by_default;
+
 fn main() -> ExitCode {
     starling_mesh::cli::main()
 }

@@ -318,6 +318,7 @@ pub fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(default_level);
+    process::huge_pages_logged();
     let result = match cli.command {
         Command::Node(args) => node::run(*args),
         Command::Pub(args) => client::publish(args),

@@ -1,11 +1,11 @@
-//! What `starling node` sets for its own process at start (see
-//! `starling_transport::process`): its open-files limit raised to the hard
-//! limit, as nats-server (through Go's runtime) and most servers do, with a
-//! warning if even that is too low for its connection limits; and no
-//! transparent huge pages, which made every idle connection's buffers
-//! resident.
+//! What `starling` sets for its own process at start (see
+//! `starling_transport::process`): no transparent huge pages, for every
+//! subcommand, unless `MIMALLOC_ALLOW_THP` says otherwise; and for `starling
+//! node`, its open-files limit raised to the hard limit, as nats-server
+//! (through Go's runtime) and most servers do, with a warning if even that
+//! is too low for its connection limits.
 
-use starling_transport::process;
+use starling_transport::process::{self, HugePages};
 
 use crate::config::NodeConfig;
 
@@ -13,12 +13,23 @@ use crate::config::NodeConfig;
 /// the io_uring ring and eventfd, the mesh's sockets, logs.
 const RESERVED: u64 = 64;
 
-/// Makes the process settings, logging what it did and what failed.
-pub(super) fn prepare(config: &NodeConfig) {
-    if let Err(error) = process::disable_transparent_huge_pages() {
-        // Only memory is at stake: idle connections cost more.
-        tracing::info!("transparent huge pages stay on: {error}");
+/// Logs what `process::disable_transparent_huge_pages_by_default` did
+/// before `main` (the binary runs it). Huge pages cost memory (every
+/// idle connection's mostly untouched buffers resident 2 MiB at a time) and
+/// latency (each first touch zeroes 2 MiB: 10-30 ms stalls over a fresh
+/// node's first subscriptions), and bought no throughput that could be
+/// measured (BENCHMARKS.md, interest convergence, 2026-12-06).
+pub(super) fn huge_pages_logged() {
+    match process::huge_pages_at_start() {
+        Ok(HugePages::Off) => tracing::debug!("transparent huge pages off"),
+        Ok(left) => tracing::info!("transparent huge pages {left}"),
+        Err(error) => tracing::info!("transparent huge pages stay on: {error}"),
     }
+}
+
+/// Raises the open-files limit for a node, logging what it did and what
+/// failed.
+pub(super) fn prepare(config: &NodeConfig) {
     let limit = match process::raise_open_files_limit() {
         Ok(limit) => limit,
         Err(error) => {

@@ -74,6 +74,11 @@ impl ServerProcess {
     /// parent-death signal), so that not even a harness killed outright
     /// leaves servers behind. The harness starts every server from its main
     /// thread.
+    ///
+    /// The server does not inherit the harness's own setting for transparent
+    /// huge pages (off, see `starling-bench`'s `main`): nats-server runs as
+    /// the machine's settings have it, and a `starling node` makes its own
+    /// choice.
     pub fn spawn(name: String, mut command: Command, scratch: Scratch) -> Result<Self> {
         let log = scratch.path().join("server.log");
         let log_file = File::create(&log).context(format!("creating {}", log.display()))?;
@@ -86,6 +91,8 @@ impl ServerProcess {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Kernels before 3.15 know no such setting: nothing to undo.
+                let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
                 Ok(())
             });
         }
