@@ -436,6 +436,26 @@ pub fn check<'a>(bytes: &'a [u8], limits: &EventLimits) -> Result<Checked<'a>, V
     Ok(Checked { bytes, event })
 }
 
+/// Checks `parts` against the limits and archives them into `out` (16-byte
+/// aligned): the [`Checked`] that [`check`] would make of that archive,
+/// without reading it back (the encoder wrote it, so it is well formed). For
+/// a receiver that rebuilds archives from a compact form: a node reading
+/// `PACKED_PUB` records.
+pub fn encode_checked<'a>(
+    parts: &EventParts<'_>,
+    out: &'a mut [u8],
+    limits: &EventLimits,
+) -> Result<Checked<'a>, ValidationError> {
+    check_parts(parts, limits).map_err(ValidationError::Limits)?;
+    let len = encode_into(parts, out).map_err(ValidationError::Limits)?;
+    let bytes = &out[..len];
+    // SAFETY: `encode_into` has just written exactly one archive of
+    // `ArchivedEvent` into these bytes, 16-byte aligned (it refuses
+    // misaligned buffers), and nothing has changed them since.
+    let event = unsafe { access_unchecked(bytes) };
+    Ok(Checked { bytes, event })
+}
+
 fn check_archived(event: &ArchivedEvent, limits: &EventLimits) -> Result<(), EncodeError> {
     subject::validate_subject(event.subject(), &limits.subject).map_err(EncodeError::Subject)?;
     if let Some(reply_to) = event.reply_to() {

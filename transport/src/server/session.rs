@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use starling_core::bus::{Backlog, PublishError, SubscribeError};
-use starling_core::event;
+use starling_core::event::{self, Checked, ValidationError};
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
@@ -637,10 +637,21 @@ impl Protocol {
         self.reply(Kind::Ok, sid, &[])
     }
 
-    /// Publishes the archive a `PUB` carried, or a `PACKED_PUB` record was
-    /// turned into.
+    /// Publishes the archive a `PUB` carried.
     fn publish(&mut self, tag: u64, body: &[u8], publisher: &mut Publisher) -> Result<(), Fatal> {
-        let archive = match event::check(body, &self.limits) {
+        let archive = event::check(body, &self.limits);
+        self.publish_checked(tag, archive, publisher)
+    }
+
+    /// Publishes an archive as `publish` does once it is checked (or was
+    /// refused: reported with the same error).
+    fn publish_checked(
+        &mut self,
+        tag: u64,
+        archive: Result<Checked<'_>, ValidationError>,
+        publisher: &mut Publisher,
+    ) -> Result<(), Fatal> {
+        let archive = match archive {
             Ok(archive) => archive,
             Err(error) => {
                 let reason = format!("{}: {error}", error.code());
@@ -677,9 +688,10 @@ impl Protocol {
     }
 
     /// Publishes the records of a `PACKED_PUB`, each as the `PUB` with tag 0
-    /// it stands for: archived by the same encoder a client uses (the bytes
-    /// rkyv would write), then checked and published by `publish`, with the
-    /// same errors. A frame with a broken record is refused whole, before any
+    /// it stands for: checked against the limits and archived by the same
+    /// encoder a client uses (the bytes rkyv would write; not read back:
+    /// `event::encode_checked`), then published by `publish_checked`, with
+    /// the same errors. A frame with a broken record is refused whole, before any
     /// is published. A record that must wait (a full `Block` queue, or no
     /// room for another answer) leaves the rest in the spill, as a frame of
     /// its own, for `Session::resume`.
@@ -710,10 +722,8 @@ impl Protocol {
                     if scratch.len() < bound {
                         scratch.resize(bound, 0);
                     }
-                    match event::encode_into(&parts, &mut scratch) {
-                        Ok(len) => self.publish(0, &scratch[..len], publisher),
-                        Err(error) => self.error(ErrorCode::InvalidEvent, 0, error.to_string()),
-                    }
+                    let archive = event::encode_checked(&parts, &mut scratch, &self.limits);
+                    self.publish_checked(0, archive, publisher)
                 }
                 Err(reason) => {
                     self.error(ErrorCode::InvalidEvent, 0, format!("malformed: {reason}"))
