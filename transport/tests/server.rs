@@ -123,6 +123,61 @@ fn many_events_arrive_complete_and_in_order() {
     }
 }
 
+/// Reads `count` events numbered `from..` in order from `sub`.
+fn expect_numbered(sub: &starling_transport::client::ClientSubscription, from: u32, count: u32) {
+    for i in from..from + count {
+        let event = sub.recv_timeout(5 * SECOND).expect("no event lost");
+        assert_eq!(event.payload(), i.to_le_bytes());
+    }
+}
+
+#[test]
+fn dropping_the_last_handle_flushes_and_closes_the_connection() {
+    for backend in backends() {
+        let node = node(backend);
+        let subscriber = Client::connect(&node.tcp).unwrap();
+        let sub = subscriber.subscribe("dropped.handle").unwrap();
+        let publisher = Client::connect(&node.uds).unwrap();
+        let clone = publisher.clone();
+        publisher.flush().unwrap();
+        assert_eq!(node.server.connection_count(), 2, "{backend:?}");
+
+        // A clone keeps the connection: the node still answers its flush.
+        publisher
+            .publish("dropped.handle", &0u32.to_le_bytes())
+            .unwrap();
+        drop(publisher);
+        clone.flush().unwrap();
+        assert_eq!(node.server.connection_count(), 2, "{backend:?}");
+
+        // The last handle's drop writes out what is buffered, then closes.
+        for i in 1..1_000u32 {
+            clone.publish("dropped.handle", &i.to_le_bytes()).unwrap();
+        }
+        drop(clone);
+        expect_numbered(&sub, 0, 1_000);
+        assert!(
+            eventually(5 * SECOND, || node.server.connection_count() == 1),
+            "{backend:?}: the publisher's connection stays open"
+        );
+
+        // A subscription alone keeps its connection, and events come.
+        drop(subscriber);
+        let publisher = Client::connect(&node.uds).unwrap();
+        publisher
+            .publish("dropped.handle", &1_000u32.to_le_bytes())
+            .unwrap();
+        expect_numbered(&sub, 1_000, 1);
+        drop(sub);
+        drop(publisher);
+        assert!(
+            eventually(5 * SECOND, || node.server.connection_count() == 0),
+            "{backend:?}: {} connections stay open",
+            node.server.connection_count()
+        );
+    }
+}
+
 #[test]
 fn a_queue_group_across_connections_gets_each_event_once() {
     const EVENTS: u64 = 3_000;

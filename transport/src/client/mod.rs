@@ -176,9 +176,60 @@ pub enum ClientError {
 }
 
 /// A connection to a node. Cheap to clone; every clone is the same connection.
+/// When the last clone and the last [`ClientSubscription`] are dropped, the
+/// client flushes what it buffered (waiting at most
+/// [`ClientOptions::answer_timeout`]), closes the connection and stops its
+/// threads, as [`Client::close`] does; if it is disconnected at that moment,
+/// it closes at once and what it buffered is not sent (call
+/// [`Client::flush`] first to know it arrived).
 #[derive(Clone)]
 pub struct Client {
-    connection: Arc<Connection>,
+    connection: Arc<Handle>,
+}
+
+/// What keeps a connection open: every [`Client`] clone and every
+/// [`ClientSubscription`] holds one, the client's own threads do not (they
+/// hold the [`Connection`] itself, so it could never be dropped while they
+/// run). Dropping the last closes the connection.
+#[derive(Debug)]
+struct Handle(Arc<Connection>);
+
+impl std::ops::Deref for Handle {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl Handle {
+    /// [`Client::flush`]: a `PING`/`PONG` round trip, then the first publish
+    /// error the node reported since the last flush.
+    fn flush(&self) -> Result<(), ClientError> {
+        let completion = self.send_ping()?;
+        completion
+            .wait_until(Instant::now() + self.options.answer_timeout)
+            .unwrap_or(Err(ClientError::Timeout))?;
+        self.take_publish_error().map_or(Ok(()), Err)
+    }
+
+    /// [`Client::close`]: flush, then close.
+    fn close(&self) {
+        let _ = self.flush();
+        self.0.close();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A flush while disconnected would wait out the whole timeout for a
+        // node that may never come back; a drop does not wait for that. A
+        // client closed already answers the flush with `Closed` at once.
+        if self.is_connected() {
+            let _ = self.flush();
+        }
+        self.0.close();
+    }
 }
 
 impl fmt::Debug for Client {
@@ -196,7 +247,7 @@ impl fmt::Debug for Client {
 pub struct ClientSubscription {
     sid: u64,
     local: starling_core::Mailbox,
-    connection: Arc<Connection>,
+    connection: Arc<Handle>,
 }
 
 impl Client {
@@ -215,7 +266,7 @@ impl Client {
             options.password = credentials.password;
         }
         Ok(Client {
-            connection: Connection::connect(url, options)?,
+            connection: Arc::new(Handle(Connection::connect(url, options)?)),
         })
     }
 
@@ -318,11 +369,7 @@ impl Client {
     /// publish since the last flush (a permission, an invalid event), the
     /// first such error is returned: publishing does not wait to hear it.
     pub fn flush(&self) -> Result<(), ClientError> {
-        let completion = self.connection.send_ping()?;
-        completion
-            .wait_until(Instant::now() + self.connection.options.answer_timeout)
-            .unwrap_or(Err(ClientError::Timeout))?;
-        self.connection.take_publish_error().map_or(Ok(()), Err)
+        self.connection.flush()
     }
 
     /// Like [`Client::flush`], for async code, with the same bound: fails
@@ -353,7 +400,6 @@ impl Client {
     /// Flushes, then closes the connection and stops the client's threads.
     /// Subscriptions report closed once drained.
     pub fn close(&self) {
-        let _ = self.flush();
         self.connection.close();
     }
 }
