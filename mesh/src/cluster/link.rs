@@ -30,7 +30,7 @@ use super::counters::LinkCounters;
 use super::egress::ReplyRoutes;
 use super::interest::NodeId;
 use super::tls::{LINK_SERVER_NAME, peer_holds_name};
-use super::wire::{Control, Hello, WireError, close, decode_forward};
+use super::wire::{Control, FRAME_GROUPS_MAX, Hello, WireError, close, decode_forward};
 
 /// How long a handshake may take.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -636,7 +636,9 @@ fn forward(
     if let Some(reply_to) = checked.event().reply_to() {
         replies.borrow_mut().learn(reply_to);
     }
-    match publisher.publish_forwarded_into(checked, forward.plain, forward.groups(), backlog) {
+    let mut room = [""; FRAME_GROUPS_MAX];
+    let groups = forward.groups(&mut room);
+    match publisher.publish_forwarded_into(checked, forward.plain, groups, backlog) {
         Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
         // Counted by the local consumers it was for.
         Err(PublishError::OutOfMemory(_)) => counters.dropped_in.fetch_add(1, Ordering::Relaxed),

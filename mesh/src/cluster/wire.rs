@@ -354,23 +354,68 @@ pub fn encode_forward(out: &mut Vec<u8>, plain: bool, groups: &[&str], archive: 
     out.extend_from_slice(&PADDING[..padded(archive.len()) - archive.len()]);
 }
 
-/// A decoded forward frame.
-#[derive(Debug)]
+/// A decoded forward frame. Small, so that handing it on costs nothing:
+/// the queue-group names stay in the frame until asked for.
+#[derive(Debug, Clone, Copy)]
 pub struct Forward<'a> {
     /// For the receiver's plain subscriptions.
     pub plain: bool,
-    /// For one member of each of these queue groups.
-    pub groups: [&'a str; FRAME_GROUPS_MAX],
-    /// How many of `groups` are used.
+    /// The queue-group section, checked by [`decode_forward`].
+    names: &'a [u8],
+    /// How many queue groups it names.
     pub group_count: usize,
     /// The event's archive, 16-byte aligned, not yet validated.
     pub archive: &'a [u8],
 }
 
-impl Forward<'_> {
-    /// The queue groups named.
-    pub fn groups(&self) -> &[&str] {
-        &self.groups[..self.group_count]
+impl<'a> Forward<'a> {
+    /// The queue groups named (for one member of each), written into
+    /// `room`; empty for most frames, which are plain only.
+    pub fn groups<'r>(&self, room: &'r mut [&'a str; FRAME_GROUPS_MAX]) -> &'r [&'a str] {
+        let mut count = 0;
+        let names = GroupNames { rest: self.names }.map_while(Result::ok);
+        for (slot, name) in room.iter_mut().zip(names) {
+            *slot = name;
+            count += 1;
+        }
+        &room[..count]
+    }
+}
+
+/// The names of a forward frame's queue-group section, in order: each
+/// `len: u16 LE | UTF-8`, then zeros to the end.
+struct GroupNames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for GroupNames<'a> {
+    type Item = Result<&'a str, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = match self.rest {
+            [low, high, ..] => u16::from_le_bytes([*low, *high]) as usize,
+            _ => 0,
+        };
+        if len == 0 {
+            // Padding: all zeros to the end.
+            let padding = std::mem::take(&mut self.rest);
+            return padding
+                .iter()
+                .any(|&b| b != 0)
+                .then(|| Err(malformed("FORWARD", "an empty group name")));
+        }
+        let Some((name, rest)) = self.rest[2..].split_at_checked(len) else {
+            self.rest = &[];
+            return Some(Err(malformed(
+                "FORWARD",
+                "a group name runs past its section",
+            )));
+        };
+        self.rest = rest;
+        Some(
+            std::str::from_utf8(name)
+                .map_err(|_| malformed("FORWARD", "a group name is not UTF-8")),
+        )
     }
 }
 
@@ -413,45 +458,28 @@ pub fn decode_forward(frame: Frame<'_>) -> Result<Forward<'_>, WireError> {
             ),
         ));
     }
-    let (mut names, archive) = frame.body.split_at(section);
-    let mut forward = Forward {
-        plain: tag & 1 == 1,
-        groups: [""; FRAME_GROUPS_MAX],
-        group_count: 0,
-        archive,
-    };
-    while !names.is_empty() {
-        let len = match names {
-            [low, high, ..] => u16::from_le_bytes([*low, *high]) as usize,
-            _ => 0,
-        };
-        if len == 0 {
-            // Padding: all zeros to the end.
-            if names.iter().any(|&b| b != 0) {
-                return Err(malformed("FORWARD", "an empty group name"));
-            }
-            break;
-        }
-        let rest = &names[2..];
-        if rest.len() < len {
-            return Err(malformed("FORWARD", "a group name runs past its section"));
-        }
-        if forward.group_count == FRAME_GROUPS_MAX {
+    let (names, archive) = frame.body.split_at(section);
+    let plain = tag & 1 == 1;
+    let mut group_count = 0;
+    for name in (GroupNames { rest: names }) {
+        name?;
+        if group_count == FRAME_GROUPS_MAX {
             return Err(malformed(
                 "FORWARD",
                 format!("more than {FRAME_GROUPS_MAX} groups"),
             ));
         }
-        let name = std::str::from_utf8(&rest[..len])
-            .map_err(|_| malformed("FORWARD", "a group name is not UTF-8"))?;
-        forward.groups[forward.group_count] = name;
-        forward.group_count += 1;
-        names = &rest[len..];
+        group_count += 1;
     }
-    if !forward.plain && forward.group_count == 0 {
+    if !plain && group_count == 0 {
         return Err(malformed("FORWARD", "an event for nobody"));
     }
-    Ok(forward)
+    Ok(Forward {
+        plain,
+        names,
+        group_count,
+        archive,
+    })
 }
 
 #[cfg(test)]
@@ -598,7 +626,8 @@ mod tests {
             frames(&bytes, |frame| {
                 let forward = decode_forward(frame).unwrap();
                 assert_eq!(forward.plain, plain);
-                assert_eq!(forward.groups(), &groups[..]);
+                assert_eq!(forward.group_count, groups.len());
+                assert_eq!(forward.groups(&mut [""; FRAME_GROUPS_MAX]), &groups[..]);
                 assert_eq!(&forward.archive[..archive.len()], &archive[..]);
                 assert!((forward.archive.as_ptr() as usize).is_multiple_of(16));
                 seen += 1;
@@ -651,7 +680,10 @@ mod tests {
             frames(&bytes, |frame| {
                 if let Ok(forward) = decode_forward(frame) {
                     assert!(forward.plain || forward.group_count > 0);
-                    assert!(forward.groups().iter().all(|g| !g.is_empty()));
+                    let mut room = [""; FRAME_GROUPS_MAX];
+                    let groups = forward.groups(&mut room);
+                    assert_eq!(groups.len(), forward.group_count);
+                    assert!(groups.iter().all(|g| !g.is_empty()));
                 }
             });
         }
