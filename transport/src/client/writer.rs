@@ -1,10 +1,13 @@
 //! [`Writer`]: the client's write buffer (a [`FrameRing`] that publishers
 //! append to without a lock) and the flusher thread that empties it into the
-//! socket, so that many publishes share one system call.
+//! socket, so that many publishes share one system call. A publisher that
+//! finds nobody draining the ring, and nothing written by a publisher for a
+//! while, writes the ring out itself instead of waking the flusher: sparse
+//! publishes (a request, its reply) go out without a thread hand-off.
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use super::ClientError;
-use super::ring::FrameRing;
+use super::ring::{Drainer, FrameRing};
 use crate::frame::{FRAME_ALIGN, Header, Kind, PADDING, padded};
 use crate::stream::Stream;
 
@@ -20,6 +23,12 @@ use crate::stream::Stream;
 /// parked thread costs 20–25 µs here (research/limits.md), so under a steady
 /// stream of publishes it should rarely park.
 const FLUSHER_SPIN: Duration = Duration::from_micros(50);
+
+/// How long after a publisher last wrote the ring out itself the next one
+/// wakes the flusher instead: publishes closer together than this are a
+/// stream, which the flusher batches into fewer system calls; sparser ones
+/// would find the flusher parked (it spins as long) and pay its wake-up.
+const PUBLISHER_WRITES_EVERY: Duration = FLUSHER_SPIN;
 
 /// Scratch bytes above which a thread's frame buffer is given back after use
 /// (a large event), so that a thread keeps at most this much.
@@ -46,18 +55,27 @@ pub(super) enum Room {
 }
 
 /// Frames on their way to the node: the ring publishers append to, and the
-/// socket the flusher writes it to.
+/// socket the drainer (the flusher, or a publisher) writes it to.
 #[derive(Debug)]
 pub(super) struct Writer {
     ring: FrameRing,
     /// The socket, and frames to send ahead of the ring after a reconnect.
-    /// Locked by the flusher once per write, never by a publish that fits.
+    /// Locked by the drain role's holder once per write: by the flusher, and
+    /// by a sparse publisher writing the ring out itself (uncontended: the
+    /// reader takes it only to report a broken connection).
     link: Mutex<Link>,
     /// The flusher thread, to unpark; set when it starts.
     flusher: OnceLock<Thread>,
+    /// True while `link.first` holds frames: work for the drainer like a
+    /// committed frame, looked at when it gives the role up.
+    first_pending: AtomicBool,
+    /// When a publisher last wrote the ring out itself, in nanoseconds
+    /// since `epoch` (a hint: Relaxed, orders nothing).
+    publisher_wrote_at: AtomicU64,
+    epoch: Instant,
     /// Publishers waiting for room, and the lock they wait with on `room`.
     /// Only taken by a publisher that found the ring full, and by the
-    /// flusher when it sees such a publisher.
+    /// drainer when it sees such a publisher.
     waiting_for_room: AtomicUsize,
     room_lock: Mutex<()>,
     room: Condvar,
@@ -80,6 +98,9 @@ impl Writer {
                 first: None,
             }),
             flusher: OnceLock::new(),
+            first_pending: AtomicBool::new(false),
+            publisher_wrote_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             waiting_for_room: AtomicUsize::new(0),
             room_lock: Mutex::new(()),
             room: Condvar::new(),
@@ -88,7 +109,8 @@ impl Writer {
 
     /// Appends frames written by `write` (into a per-thread scratch buffer)
     /// to the ring, waiting for room as `room` allows if it is full (or
-    /// failing if disconnected), and wakes the flusher if it sleeps. The
+    /// failing if disconnected), and writes them out itself or wakes the
+    /// flusher if nobody is draining the ring (see [`Writer::committed`]). The
     /// ring is full when the node holds this connection back (a `Block`
     /// subscriber somewhere has no room): that is how a publisher is slowed
     /// to its subscribers' pace.
@@ -119,12 +141,84 @@ impl Writer {
         if !self.ring.try_push(frames) {
             self.push_when_room(closed, room, frames)?;
         }
-        if self.ring.wake_needed()
-            && let Some(flusher) = self.flusher.get()
-        {
-            flusher.unpark();
-        }
+        self.committed(room);
         Ok(())
+    }
+
+    /// A publisher committed frames: if nobody drains the ring, it takes the
+    /// drain role and writes the ring out itself when publishes are sparse
+    /// and it may wait (not for `Room::Now`: `try_publish`, the reader's
+    /// `PONG`), or else hands the role to the flusher and wakes it.
+    fn committed(&self, room: Room) {
+        if !self.ring.drainer_idle() {
+            return;
+        }
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let last = self.publisher_wrote_at.load(Ordering::Relaxed);
+        let sparse = now.saturating_sub(last) >= PUBLISHER_WRITES_EVERY.as_nanos() as u64;
+        if sparse && !matches!(room, Room::Now) && self.ring.claim(Drainer::Publisher) {
+            self.publisher_wrote_at.store(now, Ordering::Relaxed);
+            self.drain_here();
+        } else if self.ring.claim(Drainer::Flusher) {
+            self.unpark_flusher();
+        }
+    }
+
+    /// A publisher holding the drain role: writes what the ring holds, then
+    /// gives the role up; frames committed meanwhile go to the flusher (a
+    /// stream has begun).
+    fn drain_here(&self) {
+        if self.drain() == Drained::Disconnected {
+            // The flusher waits for the next connection, holding the role.
+            self.ring.hand_to(Drainer::Flusher);
+            self.unpark_flusher();
+        } else if self.give_up_role(Drainer::Flusher) {
+            self.unpark_flusher();
+        }
+    }
+
+    /// Gives the drain role up, and claims it again for `next` if there is
+    /// work left (true: the caller must see that `next` drains it).
+    fn give_up_role(&self, next: Drainer) -> bool {
+        self.ring.release_role();
+        // Relaxed: ordered by `release_role`'s fence, which pairs with the
+        // one in `drainer_idle` that `reconnected` calls after its store.
+        let work = self.first_pending.load(Ordering::Relaxed)
+            || self.ring.has_committed(self.ring.head());
+        work && self.ring.claim(next)
+    }
+
+    /// The drain role's holder: writes a new connection's first frames and
+    /// the frames committed at the ring's head into the socket.
+    fn drain(&self) -> Drained {
+        let (stream, first) = {
+            let mut link = self.link.lock().expect("link lock");
+            // Relaxed: only looked at by a drainer, which takes this lock
+            // before it writes; see `give_up_role` for the re-check.
+            self.first_pending.store(false, Ordering::Relaxed);
+            (link.stream.clone(), link.first.take())
+        };
+        let Some(stream) = stream else {
+            return Drained::Disconnected;
+        };
+        // A failed write means the connection broke: the reader notices
+        // and reconnects; what was being written is lost in flight.
+        if let Some(first) = first {
+            let _ = (&*stream).write_all(&first);
+        }
+        let head = self.ring.head();
+        let committed = self.ring.committed(head);
+        if committed.to == head {
+            return Drained::Nothing;
+        }
+        for slice in self.ring.slices(committed) {
+            if !slice.is_empty() {
+                let _ = (&*stream).write_all(slice);
+            }
+        }
+        self.ring.release(committed.to);
+        self.gave_room();
+        Drained::Wrote
     }
 
     /// The slow path of `push`: the ring is full.
@@ -141,8 +235,8 @@ impl Writer {
             }
             self.waiting_for_room.fetch_add(1, Ordering::Relaxed);
             // SYNC POINT (room): pairs with the fence in `gave_room`. After
-            // it, either this try sees the flusher's new `head`, or the
-            // flusher sees this waiter and notifies under `room_lock`, which
+            // it, either this try sees the drainer's new `head`, or the
+            // drainer sees this waiter and notifies under `room_lock`, which
             // this thread holds until it waits.
             fence(Ordering::SeqCst);
             let pushed = self.ring.try_push(frames);
@@ -173,67 +267,49 @@ impl Writer {
         }
     }
 
-    /// The flusher thread: writes committed frames out as they come, until
-    /// `closed`.
+    /// The flusher thread: writes committed frames out whenever it holds the
+    /// drain role, until `closed`.
     pub(super) fn flush_loop(&self, closed: &AtomicBool) {
         let _ = self.flusher.set(std::thread::current());
         // SYNC POINT (flusher start): pairs with the fence in
         // `wake_flusher`: either this thread sees `closed` below, or a
         // closer sees it registered and unparks it.
         fence(Ordering::SeqCst);
-        let mut head = 0u64;
         loop {
             if closed.load(Ordering::Relaxed) {
                 return;
             }
-            let (stream, first) = {
-                let mut link = self.link.lock().expect("link lock");
-                (link.stream.clone(), link.first.take())
-            };
-            let Some(stream) = stream else {
-                // Disconnected: `reconnected` and `close` unpark.
+            if self.ring.holder() != Drainer::Flusher {
+                // Whoever hands it the role (a publisher, `reconnected`)
+                // unparks it, and so do `close` and `wake_all`. An unpark
+                // before the park makes the park return at once.
                 std::thread::park();
                 continue;
-            };
-            // A failed write means the connection broke: the reader notices
-            // and reconnects; what was being written is lost in flight.
-            if let Some(first) = first {
-                let _ = (&*stream).write_all(&first);
             }
-            let committed = self.ring.committed(head);
-            if committed.to == head {
-                self.wait_for_frames(closed, head);
-                continue;
+            match self.drain() {
+                Drained::Wrote => {}
+                // Holding the role until `reconnected` unparks it.
+                Drained::Disconnected => std::thread::park(),
+                Drained::Nothing => self.wait_for_frames(),
             }
-            for slice in self.ring.slices(committed) {
-                if !slice.is_empty() {
-                    let _ = (&*stream).write_all(slice);
-                }
-            }
-            head = committed.to;
-            self.ring.release(head);
-            self.gave_room();
         }
     }
 
-    /// The flusher found nothing at `head`: spins a little, then parks until
-    /// a publisher commits a frame (or `close`, `reconnected` unpark).
-    fn wait_for_frames(&self, closed: &AtomicBool, head: u64) {
+    /// The flusher found nothing to write: spins a little, then gives the
+    /// drain role up unless work came meanwhile.
+    fn wait_for_frames(&self) {
         let spin_until = Instant::now() + FLUSHER_SPIN;
         while Instant::now() < spin_until {
-            if self.ring.has_committed(head) {
+            if self.ring.has_committed(self.ring.head()) {
                 return;
             }
             std::hint::spin_loop();
         }
-        self.ring.prepare_to_sleep();
-        if !self.ring.has_committed(head) && !closed.load(Ordering::Relaxed) {
-            std::thread::park();
-        }
-        self.ring.awake();
+        // Claimed back: the loop goes on draining.
+        let _ = self.give_up_role(Drainer::Flusher);
     }
 
-    /// The flusher gave room back: wakes publishers waiting for it.
+    /// A drainer gave room back: wakes publishers waiting for it.
     fn gave_room(&self) {
         // SYNC POINT (room): pairs with the fence in `push_when_room`.
         fence(Ordering::SeqCst);
@@ -256,6 +332,16 @@ impl Writer {
             let mut link = self.link.lock().expect("link lock");
             link.first = Some(first);
             link.stream = Some(stream);
+            // Relaxed: `drainer_idle`'s fence below orders it before the
+            // look at the role; see `give_up_role`.
+            self.first_pending.store(true, Ordering::Relaxed);
+        }
+        // The flusher writes `first` now if nobody drains; a holder other
+        // than the flusher sees `first_pending` when it gives the role up.
+        // The flusher may be parked holding the role (disconnected): the
+        // unpark in `wake_flusher` is for that case.
+        if self.ring.drainer_idle() {
+            let _ = self.ring.claim(Drainer::Flusher);
         }
         self.wake_flusher();
         self.wake_publishers();
@@ -280,8 +366,13 @@ impl Writer {
     fn wake_flusher(&self) {
         // SYNC POINT (flusher start): pairs with the fence in `flush_loop`.
         fence(Ordering::SeqCst);
-        // An unpark before the flusher parks makes that park return at
-        // once: the flusher cannot miss it.
+        self.unpark_flusher();
+    }
+
+    /// An unpark before the flusher parks makes that park return at once:
+    /// the flusher cannot miss it. Before the flusher has started, there is
+    /// nothing to unpark, and its loop looks at the role first.
+    fn unpark_flusher(&self) {
         if let Some(flusher) = self.flusher.get() {
             flusher.unpark();
         }
@@ -293,6 +384,17 @@ impl Writer {
         let _guard = self.room_lock.lock().expect("room lock");
         self.room.notify_all();
     }
+}
+
+/// What a [`Writer::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Wrote frames out (and maybe a new connection's first frames).
+    Wrote,
+    /// Found nothing committed (but maybe wrote the first frames).
+    Nothing,
+    /// Found no connection: everything stays buffered.
+    Disconnected,
 }
 
 /// Appends a whole frame (header, body, padding).
