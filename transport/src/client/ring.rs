@@ -142,7 +142,7 @@ impl FrameRing {
             // clear) before they are written again.
             let head = self.head.0.load(Ordering::Acquire);
             // `tail` may be older than `head`: another publisher can push,
-            // and the flusher release those bytes, between the two loads.
+            // and a drainer release those bytes, between the two loads.
             // Such a tail is stale, so the exchange below fails and reloads
             // it; it must not read as a full ring (a spurious wait, and an
             // overflow in debug builds).
@@ -401,13 +401,13 @@ mod loom_tests {
     //! (scripts/test runs them). loom does not see the ring's raw bytes; it
     //! checks the atomics, and the tests check the bytes read.
     //!
-    //! The flusher's park handshake is not modelled here: it is core's
-    //! `Signal` handshake (flag, SeqCst fence, re-check; commit, SeqCst
-    //! fence, read the flag), but loom 0.7.3 lets a Relaxed (or SeqCst) load
-    //! after a SeqCst fence miss a store made before an earlier fence once
-    //! the loading thread has itself swapped that flag before, which the C++
-    //! fence rules forbid: a two-thread probe of the bare pattern fails the
-    //! same way. The flusher below yields instead of parking.
+    //! The flusher's park is not modelled: it parks only while it does not
+    //! hold the drain role, and whoever hands the role to it unparks it. The
+    //! role's hand-over is (`the_drain_role_strands_no_frame`). An earlier
+    //! model of a flag-only park handshake failed in loom 0.7.3 where the
+    //! C++ fence rules forbid it (a Relaxed load after a SeqCst fence missed
+    //! a store made before an earlier fence, once the loading thread had
+    //! swapped that flag itself); this one passes.
 
     use loom::sync::Arc;
     use loom::thread;
@@ -462,6 +462,78 @@ mod loom_tests {
             for publisher in publishers {
                 publisher.join().unwrap();
             }
+            out.sort_unstable();
+            assert_eq!(out, [1, 2]);
+        });
+    }
+
+    /// What `Writer::drain` does with the ring, for the drain role's holder;
+    /// `draining` catches two holders at once.
+    fn drain_held(ring: &FrameRing, out: &loom::sync::Mutex<Vec<u8>>, draining: &AtomicU8) {
+        assert_eq!(
+            draining.swap(1, Ordering::Relaxed),
+            0,
+            "two drainers at once"
+        );
+        let committed = ring.committed(ring.head());
+        for slice in ring.slices(committed) {
+            let mut out = out.lock().unwrap();
+            out.extend(slice.chunks_exact(FRAME_ALIGN).map(|slot| slot[0]));
+        }
+        ring.release(committed.to);
+        draining.store(0, Ordering::Relaxed);
+    }
+
+    /// `Writer::give_up_role`, without a reconnect's first frames.
+    fn give_up_role(ring: &FrameRing, next: Drainer) -> bool {
+        ring.release_role();
+        ring.has_committed(ring.head()) && ring.claim(next)
+    }
+
+    /// Two publishers commit a frame each and write the ring out themselves
+    /// when they win the idle role, handing it to the flusher if a frame
+    /// came meanwhile (as `Writer::committed` and `drain_here` do), while
+    /// the flusher, holding the role at first, drains until it gives the
+    /// role up. Then the flusher drains whenever it was handed the role.
+    /// Never two drainers at once, and in the end the role is idle and both
+    /// frames are out, once each: no frame is stranded by a role given up.
+    #[test]
+    fn the_drain_role_strands_no_frame() {
+        // Three threads: unbounded, the search takes far too long.
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(2);
+        model.check(|| {
+            let ring = Arc::new(FrameRing::new(2 * FRAME_ALIGN, FRAME_ALIGN));
+            let out = Arc::new(loom::sync::Mutex::new(Vec::new()));
+            let draining = Arc::new(AtomicU8::new(0));
+            assert!(ring.claim(Drainer::Flusher));
+            let publishers: Vec<_> = [1u8, 2]
+                .into_iter()
+                .map(|name| {
+                    let (ring, out, draining) = (ring.clone(), out.clone(), draining.clone());
+                    thread::spawn(move || {
+                        assert!(ring.try_push(&[name; FRAME_ALIGN]));
+                        if ring.drainer_idle() && ring.claim(Drainer::Publisher) {
+                            drain_held(&ring, &out, &draining);
+                            let _ = give_up_role(&ring, Drainer::Flusher);
+                        }
+                    })
+                })
+                .collect();
+            // The flusher: one drain, then the role goes (or is claimed back).
+            drain_held(&ring, &out, &draining);
+            while give_up_role(&ring, Drainer::Flusher) {
+                drain_held(&ring, &out, &draining);
+            }
+            for publisher in publishers {
+                publisher.join().unwrap();
+            }
+            // What a parked flusher does when it is handed the role.
+            while ring.holder() == Drainer::Flusher {
+                drain_held(&ring, &out, &draining);
+                let _ = give_up_role(&ring, Drainer::Flusher);
+            }
+            let mut out = out.lock().unwrap().clone();
             out.sort_unstable();
             assert_eq!(out, [1, 2]);
         });

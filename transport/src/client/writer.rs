@@ -183,8 +183,8 @@ impl Writer {
         self.ring.release_role();
         // Relaxed: ordered by `release_role`'s fence, which pairs with the
         // one in `drainer_idle` that `reconnected` calls after its store.
-        let work = self.first_pending.load(Ordering::Relaxed)
-            || self.ring.has_committed(self.ring.head());
+        let work =
+            self.first_pending.load(Ordering::Relaxed) || self.ring.has_committed(self.ring.head());
         work && self.ring.claim(next)
     }
 
