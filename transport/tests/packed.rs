@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Raw, SECOND, backends, config, node, node_with};
 use rkyv::util::AlignedVec;
 use starling_core::{BusConfig, Event, EventLimits, SlowConsumerPolicy, SubscribeOptions};
-use starling_transport::client::Client;
+use starling_transport::client::{Client, ClientOptions};
 use starling_transport::frame::control::{ErrorBody, Subscribe};
 use starling_transport::frame::packed::{self, Record};
 use starling_transport::frame::{ErrorCode, FRAME_ALIGN, Kind};
@@ -296,11 +296,11 @@ fn a_version_3_client_keeps_working_and_may_not_send_packed_frames() {
 }
 
 /// Issue 12's figure: bytes on the wire per 16-byte event on a short
-/// subject (the bench's), as the node counts them for a client's connection.
+/// subject (the bench's), as the node counts them for a client's
+/// connection: a client that packs small events, and one of the defaults,
+/// which does not.
 #[test]
 fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
-    const EVENTS: u64 = 10_000;
-    let node = node(backends()[0]);
     let pub_frame = common::frame(
         Kind::Pub,
         0,
@@ -312,7 +312,35 @@ fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
         .to_archive(),
     );
     assert_eq!(pub_frame.len(), 112, "what protocol 3 sends");
-    let client = Client::connect(&node.tcp).unwrap();
+    let node = node(backends()[0]);
+    let packing = ClientOptions {
+        pack_small_events: true,
+        ..ClientOptions::default()
+    };
+    let per_event = bytes_per_small_event(&node, packing);
+    println!("bytes on the wire per 16-byte event: {per_event:.1} (PUB: 112)");
+    // One packed frame each (64 bytes), plus the HELLO, SUB and PING.
+    assert!(per_event <= 64.5, "{per_event} bytes per event");
+    let per_event = bytes_per_small_event(&node, ClientOptions::default());
+    assert!(
+        (112.0..112.5).contains(&per_event),
+        "{per_event} bytes per event: the default client packs"
+    );
+}
+
+/// Bytes the node received per event from a client with `options` that
+/// published 10,000 16-byte events on `bench.pubsub`.
+fn bytes_per_small_event(node: &common::Node, options: ClientOptions) -> f64 {
+    const EVENTS: u64 = 10_000;
+    let name = format!("bytes-packing-{}", options.pack_small_events);
+    let client = Client::connect_with(
+        &node.tcp,
+        ClientOptions {
+            name: name.clone(),
+            ..options
+        },
+    )
+    .unwrap();
     for _ in 0..EVENTS {
         client.publish("bench.pubsub", &[0; 16]).unwrap();
     }
@@ -320,16 +348,17 @@ fn a_small_event_costs_less_than_60_percent_of_the_bytes_of_a_pub() {
     let deadline = Instant::now() + 10 * SECOND;
     let connection = loop {
         let connections = node.server.connections();
-        if let Some(c) = connections.into_iter().find(|c| c.events_in == EVENTS) {
+        if let Some(c) = connections
+            .into_iter()
+            .find(|c| c.client_name == name && c.events_in == EVENTS)
+        {
             break c;
         }
         assert!(Instant::now() < deadline, "{EVENTS} events never arrived");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let per_event = connection.bytes_in as f64 / EVENTS as f64;
-    println!("bytes on the wire per 16-byte event: {per_event:.1} (PUB: 112)");
-    // One packed frame each (64 bytes), plus the HELLO, SUB and PING.
-    assert!(per_event <= 64.5, "{per_event} bytes per event");
+    client.close();
+    connection.bytes_in as f64 / EVENTS as f64
 }
 
 /// A node of protocol 3 only (the build before this one), played by hand:

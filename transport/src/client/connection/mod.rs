@@ -54,8 +54,8 @@ pub(crate) struct Connection {
     subscriptions: Subscriptions,
     /// For `is_connected` only; orders nothing (Relaxed).
     connected: AtomicBool,
-    /// The node agreed on protocol 4: small events go as `PACKED_PUB`
-    /// records. Set at each (re)connect; a hint for the frame to write,
+    /// The options ask for packing and the node agreed on protocol 4:
+    /// small events go as `PACKED_PUB` records ([`packs`]). Set at each (re)connect; a hint for the frame to write,
     /// ordering nothing (Relaxed). Frames buffered across a reconnect to a
     /// node that speaks only 3 are refused by it (not expected: a node
     /// replaced by an older build under a running client).
@@ -85,6 +85,7 @@ impl Connection {
         options: ClientOptions,
     ) -> Result<Arc<Connection>, ClientError> {
         let (stream, decoder, version) = handshake::open(&url, &options)?;
+        let packed = packs(&options, version);
         let connection_id = starling_core::random_u64();
         let nuid = format!("{connection_id:016x}");
         let local = Bus::new(BusConfig {
@@ -108,7 +109,7 @@ impl Connection {
             answers: Answers::new(),
             subscriptions: Subscriptions::default(),
             connected: AtomicBool::new(true),
-            packed: AtomicBool::new(version >= PACKED_SINCE),
+            packed: AtomicBool::new(packed),
             closed: AtomicBool::new(false),
             dropped_by_node: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -348,4 +349,10 @@ impl Connection {
     ) -> Result<(), ClientError> {
         self.writer.enqueue(&self.closed, room, write)
     }
+}
+
+/// True if a connection that agreed on protocol `version` sends small events
+/// as `PACKED_PUB` records: only when the options ask for it.
+fn packs(options: &ClientOptions, version: u32) -> bool {
+    options.pack_small_events && version >= PACKED_SINCE
 }

@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use super::Connection;
 use crate::client::writer::push_frame;
 use crate::client::{ClientError, handshake};
-use crate::frame::{Decoder, ErrorCode, FRAME_ALIGN, Kind, PACKED_SINCE};
+use crate::frame::{Decoder, ErrorCode, FRAME_ALIGN, Kind};
 use crate::stream::Stream;
 
 /// The first wait before connecting again.
@@ -47,7 +47,7 @@ impl Connection {
                 push_frame(&mut frames, Kind::Sub, sid, &request.encode());
             });
             self.packed
-                .store(version >= PACKED_SINCE, Ordering::Relaxed);
+                .store(super::packs(&self.options, version), Ordering::Relaxed);
             self.writer.reconnected(stream.clone(), frames);
             self.connected.store(true, Ordering::Relaxed);
             self.reconnects.fetch_add(1, Ordering::Relaxed);
