@@ -37,10 +37,8 @@ use starling_transport::process;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As the `starling` binary does.
-#[used]
-#[unsafe(link_section = ".init_array.00090")]
-static HUGE_PAGES_OFF: extern "C" fn() = process::disable_transparent_huge_pages_by_default;
+// As the `starling` binary does.
+starling_transport::disable_transparent_huge_pages_before_main!();
 
 const NODES: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -108,15 +108,8 @@ impl fmt::Display for HugePages {
 /// set, in which case mimalloc does what it says. A binary that uses
 /// mimalloc runs it before mimalloc's own start-up constructor, which
 /// reserves and touches the first arena (turned off in `main`, a 2 MiB
-/// huge page was already resident), from an `.init_array` entry of a
-/// higher priority (a lower number; std reads `argv` at 00099 the same
-/// way):
-///
-/// ```ignore
-/// #[used]
-/// #[unsafe(link_section = ".init_array.00090")]
-/// static HUGE_PAGES_OFF: extern "C" fn() = process::disable_transparent_huge_pages_by_default;
-/// ```
+/// huge page was already resident), with
+/// [`disable_transparent_huge_pages_before_main!`](crate::disable_transparent_huge_pages_before_main).
 ///
 /// Hence `extern "C"`, no allocation and no result: [`huge_pages_at_start`]
 /// tells `main` what it did. Only for a process's start, before any other
@@ -131,6 +124,20 @@ pub extern "C" fn disable_transparent_huge_pages_by_default() {
         let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
         START_ERROR.store(errno, Ordering::Relaxed);
     }
+}
+
+/// Registers [`disable_transparent_huge_pages_by_default`] to run before
+/// mimalloc's start-up constructor: an `.init_array` entry of a higher
+/// priority (a lower number; std reads `argv` at 00099 the same way). Once,
+/// at the top level of each binary that uses mimalloc.
+#[macro_export]
+macro_rules! disable_transparent_huge_pages_before_main {
+    () => {
+        #[used]
+        #[unsafe(link_section = ".init_array.00090")]
+        static HUGE_PAGES_OFF: extern "C" fn() =
+            $crate::process::disable_transparent_huge_pages_by_default;
+    };
 }
 
 /// What [`disable_transparent_huge_pages_by_default`] did at the start, for

@@ -13,9 +13,7 @@ use starling_transport::process;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[used]
-#[unsafe(link_section = ".init_array.00090")]
-static HUGE_PAGES_OFF: extern "C" fn() = process::disable_transparent_huge_pages_by_default;
+starling_transport::disable_transparent_huge_pages_before_main!();
 
 fn main() -> ExitCode {
     if let Err(error) = process::huge_pages_at_start() {

@@ -11,10 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // mimalloc's constructor touches its first arena: each first touch of a huge
 // page zeroed 2 MiB, 10-30 ms stalls over a fresh node's first subscriptions
 // (BENCHMARKS.md, interest convergence). `cli::main` logs what it did.
-#[used]
-#[unsafe(link_section = ".init_array.00090")]
-static HUGE_PAGES_OFF: extern "C" fn() =
-    starling_transport::process::disable_transparent_huge_pages_by_default;
+starling_transport::disable_transparent_huge_pages_before_main!();
 
 fn main() -> ExitCode {
     starling_mesh::cli::main()
