@@ -24,6 +24,13 @@
 //! link is down: the mailbox keeps what arrives and sends it when the link
 //! is back.
 //!
+//! **A link replaced by another** (two nodes dialed each other: both keep
+//! the connection the lower id dialed) is *retired*, not cut: its streams
+//! are written out and finished, and the task takes nothing more from the
+//! mailbox until the peer has acknowledged every forward sent on them. Only
+//! then do events go out on the new link: nothing is lost to the swap, and
+//! the events of a subject keep their order across it.
+//!
 //! **Accounting.** The peer acknowledges, per stream, the forwards it has
 //! handed to its bus; when a link goes down, what was taken for it and not
 //! acknowledged is counted as lost in flight. When the peer is forgotten,
@@ -51,6 +58,7 @@ use starling_core::bus::PLAIN_TAG;
 use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 use super::counters::LinkCounters;
 use super::interest::InterestKey;
@@ -81,8 +89,15 @@ pub(crate) enum EgressCommand {
     Routed { id: u64, group: Option<Arc<str>> },
     /// The peer's entry `id` is no longer routed (see [`unroute`]).
     Unrouted { id: u64 },
-    /// The link is (back) up on this connection.
-    Connect(Connection),
+    /// The link is (back) up on `connection`. If the task still has
+    /// streams on a link that is not broken, that link was replaced: its
+    /// streams retire first, and `retired` fires once they have (every
+    /// forward on them acknowledged, or the link gone); it fires at once
+    /// if there is nothing to retire.
+    Connect {
+        connection: Connection,
+        retired: oneshot::Sender<()>,
+    },
     /// The link is down.
     Disconnect,
 }
@@ -99,6 +114,7 @@ pub(crate) async fn run(
         entries: HashMap::new(),
         connection: None,
         streams: Vec::new(),
+        retiring: Vec::new(),
         pending: None,
         pending_groups: Vec::new(),
         counters,
@@ -117,6 +133,9 @@ struct Egress {
     connection: Option<Connection>,
     /// The link's data streams; empty while it is down.
     streams: Vec<DataStream>,
+    /// Links replaced by another whose streams are still being written out
+    /// and acknowledged; nothing is taken from the mailbox meanwhile.
+    retiring: Vec<Retiring>,
     /// The last event taken, held back in case the next delivery is the same
     /// record for another of the peer's groups.
     pending: Option<Pending>,
@@ -128,6 +147,15 @@ struct Egress {
 struct Pending {
     event: EventRef,
     plain: bool,
+}
+
+/// A replaced link's streams, written out and awaiting acknowledgement.
+struct Retiring {
+    connection: Connection,
+    streams: Vec<DataStream>,
+    /// Dropped with the rest once the last stream is done: the driver's
+    /// retirement of the link waits for that ([`EgressCommand::Connect`]).
+    _retired: oneshot::Sender<()>,
 }
 
 /// One data stream of the link, written on its own: a stream whose peer
@@ -150,6 +178,8 @@ struct DataStream {
     ack_len: usize,
     /// The peer finished its side: no more acknowledgements.
     acks_over: bool,
+    /// This side finished the stream (it is retiring).
+    finished: bool,
 }
 
 /// Why a link's streams were given up.
@@ -161,8 +191,60 @@ enum Broken {
 }
 
 impl DataStream {
+    fn new(send: SendStream, acks: RecvStream) -> Self {
+        DataStream {
+            send,
+            acks,
+            buffer: Vec::with_capacity(64 << 10),
+            handing: Bytes::new(),
+            sent: 0,
+            acked: 0,
+            ack_bytes: [0; 8 * ACK_BYTES],
+            ack_len: 0,
+            acks_over: false,
+            finished: false,
+        }
+    }
+
     fn unwritten(&self) -> usize {
         self.buffer.len() + self.handing.len()
+    }
+
+    /// Forwards sent that the peer has not acknowledged.
+    fn unacknowledged(&self) -> u64 {
+        self.sent - self.acked
+    }
+
+    /// Drives a retiring stream: writes what is left, then finishes it.
+    /// Done (`Ready`) once the peer has acknowledged every forward, or
+    /// will acknowledge no more (it finished its side, or the link broke):
+    /// what it had not acknowledged is then counted as lost in flight.
+    fn poll_retire(
+        &mut self,
+        cx: &mut Context<'_>,
+        counters: &LinkCounters,
+    ) -> Poll<Result<(), WireError>> {
+        let broken = match self.poll(cx, counters) {
+            Ok(()) => None,
+            Err(Broken::Lost) => Some(Ok(())),
+            Err(Broken::Protocol(error)) => Some(Err(error)),
+        };
+        if broken.is_none() && self.unwritten() == 0 && !self.finished {
+            // The peer acknowledges what is left when it reads the end.
+            let _ = self.send.finish();
+            self.finished = true;
+        }
+        let acknowledged = self.unwritten() == 0 && self.unacknowledged() == 0;
+        if acknowledged {
+            return Poll::Ready(Ok(()));
+        }
+        if broken.is_some() || self.acks_over {
+            counters
+                .lost_in_flight
+                .fetch_add(self.unacknowledged(), Ordering::Relaxed);
+            return Poll::Ready(broken.unwrap_or(Ok(())));
+        }
+        Poll::Pending
     }
 
     /// Reads the acknowledgements that arrived and writes what QUIC takes;
@@ -233,8 +315,10 @@ impl Egress {
         if let Poll::Ready(command) = commands.poll_recv(cx) {
             return Poll::Ready(command);
         }
-        // Down, broken, or a stream with a backlog: nothing is taken.
-        if self.streams.is_empty()
+        // A replaced link still retiring, down, broken, or a stream with a
+        // backlog: nothing is taken.
+        if !self.poll_retiring(cx)
+            || self.streams.is_empty()
             || !self.poll_streams(cx)
             || self
                 .streams
@@ -270,6 +354,25 @@ impl Egress {
         Poll::Pending
     }
 
+    /// Drives the retiring links; true once there are none.
+    fn poll_retiring(&mut self, cx: &mut Context<'_>) -> bool {
+        let counters = &self.counters;
+        self.retiring.retain_mut(|link| {
+            link.streams
+                .retain_mut(|stream| match stream.poll_retire(cx, counters) {
+                    Poll::Pending => true,
+                    Poll::Ready(Ok(())) => false,
+                    Poll::Ready(Err(error)) => {
+                        close_bad_link(&link.connection, &error);
+                        false
+                    }
+                });
+            // Dropping the link drops `retired`: the driver hears it.
+            !link.streams.is_empty()
+        });
+        self.retiring.is_empty()
+    }
+
     /// Polls every stream; false if the link broke (then it is down here).
     fn poll_streams(&mut self, cx: &mut Context<'_>) -> bool {
         let mut broken = None;
@@ -283,9 +386,7 @@ impl Egress {
             None => true,
             Some(why) => {
                 if let (Broken::Protocol(error), Some(connection)) = (&why, &self.connection) {
-                    let reason = error.to_string();
-                    tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
-                    connection.close(close::PROTOCOL, reason.as_bytes());
+                    close_bad_link(connection, error);
                 }
                 self.link_down();
                 false
@@ -296,7 +397,7 @@ impl Egress {
     /// The link is gone: what the peer had not acknowledged is lost in
     /// flight, as far as this node can tell.
     fn link_down(&mut self) {
-        let lost: u64 = self.streams.iter().map(|s| s.sent - s.acked).sum();
+        let lost: u64 = self.streams.iter().map(DataStream::unacknowledged).sum();
         self.counters
             .lost_in_flight
             .fetch_add(lost, Ordering::Relaxed);
@@ -308,6 +409,11 @@ impl Egress {
     /// is left for it is counted as dropped.
     fn retire(&mut self, mailbox: &mut Mailbox) {
         self.link_down();
+        let retiring = self.retiring.drain(..).flat_map(|link| link.streams);
+        let lost: u64 = retiring.map(|s| s.unacknowledged()).sum();
+        self.counters
+            .lost_in_flight
+            .fetch_add(lost, Ordering::Relaxed);
         for id in self.entries.keys() {
             mailbox.unsubscribe(*id);
         }
@@ -327,21 +433,24 @@ impl Egress {
             EgressCommand::Unrouted { id } => {
                 self.entries.remove(&id);
             }
-            EgressCommand::Connect(connection) => {
-                self.link_down();
+            EgressCommand::Connect {
+                connection,
+                retired,
+            } => {
+                match self.connection.take() {
+                    Some(replaced) if replaced.close_reason().is_none() => {
+                        self.retiring.push(Retiring {
+                            connection: replaced,
+                            streams: std::mem::take(&mut self.streams),
+                            _retired: retired,
+                        });
+                    }
+                    // Down or broken: nothing more will be acknowledged.
+                    _ => self.link_down(),
+                }
                 for _ in 0..data_streams {
                     match connection.open_bi().await {
-                        Ok((send, acks)) => self.streams.push(DataStream {
-                            send,
-                            acks,
-                            buffer: Vec::with_capacity(64 << 10),
-                            handing: Bytes::new(),
-                            sent: 0,
-                            acked: 0,
-                            ack_bytes: [0; 8 * ACK_BYTES],
-                            ack_len: 0,
-                            acks_over: false,
-                        }),
+                        Ok((send, acks)) => self.streams.push(DataStream::new(send, acks)),
                         Err(_) => {
                             // Closed already; the driver hears of it.
                             self.streams.clear();
@@ -457,6 +566,13 @@ pub(crate) fn unroute(
     let _ = commands.send(EgressCommand::Unrouted { id });
 }
 
+/// Closes a link whose peer sent what the protocol does not allow.
+fn close_bad_link(connection: &Connection, error: &WireError) {
+    let reason = error.to_string();
+    tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
+    connection.close(close::PROTOCOL, reason.as_bytes());
+}
+
 /// The data stream for `subject`: FNV-1a, so every node agrees.
 fn shard(subject: &str, streams: usize) -> usize {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
@@ -519,5 +635,152 @@ impl ReplyRoutes {
             }
             Err(error) => tracing::debug!(%pattern, %error, "no reply route"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use starling_core::{Bus, SlowConsumerPolicy, SubscribeOptions};
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::*;
+    use crate::cluster::link::{self, tests::endpoint};
+    use crate::cluster::tls::LINK_SERVER_NAME;
+
+    const EVENTS: u64 = 200_000;
+    const SUBJECTS: u64 = 8;
+
+    /// A second connection from `from` to `to`: (dialed end, accepted end).
+    async fn connect(from: &quinn::Endpoint, to: &quinn::Endpoint) -> (Connection, Connection) {
+        let address = to.local_addr().unwrap();
+        let dialed = from.connect(address, LINK_SERVER_NAME).unwrap();
+        let accepted = to.accept().await.unwrap().await.unwrap();
+        (dialed.await.unwrap(), accepted)
+    }
+
+    /// The swap after two nodes dialed each other: the egress moves to a
+    /// new connection while the old one has forwards in flight. Every event
+    /// arrives once, each subject's in order, nothing is counted lost, and
+    /// the old link reports itself retired only after its forwards were
+    /// acknowledged.
+    #[tokio::test]
+    async fn a_replaced_link_retires_without_losing_or_reordering_an_event() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (sender, receiver) = (endpoint(), endpoint());
+                let (first, first_accepted) = connect(&sender, &receiver).await;
+                let (second, second_accepted) = connect(&sender, &receiver).await;
+
+                let receiving = Bus::new(Default::default());
+                let subscription = receiving.subscribe("retire.>").unwrap();
+                let counters_in = Arc::new(LinkCounters::default());
+                let replies = Rc::new(RefCell::new(ReplyRoutes::new(
+                    Rc::new(RefCell::new(receiving.peer_mailbox(Default::default()))),
+                    "_INBOX.sender.",
+                )));
+                for accepted in [first_accepted, second_accepted] {
+                    tokio::task::spawn_local(link::ingress(
+                        accepted,
+                        receiving.clone(),
+                        counters_in.clone(),
+                        replies.clone(),
+                    ));
+                }
+
+                let sending = Bus::new(Default::default());
+                let mailbox = Rc::new(RefCell::new(sending.peer_mailbox(SubscribeOptions {
+                    capacity: 4096,
+                    policy: SlowConsumerPolicy::Block {
+                        max_stall: Duration::from_secs(30),
+                    },
+                    ..SubscribeOptions::default()
+                })));
+                let (commands, queue) = unbounded_channel();
+                let counters = Arc::new(LinkCounters::default());
+                let key = InterestKey {
+                    pattern: "retire.>".into(),
+                    group: None,
+                };
+                route(&mailbox, &commands, 1, key);
+                let egress = tokio::task::spawn_local(run(mailbox, queue, 4, counters.clone()));
+                let (retired, _) = oneshot::channel();
+                commands
+                    .send(EgressCommand::Connect {
+                        connection: first.clone(),
+                        retired,
+                    })
+                    .unwrap();
+
+                // The bus stays: a mailbox whose bus is gone reports itself
+                // closed, and the task stops.
+                let mut publisher = sending.publisher();
+                let publisher = std::thread::spawn(move || {
+                    for sequence in 0..EVENTS {
+                        let subject = format!("retire.{}", sequence % SUBJECTS);
+                        publisher
+                            .publish(&subject, &sequence.to_le_bytes())
+                            .unwrap();
+                    }
+                });
+
+                // Swap once a quarter has arrived, with the first link busy.
+                let mut last: BTreeMap<String, u64> = BTreeMap::new();
+                let mut received = 0u64;
+                let mut replaced_retired = None;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while received < EVENTS {
+                    let event = tokio::time::timeout_at(deadline, subscription.recv_async())
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!(
+                                "{received} of {EVENTS} arrived; {counters:?}; {:?}",
+                                counters_in
+                            )
+                        })
+                        .unwrap();
+                    let sequence = u64::from_le_bytes(event.payload().try_into().unwrap());
+                    let previous = last.insert(event.subject().to_string(), sequence);
+                    assert!(
+                        previous.is_none_or(|previous| previous + SUBJECTS == sequence),
+                        "{}: {sequence} after {previous:?}",
+                        event.subject()
+                    );
+                    received += 1;
+                    if received == EVENTS / 4 {
+                        let (retired, heard) = oneshot::channel();
+                        commands
+                            .send(EgressCommand::Connect {
+                                connection: second.clone(),
+                                retired,
+                            })
+                            .unwrap();
+                        replaced_retired = Some(heard);
+                    }
+                }
+                publisher.join().unwrap();
+                assert_eq!(
+                    last.values().map(|sequence| sequence / SUBJECTS).max(),
+                    Some((EVENTS - 1) / SUBJECTS),
+                    "every subject's last event arrived"
+                );
+                // Retired, and only after what it carried was acknowledged.
+                let heard = replaced_retired.expect("swapped");
+                tokio::time::timeout(Duration::from_secs(10), heard)
+                    .await
+                    .expect("the first link retired")
+                    .unwrap_err();
+                assert_eq!(counters.lost_in_flight.load(Ordering::Relaxed), 0);
+                assert_eq!(counters.events_out.load(Ordering::Relaxed), EVENTS);
+                // Both links carried events: the swap happened mid-stream.
+                let carried = |connection: &Connection| connection.stats().udp_tx.bytes;
+                assert!(carried(&first) > 1 << 20 && carried(&second) > 1 << 20);
+                drop(commands);
+                egress.await.unwrap();
+            })
+            .await;
     }
 }

@@ -25,6 +25,7 @@ use starling_core::event::{self, EventLimits};
 use starling_core::{Bus, PublishError, Publisher};
 use starling_transport::frame::{FRAME_ALIGN, Frame, FrameError, HEADER_BYTES, Header};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 use super::counters::LinkCounters;
 use super::egress::ReplyRoutes;
@@ -417,6 +418,51 @@ pub(crate) async fn control_writer(mut send: SendStream, mut queue: UnboundedRec
     let _ = send.finish();
 }
 
+/// Closes a link that lost to a duplicate (two nodes dialed each other)
+/// once closing it loses nothing, for either side. Each side finishes its
+/// control stream on the link once its own forwards on it are acknowledged
+/// (`ours_acknowledged` fires or is dropped; `None`: it sent none); the
+/// link closes when the peer's control stream has ended too
+/// (`theirs_finished`, fired by the driver when the link's reader stops),
+/// or when `patience` runs out (what is unacknowledged then is counted as
+/// lost in flight). The peer may still be sending on the link: it may have
+/// seen the two connections arrive in the other order, and not yet know
+/// that this one lost.
+pub(crate) async fn retire(
+    connection: Connection,
+    control: UnboundedSender<Control>,
+    ours_acknowledged: Option<oneshot::Receiver<()>>,
+    theirs_finished: oneshot::Receiver<()>,
+    patience: Duration,
+    reason: &'static str,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
+    let ours_done = match ours_acknowledged {
+        Some(acknowledged) => tokio::time::timeout_at(deadline, acknowledged)
+            .await
+            .is_ok(),
+        None => true,
+    };
+    // The control writer finishes the stream once its queue is closed.
+    drop(control);
+    let theirs_done = tokio::time::timeout_at(deadline, theirs_finished)
+        .await
+        .is_ok();
+    let peer = connection.remote_address();
+    if ours_done && theirs_done {
+        tracing::debug!(%peer, "a duplicate link retired: {reason}");
+    } else {
+        tracing::warn!(
+            %peer,
+            ours_done,
+            theirs_done,
+            "a duplicate link is closed before both sides were done with it \
+             ({patience:?}): what it had in flight is counted as lost"
+        );
+    }
+    close_with(&connection, close::DUPLICATE, reason);
+}
+
 /// Hands each control message from the peer to the driver; reports the
 /// link closed when the stream ends or breaks.
 pub(crate) async fn control_reader<E: From<LinkEvent>>(
@@ -597,7 +643,16 @@ async fn read_data_stream(
             }
         };
         match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) => {
+                // The peer finished the stream (it is retiring the link): it
+                // waits to hear that everything arrived.
+                if handled > acked {
+                    acknowledge(&mut acks, handled).await;
+                }
+                let _ = acks.finish();
+                return;
+            }
+            Err(_) => return,
             Ok(read) => {
                 counters.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
                 inbound.filled(read);
@@ -774,12 +829,13 @@ pub(crate) fn close_with(connection: &Connection, code: VarInt, reason: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::tls::{LinkTls, TlsSource};
     use crate::cluster::{ClusterConfig, link_endpoint};
 
-    fn endpoint() -> quinn::Endpoint {
+    /// A link endpoint on loopback, with throwaway credentials.
+    pub(crate) fn endpoint() -> quinn::Endpoint {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tls = LinkTls::new(&TlsSource::InsecureDev, "test").unwrap();
         link_endpoint(socket, &tls, &ClusterConfig::default()).unwrap()

@@ -33,8 +33,14 @@
 //! is logged at debug level.
 //!
 //! **Duplicates.** If two nodes dial each other at once, both keep the
-//! connection dialed by the lower node id and close the other: the rule
-//! gives the same answer on both sides, whatever the order of events.
+//! connection dialed by the lower node id and retire the other: the rule
+//! gives the same answer on both sides, whatever the order of events, but
+//! the two sides may see the connections arrive in different orders, and
+//! one may have sent events on the connection that loses before it learns
+//! so. A retired connection is therefore served until both sides are done
+//! with it: each finishes its streams, and its control stream once the peer
+//! has acknowledged every forward; it closes when both control streams have
+//! ended ([`link::retire`]). Nothing in flight is lost to the swap.
 //!
 //! **Restarts.** A node that comes back on the same address has a new id; a
 //! link from it, or membership's news of it, makes its peers forget the old
@@ -54,7 +60,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use starling_core::{
     Bus, InterestChange, Mailbox, QueueCounters, SlowConsumerPolicy, SubscribeOptions,
 };
@@ -138,6 +144,9 @@ pub(crate) struct Driver {
     gone: VecDeque<(NodeId, Gone)>,
     /// Dials refused because this node's name is taken.
     name_refusals: NameRefusals,
+    /// Links that lost to a duplicate and are being retired, by stable id:
+    /// each is told when the peer's side of it ends ([`link::retire`]).
+    retiring: HashMap<usize, oneshot::Sender<()>>,
 }
 
 /// Forgotten peers whose figures are kept.
@@ -208,6 +217,7 @@ impl Driver {
             seed_peers: HashMap::new(),
             refusals_logged: HashMap::new(),
             gone: VecDeque::new(),
+            retiring: HashMap::new(),
         }
     }
 
@@ -344,7 +354,13 @@ impl Driver {
                 link,
                 reason,
                 end,
-            }) => self.link_closed(peer, link, reason, end),
+            }) => match self.retiring.remove(&link) {
+                // The peer is done with a retiring link (or it is gone).
+                Some(finished) => {
+                    let _ = finished.send(());
+                }
+                None => self.link_closed(peer, link, reason, end),
+            },
             Event::View(reply) => {
                 let _ = reply.send(self.view());
             }
@@ -418,19 +434,6 @@ impl Driver {
         });
         // Learned of by membership first, it may have been named by address.
         peer.name.clone_from(&hello.name);
-        if let Some(existing) = &peer.link {
-            // Two connections to one peer: keep the one the lower id dialed
-            // (both sides choose the same); on a tie, the older one.
-            if dialer >= existing.dialer {
-                link::close_with(&connection, close::DUPLICATE, "a link to this node exists");
-                return false;
-            }
-            link::close_with(
-                &existing.connection,
-                close::DUPLICATE,
-                "replaced by the link the lower node id dialed",
-            );
-        }
         let egress = peer.egress.get_or_insert_with(|| {
             // A peer forgotten and back under its id (it was stopped, not
             // restarted) goes on with its figures.
@@ -440,25 +443,34 @@ impl Driver {
             };
             start_egress(&self.bus, &self.config, &hello.inbox_prefix, counters)
         });
-        let (control, control_queue) = unbounded_channel();
-        tokio::spawn(link::control_writer(control_send, control_queue));
-        tokio::spawn(link::control_reader(
-            control_recv,
-            connection.clone(),
+        let (counters, replies) = (egress.counters.clone(), egress.replies.clone());
+        let commands = egress.commands.clone();
+        // Two connections to one peer: both sides keep the one the lower id
+        // dialed; on a tie, the older one. The other is retired, not cut:
+        // the peer may have seen the two arrive in the other order and sent
+        // on the one that loses, so it is read until the peer is done.
+        let loses = peer
+            .link
+            .as_ref()
+            .is_some_and(|existing| dialer >= existing.dialer);
+        let control = self.serve_link(
             id,
-            self.local.control_bytes_max,
-            self.events.clone(),
-        ));
+            &connection,
+            control_send,
+            control_recv,
+            counters,
+            replies,
+        );
+        if loses {
+            self.retire_link(connection, control, None, "a link to this node exists");
+            return false;
+        }
         tokio::spawn(link::datagrams(connection.clone(), id, self.events.clone()));
-        tokio::task::spawn_local(link::ingress(
-            connection.clone(),
-            self.bus.clone(),
-            egress.counters.clone(),
-            egress.replies.clone(),
-        ));
-        let _ = egress
-            .commands
-            .send(EgressCommand::Connect(connection.clone()));
+        let (retired, replaced_retired) = oneshot::channel();
+        let _ = commands.send(EgressCommand::Connect {
+            connection: connection.clone(),
+            retired,
+        });
         tracing::info!(
             peer = %hello.name,
             address = %hello.advertise,
@@ -468,14 +480,76 @@ impl Driver {
         );
         self.gossip
             .link_up(&connection, &hello.advertise, dialed.as_deref());
-        peer.link = Some(LinkState {
+        let peer = self.peers.get_mut(&id).expect("added above");
+        let replaced = peer.link.replace(LinkState {
             connection,
             dialer,
             control,
         });
         peer.down_since = None;
         self.interest.link_up(id);
+        if let Some(replaced) = replaced {
+            self.retire_link(
+                replaced.connection,
+                replaced.control,
+                Some(replaced_retired),
+                "replaced by the link the lower node id dialed",
+            );
+        }
         true
+    }
+
+    /// Starts the tasks that serve a link's streams: the control stream
+    /// both ways, and the peer's data streams into the bus (counted in
+    /// `counters`; requests on them teach `replies`). Returns the queue of
+    /// the control stream.
+    fn serve_link(
+        &self,
+        peer: NodeId,
+        connection: &Connection,
+        control_send: SendStream,
+        control_recv: RecvStream,
+        counters: Arc<LinkCounters>,
+        replies: Rc<RefCell<ReplyRoutes>>,
+    ) -> UnboundedSender<Control> {
+        let (control, control_queue) = unbounded_channel();
+        tokio::spawn(link::control_writer(control_send, control_queue));
+        tokio::spawn(link::control_reader(
+            control_recv,
+            connection.clone(),
+            peer,
+            self.local.control_bytes_max,
+            self.events.clone(),
+        ));
+        tokio::task::spawn_local(link::ingress(
+            connection.clone(),
+            self.bus.clone(),
+            counters,
+            replies,
+        ));
+        control
+    }
+
+    /// Closes a link that lost to a duplicate once neither side loses
+    /// anything by it ([`link::retire`]); `ours_acknowledged` fires once
+    /// this node's forwards on it are acknowledged (`None`: it sent none).
+    fn retire_link(
+        &mut self,
+        connection: Connection,
+        control: UnboundedSender<Control>,
+        ours_acknowledged: Option<oneshot::Receiver<()>>,
+        reason: &'static str,
+    ) {
+        let (finished, theirs_finished) = oneshot::channel();
+        self.retiring.insert(connection.stable_id(), finished);
+        tokio::spawn(link::retire(
+            connection,
+            control,
+            ours_acknowledged,
+            theirs_finished,
+            self.config.idle_timeout,
+            reason,
+        ));
     }
 
     fn link_closed(&mut self, id: NodeId, link: usize, reason: String, end: LinkEnd) {
