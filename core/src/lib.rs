@@ -56,6 +56,7 @@
 pub mod bus;
 pub mod clock;
 pub mod event;
+pub mod hash;
 mod lane;
 pub mod log;
 mod ring;

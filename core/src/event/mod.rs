@@ -36,6 +36,7 @@ use rkyv::vec::ArchivedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::hash::Fnv1a;
 use crate::subject::{self, SubjectError, SubjectLimits};
 
 mod layout;
@@ -541,18 +542,12 @@ pub fn format_fingerprint() -> u64 {
             payload: vec![0xAB; 17],
         };
         let archive = probe.to_archive();
-        let mut hash = fnv1a(0xcbf2_9ce4_8422_2325, &FORMAT_VERSION.to_le_bytes());
-        hash = fnv1a(hash, &(size_of::<ArchivedEvent>() as u64).to_le_bytes());
-        fnv1a(hash, &archive)
+        Fnv1a::new()
+            .write(&FORMAT_VERSION.to_le_bytes())
+            .write(&(size_of::<ArchivedEvent>() as u64).to_le_bytes())
+            .write(&archive)
+            .finish()
     })
-}
-
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use starling_core::bus::PLAIN_TAG;
+use starling_core::hash::fnv1a;
 use starling_core::subject::INBOX_PREFIX;
 use starling_core::{EventRef, Mailbox, RecvError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -575,12 +576,7 @@ fn close_bad_link(connection: &Connection, error: &WireError) {
 
 /// The data stream for `subject`: FNV-1a, so every node agrees.
 fn shard(subject: &str, streams: usize) -> usize {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for &byte in subject.as_bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % streams as u64) as usize
+    (fnv1a(subject.as_bytes()) % streams as u64) as usize
 }
 
 /// Routes to one peer for replies to its requests: `_INBOX.<x>.>` for each

@@ -35,6 +35,7 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use starling_core::hash::Fnv1a;
 use starling_core::subject::pattern_covers;
 
 pub use self::message::{Change, InterestKey, InterestMessage, NodeId};
@@ -478,7 +479,6 @@ impl Interest {
     }
 }
 
-/// FNV-1a over the entries in id order: equal sets hash equal everywhere.
 /// Does plain key `general` cover another plain key `specific`?
 fn plain_covers(general: &InterestKey, specific: &InterestKey) -> bool {
     general.group.is_none()
@@ -487,20 +487,15 @@ fn plain_covers(general: &InterestKey, specific: &InterestKey) -> bool {
         && pattern_covers(&general.pattern, &specific.pattern)
 }
 
+/// FNV-1a over the entries in id order: equal sets hash equal everywhere.
 fn hash_of(entries: &BTreeMap<u64, InterestKey>) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in bytes {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::new();
     for (id, key) in entries {
-        feed(&id.to_le_bytes());
-        feed(key.pattern.as_bytes());
-        feed(&[0xFF]);
-        feed(key.group.as_deref().unwrap_or("").as_bytes());
-        feed(&[0xFE]);
+        hash.write(&id.to_le_bytes())
+            .write(key.pattern.as_bytes())
+            .write(&[0xFF])
+            .write(key.group.as_deref().unwrap_or("").as_bytes())
+            .write(&[0xFE]);
     }
-    hash
+    hash.finish()
 }

@@ -7,8 +7,9 @@
 
 use foca::{Identity as _, Member, State};
 use rand::RngExt;
+use starling_core::hash::fnv1a;
 
-use super::identity::{Identity, fnv1a};
+use super::identity::Identity;
 use super::status::{MemberState, state_of};
 use super::{Membership, MembershipError, Output, PACKET_BYTES_MAX, wire};
 

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use starling_core::hash::fnv1a;
+
 use super::MembershipError;
 use crate::cluster::interest::NodeId;
 
@@ -84,11 +86,4 @@ impl foca::Identity for Identity {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.precedence() > adversary.precedence()
     }
-}
-
-/// FNV-1a, 64 bits.
-pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
