@@ -753,3 +753,64 @@ fn a_batch_of_repeated_subjects_wakes_every_consumer_it_reaches() {
     assert_eq!(publisher.publish_batch(&batch[..2]).unwrap(), 2);
     assert_eq!(late.try_recv_batch(16, |_| {}), 2);
 }
+
+/// `poll_recv_batch`, as an I/O loop polls a mailbox: events come in order,
+/// those given back are released with the batch while a kept one stays
+/// readable, `max` bounds a batch; with none queued the waker is registered
+/// and the next publish wakes it; once the bus is gone and the queue drained
+/// the poll says so.
+#[test]
+fn a_polled_batch_hands_events_over_and_registers_for_the_next() {
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let bus = Bus::default();
+    let sub = bus.subscribe("polled").unwrap();
+    for payload in [b"0", b"1", b"2", b"3"] {
+        bus.publish("polled", payload).unwrap();
+    }
+    let woken = Arc::new(Counting::default());
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut seen = Vec::new();
+    let mut kept = None;
+    let polled = sub.poll_recv_batch(&mut cx, 3, |event| {
+        seen.push(event.payload().to_vec());
+        if event.payload() == b"1" {
+            kept = Some(event);
+            None
+        } else {
+            Some(event)
+        }
+    });
+    assert!(matches!(polled, std::task::Poll::Ready(Ok(3))));
+    assert_eq!(seen, [b"0", b"1", b"2"]);
+    assert_eq!(kept.expect("kept").payload(), b"1");
+    let polled = sub.poll_recv_batch(&mut cx, 3, |event| {
+        assert_eq!(event.payload(), b"3");
+        Some(event)
+    });
+    assert!(matches!(polled, std::task::Poll::Ready(Ok(1))));
+    let polled = sub.poll_recv_batch(&mut cx, 3, |_| unreachable!("none queued"));
+    assert!(polled.is_pending());
+    assert_eq!(woken.0.load(Ordering::Relaxed), 0);
+    bus.publish("polled", b"4").unwrap();
+    assert_eq!(woken.0.load(Ordering::Relaxed), 1, "the publish woke it");
+    drop(bus);
+    let mut last = Vec::new();
+    let polled = sub.poll_recv_batch(&mut cx, 3, |event| {
+        last.push(event.payload().to_vec());
+        Some(event)
+    });
+    assert!(matches!(polled, std::task::Poll::Ready(Ok(1))));
+    assert_eq!(last, [b"4"]);
+    let polled = sub.poll_recv_batch(&mut cx, 3, |_| unreachable!("drained"));
+    assert!(matches!(
+        polled,
+        std::task::Poll::Ready(Err(RecvError::Closed))
+    ));
+}

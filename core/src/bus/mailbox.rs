@@ -186,13 +186,55 @@ impl Mailbox {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_recv_batch(&self, max: usize, mut each: impl FnMut(&EventRef)) -> usize {
+        self.take_batch(max, |event| {
+            each(&event);
+            Some(event)
+        })
+    }
+
+    /// Polls for a batch, for consumers that are neither threads nor tasks
+    /// (an I/O loop): takes up to `max` queued events as
+    /// [`Mailbox::try_recv_batch`] does, but hands each over. `each` keeps
+    /// an event (returns `None`) or gives it back (returns it) to be released
+    /// with the rest of the batch, once per run of events side by side. With
+    /// none queued, registers `cx`'s waker, woken when one is. `Ready(Ok(n))`
+    /// with `n > 0` unless `max` is 0; an error only when the bus is closed
+    /// and the queue drained.
+    pub fn poll_recv_batch(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut each: impl FnMut(EventRef) -> Option<EventRef>,
+    ) -> Poll<Result<usize, RecvError>> {
+        let taken = self.take_batch(max, &mut each);
+        if taken > 0 || max == 0 {
+            return Poll::Ready(Ok(taken));
+        }
+        if self.queue.poll_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match self.take_batch(max, &mut each) {
+            0 if self.queue.is_closed() => Poll::Ready(Err(RecvError::Closed)),
+            0 => {
+                // Seen, then taken by nobody else (one consumer): a stale
+                // look. Poll again soon rather than sleep on it.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            taken => Poll::Ready(Ok(taken)),
+        }
+    }
+
+    /// Takes up to `max` queued events and hands each to `each`; the events
+    /// it gives back are released together (see [`Mailbox::poll_recv_batch`]).
+    fn take_batch(&self, max: usize, mut each: impl FnMut(EventRef) -> Option<EventRef>) -> usize {
         let mut release = BatchRelease::default();
         let batch = self.queue.take_batch(max);
         let taken = batch.taken();
         for delivery in batch {
-            let event = EventRef::new(delivery);
-            each(&event);
-            release.release(event.into_delivery().record);
+            if let Some(event) = each(EventRef::new(delivery)) {
+                release.release(event.into_delivery().record);
+            }
         }
         taken
     }

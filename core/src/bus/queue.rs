@@ -592,20 +592,34 @@ impl DeliveryQueue {
         if let Some(delivery) = self.try_take() {
             return Poll::Ready(Some(delivery));
         }
-        if self.is_closed() {
-            return Poll::Ready(self.try_take());
+        if self.poll_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match self.try_take() {
+            Some(delivery) => Poll::Ready(Some(delivery)),
+            None if self.is_closed() => Poll::Ready(None),
+            None => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Consumer side, async: `Ready` once a delivery is queued or the queue
+    /// is closed (take it then: a delivery queued before the close is
+    /// visible once the close is); otherwise `cx`'s waker is registered and
+    /// woken when one is.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.is_empty() || self.is_closed() {
+            return Poll::Ready(());
         }
         self.signal.prepare_to_sleep(cx.waker());
+        // SYNC POINT (park): look again after the registration's fence: a
+        // delivery whose publisher fenced earlier is seen here; a later
+        // one's publisher sees `sleeping` and wakes `cx`.
         if !self.is_empty() || self.is_closed() {
             self.signal.awake();
-            return match self.try_take() {
-                Some(delivery) => Poll::Ready(Some(delivery)),
-                None if self.is_closed() => Poll::Ready(self.try_take()),
-                None => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            };
+            return Poll::Ready(());
         }
         Poll::Pending
     }

@@ -133,9 +133,21 @@ impl Outbox {
         }
     }
 
-    /// True if another message fits (control frames have a reserve).
-    pub(crate) fn has_room_for_message(&self) -> bool {
-        self.entries.len() + CONTROL_RESERVE < self.limit && self.copied_bytes < COPIED_BYTES_MAX
+    /// Messages that fit now, however large each (the most a batch of
+    /// deliveries may take): one entry each, and, for copied ones, the
+    /// largest copied frame each, in the last chunk or in the new chunks
+    /// [`COPIED_BYTES_MAX`] still allows (a frame never spans two chunks).
+    pub(crate) fn message_room(&self) -> usize {
+        let entries = self
+            .limit
+            .saturating_sub(self.entries.len() + CONTROL_RESERVE);
+        let frame_max = HEADER_BYTES + padded(COPY_BYTES_MAX);
+        let in_last_chunk = match self.entries.back() {
+            Some(Entry::Chunk(chunk)) => (chunk.capacity() - chunk.len()) / frame_max,
+            _ => 0,
+        };
+        let new_chunks = COPIED_BYTES_MAX.saturating_sub(self.copied_bytes) / CHUNK_BYTES;
+        entries.min(in_last_chunk + new_chunks * (CHUNK_BYTES / frame_max))
     }
 
     /// True if a control frame fits.
@@ -176,8 +188,10 @@ impl Outbox {
     }
 
     /// Queues a delivered event for subscription `sid`. The caller checks
-    /// [`Outbox::has_room_for_message`] first.
-    pub(crate) fn push_message(&mut self, sid: u64, event: EventRef) {
+    /// [`Outbox::message_room`] first. Gives the event back once copied (the
+    /// caller releases it, with others), `None` if it is kept to be sent in
+    /// place.
+    pub(crate) fn push_message(&mut self, sid: u64, event: EventRef) -> Option<EventRef> {
         assert!(
             self.entries.len() + CONTROL_RESERVE < self.limit,
             "checked by the caller"
@@ -189,7 +203,7 @@ impl Outbox {
             let entry = Entry::Message { header, event };
             self.queued_bytes += entry.len();
             self.entries.push_back(entry);
-            return;
+            return None;
         }
         let frame_bytes = HEADER_BYTES + padded(archive.len());
         let chunk = self.chunk_with_room(frame_bytes);
@@ -197,6 +211,7 @@ impl Outbox {
         chunk.extend_from_slice(archive);
         chunk.extend_from_slice(&PADDING[..padded(archive.len()) - archive.len()]);
         self.queued_bytes += frame_bytes;
+        Some(event)
     }
 
     /// The last entry if it is a chunk with `bytes` to spare, or a new chunk
@@ -365,7 +380,7 @@ mod tests {
         let sub = bus.subscribe("a").unwrap();
         let mut outbox = Outbox::new(1024);
         let mut pushed = 0;
-        while outbox.has_room_for_message() {
+        while outbox.message_room() > 0 {
             bus.publish("a", &[1; 64]).unwrap();
             outbox.push_message(1, sub.try_recv().unwrap());
             pushed += 1;
@@ -375,7 +390,7 @@ mod tests {
         let bytes = gather(&outbox, usize::MAX).len();
         outbox.advance(bytes);
         assert!(outbox.is_empty());
-        assert!(outbox.has_room_for_message());
+        assert!(outbox.message_room() > 0);
         let spare = outbox.spare.len();
         assert!(spare >= 4, "written chunks are kept: {spare}");
         bus.publish("a", &[1; 64]).unwrap();
@@ -384,13 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn batches_as_large_as_the_room_stay_within_four_chunks() {
+        let bus = Bus::default();
+        let sub = bus.subscribe("a").unwrap();
+        let mut outbox = Outbox::new(1024);
+        // The largest copied archives, then small and middling ones.
+        let mut payloads = [900, 8, 300].into_iter().cycle();
+        let mut pushed = 0;
+        let mut batches = 0;
+        while outbox.message_room() > 0 {
+            for _ in 0..outbox.message_room() {
+                bus.publish("a", &vec![1; payloads.next().unwrap()])
+                    .unwrap();
+                let event = sub.try_recv().unwrap();
+                assert!(event.archive().len() <= COPY_BYTES_MAX);
+                assert!(outbox.push_message(1, event).is_some(), "copied");
+                pushed += 1;
+            }
+            batches += 1;
+            assert!(outbox.copied_bytes <= COPIED_BYTES_MAX);
+        }
+        assert_eq!(outbox.copied_bytes, COPIED_BYTES_MAX, "four chunks used");
+        assert!(pushed > 100 && batches > 1, "{pushed} in {batches} batches");
+        assert_eq!(gather(&outbox, usize::MAX).len(), outbox.queued_bytes());
+    }
+
+    #[test]
     fn control_frames_have_a_reserve_and_then_report_full() {
         let mut outbox = Outbox::new(CONTROL_RESERVE + 2);
-        assert!(outbox.has_room_for_message());
+        assert!(outbox.message_room() > 0);
         for _ in 0..CONTROL_RESERVE + 2 {
             outbox.push_frame(Kind::Pong, 0, b"").unwrap();
         }
-        assert!(!outbox.has_room_for_message());
+        assert_eq!(outbox.message_room(), 0);
         assert_eq!(outbox.push_frame(Kind::Pong, 0, b""), Err(Full));
     }
 
