@@ -118,6 +118,7 @@ pub(crate) async fn run(
         retiring: Vec::new(),
         pending: None,
         pending_groups: Vec::new(),
+        last_stream: LastStream::default(),
         counters,
     };
     while let Some(command) = poll_fn(|cx| egress.poll(cx, &mailbox, &mut commands)).await {
@@ -142,6 +143,8 @@ struct Egress {
     pending: Option<Pending>,
     /// The queue groups the held-back event is for (kept to reuse its room).
     pending_groups: Vec<Arc<str>>,
+    /// The stream the last event encoded went to, by its subject.
+    last_stream: LastStream,
     counters: Arc<LinkCounters>,
 }
 
@@ -498,7 +501,9 @@ impl Egress {
         let Some(pending) = self.pending.take() else {
             return 0;
         };
-        let index = shard(pending.event.subject(), self.streams.len());
+        let index = self
+            .last_stream
+            .choose(pending.event.subject(), self.streams.len());
         let stream = &mut self.streams[index];
         let buffer = &mut stream.buffer;
         let before = buffer.len();
@@ -572,6 +577,34 @@ fn close_bad_link(connection: &Connection, error: &WireError) {
     let reason = error.to_string();
     tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
     connection.close(close::PROTOCOL, reason.as_bytes());
+}
+
+/// The stream chosen for the last subject, kept because events in a row
+/// mostly share their subject: comparing it with the last one's bytes is
+/// cheaper than hashing it again (the hash, a multiply per byte and a
+/// division, was about a third of `flush_pending`'s samples in `perf`).
+#[derive(Debug, Default)]
+struct LastStream {
+    /// The last subject's bytes; its room is reused, so a steady flow of
+    /// subjects no longer than the longest seen allocates nothing.
+    subject: Vec<u8>,
+    /// How many streams the choice was among (the link may come back with
+    /// another count).
+    streams: usize,
+    index: usize,
+}
+
+impl LastStream {
+    /// The stream for `subject` among `streams`: [`shard`]'s answer.
+    fn choose(&mut self, subject: &str, streams: usize) -> usize {
+        if streams != self.streams || subject.as_bytes() != self.subject.as_slice() {
+            self.subject.clear();
+            self.subject.extend_from_slice(subject.as_bytes());
+            self.streams = streams;
+            self.index = shard(subject, streams);
+        }
+        self.index
+    }
 }
 
 /// The data stream for `subject`: FNV-1a, so every node agrees.
@@ -778,5 +811,27 @@ mod tests {
                 egress.await.unwrap();
             })
             .await;
+    }
+
+    #[test]
+    fn the_last_stream_is_the_hashs_choice_whatever_came_before() {
+        let mut last = LastStream::default();
+        let subjects = [
+            "orders.eu",
+            "orders.eu",
+            "orders.us",
+            "orders.e",
+            "",
+            "orders.eu",
+        ];
+        for streams in [8, 8, 3, 1, 16, 8] {
+            for subject in subjects {
+                assert_eq!(
+                    last.choose(subject, streams),
+                    shard(subject, streams),
+                    "{subject:?} among {streams}"
+                );
+            }
+        }
     }
 }
