@@ -287,30 +287,27 @@ pub trait Inbound: Send {
 }
 
 /// Receives from a Starling mailbox (a bus subscription, or a client
-/// subscription's local queue) the way [`Inbound::receive`] says.
+/// subscription's local queue) the way [`Inbound::receive`] says: a batch
+/// at a time, as an application that wants throughput would
+/// ([`Mailbox::recv_batch_timeout`]: one take for the batch, not one per
+/// event).
 fn receive_from_mailbox(
     mailbox: &Mailbox,
     wait: Duration,
     on_event: &mut OnEvent<'_>,
 ) -> Result<usize> {
-    let first = match mailbox.recv_timeout(wait) {
-        Ok(event) => event,
-        Err(RecvError::Timeout) => return Ok(0),
-        Err(RecvError::Closed) => return Err(Error::new("the subscription was closed")),
-    };
-    on_event(first.payload(), first.reply_to())?;
-    // Each event is released as soon as it is handled: a held event pins its
-    // segment of event memory.
-    drop(first);
-    let mut taken = 1;
-    while taken < RECEIVE_BATCH {
-        let Some(event) = mailbox.try_recv() else {
-            break;
-        };
-        on_event(event.payload(), event.reply_to())?;
-        taken += 1;
+    let mut failed = None;
+    let received = mailbox.recv_batch_timeout(RECEIVE_BATCH, wait, |event| {
+        if failed.is_none() {
+            failed = on_event(event.payload(), event.reply_to()).err();
+        }
+    });
+    match (received, failed) {
+        (_, Some(error)) => Err(error),
+        (Ok(taken), None) => Ok(taken),
+        (Err(RecvError::Timeout), None) => Ok(0),
+        (Err(RecvError::Closed), None) => Err(Error::new("the subscription was closed")),
     }
-    Ok(taken)
 }
 
 /// Where the `starling` binary is: `given`, or next to this executable
