@@ -36,12 +36,20 @@ impl<T> Completion<T> {
 
     /// Sets the result (the first one wins) and wakes the waiter.
     pub(crate) fn complete(&self, value: T) {
-        let mut state = self.state.lock().expect("completion lock");
-        if state.value.is_some() {
-            return;
-        }
-        state.value = Some(value);
-        if let Some(waker) = state.waker.take() {
+        let waker = {
+            let mut state = self.state.lock().expect("completion lock");
+            if state.value.is_some() {
+                return;
+            }
+            state.value = Some(value);
+            state.waker.take()
+        };
+        // Woken after the lock is released: a waiter woken while it is held
+        // runs at once (when its core is awake) only to find the lock taken
+        // and sleep again, a second wake-up per answer. Nothing is missed:
+        // a waiter checks the value under the lock before it waits, and
+        // `Condvar::wait` releases the lock only once it is waiting.
+        if let Some(waker) = waker {
             waker.wake();
         }
         self.ready.notify_all();
