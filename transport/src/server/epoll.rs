@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use super::ServerState;
 use super::accept::AcceptPause;
 use super::listeners::Listeners;
+use super::reply_poll::ReplyPoll;
 use super::session::{Session, Tick, earliest, tick_interval};
 use super::threads::Accepted;
 use super::wake::{ReadyQueue, SessionWaker, WakeLoop};
@@ -105,29 +106,25 @@ pub(super) fn run(
         stalled: Vec::new(),
         accept_pause: AcceptPause::default(),
         accept_again: false,
+        reply_poll: ReplyPoll::default(),
     };
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
     let tick_every = tick_interval(&server.session);
     let mut next_tick = Instant::now() + tick_every;
     loop {
-        let timeout = if state.turns.is_empty() && !state.accept_again {
+        let wake_at = if state.turns.is_empty() && !state.accept_again {
             let deadlines = [
                 drain_deadline,
                 state.stall_deadline(),
                 state.accept_pause.resume_at(),
             ];
-            let wake_at = earliest(&deadlines, next_tick);
-            Some(wake_at.saturating_duration_since(Instant::now()))
+            Some(earliest(&deadlines, next_tick))
         } else {
             // Connections wait for another turn: only look for readiness.
-            Some(Duration::ZERO)
+            None
         };
-        if let Err(error) = poll.poll(&mut events, timeout)
-            && error.kind() != io::ErrorKind::Interrupted
-        {
-            return Err(error);
-        }
+        wait(&mut poll, &mut events, wake_at, &mut state.reply_poll)?;
         for event in events.iter() {
             match event.token() {
                 WAKE => {
@@ -206,6 +203,41 @@ struct Loop<'a> {
     /// A listener had more connections waiting when its turn was up (its
     /// readiness, edge-triggered, will not come again for them).
     accept_again: bool,
+    /// Polls instead of sleeping for a while after a request.
+    reply_poll: ReplyPoll,
+}
+
+/// Waits for readiness until `wake_at` (`None`: only looks); after a
+/// request, polls for a while before it sleeps (`ReplyPoll`).
+fn wait(
+    poll: &mut Poll,
+    events: &mut Events,
+    wake_at: Option<Instant>,
+    reply_poll: &mut ReplyPoll,
+) -> io::Result<()> {
+    let Some(wake_at) = wake_at else {
+        return look(poll, events, Duration::ZERO);
+    };
+    let polled = reply_poll.poll(wake_at, || {
+        look(poll, events, Duration::ZERO)?;
+        Ok(!events.is_empty())
+    })?;
+    if polled {
+        return Ok(());
+    }
+    look(
+        poll,
+        events,
+        wake_at.saturating_duration_since(Instant::now()),
+    )
+}
+
+/// Waits up to `timeout` for readiness; an interrupted wait found none.
+fn look(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Err(error) if error.kind() != io::ErrorKind::Interrupted => Err(error),
+        _ => Ok(()),
+    }
 }
 
 impl Loop<'_> {
@@ -341,6 +373,9 @@ impl Loop<'_> {
                     connection
                         .session
                         .receive(&buffer[..n], &mut self.publisher);
+                    if connection.session.take_published_request() {
+                        self.reply_poll.request_published();
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,

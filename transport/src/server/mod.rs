@@ -40,6 +40,7 @@ mod epoll;
 mod listeners;
 mod outbox;
 mod registry;
+mod reply_poll;
 mod session;
 mod threads;
 #[cfg(target_os = "linux")]

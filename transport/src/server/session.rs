@@ -152,6 +152,10 @@ struct Protocol {
     /// Where a `PACKED_PUB` record is archived before it is checked and
     /// published as a `PUB`'s archive would be; empty until the first.
     archive_scratch: AlignedVec<FRAME_ALIGN>,
+    /// An event asking for a reply reached a subscriber since the I/O loop
+    /// last looked (`Session::take_published_request`): the reply is likely
+    /// to come back to this connection soon.
+    published_request: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +209,7 @@ impl Session {
                 pings_unanswered: 0,
                 version: 0,
                 archive_scratch: AlignedVec::new(),
+                published_request: false,
             },
         }
     }
@@ -288,6 +293,13 @@ impl Session {
                 self.protocol.fail(error.code(), 0, error.to_string());
             }
         }
+    }
+
+    /// True once after the client published a request (an event with a
+    /// reply subject) that reached a subscriber: the I/O loop then polls for
+    /// the reply for a moment instead of sleeping (`ReplyPoll`).
+    pub(crate) fn take_published_request(&mut self) -> bool {
+        std::mem::take(&mut self.protocol.published_request)
     }
 
     /// Moves deliveries from the bus into the outbox while it has room.
@@ -673,13 +685,17 @@ impl Protocol {
         if let Err(error) = self.access.check_publish(event.subject(), event.reply_to()) {
             return self.error(ErrorCode::PermissionDenied, tag, error.to_string());
         }
+        let asks_reply = event.reply_to().is_some();
         match publisher.publish_checked_into(archive, &mut self.backlog) {
             Ok(0) if tag != 0 => self.error(
                 ErrorCode::NoResponders,
                 tag,
                 "no subscriber for this subject".into(),
             ),
-            Ok(_) => Ok(()),
+            Ok(delivered) => {
+                self.published_request |= asks_reply && delivered > 0;
+                Ok(())
+            }
             Err(PublishError::OutOfMemory(_)) => self.error(
                 ErrorCode::OutOfMemory,
                 tag,

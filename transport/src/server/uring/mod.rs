@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue, types};
 
 mod ring;
 
@@ -46,6 +46,7 @@ use ring::{BUFFER_GROUP, BufferRing, EventFd, RING_ENTRIES};
 use super::ServerState;
 use super::accept::AcceptPause;
 use super::listeners::Listeners;
+use super::reply_poll::ReplyPoll;
 use super::session::{Session, Tick, earliest, tick_interval};
 use super::threads::Accepted;
 use super::wake::{ReadyQueue, SessionWaker};
@@ -116,6 +117,8 @@ struct Loop<'a> {
     /// Connections whose session stalled (slot, generation): looked at
     /// again at their stall deadlines.
     stalled: Vec<(u32, u32)>,
+    /// Polls instead of sleeping for a while after a request.
+    reply_poll: ReplyPoll,
 }
 
 fn user_data(kind: u8, generation: u32, slot: u32) -> u64 {
@@ -164,6 +167,7 @@ pub(super) fn run(
         accept_pause: AcceptPause::default(),
         accepts_paused: Vec::new(),
         stalled: Vec::new(),
+        reply_poll: ReplyPoll::default(),
     };
     state.arm_accept(ACCEPT_TCP)?;
     state.arm_accept(ACCEPT_UDS)?;
@@ -240,8 +244,15 @@ impl Loop<'_> {
     }
 
     /// Submits what is queued and waits for at least one completion, or
-    /// until `deadline`.
+    /// until `deadline`; after a request, polls for a while before it
+    /// sleeps (`ReplyPoll`).
     fn wait(&mut self, deadline: Instant) -> io::Result<()> {
+        if self
+            .reply_poll
+            .poll(deadline, || poll_ring(&mut self.ring))?
+        {
+            return Ok(());
+        }
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -456,6 +467,9 @@ impl Loop<'_> {
                 {
                     let bytes = self.buffers.bytes(id, result as usize);
                     connection.session.receive(bytes, &mut self.publisher);
+                    if connection.session.take_published_request() {
+                        self.reply_poll.request_published();
+                    }
                     self.stop_receiving_if_stalled(slot, generation)?;
                 }
                 if let Some(id) = buffer {
@@ -676,6 +690,30 @@ impl Loop<'_> {
 
     fn connection(&mut self, slot: u32) -> Option<&mut Connection> {
         self.slots.get_mut(slot as usize)?.connection.as_mut()
+    }
+}
+
+/// Submits what is queued and runs the ring's deferred completions without
+/// waiting for any; true if there are completions to handle. With
+/// `DEFER_TASKRUN`, completions are posted only by an enter that asks for
+/// events: looking at the completion queue alone would never see them.
+fn poll_ring(ring: &mut IoUring) -> io::Result<bool> {
+    let queued = ring.submission().len() as u32;
+    // SAFETY: `io_uring_enter` with no argument (null pointer, size 0) and
+    // `min_complete` 0 reads nothing of ours and returns without waiting;
+    // `queued` entries are in the submission queue (published to the
+    // kernel when the queue handle above was dropped), each pointing at
+    // memory that outlives its operation (see `Loop::push`).
+    let entered = unsafe {
+        ring.submitter()
+            .enter::<libc::sigset_t>(queued, 0, EnterFlags::GETEVENTS.bits(), None)
+    };
+    match entered {
+        Ok(_) => Ok(!ring.completion().is_empty()),
+        // Interrupted, or completions waiting in the kernel's overflow list:
+        // the loop goes round, and its next wait sorts them out.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(true),
+        Err(error) => Err(error),
     }
 }
 
