@@ -314,6 +314,9 @@ impl Session {
             return false;
         };
         let mut moved = 0u64;
+        // The last subscription looked up: a run of deliveries is mostly for
+        // one, and the map's (flood-proof, so slower) hash is then skipped.
+        let mut last: Option<(u64, Option<&Subscription>)> = None;
         // In batches as large as the outbox surely has room for: one claim
         // of the queue, one look at its space signal (a fence) and one
         // release of event memory per run, instead of one of each per event.
@@ -324,10 +327,18 @@ impl Session {
             }
             let polled = mailbox.poll_recv_batch(cx, room, |event| {
                 let sid = event.tag();
+                let subscription = match last {
+                    Some((last_sid, subscription)) if last_sid == sid => subscription,
+                    _ => {
+                        let subscription = protocol.subscriptions.get(&sid);
+                        last = Some((sid, subscription));
+                        subscription
+                    }
+                };
                 // A subscription removed with events still queued has no
                 // counter left; its last events still go out (it was
                 // allowed, and its filter is gone with it: none to ask).
-                if let Some(subscription) = protocol.subscriptions.get(&sid) {
+                if let Some(subscription) = subscription {
                     let admitted = protocol.access.admits(
                         subscription.filter,
                         event.subject(),
