@@ -87,6 +87,13 @@ pub struct Options {
     /// without one, the NATS targets are skipped
     #[arg(long, value_name = "PATH")]
     pub nats_server_bin: Option<PathBuf>,
+
+    /// Whether the starling clients send small events (no headers, payload
+    /// up to 1 KiB) as PACKED_PUB records: on or off [default: the client
+    /// library's default, `ClientOptions::pack_small_events`]. For comparing
+    /// the two frame kinds with the same binaries
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub pack: Option<bool>,
 }
 
 /// How to build and run it, after the options in `--help`.
@@ -132,6 +139,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(Duration::from_secs_f64(seconds)),
         _ => Err("expected a positive number of seconds".to_owned()),
+    }
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".to_owned()),
     }
 }
 

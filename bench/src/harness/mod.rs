@@ -37,6 +37,7 @@ pub mod targets;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use starling_transport::client::ClientOptions;
 
 use self::cli::{Options, Plan, Run};
 use self::error::{Error, Result};
@@ -54,6 +55,9 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         &plan.targets,
         options.starling_bin.as_deref(),
         options.nats_server_bin.as_deref(),
+        options
+            .pack
+            .unwrap_or(ClientOptions::default().pack_small_events),
     )?;
     for message in &skipped {
         println!("{message}");

@@ -329,16 +329,20 @@ pub struct Launcher {
     nats_server: Option<PathBuf>,
     /// The runtime async-nats runs on, for targets whose clients speak NATS.
     nats_client: Option<tokio::runtime::Runtime>,
+    /// Whether starling clients pack small events (`--pack`).
+    pack_small_events: bool,
 }
 
 impl Launcher {
     /// Finds what `targets` need; returns the launcher and a message for each
     /// kind of target that has to be skipped. `starling_bin` and
-    /// `nats_server_bin` override where the servers' binaries are looked for.
+    /// `nats_server_bin` override where the servers' binaries are looked for;
+    /// `pack_small_events`, the starling clients' option of that name.
     pub fn prepare(
         targets: &[Target],
         starling_bin: Option<&Path>,
         nats_server_bin: Option<&Path>,
+        pack_small_events: bool,
     ) -> Result<(Self, Vec<String>)> {
         let mut skipped = Vec::new();
         let names = |needs: fn(Target) -> bool| {
@@ -391,6 +395,7 @@ impl Launcher {
             starling,
             nats_server,
             nats_client,
+            pack_small_events,
         };
         Ok((launcher, skipped))
     }
@@ -429,7 +434,7 @@ impl Launcher {
                 .starling
                 .as_deref()
                 .ok_or_else(|| Error::new("no starling binary"))?;
-            let mesh = starling::Mesh::start(binary, target)?;
+            let mesh = starling::Mesh::start(binary, target, self.pack_small_events)?;
             if target.speaks_nats() {
                 Ok(Box::new(nats_port::OverNats::new(mesh, nats_client()?)))
             } else {
@@ -502,8 +507,9 @@ mod tests {
     #[test]
     fn missing_servers_skip_their_targets_with_a_message() {
         let nowhere = Path::new("/nonexistent/starling-bench");
-        let (launcher, skipped) = Launcher::prepare(Target::ALL, Some(nowhere), Some(nowhere))
-            .expect("skipping is not an error");
+        let (launcher, skipped) =
+            Launcher::prepare(Target::ALL, Some(nowhere), Some(nowhere), false)
+                .expect("skipping is not an error");
         assert_eq!(
             Target::ALL
                 .iter()

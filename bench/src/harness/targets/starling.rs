@@ -33,6 +33,8 @@ pub struct Mesh {
     nodes: Vec<Node>,
     /// Clients connect over the Unix socket rather than TCP.
     over_unix_socket: bool,
+    /// Clients send small events as `PACKED_PUB` records.
+    pack_small_events: bool,
 }
 
 /// One running node and what it said about itself.
@@ -87,8 +89,9 @@ struct InterestEntry {
 
 impl Mesh {
     /// Starts the nodes of `target` (a local or mesh target) and waits until
-    /// they are up and, in a mesh, linked.
-    pub fn start(binary: &Path, target: Target) -> Result<Self> {
+    /// they are up and, in a mesh, linked. Its clients pack small events if
+    /// `pack_small_events`.
+    pub fn start(binary: &Path, target: Target, pack_small_events: bool) -> Result<Self> {
         let io_backend = match target {
             Target::LocalTcpEpoll => "epoll",
             _ => "auto",
@@ -103,6 +106,7 @@ impl Mesh {
         let mut mesh = Self {
             nodes,
             over_unix_socket: target == Target::LocalUds,
+            pack_small_events,
         };
         if in_mesh {
             mesh.await_links()?;
@@ -320,6 +324,7 @@ impl System for Mesh {
             name: "starling-bench".into(),
             // A broken connection must fail the run, not be papered over.
             reconnect: false,
+            pack_small_events: self.pack_small_events,
             ..ClientOptions::default()
         };
         let client = Client::connect_with(&url, options)
