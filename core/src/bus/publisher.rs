@@ -10,8 +10,8 @@ use super::route::{Scope, route};
 use super::wakes::{Wakes, Waking};
 use super::{Bus, BusInner, PublishBatchError, PublishError, Target};
 use crate::clock::WallClock;
-use crate::event::{self, Checked, EventLimits, EventParts, Header};
-use crate::log::Appender;
+use crate::event::{self, Checked, CheckedParts, EventLimits, EventParts, Header};
+use crate::log::{AppendError, Appender, Holds};
 use crate::subject::INBOX_PREFIX;
 use crate::sublist::{IndexReader, ResultStamp};
 
@@ -152,6 +152,17 @@ impl Publisher {
         let subject = archive.event().subject();
         self.core
             .publish_checked_into(archive, subject, Scope::Local, backlog)
+    }
+
+    /// Like [`Publisher::publish_checked_into`], for an event that arrived
+    /// as parts (a client's compact record) rather than an archive: it is
+    /// archived once, straight into event memory, keeping its id and time.
+    pub fn publish_parts_into(
+        &mut self,
+        parts: CheckedParts<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        self.core.publish_parts_into(parts.parts(), backlog)
     }
 
     /// Like [`Publisher::publish_forwarded`], without waiting (see
@@ -383,6 +394,33 @@ impl PublisherCore {
         scope: Scope<'_>,
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
+        self.route_checked(subject, scope, backlog, |appender, holders| {
+            appender.append_archive(archive.bytes(), holders)
+        })
+    }
+
+    /// Like `publish_checked_into` with `Scope::Local`, for checked parts:
+    /// archived by `append` into event memory (one copy, no scratch).
+    pub(crate) fn publish_parts_into(
+        &mut self,
+        parts: &EventParts<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        self.route_checked(parts.subject, Scope::Local, backlog, |appender, holders| {
+            appender.append(parts, holders)
+        })
+    }
+
+    /// Routes an event already checked against the limits by `subject` and
+    /// writes it into event memory with `append`, owing what does not fit in
+    /// `backlog`.
+    fn route_checked(
+        &mut self,
+        subject: &str,
+        scope: Scope<'_>,
+        backlog: &mut Backlog,
+        append: impl FnOnce(&mut Appender, u32) -> Result<Holds, AppendError>,
+    ) -> Result<usize, PublishError> {
         debug_assert!(
             backlog.is_empty(),
             "a source publishes again only once its backlog is flushed"
@@ -395,12 +433,13 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
+        let appender = &mut self.appender;
         route(
             result,
             &mut self.round_robin,
             scope,
             (backlog, &mut Waking::Now),
-            |holders| self.appender.append_archive(archive.bytes(), holders),
+            |holders| append(appender, holders),
         )
     }
 

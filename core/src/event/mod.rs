@@ -437,24 +437,31 @@ pub fn check<'a>(bytes: &'a [u8], limits: &EventLimits) -> Result<Checked<'a>, V
     Ok(Checked { bytes, event })
 }
 
-/// Checks `parts` against the limits and archives them into `out` (16-byte
-/// aligned): the [`Checked`] that [`check`] would make of that archive,
-/// without reading it back (the encoder wrote it, so it is well formed). For
-/// a receiver that rebuilds archives from a compact form: a node reading
-/// `PACKED_PUB` records.
-pub fn encode_checked<'a>(
-    parts: &EventParts<'_>,
-    out: &'a mut [u8],
+/// Parts that [`checked_parts`] accepted: the borrowed twin of [`Checked`],
+/// for a receiver that gets events in a compact form (a node reading
+/// `PACKED_PUB` records) and hands them to a publisher, which archives them
+/// once, straight into event memory.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedParts<'a> {
+    parts: EventParts<'a>,
+}
+
+impl<'a> CheckedParts<'a> {
+    /// The parts.
+    pub fn parts(&self) -> &EventParts<'a> {
+        &self.parts
+    }
+}
+
+/// Checks `parts` against the limits as [`check`] checks the archive they
+/// make: what `check` would say of rkyv's archive of the same event, the
+/// same acceptance or the same error, without archiving them.
+pub fn checked_parts<'a>(
+    parts: EventParts<'a>,
     limits: &EventLimits,
-) -> Result<Checked<'a>, ValidationError> {
-    check_parts(parts, limits).map_err(ValidationError::Limits)?;
-    let len = encode_into(parts, out).map_err(ValidationError::Limits)?;
-    let bytes = &out[..len];
-    // SAFETY: `encode_into` has just written exactly one archive of
-    // `ArchivedEvent` into these bytes, 16-byte aligned (it refuses
-    // misaligned buffers), and nothing has changed them since.
-    let event = unsafe { access_unchecked(bytes) };
-    Ok(Checked { bytes, event })
+) -> Result<CheckedParts<'a>, ValidationError> {
+    check_parts(&parts, limits).map_err(ValidationError::Limits)?;
+    Ok(CheckedParts { parts })
 }
 
 fn check_archived(event: &ArchivedEvent, limits: &EventLimits) -> Result<(), EncodeError> {

@@ -43,11 +43,6 @@ const HELLO_BODY_BYTES_MAX: usize = 16 << 10;
 /// their I/O thread (`threads.rs`).
 pub(crate) const SHUTTING_DOWN: &str = "the node is shutting down";
 
-/// Bytes of the buffer that packed events are archived in kept between
-/// frames: the archive of the largest event a client packs (a 1 KiB payload,
-/// two 256-byte subjects) fits; a frame that needed more gives it back.
-const ARCHIVE_SCRATCH_KEPT_BYTES: usize = 4 << 10;
-
 /// What every session of a server shares.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -149,9 +144,6 @@ struct Protocol {
     pings_unanswered: u32,
     /// The protocol version agreed in the handshake (the client's).
     version: u32,
-    /// Where a `PACKED_PUB` record is archived before it is checked and
-    /// published as a `PUB`'s archive would be; empty until the first.
-    archive_scratch: AlignedVec<FRAME_ALIGN>,
     /// An event asking for a reply reached a subscriber since the I/O loop
     /// last looked (`Session::take_published_request`): the reply is likely
     /// to come back to this connection soon.
@@ -208,7 +200,6 @@ impl Session {
                 deadline: handshake_deadline,
                 pings_unanswered: 0,
                 version: 0,
-                archive_scratch: AlignedVec::new(),
                 published_request: false,
             },
         }
@@ -683,21 +674,40 @@ impl Protocol {
     ) -> Result<(), Fatal> {
         let archive = match archive {
             Ok(archive) => archive,
-            Err(error) => {
-                let reason = format!("{}: {error}", error.code());
-                return self.error(ErrorCode::InvalidEvent, tag, reason);
-            }
+            Err(error) => return self.refuse_event(tag, &error),
         };
         let event = archive.event();
-        if event.subject().starts_with(SYSTEM_PREFIX) {
+        self.publish_admitted(tag, (event.subject(), event.reply_to()), |backlog| {
+            publisher.publish_checked_into(archive, backlog)
+        })
+    }
+
+    /// Reports an event that failed its checks, with the same text whether it
+    /// came as an archive or as parts.
+    fn refuse_event(&mut self, tag: u64, error: &ValidationError) -> Result<(), Fatal> {
+        let reason = format!("{}: {error}", error.code());
+        self.error(ErrorCode::InvalidEvent, tag, reason)
+    }
+
+    /// Publishes a checked event with `publish` if this connection may
+    /// publish on its `subject` (and name `reply_to`), and reports the
+    /// outcome: the part of a publish that is the same for a `PUB`'s archive
+    /// and a `PACKED_PUB`'s record.
+    fn publish_admitted(
+        &mut self,
+        tag: u64,
+        (subject, reply_to): (&str, Option<&str>),
+        publish: impl FnOnce(&mut Backlog) -> Result<usize, PublishError>,
+    ) -> Result<(), Fatal> {
+        if subject.starts_with(SYSTEM_PREFIX) {
             let reason = format!("subjects under {SYSTEM_PREFIX} belong to the mesh");
             return self.error(ErrorCode::InvalidSubject, tag, reason);
         }
-        if let Err(error) = self.access.check_publish(event.subject(), event.reply_to()) {
+        if let Err(error) = self.access.check_publish(subject, reply_to) {
             return self.error(ErrorCode::PermissionDenied, tag, error.to_string());
         }
-        let asks_reply = event.reply_to().is_some();
-        match publisher.publish_checked_into(archive, &mut self.backlog) {
+        let asks_reply = reply_to.is_some();
+        match publish(&mut self.backlog) {
             Ok(0) if tag != 0 => self.error(
                 ErrorCode::NoResponders,
                 tag,
@@ -722,13 +732,14 @@ impl Protocol {
     }
 
     /// Publishes the records of a `PACKED_PUB`, each as the `PUB` with tag 0
-    /// it stands for: checked against the limits and archived by the same
-    /// encoder a client uses (the bytes rkyv would write; not read back:
-    /// `event::encode_checked`), then published by `publish_checked`, with
-    /// the same errors. A frame with a broken record is refused whole, before any
-    /// is published. A record that must wait (a full `Block` queue, or no
-    /// room for another answer) leaves the rest in the spill, as a frame of
-    /// its own, for `Session::resume`.
+    /// it stands for: its parts checked against the limits as `event::check`
+    /// checks an archive (`event::checked_parts`: the same errors), then
+    /// archived once, straight into event memory
+    /// (`Publisher::publish_parts_into`): no scratch copy, and the archive is
+    /// not read back. A frame with a broken record is refused whole, before
+    /// any is published. A record that must wait (a full `Block` queue, or
+    /// no room for another answer) leaves the rest in the spill, as a frame
+    /// of its own, for `Session::resume`.
     fn publish_packed(
         &mut self,
         tag: u64,
@@ -745,20 +756,22 @@ impl Protocol {
         if let Err(error) = Records::check(tag, body) {
             return Err(self.fail(ErrorCode::Framing, tag, error.to_string()));
         }
-        let mut scratch = std::mem::take(&mut self.archive_scratch);
         let mut records = Records::new(tag, body);
         let mut result = Ok(());
+        // The records handled here are counted with one atomic add, not one
+        // each: a frame carries up to a hundred or so small events.
+        let mut handled = 0;
         while let Some(Ok(record)) = records.next() {
-            self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+            handled += 1;
             result = match record.parts() {
-                Ok(parts) => {
-                    let bound = parts.archive_bytes_bound();
-                    if scratch.len() < bound {
-                        scratch.resize(bound, 0);
+                Ok(parts) => match event::checked_parts(parts, &self.limits) {
+                    Ok(checked) => {
+                        self.publish_admitted(0, (parts.subject, parts.reply_to), |backlog| {
+                            publisher.publish_parts_into(checked, backlog)
+                        })
                     }
-                    let archive = event::encode_checked(&parts, &mut scratch, &self.limits);
-                    self.publish_checked(0, archive, publisher)
-                }
+                    Err(error) => self.refuse_event(0, &error),
+                },
                 Err(reason) => {
                     self.error(ErrorCode::InvalidEvent, 0, format!("malformed: {reason}"))
                 }
@@ -768,13 +781,11 @@ impl Protocol {
                 break;
             }
         }
+        self.stats.events_in.fetch_add(handled, Ordering::Relaxed);
         if result.is_ok() {
             records
                 .push_rest(&mut self.spill)
                 .expect("the frame's records were checked");
-        }
-        if scratch.capacity() <= ARCHIVE_SCRATCH_KEPT_BYTES {
-            self.archive_scratch = scratch;
         }
         result
     }
