@@ -79,10 +79,11 @@ pub struct ClientOptions {
     pub subscription: SubscribeOptions,
     /// Send small events (no headers, no reply asked of `NoResponders`,
     /// payload up to 1 KiB) as compact `PACKED_PUB` records to a node that
-    /// speaks protocol 4: about 60% of a `PUB`'s bytes on the wire, but
-    /// the node spends more CPU per event turning them back into archives
-    /// (BENCHMARKS.md, "smaller frames for small events"). Off by default:
-    /// on the same host the bytes are cheaper than the node's time.
+    /// speaks protocol 4, the records that wait together joined into one
+    /// frame: about 30% of a `PUB`'s bytes on the wire in a stream, for the
+    /// same node CPU per event (BENCHMARKS.md, "packed frames pay for
+    /// themselves"). Off by default: on the same host the saved bytes have
+    /// not been shown to buy events/s.
     pub pack_small_events: bool,
     /// TLS, for `tls://` URLs (others ignore it): the CA the node's
     /// certificate must chain to, and this client's certificate if the node

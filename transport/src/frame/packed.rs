@@ -134,17 +134,11 @@ fn push_frame_continuing(
     first: &Record<'_>,
     more: impl FnOnce(&mut AlignedVec<FRAME_ALIGN>, &mut Previous),
 ) {
-    let start = buffer.len();
-    let tag = tag_for(first.id);
-    buffer.extend_from_slice(&[0; HEADER_BYTES]);
+    let mut open = Open::start(buffer, tag_for(first.id));
     buffer.reserve(record_bytes_max(first));
-    let mut previous = Previous::of_frame(tag);
-    push_record(buffer, &mut previous, first);
-    more(buffer, &mut previous);
-    let length = buffer.len() - start - HEADER_BYTES;
-    buffer[start..start + HEADER_BYTES]
-        .copy_from_slice(&Header::new(Kind::PackedPub, tag, length).encode());
-    buffer.extend_from_slice(&PADDING[..padded(length) - length]);
+    push_record(buffer, &mut open.previous, first);
+    more(buffer, &mut open.previous);
+    open.close(buffer);
 }
 
 /// The most bytes `record` can take.
@@ -193,6 +187,121 @@ fn push_varint(out: &mut AlignedVec<FRAME_ALIGN>, mut value: u128) {
     out.push(value as u8);
 }
 
+/// The most record bytes [`join`] puts in one frame: about 150 small
+/// events, each of which then costs the node a record's work and no
+/// frame's; small beside a receive buffer (16 KiB), so that a joined frame
+/// is seldom split between two receives.
+pub const JOINED_BODY_BYTES_MAX: usize = 4 << 10;
+
+/// True if `frames` (whole frames as a client wrote them, the last maybe
+/// cut short) hold two `PACKED_PUB` frames in a row, which [`join`] would
+/// join.
+pub fn has_run(frames: &[u8]) -> bool {
+    let mut previous_packed = false;
+    for header in headers(frames) {
+        let packed = header.kind == Kind::PackedPub;
+        if packed && previous_packed {
+            return true;
+        }
+        previous_packed = packed;
+    }
+    false
+}
+
+/// Appends `frames` (whole frames this process wrote, the last maybe cut
+/// short) to `out` with each run of `PACKED_PUB` frames joined into frames
+/// of up to [`JOINED_BODY_BYTES_MAX`] bytes of records; other frames are
+/// copied as they are, in order. Stops after the frame that takes `out`
+/// past `out_bytes_max`, or before a frame cut short; returns how many
+/// bytes of `frames` it took. Publishers each append a frame of one record
+/// to the client's ring (without a lock, so none appends to another's
+/// frame); the writer joins those that wait together to be written, so the
+/// node handles one frame for many events.
+///
+/// # Panics
+///
+/// If a `PACKED_PUB` frame among `frames` is malformed: this process's own
+/// encoder wrote them.
+pub fn join(frames: &[u8], out: &mut AlignedVec<FRAME_ALIGN>, out_bytes_max: usize) -> usize {
+    let mut open: Option<Open> = None;
+    let mut taken = 0;
+    for header in headers(frames) {
+        let frame = &frames[taken..taken + header.frame_bytes()];
+        if header.kind == Kind::PackedPub {
+            let body = &frame[HEADER_BYTES..HEADER_BYTES + header.length as usize];
+            for record in Records::new(header.tag, body) {
+                let record = record.expect("this process wrote the frame");
+                let full = open.as_ref().is_some_and(|open| {
+                    out.len() - open.start - HEADER_BYTES + record_bytes_max(&record)
+                        > JOINED_BODY_BYTES_MAX
+                });
+                if full {
+                    open.take().expect("open").close(out);
+                }
+                let open = open.get_or_insert_with(|| Open::start(out, tag_for(record.id)));
+                push_record(out, &mut open.previous, &record);
+            }
+        } else {
+            if let Some(open) = open.take() {
+                open.close(out);
+            }
+            out.extend_from_slice(frame);
+        }
+        taken += frame.len();
+        if out.len() > out_bytes_max {
+            break;
+        }
+    }
+    if let Some(open) = open {
+        open.close(out);
+    }
+    taken
+}
+
+/// The headers of the whole frames at the start of `frames`, up to the
+/// first cut short.
+fn headers(frames: &[u8]) -> impl Iterator<Item = Header> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let bytes = frames.get(at..at + HEADER_BYTES)?;
+        let header = Header::decode(bytes.try_into().expect("16 bytes"), usize::MAX)
+            .expect("this process wrote the frame");
+        if at + header.frame_bytes() > frames.len() {
+            return None;
+        }
+        at += header.frame_bytes();
+        Some(header)
+    })
+}
+
+/// A `PACKED_PUB` frame [`join`] is appending records to.
+struct Open {
+    /// Where its header is in the output.
+    start: usize,
+    tag: u64,
+    previous: Previous,
+}
+
+impl Open {
+    fn start(out: &mut AlignedVec<FRAME_ALIGN>, tag: u64) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_BYTES]);
+        Self {
+            start,
+            tag,
+            previous: Previous::of_frame(tag),
+        }
+    }
+
+    /// Writes its header, now that its length is known, and its padding.
+    fn close(self, out: &mut AlignedVec<FRAME_ALIGN>) {
+        let length = out.len() - self.start - HEADER_BYTES;
+        out[self.start..self.start + HEADER_BYTES]
+            .copy_from_slice(&Header::new(Kind::PackedPub, self.tag, length).encode());
+        out.extend_from_slice(&PADDING[..padded(length) - length]);
+    }
+}
+
 /// The records of a `PACKED_PUB` body, in order. Yields an error at the
 /// first structure error, then nothing.
 #[derive(Debug, Clone)]
@@ -217,7 +326,15 @@ impl<'a> Records<'a> {
         if body.is_empty() {
             return Err(malformed("no records"));
         }
-        Records::new(tag, body).try_fold(0, |count, record| record.map(|_| count + 1))
+        let mut records = Records::new(tag, body);
+        let mut count = 0;
+        while !records.rest.is_empty() {
+            // Inlined: what only the records' values need (ids, times) is
+            // not computed.
+            records.record().map_err(malformed)?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Appends a `PACKED_PUB` frame of the records not yet read to `buffer`
@@ -233,10 +350,14 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    fn record(&mut self) -> Result<Record<'a>, FrameError> {
+    /// The next record. Its parts report a structure error as the reason
+    /// alone (made a `FrameError` by `next`): a small value to pass back,
+    /// on the node's path for every event.
+    #[inline]
+    fn record(&mut self) -> Result<Record<'a>, &'static str> {
         let flags = self.take(1)?[0];
         if flags & !FLAG_REPLY != 0 {
-            return Err(malformed("reserved record flags are set"));
+            return Err("reserved record flags are set");
         }
         let subject = self.bytes()?;
         let reply_to = if flags & FLAG_REPLY != 0 {
@@ -262,41 +383,56 @@ impl<'a> Records<'a> {
         })
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         if self.rest.len() < n {
-            return Err(malformed("a record runs past the end of the body"));
+            return Err("a record runs past the end of the body");
         }
         let (head, rest) = self.rest.split_at(n);
         self.rest = rest;
         Ok(head)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
+    #[inline]
+    fn bytes(&mut self) -> Result<&'a [u8], &'static str> {
         let len = self.varint(LENGTH_BITS)?;
         // Within the body (below 4 GiB): checked before anything is read.
         self.take(usize::try_from(len).unwrap_or(usize::MAX))
     }
 
     /// A LEB128 varint of at most `bits` bits, in its shortest form.
-    fn varint(&mut self, bits: u32) -> Result<u128, FrameError> {
+    #[inline]
+    fn varint(&mut self, bits: u32) -> Result<u128, &'static str> {
+        // Most are one byte (lengths, and the deltas of a frame's records
+        // after its first): those skip the loop and its 128-bit shifts.
+        match self.rest.split_first() {
+            Some((&byte, rest)) if byte < 0x80 => {
+                self.rest = rest;
+                Ok(u128::from(byte))
+            }
+            _ => self.varint_long(bits),
+        }
+    }
+
+    fn varint_long(&mut self, bits: u32) -> Result<u128, &'static str> {
         let mut value = 0u128;
         let mut shift = 0;
         loop {
             let byte = self.take(1)?[0];
             let low = u128::from(byte & 0x7F);
             if shift + 7 > bits && low >> (bits - shift) != 0 {
-                return Err(malformed("a varint overflows its field"));
+                return Err("a varint overflows its field");
             }
             value |= low << shift;
             if byte & 0x80 == 0 {
                 if byte == 0 && shift > 0 {
-                    return Err(malformed("a varint is longer than its shortest form"));
+                    return Err("a varint is longer than its shortest form");
                 }
                 return Ok(value);
             }
             shift += 7;
             if shift >= bits {
-                return Err(malformed("a varint overflows its field"));
+                return Err("a varint overflows its field");
             }
         }
     }
@@ -309,7 +445,7 @@ impl<'a> Iterator for Records<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let record = self.record();
+        let record = self.record().map_err(malformed);
         if record.is_err() {
             self.rest = &[];
         }
@@ -466,6 +602,92 @@ mod tests {
         assert_eq!(
             refused(&[0, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F]),
             "a varint overflows its field"
+        );
+    }
+
+    /// The records of every frame in `frames`, in order, and the kinds of
+    /// the frames.
+    fn frames_read(frames: &[u8]) -> (Vec<Kind>, Vec<Record<'_>>) {
+        let (mut kinds, mut records) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < frames.len() {
+            let header = Header::decode(frames[at..at + 16].try_into().unwrap(), 1 << 20).unwrap();
+            kinds.push(header.kind);
+            if header.kind == Kind::PackedPub {
+                let frame = &frames[at..at + header.frame_bytes()];
+                records.extend(decode(frame).unwrap());
+            }
+            at += header.frame_bytes();
+        }
+        (kinds, records)
+    }
+
+    #[test]
+    fn runs_of_packed_frames_are_joined_and_other_frames_kept_in_place() {
+        let records: Vec<Record<'_>> = (0..300u64)
+            .map(|i| Record {
+                id: SAMPLE.id + u128::from(i),
+                // Publishing threads' clocks need not be in order.
+                time_unix_nanos: SAMPLE.time_unix_nanos + 1_000 * i - 700 * (i % 3),
+                reply_to: (i % 7 == 0).then_some(b"_INBOX.r.1".as_slice()),
+                ..SAMPLE
+            })
+            .collect();
+        let ping = crate::frame::encode(Kind::Ping, 5, &[]);
+        let mut frames = AlignedVec::<FRAME_ALIGN>::new();
+        frames.extend_from_slice(&ping);
+        push_frame(&mut frames, &records[..1]);
+        frames.extend_from_slice(&ping);
+        for record in &records[1..] {
+            push_frame(&mut frames, std::slice::from_ref(record));
+        }
+        frames.extend_from_slice(&ping);
+        assert!(has_run(&frames));
+        let first_frames = 2 * ping.len() + frame_of(&records[..1]).len();
+        assert!(!has_run(&frames[..first_frames]), "ping, one packed, ping");
+
+        let mut joined = AlignedVec::<FRAME_ALIGN>::new();
+        assert_eq!(join(&frames, &mut joined, usize::MAX), frames.len());
+        let (kinds, read) = frames_read(&joined);
+        assert_eq!(read, records, "every record, in order");
+        let packed = kinds
+            .iter()
+            .filter(|&&kind| kind == Kind::PackedPub)
+            .count();
+        assert_eq!(kinds.first(), Some(&Kind::Ping));
+        assert_eq!(kinds[1..3], [Kind::PackedPub, Kind::Ping]);
+        assert_eq!(kinds.last(), Some(&Kind::Ping));
+        assert!(
+            (3..=4).contains(&packed),
+            "299 records of about 30 bytes in frames of up to 4 KiB, then one: {kinds:?}"
+        );
+        assert!(joined.len() < frames.len() / 2, "{} bytes", joined.len());
+        let mut at = 0;
+        while at < joined.len() {
+            let header = Header::decode(joined[at..at + 16].try_into().unwrap(), 1 << 20).unwrap();
+            assert!(header.length as usize <= JOINED_BODY_BYTES_MAX);
+            at += header.frame_bytes();
+        }
+
+        // A frame cut short (by the ring's end) is left; a limit on the
+        // output stops after the frame that passes it, and the rest joins
+        // on from there.
+        let cut = frames.len() - ping.len() - 16;
+        let mut joined = AlignedVec::<FRAME_ALIGN>::new();
+        let taken = join(&frames[..cut], &mut joined, usize::MAX);
+        assert_eq!(taken, cut - 64 + 16, "all but the last packed frame");
+        assert_eq!(frames_read(&joined).1, records[..records.len() - 1]);
+        let mut joined = AlignedVec::<FRAME_ALIGN>::new();
+        let taken = join(&frames, &mut joined, 1000);
+        assert!(first_frames < taken && taken < frames.len() / 2, "{taken}");
+        let mut rest = AlignedVec::<FRAME_ALIGN>::new();
+        assert_eq!(
+            join(&frames[taken..], &mut rest, usize::MAX),
+            frames.len() - taken
+        );
+        assert_eq!(
+            [frames_read(&joined).1, frames_read(&rest).1].concat(),
+            records
         );
     }
 
