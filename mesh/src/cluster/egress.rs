@@ -690,6 +690,23 @@ mod tests {
         (dialed.await.unwrap(), accepted)
     }
 
+    /// Tells the egress that the link is up on `connection`; the receiver
+    /// hears when the link it replaced (if any) has retired.
+    fn connect_egress(
+        commands: &UnboundedSender<EgressCommand>,
+        connection: &Connection,
+    ) -> oneshot::Receiver<()> {
+        let (retired, heard) = oneshot::channel();
+        let connection = connection.clone();
+        commands
+            .send(EgressCommand::Connect {
+                connection,
+                retired,
+            })
+            .unwrap();
+        heard
+    }
+
     /// The swap after two nodes dialed each other: the egress moves to a
     /// new connection while the old one has forwards in flight. Every event
     /// arrives once, each subject's in order, nothing is counted lost, and
@@ -736,13 +753,7 @@ mod tests {
                 };
                 route(&mailbox, &commands, 1, key);
                 let egress = tokio::task::spawn_local(run(mailbox, queue, 4, counters.clone()));
-                let (retired, _) = oneshot::channel();
-                commands
-                    .send(EgressCommand::Connect {
-                        connection: first.clone(),
-                        retired,
-                    })
-                    .unwrap();
+                connect_egress(&commands, &first);
 
                 // The bus stays: a mailbox whose bus is gone reports itself
                 // closed, and the task stops.
@@ -780,14 +791,7 @@ mod tests {
                     );
                     received += 1;
                     if received == EVENTS / 4 {
-                        let (retired, heard) = oneshot::channel();
-                        commands
-                            .send(EgressCommand::Connect {
-                                connection: second.clone(),
-                                retired,
-                            })
-                            .unwrap();
-                        replaced_retired = Some(heard);
+                        replaced_retired = Some(connect_egress(&commands, &second));
                     }
                 }
                 publisher.join().unwrap();

@@ -73,6 +73,9 @@ pub(super) struct Writer {
     link: Mutex<Link>,
     /// The flusher thread, to unpark; set when it starts.
     flusher: OnceLock<Thread>,
+    /// Whether publishers may write `PACKED_PUB` frames, which a drainer
+    /// joins (`write_frames`); without, the frames are not even looked at.
+    joins_packed: bool,
     /// True while `link.first` holds frames: work for the drainer like a
     /// committed frame, looked at when it gives the role up.
     first_pending: AtomicBool,
@@ -97,7 +100,14 @@ struct Link {
 }
 
 impl Writer {
-    pub(super) fn new(stream: Arc<Stream>, bytes_max: usize, frame_bytes_max: usize) -> Self {
+    /// A writer to `stream`; `joins_packed` if the client packs small
+    /// events (`ClientOptions::pack_small_events`).
+    pub(super) fn new(
+        stream: Arc<Stream>,
+        bytes_max: usize,
+        frame_bytes_max: usize,
+        joins_packed: bool,
+    ) -> Self {
         Self {
             ring: FrameRing::new(bytes_max, frame_bytes_max),
             link: Mutex::new(Link {
@@ -105,6 +115,7 @@ impl Writer {
                 first: None,
             }),
             flusher: OnceLock::new(),
+            joins_packed,
             first_pending: AtomicBool::new(false),
             publisher_wrote_at: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -219,7 +230,11 @@ impl Writer {
             return Drained::Nothing;
         }
         let [first, wrapped] = self.ring.slices(committed);
-        write_frames(&stream, first);
+        if self.joins_packed {
+            write_frames(&stream, first);
+        } else {
+            let _ = (&*stream).write_all(first);
+        }
         if !wrapped.is_empty() {
             let _ = (&*stream).write_all(wrapped);
         }

@@ -610,8 +610,7 @@ mod tests {
     fn frames_read(frames: &[u8]) -> (Vec<Kind>, Vec<Record<'_>>) {
         let (mut kinds, mut records) = (Vec::new(), Vec::new());
         let mut at = 0;
-        while at < frames.len() {
-            let header = Header::decode(frames[at..at + 16].try_into().unwrap(), 1 << 20).unwrap();
+        for header in headers(frames) {
             kinds.push(header.kind);
             if header.kind == Kind::PackedPub {
                 let frame = &frames[at..at + header.frame_bytes()];
@@ -619,6 +618,7 @@ mod tests {
             }
             at += header.frame_bytes();
         }
+        assert_eq!(at, frames.len(), "whole frames");
         (kinds, records)
     }
 
@@ -662,11 +662,8 @@ mod tests {
             "299 records of about 30 bytes in frames of up to 4 KiB, then one: {kinds:?}"
         );
         assert!(joined.len() < frames.len() / 2, "{} bytes", joined.len());
-        let mut at = 0;
-        while at < joined.len() {
-            let header = Header::decode(joined[at..at + 16].try_into().unwrap(), 1 << 20).unwrap();
+        for header in headers(&joined) {
             assert!(header.length as usize <= JOINED_BODY_BYTES_MAX);
-            at += header.frame_bytes();
         }
 
         // A frame cut short (by the ring's end) is left; a limit on the

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use starling_core::bus::{Backlog, PublishError, SubscribeError};
-use starling_core::event::{self, Checked, ValidationError};
+use starling_core::event::{self, ValidationError};
 use starling_core::subject::SYSTEM_PREFIX;
 use starling_core::{Bus, EventLimits, Mailbox, Publisher, SubscribeOptions};
 
@@ -660,19 +660,7 @@ impl Protocol {
 
     /// Publishes the archive a `PUB` carried.
     fn publish(&mut self, tag: u64, body: &[u8], publisher: &mut Publisher) -> Result<(), Fatal> {
-        let archive = event::check(body, &self.limits);
-        self.publish_checked(tag, archive, publisher)
-    }
-
-    /// Publishes an archive as `publish` does once it is checked (or was
-    /// refused: reported with the same error).
-    fn publish_checked(
-        &mut self,
-        tag: u64,
-        archive: Result<Checked<'_>, ValidationError>,
-        publisher: &mut Publisher,
-    ) -> Result<(), Fatal> {
-        let archive = match archive {
+        let archive = match event::check(body, &self.limits) {
             Ok(archive) => archive,
             Err(error) => return self.refuse_event(tag, &error),
         };

@@ -102,6 +102,7 @@ impl Connection {
                 stream.clone(),
                 options.write_buffer_bytes_max,
                 frame_bytes_max,
+                options.pack_small_events,
             ),
             options,
             inbox_prefix: format!("{INBOX_PREFIX}{nuid}."),
