@@ -346,3 +346,36 @@ fn limits_are_enforced_on_archives_from_outside() {
     };
     assert!(event::check_parts(&parts, &EventLimits::default()).is_err());
 }
+
+/// Found by the `event` fuzz target: every header the limits allow, with
+/// short strings elsewhere, bounded above `archive_bytes_max` (the headers'
+/// vector's own alignment was not counted), so a buffer sized by it could
+/// be too small for an event the limits accept.
+#[test]
+fn every_event_within_the_limits_is_bounded_by_archive_bytes_max() {
+    let limits = EventLimits {
+        subject: starling_core::subject::SubjectLimits {
+            bytes_max: 16,
+            tokens_max: 3,
+        },
+        payload_bytes_max: 32,
+        headers_max: 2,
+        header_bytes_max: 24,
+    };
+    let headers = [Header("abc", b"0123456789abc"), Header("d", b"012345")];
+    let parts = EventParts {
+        id: 1,
+        time_unix_nanos: 2,
+        subject: "a.b.cd",
+        reply_to: Some("_INBOX.abcdef"),
+        headers: &headers,
+        payload: &[7; 32],
+    };
+    event::check_parts(&parts, &limits).expect("within the limits");
+    assert!(
+        parts.archive_bytes_bound() <= limits.archive_bytes_max(),
+        "bound {} above {}",
+        parts.archive_bytes_bound(),
+        limits.archive_bytes_max()
+    );
+}

@@ -148,7 +148,11 @@ impl EventLimits {
         let fixed = size_of::<ArchivedEvent>() + ARCHIVE_ALIGN;
         let strings = 2 * (self.subject.bytes_max + ARCHIVE_ALIGN);
         let header_entry = size_of::<ArchivedHeader>();
-        let headers = self.headers_max * (header_entry + 2 * ARCHIVE_ALIGN) + self.header_bytes_max;
+        // The entries' vector is out of line too, aligned like the rest
+        // (`EventParts::archive_bytes_bound` counts it).
+        let headers = ARCHIVE_ALIGN
+            + self.headers_max * (header_entry + 2 * ARCHIVE_ALIGN)
+            + self.header_bytes_max;
         fixed + strings + headers + self.payload_bytes_max + ARCHIVE_ALIGN
     }
 }
