@@ -656,6 +656,41 @@ pub fn skip(name: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {name}: {reason}");
 }
 
+/// CPU time process `pid`'s threads have used, to the nanosecond (the
+/// scheduler's own accounting: `/proc/PID/stat` counts 10 ms ticks).
+pub fn cpu_time(pid: u32) -> Duration {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let nanos = threads
+        .map(|thread| {
+            let schedstat = std::fs::read_to_string(thread.unwrap().path().join("schedstat"))
+                .expect("/proc/PID/task/TID/schedstat (CONFIG_SCHED_INFO)");
+            schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|on_cpu| on_cpu.parse::<u64>().ok())
+                .expect("time on CPU, in nanoseconds")
+        })
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Waits until the node counts `count` open client connections.
+pub fn await_connections(node: &Node, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = get(&node.http, "/v1/node");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if view["connections"] == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node counts {count} connections: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// VmRSS of a process, from /proc.
 pub fn resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
