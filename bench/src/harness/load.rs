@@ -147,21 +147,33 @@ impl Iterator for Schedule {
             return None;
         }
         let send_at = match self.per_second {
-            None => Instant::now(),
+            // Flat out: one clock read per event, the send time itself. It
+            // is now, so there is nothing to wait for, and it is the time to
+            // compare with the end (three reads took about a third of the
+            // publishing thread's CPU: BENCHMARKS.md).
+            None => {
+                let now = Instant::now();
+                if self.end.is_some_and(|end| now >= end) {
+                    return None;
+                }
+                now
+            }
             Some(per_second) => {
                 let offset = (self.issued as f64 * 1e9 / per_second).round();
-                self.start + Duration::from_nanos(offset as u64)
+                let send_at = self.start + Duration::from_nanos(offset as u64);
+                // A paced publisher that fell behind stops at the end too:
+                // the run lasts as long as asked, and sends fewer events
+                // than the rate says.
+                if self
+                    .end
+                    .is_some_and(|end| send_at.max(Instant::now()) >= end)
+                {
+                    return None;
+                }
+                wait_until(send_at);
+                send_at
             }
         };
-        // A paced publisher that fell behind stops at the end too: the run
-        // lasts as long as asked, and sends fewer events than the rate says.
-        if self
-            .end
-            .is_some_and(|end| send_at.max(Instant::now()) >= end)
-        {
-            return None;
-        }
-        wait_until(send_at);
         self.issued += 1;
         Some(send_at)
     }

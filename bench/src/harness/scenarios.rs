@@ -370,8 +370,11 @@ fn consume(
     let mut received = 0;
     let mut last_receive_ns = 0;
     while !stop.load(Ordering::Relaxed) {
+        // The events of one receive were taken together: one clock read, at
+        // the first of them, is the receive time of them all.
+        let mut received_at = None;
         let taken = inbound.receive(POLL, &mut |payload, _reply_to| {
-            let now = clock.now();
+            let now = *received_at.get_or_insert_with(|| clock.now());
             latency.saturating_record(now.saturating_sub(sent_at(payload)?));
             last_receive_ns = now;
             Ok(())
