@@ -134,24 +134,13 @@ impl<T> Lane<T> {
     /// As for [`Lane::push`].
     #[inline]
     pub(crate) unsafe fn push_with<I>(&self, input: I, make: impl FnOnce(I) -> T) -> Result<(), I> {
-        let side = &*self.producer;
-        // SAFETY: only the producer touches `next` and `cached_head`
-        // (caller's contract).
-        let tail = side.next.with_mut(|next| unsafe { *next });
-        // SAFETY: as above.
-        let cached_head = side.cached_head.with_mut(|head| unsafe { *head });
-        if tail.wrapping_sub(cached_head) >= self.capacity {
-            // SYNC POINT (lane-free): Acquire pairs with the consumer's
-            // Release store of `head` in `LaneRun::drop`: its reads of the
-            // slots it gave back happen-before our writes to them.
-            let head = self.head.load(Ordering::Acquire);
-            // SAFETY: as above.
-            side.cached_head
-                .with_mut(|cached| unsafe { *cached = head });
-            if tail.wrapping_sub(head) >= self.capacity {
-                return Err(input);
-            }
+        // SAFETY: the caller's contract is `has_room`'s.
+        if !unsafe { self.has_room() } {
+            return Err(input);
         }
+        let side = &*self.producer;
+        // SAFETY: only the producer touches `next` (caller's contract).
+        let tail = side.next.with_mut(|next| unsafe { *next });
         let slot = &self.slots[tail & self.mask];
         // SAFETY: positions `head .. head + capacity` belong to the producer
         // until it publishes them, and `tail` is among them: the consumer
@@ -169,6 +158,36 @@ impl<T> Lane<T> {
             unsafe { self.publish() };
         }
         Ok(())
+    }
+
+    /// True if the next [`Lane::push`] will find room. Reads the consumer's
+    /// `head` only when the producer's copy of it says the lane is full, as
+    /// `push` does: a producer that must do work before it can push (the
+    /// log channel appends a record) asks first, and the push after it finds
+    /// the same room without another look.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lane::push`].
+    #[inline]
+    pub(crate) unsafe fn has_room(&self) -> bool {
+        let side = &*self.producer;
+        // SAFETY: only the producer touches `next` and `cached_head`
+        // (caller's contract).
+        let tail = side.next.with_mut(|next| unsafe { *next });
+        // SAFETY: as above.
+        let cached_head = side.cached_head.with_mut(|head| unsafe { *head });
+        if tail.wrapping_sub(cached_head) < self.capacity {
+            return true;
+        }
+        // SYNC POINT (lane-free): Acquire pairs with the consumer's Release
+        // store of `head` in `LaneRun::drop`: its reads of the slots it gave
+        // back happen-before our writes to them.
+        let head = self.head.load(Ordering::Acquire);
+        // SAFETY: as above.
+        side.cached_head
+            .with_mut(|cached| unsafe { *cached = head });
+        tail.wrapping_sub(head) < self.capacity
     }
 
     /// Makes every item pushed so far visible to the consumer: one store,
@@ -285,7 +304,7 @@ impl<T> Drop for LaneRun<'_, T> {
         self.for_each(drop);
         if self.end != self.start {
             // SYNC POINT (lane-free): Release pairs with the producer's
-            // Acquire load of `head` in `push`: our reads of the run's slots
+            // Acquire load of `head` in `has_room`: our reads of the run's slots
             // happen-before its next writes to them. One store per run.
             self.lane.head.store(self.end, Ordering::Release);
         }

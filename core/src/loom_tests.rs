@@ -19,7 +19,7 @@ use crate::bus::queue::{DeliveryQueue, QueueShape};
 use crate::lane::Lane;
 use crate::log::SegmentPool;
 use crate::log::segment::{RecordHeader, SEGMENT_HEADER_BYTES, SegmentHeader};
-use crate::log::{BatchRelease, RecordRef};
+use crate::log::{BatchRelease, Closed, RecordRef, WriteError, channel};
 use crate::ring::Ring;
 use crate::signal::{Signal, SpaceSignal, current_thread_waker, publish_fence};
 use crate::sync::ArrayQueue;
@@ -451,6 +451,79 @@ fn lane_hands_over_every_value_once_in_order() {
         }
         producer.join().unwrap();
         assert_eq!(seen, [0, 1, 2]);
+    });
+}
+
+/// A log channel's writer writes two records into a one-record lane (so it
+/// finds the lane full and waits for room) and is dropped; the reader reads
+/// until it is told the writer is gone. It must have read both records by
+/// then (`log-channel-closed`: the flag is never seen before the last
+/// publish), and the pool must get its segment back.
+#[test]
+fn a_log_channel_closes_only_after_its_last_record() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let (mut writer, mut reader) = channel(pool.clone(), 1);
+        let producer = thread::spawn(move || {
+            for byte in 1..=2u8 {
+                while let Err(error) = writer.write_archive(&[byte]) {
+                    assert_eq!(error, WriteError::Full);
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match reader.read(1, |archive| seen.extend_from_slice(archive)) {
+                Ok(0) => thread::yield_now(),
+                Ok(_) => {}
+                Err(Closed) => break,
+            }
+        }
+        assert_eq!(seen, [1, 2]);
+        producer.join().unwrap();
+        drop(reader);
+        let stats = pool.stats();
+        assert_eq!(
+            stats.bytes_allocated,
+            stats.segments_free * (4096 + SEGMENT_HEADER_BYTES)
+        );
+    });
+}
+
+/// A log channel's reader reads once and is dropped while its writer writes
+/// three records: the writer must learn that the reader is gone (at the
+/// latest when the lane is full), and every record must be released once
+/// both ends are dropped.
+#[test]
+fn a_log_channel_reader_dropped_early_leaks_no_record() {
+    loom::model(|| {
+        let pool = SegmentPool::new(4096, 4096 + SEGMENT_HEADER_BYTES);
+        let (mut writer, mut reader) = channel(pool.clone(), 2);
+        let consumer = thread::spawn(move || {
+            reader
+                .read(2, |archive| assert_eq!(archive.len(), 1))
+                .unwrap();
+        });
+        let mut written = 0;
+        loop {
+            match writer.write_archive(&[written]) {
+                Ok(()) => written += 1,
+                Err(WriteError::Full) => thread::yield_now(),
+                Err(WriteError::Closed) => break,
+                Err(error) => panic!("{error}"),
+            }
+            if written == 3 {
+                break;
+            }
+        }
+        consumer.join().unwrap();
+        drop(writer);
+        let stats = pool.stats();
+        assert_eq!(
+            stats.bytes_allocated,
+            stats.segments_free * (4096 + SEGMENT_HEADER_BYTES)
+        );
     });
 }
 
