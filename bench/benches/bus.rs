@@ -42,7 +42,7 @@ fn blocking() -> SubscribeOptions {
     }
 }
 
-fn receive_subscription(sub: &Subscription) -> u64 {
+fn receive_subscription(sub: &mut Subscription) -> u64 {
     match sub.recv_timeout(POLL) {
         Ok(event) => {
             black_box(event.payload().len());
@@ -63,7 +63,7 @@ fn receive_subscription(sub: &Subscription) -> u64 {
 
 /// The batch consumer: waits for the first event, then takes what is there
 /// (up to [`BATCH`]) in one claim.
-fn receive_subscription_batch(sub: &Subscription) -> u64 {
+fn receive_subscription_batch(sub: &mut Subscription) -> u64 {
     sub.recv_batch_timeout(BATCH as usize, POLL, |event| {
         black_box(event.payload().len());
     })
@@ -81,7 +81,7 @@ fn publish_in_batches(publisher: &mut Publisher, count: u64, payload: &[u8]) {
     }
 }
 
-fn receive_channel(rx: &Receiver<Owned>) -> u64 {
+fn receive_channel(rx: &mut Receiver<Owned>) -> u64 {
     match rx.recv_timeout(POLL) {
         Ok(message) => {
             black_box(message.1.len());

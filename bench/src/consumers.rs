@@ -24,24 +24,26 @@ pub struct Consumers {
 }
 
 impl Consumers {
-    /// Starts one thread per receiver. `receive` returns how many events it
-    /// took (0 on a timeout); it must return within about [`POLL`].
+    /// Starts one thread per receiver, which it owns (so `receive` may take
+    /// it by `&mut`, as a single-consumer end wants). `receive` returns how
+    /// many events it took (0 on a timeout); it must return within about
+    /// [`POLL`].
     pub fn spawn<R, F>(receivers: Vec<R>, receive: F) -> Self
     where
         R: Send + 'static,
-        F: Fn(&R) -> u64 + Send + Sync + Copy + 'static,
+        F: Fn(&mut R) -> u64 + Send + Sync + Copy + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let mut counts = Vec::new();
         let mut handles = Vec::new();
-        for receiver in receivers {
+        for mut receiver in receivers {
             let count = Arc::new(CachePadded::new(AtomicU64::new(0)));
             counts.push(count.clone());
             let stop = stop.clone();
             handles.push(std::thread::spawn(move || {
                 let mut total = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let got = receive(&receiver);
+                    let got = receive(&mut receiver);
                     if got > 0 {
                         total += got;
                         count.store(total, Ordering::Release);
