@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use starling_core::bus::{PublishError, RecvError, RequestError, SubscribeError};
-use starling_core::event::{EncodeError, Event};
+use starling_core::bus::{
+    Backlog, EventRef, PublishError, Publisher, RecvError, RequestError, SubscribeError,
+};
+use starling_core::event::{self, EncodeError, Event};
 use starling_core::subject::SubjectError;
 use starling_core::{Bus, BusConfig, Header, Message, SlowConsumerPolicy, SubscribeOptions};
 
@@ -632,6 +634,86 @@ fn a_batch_larger_than_a_block_queue_waits_for_room_and_loses_nothing() {
         .collect();
     let mut publisher = bus.publisher();
     assert_eq!(publisher.publish_batch(&batch).unwrap(), EVENTS as usize);
+    assert_eq!(
+        consumer.join().unwrap(),
+        (0, 0),
+        "nothing dropped or demoted"
+    );
+}
+
+/// Noted forwards reach their consumer only at `wake_noted`, all of them
+/// and in order, also to a consumer asleep and through a full `Block`
+/// queue (the source wakes its noted consumers before it waits for room).
+#[test]
+fn noted_forwards_are_handed_over_at_each_wake() {
+    const EVENTS: u32 = 2_000;
+    let bus = Bus::default();
+    let limits = bus.config().limits;
+    let sub = bus
+        .subscribe_with(
+            "fw.x",
+            None,
+            options(
+                8,
+                SlowConsumerPolicy::Block {
+                    max_stall: Duration::from_secs(30),
+                },
+            ),
+        )
+        .unwrap();
+    let archives: Vec<_> = (0..EVENTS)
+        .map(|i| {
+            Event {
+                subject: "fw.x".into(),
+                payload: i.to_le_bytes().to_vec(),
+                ..Event::default()
+            }
+            .to_archive()
+        })
+        .collect();
+    let mut publisher = bus.publisher();
+    let mut backlog = Backlog::new();
+    let publish = |publisher: &mut Publisher, backlog: &mut Backlog, i: u32| {
+        let checked = event::check(&archives[i as usize], &limits).unwrap();
+        assert_eq!(
+            publisher
+                .publish_forwarded_noted(checked, true, &[], backlog)
+                .unwrap(),
+            1
+        );
+    };
+    fn in_order(next: &mut u32) -> impl FnMut(&EventRef) + '_ {
+        |event| {
+            assert_eq!(event.payload(), next.to_le_bytes(), "in order");
+            *next += 1;
+        }
+    }
+    for i in 0..3 {
+        publish(&mut publisher, &mut backlog, i);
+    }
+    assert!(sub.try_recv().is_none(), "noted, not yet handed over");
+    publisher.wake_noted(&mut backlog);
+    let mut next = 0u32;
+    assert_eq!(sub.try_recv_batch(16, in_order(&mut next)), 3);
+    // The consumer parks between batches; runs of 10 are noted, then woken.
+    let consumer = std::thread::spawn(move || {
+        while next < EVENTS {
+            sub.recv_batch_timeout(5, 10 * SECOND, in_order(&mut next))
+                .expect("every event comes");
+        }
+        (sub.dropped(), sub.demotions())
+    });
+    for i in 3..EVENTS {
+        publish(&mut publisher, &mut backlog, i);
+        if !backlog.is_empty() {
+            publisher.wake_noted(&mut backlog);
+            backlog.flush_blocking();
+        }
+        if i % 10 == 0 {
+            publisher.wake_noted(&mut backlog);
+        }
+    }
+    publisher.wake_noted(&mut backlog);
     assert_eq!(
         consumer.join().unwrap(),
         (0, 0),

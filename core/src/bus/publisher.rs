@@ -165,9 +165,17 @@ impl Publisher {
         self.core.publish_parts_into(parts.parts(), backlog)
     }
 
-    /// Like [`Publisher::publish_forwarded`], without waiting (see
-    /// [`Publisher::publish_checked_into`]).
-    pub fn publish_forwarded_into(
+    /// Like [`Publisher::publish_forwarded`], without waiting (deliveries
+    /// to full `Block` queues are owed in `backlog`, as
+    /// [`Publisher::publish_checked_into`] does), and without waking: the
+    /// event is only noted for its consumers, who see it, and are woken, at
+    /// the next [`Publisher::wake_noted`] with the same `backlog`. A source
+    /// that hands over a run of events (a link's data stream) pays one
+    /// fence for the run instead of one per event, as
+    /// [`Publisher::publish_batch`] does. The caller must call `wake_noted`
+    /// before it waits for anything (its source, or `backlog`'s flush: a
+    /// consumer asleep makes no room) and before it drops `backlog`.
+    pub fn publish_forwarded_noted(
         &mut self,
         archive: Checked<'_>,
         plain: bool,
@@ -175,13 +183,31 @@ impl Publisher {
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
         let subject = archive.event().subject();
-        self.core.publish_checked_into(
-            archive,
+        self.core.route_checked(
             subject,
             Scope::Forwarded { plain, groups },
             backlog,
+            Wake::Noted,
+            |appender, holders| appender.append_archive(archive.bytes(), holders),
         )
     }
+
+    /// Publishes to their consumers the events noted by
+    /// [`Publisher::publish_forwarded_noted`] with `backlog` since the last
+    /// call, fences once and wakes those consumers that sleep (the batch
+    /// protocol of `loom_tests::a_batch_fenced_once_never_leaves_its_consumer_asleep`).
+    pub fn wake_noted(&mut self, backlog: &mut Backlog) {
+        self.core.noted.wake_all(backlog.lanes());
+    }
+}
+
+/// When the consumers an event was delivered to are woken.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// Right after the event.
+    Now,
+    /// At the publisher's next `wake_noted`.
+    Noted,
 }
 
 /// How one event of a publish is stamped and routed.
@@ -218,6 +244,10 @@ pub(crate) struct PublisherCore {
     backlog: Option<Box<Backlog>>,
     /// The consumers a batch delivered to, woken at its end.
     wakes: Wakes,
+    /// The consumers `publish_forwarded_noted` delivered to, woken by
+    /// `wake_noted`; apart from `wakes`, whose queues a batch wakes through
+    /// its own lanes, not the noting source's.
+    noted: Wakes,
 }
 
 impl PublisherCore {
@@ -233,6 +263,7 @@ impl PublisherCore {
             round_robin: 0,
             backlog: Some(Box::default()),
             wakes: Wakes::default(),
+            noted: Wakes::default(),
         }
     }
 
@@ -394,7 +425,7 @@ impl PublisherCore {
         scope: Scope<'_>,
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
-        self.route_checked(subject, scope, backlog, |appender, holders| {
+        self.route_checked(subject, scope, backlog, Wake::Now, |appender, holders| {
             appender.append_archive(archive.bytes(), holders)
         })
     }
@@ -406,19 +437,24 @@ impl PublisherCore {
         parts: &EventParts<'_>,
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
-        self.route_checked(parts.subject, Scope::Local, backlog, |appender, holders| {
-            appender.append(parts, holders)
-        })
+        self.route_checked(
+            parts.subject,
+            Scope::Local,
+            backlog,
+            Wake::Now,
+            |appender, holders| appender.append(parts, holders),
+        )
     }
 
     /// Routes an event already checked against the limits by `subject` and
     /// writes it into event memory with `append`, owing what does not fit in
-    /// `backlog`.
+    /// `backlog`; its consumers are woken as `wake` says.
     fn route_checked(
         &mut self,
         subject: &str,
         scope: Scope<'_>,
         backlog: &mut Backlog,
+        wake: Wake,
         append: impl FnOnce(&mut Appender, u32) -> Result<Holds, AppendError>,
     ) -> Result<usize, PublishError> {
         debug_assert!(
@@ -433,12 +469,19 @@ impl PublisherCore {
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
+        let mut waking = match wake {
+            Wake::Now => Waking::Now,
+            Wake::Noted => Waking::Deferred {
+                wakes: &mut self.noted,
+                result: None,
+            },
+        };
         let appender = &mut self.appender;
         route(
             result,
             &mut self.round_robin,
             scope,
-            (backlog, &mut Waking::Now),
+            (backlog, &mut waking),
             |holders| append(appender, holders),
         )
     }

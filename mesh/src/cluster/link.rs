@@ -581,7 +581,9 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Hands each event of one data stream to the bus, in order. When some of
+/// Hands each event of one data stream to the bus, in order, its consumers
+/// woken once per run of events ([`WAKE_EVERY`] at most, and before the
+/// stream is read further or anything is waited for). When some of
 /// its deliveries find a full `Block` queue, the stream is not read until
 /// they are handed over (or the queue is demoted, after its `max_stall`):
 /// QUIC flow control then holds the peer's sender back, and the link's
@@ -618,7 +620,11 @@ async fn read_data_stream(
                 inbound.consume(bytes);
                 handled += 1;
                 if !backlog.is_empty() {
+                    publisher.wake_noted(&mut backlog);
                     flush(&mut backlog).await;
+                }
+                if handled % WAKE_EVERY == 0 {
+                    publisher.wake_noted(&mut backlog);
                 }
                 if handled - acked >= ACK_EVERY {
                     acked = acknowledge(&mut acks, handled).await;
@@ -628,6 +634,8 @@ async fn read_data_stream(
             Ok(None) => {}
             Err(error) => break Refusal::Frame(error),
         }
+        // Every whole frame read so far is handed over before reading more.
+        publisher.wake_noted(&mut backlog);
         let room = match inbound.room() {
             Ok(room) => room,
             Err(error) => break Refusal::Frame(error),
@@ -659,10 +667,16 @@ async fn read_data_stream(
             }
         }
     };
+    publisher.wake_noted(&mut backlog);
     let reason = refusal.to_string();
     tracing::warn!(peer = %connection.remote_address(), %reason, "closing a link that sent bad data");
     connection.close(close::PROTOCOL, reason.as_bytes());
 }
+
+/// Forwards handed over between two wake-ups of their consumers, at most,
+/// while a stream keeps arriving: each wake-up is one fence, and the
+/// consumers see a run of forwards at once, a bounded delay later.
+const WAKE_EVERY: u64 = 64;
 
 /// Forwards handled between two acknowledgements, at most, while a stream
 /// keeps arriving.
@@ -693,7 +707,7 @@ fn forward(
     }
     let mut room = [""; FRAME_GROUPS_MAX];
     let groups = forward.groups(&mut room);
-    match publisher.publish_forwarded_into(checked, forward.plain, groups, backlog) {
+    match publisher.publish_forwarded_noted(checked, forward.plain, groups, backlog) {
         Ok(_) => counters.events_in.fetch_add(1, Ordering::Relaxed),
         // Counted by the local consumers it was for.
         Err(PublishError::OutOfMemory(_)) => counters.dropped_in.fetch_add(1, Ordering::Relaxed),
