@@ -134,30 +134,8 @@ impl<T> Lane<T> {
     /// As for [`Lane::push`].
     #[inline]
     pub(crate) unsafe fn push_with<I>(&self, input: I, make: impl FnOnce(I) -> T) -> Result<(), I> {
-        // SAFETY: the caller's contract is `has_room`'s.
-        if !unsafe { self.has_room() } {
-            return Err(input);
-        }
-        let side = &*self.producer;
-        // SAFETY: only the producer touches `next` (caller's contract).
-        let tail = side.next.with_mut(|next| unsafe { *next });
-        let slot = &self.slots[tail & self.mask];
-        // SAFETY: positions `head .. head + capacity` belong to the producer
-        // until it publishes them, and `tail` is among them: the consumer
-        // reads this slot only after `publish` stores a tail past it.
-        slot.with_mut(|cell| unsafe { (*cell).write(make(input)) });
-        let next = tail.wrapping_add(1);
-        // SAFETY: as above.
-        side.next.with_mut(|cell| unsafe { *cell = next });
-        // SAFETY: as above.
-        let published = side.published.with_mut(|published| unsafe { *published });
-        if next.wrapping_sub(published) >= PUBLISH_EVERY {
-            // A long batch shows its first items early, so that its consumer
-            // works on them instead of waiting (or parking) for its end.
-            // SAFETY: the caller's contract covers `publish`'s.
-            unsafe { self.publish() };
-        }
-        Ok(())
+        // SAFETY: the caller's contract is `reserve`'s.
+        unsafe { self.reserve(1) }.push_with(input, make)
     }
 
     /// True if the next [`Lane::push`] will find room. Reads the consumer's
@@ -171,23 +149,59 @@ impl<T> Lane<T> {
     /// As for [`Lane::push`].
     #[inline]
     pub(crate) unsafe fn has_room(&self) -> bool {
+        // SAFETY: the caller's contract is `room`'s.
+        unsafe { self.room(1) }.1 == 1
+    }
+
+    /// Reserves room for up to `wanted` items after the last one: the
+    /// returned writer fills it with plain stores and hands the lane back
+    /// when dropped (publishing, as [`Lane::push`] does, once
+    /// `PUBLISH_EVERY` items are unpublished). A run of items pays for one
+    /// look at the room and one store of the producer's position, not one
+    /// each (a batch publish writes a run of deliveries per consumer).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lane::push`]; and no other `push`, `reserve` or `publish` of
+    /// this lane while the writer lives.
+    #[inline]
+    pub(crate) unsafe fn reserve(&self, wanted: usize) -> LaneWriter<'_, T> {
+        // SAFETY: the caller's contract is `room`'s.
+        let (tail, room) = unsafe { self.room(wanted) };
+        LaneWriter {
+            lane: self,
+            next: tail,
+            end: tail.wrapping_add(room),
+        }
+    }
+
+    /// The producer's next position and how many of `wanted` items fit
+    /// after it. Reads the consumer's `head` only when the producer's copy
+    /// of it says fewer fit.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lane::push`].
+    #[inline]
+    unsafe fn room(&self, wanted: usize) -> (usize, usize) {
         let side = &*self.producer;
         // SAFETY: only the producer touches `next` and `cached_head`
         // (caller's contract).
         let tail = side.next.with_mut(|next| unsafe { *next });
         // SAFETY: as above.
-        let cached_head = side.cached_head.with_mut(|head| unsafe { *head });
-        if tail.wrapping_sub(cached_head) < self.capacity {
-            return true;
+        let mut head = side.cached_head.with_mut(|head| unsafe { *head });
+        if tail.wrapping_sub(head).saturating_add(wanted) > self.capacity {
+            // SYNC POINT (lane-free): Acquire pairs with the consumer's
+            // Release store of `head` in `LaneRun::drop`: its reads of the
+            // slots it gave back happen-before our writes to them.
+            head = self.head.load(Ordering::Acquire);
+            // SAFETY: as above.
+            side.cached_head
+                .with_mut(|cached| unsafe { *cached = head });
         }
-        // SYNC POINT (lane-free): Acquire pairs with the consumer's Release
-        // store of `head` in `LaneRun::drop`: its reads of the slots it gave
-        // back happen-before our writes to them.
-        let head = self.head.load(Ordering::Acquire);
-        // SAFETY: as above.
-        side.cached_head
-            .with_mut(|cached| unsafe { *cached = head });
-        tail.wrapping_sub(head) < self.capacity
+        // At most `capacity` items are ever in the lane: `tail - head` is
+        // at most that.
+        (tail, (self.capacity - tail.wrapping_sub(head)).min(wanted))
     }
 
     /// Makes every item pushed so far visible to the consumer: one store,
@@ -259,6 +273,54 @@ impl<T> Lane<T> {
     }
 }
 
+/// Room a producer reserved at the tail of a lane ([`Lane::reserve`]).
+pub(crate) struct LaneWriter<'a, T> {
+    lane: &'a Lane<T>,
+    /// The next position to write.
+    next: usize,
+    /// The end of the reserved room.
+    end: usize,
+}
+
+impl<T> LaneWriter<'_, T> {
+    /// Writes the item `make` makes from `input` in the next reserved slot;
+    /// hands `input` back if the room is used up.
+    #[inline]
+    pub(crate) fn push_with<I>(&mut self, input: I, make: impl FnOnce(I) -> T) -> Result<(), I> {
+        if self.next == self.end {
+            return Err(input);
+        }
+        let slot = &self.lane.slots[self.next & self.lane.mask];
+        // SAFETY: positions `head .. head + capacity` belong to the producer
+        // until it publishes them, and the reserved room lies among them
+        // (see `reserve`): the consumer reads this slot only after `publish`
+        // stores a tail past it.
+        slot.with_mut(|cell| unsafe { (*cell).write(make(input)) });
+        self.next = self.next.wrapping_add(1);
+        Ok(())
+    }
+}
+
+impl<T> Drop for LaneWriter<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        let lane = self.lane;
+        let side = &*lane.producer;
+        let next = self.next;
+        // SAFETY: the writer stands for the lane's only producer (the
+        // contract of `reserve`), which alone touches `next` and `published`.
+        side.next.with_mut(|cell| unsafe { *cell = next });
+        // SAFETY: as above.
+        let published = side.published.with_mut(|published| unsafe { *published });
+        if next.wrapping_sub(published) >= PUBLISH_EVERY {
+            // A long batch shows its first items early, so that its consumer
+            // works on them instead of waiting (or parking) for its end.
+            // SAFETY: as above: the writer is gone once this returns.
+            unsafe { lane.publish() };
+        }
+    }
+}
+
 /// Items a consumer claimed at the head of a lane ([`Lane::claim`]), read
 /// out one by one. Dropping the run reads out (and drops) what is left of
 /// it, then gives every slot of the run back to the producer with one store.
@@ -304,7 +366,7 @@ impl<T> Drop for LaneRun<'_, T> {
         self.for_each(drop);
         if self.end != self.start {
             // SYNC POINT (lane-free): Release pairs with the producer's
-            // Acquire load of `head` in `has_room`: our reads of the run's slots
+            // Acquire load of `head` in `room`: our reads of the run's slots
             // happen-before its next writes to them. One store per run.
             self.lane.head.store(self.end, Ordering::Release);
         }

@@ -527,6 +527,50 @@ fn a_log_channel_reader_dropped_early_leaks_no_record() {
     });
 }
 
+/// A lane of two slots filled through writers (`Lane::reserve`), as a
+/// batch hands a consumer its run of deliveries: the producer reserves room
+/// for what is left of three values, writes what fits, drops the writer and
+/// publishes, while the consumer claims runs. Every value must come out
+/// once, in order, its write visible to the read, and no slot written while
+/// it is read.
+#[test]
+fn lane_writers_hand_over_every_value_once_in_order() {
+    loom::model(|| {
+        let lane = Arc::new(Lane::new(2));
+        let producer = {
+            let lane = lane.clone();
+            thread::spawn(move || {
+                let mut next = 0u32;
+                while next < 3 {
+                    // SAFETY: this thread is the lane's only producer, and
+                    // the writer is dropped before it publishes.
+                    let mut writer = unsafe { lane.reserve(3 - next as usize) };
+                    while next < 3 && writer.push_with(Box::new(next), |value| value).is_ok() {
+                        next += 1;
+                    }
+                    drop(writer);
+                    // SAFETY: as above.
+                    unsafe { lane.publish() };
+                    if next < 3 {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            // SAFETY: this thread is the lane's only consumer.
+            let run = unsafe { lane.claim(2) };
+            if run.len() == 0 {
+                thread::yield_now();
+            }
+            seen.extend(run.map(|value| *value));
+        }
+        producer.join().unwrap();
+        assert_eq!(seen, [0, 1, 2]);
+    });
+}
+
 /// Two sources take turns with one queue's lane: the first pushes, publishes
 /// and gives the lane back (its backlog dropped); the second claims a lane
 /// and pushes. The second's producer state must be the first's as it left it
