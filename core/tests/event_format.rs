@@ -10,7 +10,7 @@
 use proptest::prelude::*;
 use rkyv::util::AlignedVec;
 use starling_core::event::{self, EventParts, Header, Structure};
-use starling_core::{Event, EventLimits};
+use starling_core::{Bus, Event, EventLimits, Message};
 
 fn token() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9_-]{1,12}"
@@ -129,6 +129,63 @@ proptest! {
         let mut out = aligned(&vec![stale; parts.archive_bytes_bound()]);
         let len = event::encode_into(&parts, &mut out).unwrap();
         prop_assert_eq!(&out[..len], &event.to_archive()[..]);
+    }
+
+    /// A batch archives its runs of events on one subject by stamping a
+    /// template made from each run's first event (`event::plain::Template`)
+    /// rather than encoding each: what a subscriber receives must still be
+    /// the bytes rkyv writes, for payloads of one length or of several, with
+    /// a reply subject or without, in segments earlier rounds used.
+    #[test]
+    fn batches_stamp_the_bytes_rkyv_writes(
+        subject in subject(),
+        reply_to in prop::option::of(subject()),
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..150),
+        one_length in prop::option::of(0usize..300),
+        with_reply in prop::collection::vec(any::<bool>(), 150),
+    ) {
+        let payloads: Vec<Vec<u8>> = payloads
+            .into_iter()
+            .map(|mut payload| {
+                if let Some(len) = one_length {
+                    payload.resize(len, 7);
+                }
+                payload
+            })
+            .collect();
+        let messages: Vec<Message<'_>> = payloads
+            .iter()
+            .zip(&with_reply)
+            .map(|(payload, &reply)| Message {
+                subject: &subject,
+                reply_to: reply_to.as_deref().filter(|_| reply),
+                headers: &[],
+                payload,
+            })
+            .collect();
+        let bus = Bus::default();
+        let subscription = bus.subscribe(&subject).unwrap();
+        let mut publisher = bus.publisher();
+        for _ in 0..3 {
+            prop_assert_eq!(publisher.publish_batch(&messages).unwrap(), messages.len());
+            let mut received = Vec::new();
+            subscription.try_recv_batch(usize::MAX, |event| {
+                received.push((event.archive().to_vec(), event.to_event()));
+            });
+            prop_assert_eq!(received.len(), messages.len());
+            // A publisher numbers its events: one id after the other, and
+            // one time for the batch.
+            for pair in received.windows(2) {
+                prop_assert_eq!(pair[1].1.id, pair[0].1.id + 1);
+                prop_assert_eq!(pair[1].1.time_unix_nanos, pair[0].1.time_unix_nanos);
+            }
+            for ((archive, event), message) in received.iter().zip(&messages) {
+                prop_assert_eq!(&event.subject, message.subject);
+                prop_assert_eq!(event.reply_to.as_deref(), message.reply_to);
+                prop_assert_eq!(&event.payload[..], message.payload);
+                prop_assert_eq!(&archive[..], &event.to_archive()[..]);
+            }
+        }
     }
 
     #[test]

@@ -105,8 +105,13 @@ fn more_sources_than_lanes_coming_and_going_keep_order_and_lose_nothing() {
                     let mut publisher = bus.publisher();
                     let subject = format!("s.{thread}");
                     let mut seq = 0;
+                    let mut batches = 0u32;
                     while seq < PER_SOURCE {
-                        let payloads: Vec<Vec<u8>> = (seq..PER_SOURCE.min(seq + 5))
+                        // Some batches longer than a queue (16) and than
+                        // a batch's chunk of one subject (64): a lane fills
+                        // part way through a chunk.
+                        let len = if batches.is_multiple_of(3) { 90 } else { 5 };
+                        let payloads: Vec<Vec<u8>> = (seq..PER_SOURCE.min(seq + len))
                             .map(|seq| {
                                 let mut bytes = vec![thread, round];
                                 bytes.extend_from_slice(&seq.to_le_bytes());
@@ -114,7 +119,8 @@ fn more_sources_than_lanes_coming_and_going_keep_order_and_lose_nothing() {
                                 bytes
                             })
                             .collect();
-                        if seq % 2 == 0 {
+                        batches += 1;
+                        if batches.is_multiple_of(2) {
                             let batch: Vec<_> = payloads
                                 .iter()
                                 .map(|bytes| Message::new(&subject, bytes))

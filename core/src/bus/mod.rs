@@ -237,6 +237,39 @@ impl Target {
         outcome
     }
 
+    /// Offers holds on a run of records from the source of `backlog`, in
+    /// order, each carrying `tag`, as [`Target::deliver_tagged`] would one by
+    /// one, owing to `backlog` what a full `Block` queue cannot take: with
+    /// one look at the source's lane and its room for the whole run. Once
+    /// one is owed, the rest are owed after it without a try, so that the
+    /// queue gets them in order.
+    pub(crate) fn deliver_run(
+        &self,
+        tag: u64,
+        mut records: impl ExactSizeIterator<Item = RecordRef>,
+        backlog: &mut Backlog,
+    ) {
+        let through_lane = match self.policy {
+            SlowConsumerPolicy::Block { .. } => !self.queue.is_demoted() && !self.queue.is_closed(),
+            SlowConsumerPolicy::DropNewest => true,
+            // Making room takes from the head: the ring's (see `lanes`).
+            SlowConsumerPolicy::DropOldest => false,
+        };
+        let mut next = if through_lane {
+            self.queue.offer_run(tag, &mut records, backlog.lanes())
+        } else {
+            records.next()
+        };
+        while let Some(record) = next {
+            if let Outcome::Full(record) = self.deliver_tagged(record, tag, backlog.lanes()) {
+                backlog.owe(self, record, tag);
+                records.for_each(|record| backlog.owe(self, record, tag));
+                return;
+            }
+            next = records.next();
+        }
+    }
+
     /// Offers a record only if the queue has room; hands it back otherwise,
     /// uncounted.
     pub(crate) fn try_deliver(

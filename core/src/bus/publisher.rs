@@ -10,7 +10,9 @@ use super::route::{Scope, route};
 use super::wakes::{Wakes, Waking};
 use super::{Bus, BusInner, PublishBatchError, PublishError, Target};
 use crate::clock::WallClock;
-use crate::event::{self, Checked, CheckedParts, EventLimits, EventParts, Header};
+use crate::event::{
+    self, Checked, CheckedParts, EncodeError, EventLimits, EventParts, Header, Template,
+};
 use crate::log::{AppendError, Appender, Holds};
 use crate::subject::INBOX_PREFIX;
 use crate::sublist::{IndexReader, ResultStamp};
@@ -210,18 +212,6 @@ enum Wake {
     Noted,
 }
 
-/// How one event of a publish is stamped and routed.
-struct Stamped<'a> {
-    /// The event's time.
-    time_unix_nanos: u64,
-    /// The stamp of the match result of the batch's previous message, if
-    /// that message had the very same subject (the same borrowed bytes).
-    again: Option<ResultStamp>,
-    /// Where a batch notes the consumers to wake at its end; `None` wakes
-    /// them after this event.
-    wakes: Option<&'a mut Wakes>,
-}
-
 /// The state of one publisher.
 pub(crate) struct PublisherCore {
     /// The bus's nuid: identifies it for the thread-local lookup.
@@ -291,8 +281,9 @@ impl PublisherCore {
         self.backlog.take().unwrap_or_default()
     }
 
-    /// Publishes `messages` in order, waiting for room in full `Block`
-    /// queues after each message that met one; wakes consumers once.
+    /// Publishes `messages` in order, a chunk at a time (see
+    /// `publish_chunk`), waiting for room in full `Block` queues after each
+    /// chunk that met one; wakes consumers once.
     pub(crate) fn publish_batch(
         &mut self,
         messages: &[Message<'_>],
@@ -302,29 +293,26 @@ impl PublisherCore {
         let mut wakes = std::mem::take(&mut self.wakes);
         let mut delivered = 0;
         let mut outcome = Ok(());
-        // The previous message's subject and the stamp of its match result.
+        let mut published = 0;
+        // The previous chunk's subject and the stamp of its match result.
         let mut previous: Option<(&str, ResultStamp)> = None;
-        for (published, message) in messages.iter().enumerate() {
+        while published < messages.len() {
+            let chunk = same_subject_chunk(&messages[published..]);
+            let subject = chunk[0].subject;
             // The same bytes (the batch is borrowed for the whole call): the
             // subject needs no compare with the reader's memo.
             let again = previous
-                .filter(|(subject, _)| std::ptr::eq(*subject, message.subject))
+                .filter(|(previous, _)| std::ptr::eq(*previous, subject))
                 .map(|(_, stamp)| stamp);
-            let stamped = Stamped {
-                time_unix_nanos,
-                again,
-                wakes: Some(&mut wakes),
-            };
-            match self.publish_stamped(message, stamped, &mut backlog) {
-                Ok((deliveries, stamp)) => {
-                    delivered += deliveries;
-                    previous = stamp.map(|stamp| (message.subject, stamp));
-                }
-                Err(error) => {
-                    outcome = Err(PublishBatchError { published, error });
-                    break;
-                }
+            let routed =
+                self.publish_chunk(chunk, (time_unix_nanos, again), &mut wakes, &mut backlog);
+            delivered += routed.delivered;
+            published += routed.published;
+            if let Err(error) = routed.outcome {
+                outcome = Err(PublishBatchError { published, error });
+                break;
             }
+            previous = routed.stamp.map(|stamp| (subject, stamp));
             if !backlog.is_empty() {
                 // A full `Block` queue: its consumer may be asleep, not yet
                 // woken for this batch, and must be awake to make room.
@@ -338,71 +326,139 @@ impl PublisherCore {
         outcome.map(|()| delivered)
     }
 
+    /// Publishes messages from the start of `chunk`, which share a subject,
+    /// at `time_unix_nanos`, noting the consumers to wake in `wakes` and
+    /// owing what does not fit in `backlog`. The subject is checked and
+    /// looked up once (`again`: the stamp of the previous chunk's result, if
+    /// it had the very same subject bytes). When the match result has only
+    /// local plain targets, the chunk is archived first and each target is
+    /// then handed its run of deliveries at once ([`Target::deliver_run`]);
+    /// otherwise each message is routed in turn, and the chunk ends early at
+    /// one that met a full `Block` queue (the caller waits for room before
+    /// the next).
+    fn publish_chunk(
+        &mut self,
+        chunk: &[Message<'_>],
+        (time_unix_nanos, again): (u64, Option<ResultStamp>),
+        wakes: &mut Wakes,
+        backlog: &mut Backlog,
+    ) -> Chunk {
+        let mut routed = Chunk::default();
+        // The first message is checked before its subject, as a message
+        // published alone is.
+        if let Err(error) = check_message(&chunk[0], &self.limits) {
+            return routed.failed(error.into());
+        }
+        let subject = chunk[0].subject;
+        let limits = &self.limits;
+        let looked_up = self
+            .reader
+            .lookup_stamped(subject, is_cacheable(subject), again, || {
+                event::check_subject(subject, limits)
+            });
+        let (result, stamp) = match looked_up {
+            Ok(Some(found)) => found,
+            Ok(None) => return routed.failed(PublishError::Closed),
+            Err(error) => return routed.failed(error.into()),
+        };
+        routed.stamp = stamp;
+        let mut waking = Waking::Deferred {
+            wakes,
+            result: stamp,
+        };
+        let targets = result.plain.len();
+        let plain_local = result.groups.is_empty() && result.plain.iter().all(|t| !t.remote);
+        let mut appended: [Option<Holds>; CHUNK_MAX] = [const { None }; CHUNK_MAX];
+        // Made from the chunk's first event: the others mostly differ from
+        // it only in id and payload bytes.
+        let mut template = Template::default();
+        // The id's words in registers, out of `self` until the loop ends:
+        // the template's 16-byte copy of them from memory, just after the
+        // sequence's 8-byte store, stalled every event (store forwarding).
+        let id_high = self.id_high;
+        let mut sequence = self.sequence;
+        for (at, message) in chunk.iter().enumerate() {
+            if at > 0
+                && let Err(error) = check_message(message, &self.limits)
+            {
+                // What is appended so far is still delivered below.
+                routed.outcome = Err(error.into());
+                break;
+            }
+            let parts = next_parts(id_high, &mut sequence, message, time_unix_nanos);
+            if !plain_local {
+                let deliveries = route(
+                    result,
+                    &mut self.round_robin,
+                    Scope::Local,
+                    (backlog, &mut waking),
+                    |holders| self.appender.append(&parts, holders),
+                );
+                match deliveries {
+                    Ok(deliveries) => routed.delivered += deliveries,
+                    Err(error) => {
+                        routed.outcome = Err(error);
+                        break;
+                    }
+                }
+                routed.published += 1;
+                if !backlog.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if targets > 0 {
+                if at == 0 {
+                    template.make(&parts);
+                }
+                let written = if template.fits(&parts) {
+                    self.appender.append_stamped(
+                        &template,
+                        ((sequence, id_high), parts.payload),
+                        targets as u32,
+                    )
+                } else {
+                    self.appender.append(&parts, targets as u32)
+                };
+                match written {
+                    Ok(holds) => appended[at] = Some(holds),
+                    Err(AppendError::OutOfMemory) => {
+                        // No silent loss: every consumer this event was for
+                        // counts it.
+                        result.plain.iter().for_each(Target::miss);
+                        routed.outcome = Err(PublishError::OutOfMemory(targets));
+                        break;
+                    }
+                }
+            }
+            routed.published += 1;
+        }
+        self.sequence = sequence;
+        let appended = &mut appended[..routed.published];
+        if !plain_local || targets == 0 || appended.is_empty() {
+            return routed;
+        }
+        for target in &result.plain {
+            let records = appended.iter_mut().map(|holds| {
+                let holds = holds.as_mut().expect("each message published is appended");
+                holds.next().expect("one hold per target")
+            });
+            target.deliver_run(target.tag, records, backlog);
+        }
+        waking.delivered_to_plain(&result.plain, backlog.lanes());
+        routed.delivered = appended.len() * targets;
+        routed
+    }
+
     /// Publishes `message`, owing what does not fit in `backlog`.
     pub(crate) fn publish_into(
         &mut self,
         message: &Message<'_>,
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
-        let stamped = Stamped {
-            time_unix_nanos: (self.clock)(),
-            again: None,
-            wakes: None,
-        };
-        self.publish_stamped(message, stamped, backlog)
-            .map(|(deliveries, _)| deliveries)
-    }
-
-    /// Publishes `message` as `stamped` says, owing what does not fit in
-    /// `backlog`. Returns the number of deliveries and the stamp of the
-    /// match result, if the index reader memoizes it.
-    fn publish_stamped(
-        &mut self,
-        message: &Message<'_>,
-        stamped: Stamped<'_>,
-        backlog: &mut Backlog,
-    ) -> Result<(usize, Option<ResultStamp>), PublishError> {
-        debug_assert!(
-            backlog.is_empty(),
-            "a source publishes again only once its backlog is flushed"
-        );
-        self.sequence += 1;
-        let parts = EventParts {
-            id: (u128::from(self.id_high) << 64) | u128::from(self.sequence),
-            time_unix_nanos: stamped.time_unix_nanos,
-            subject: message.subject,
-            reply_to: message.reply_to,
-            headers: message.headers,
-            payload: message.payload,
-        };
-        event::check_parts_but_subject(&parts, &self.limits)?;
-        let limits = &self.limits;
-        // Reply subjects are used once: matching them through the cache would
-        // allocate an entry per request and evict the subjects that repeat.
-        let cacheable = !parts.subject.starts_with(INBOX_PREFIX);
-        let looked_up =
-            self.reader
-                .lookup_stamped(parts.subject, cacheable, stamped.again, || {
-                    event::check_subject(parts.subject, limits)
-                })?;
-        let Some((result, stamp)) = looked_up else {
-            return Err(PublishError::Closed);
-        };
-        let mut waking = match stamped.wakes {
-            Some(wakes) => Waking::Deferred {
-                wakes,
-                result: stamp,
-            },
-            None => Waking::Now,
-        };
-        let deliveries = route(
-            result,
-            &mut self.round_robin,
-            Scope::Local,
-            (backlog, &mut waking),
-            |holders| self.appender.append(&parts, holders),
-        )?;
-        Ok((deliveries, stamp))
+        check_message(message, &self.limits)?;
+        let parts = next_parts(self.id_high, &mut self.sequence, message, (self.clock)());
+        self.publish_parts_into(&parts, backlog)
     }
 
     /// Routes an archive that passed validation by `subject` (its own, or
@@ -461,11 +517,12 @@ impl PublisherCore {
             backlog.is_empty(),
             "a source publishes again only once its backlog is flushed"
         );
-        let cacheable = !subject.starts_with(INBOX_PREFIX);
         let limits = &self.limits;
         let looked_up = self
             .reader
-            .lookup_checked(subject, cacheable, || event::check_subject(subject, limits))?;
+            .lookup_checked(subject, is_cacheable(subject), || {
+                event::check_subject(subject, limits)
+            })?;
         let Some(result) = looked_up else {
             return Err(PublishError::Closed);
         };
@@ -490,6 +547,92 @@ impl PublisherCore {
     fn is_stale(&self) -> bool {
         self.reader.is_closed()
     }
+}
+
+/// Most messages of a batch published as one chunk (see
+/// `PublisherCore::publish_chunk`): a lane publishes itself every 64
+/// deliveries anyway, so that a consumer sees a long batch early.
+const CHUNK_MAX: usize = 64;
+
+/// What a chunk of a batch came to.
+struct Chunk {
+    /// Messages published, from the start of the chunk.
+    published: usize,
+    /// Deliveries made (or owed).
+    delivered: usize,
+    /// The stamp of the chunk's match result, if memoized.
+    stamp: Option<ResultStamp>,
+    /// Why the message after the published ones failed, if one did.
+    outcome: Result<(), PublishError>,
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        Self {
+            published: 0,
+            delivered: 0,
+            stamp: None,
+            outcome: Ok(()),
+        }
+    }
+}
+
+impl Chunk {
+    fn failed(self, error: PublishError) -> Self {
+        Self {
+            outcome: Err(error),
+            ..self
+        }
+    }
+}
+
+/// The longest start of `messages` (not empty), up to [`CHUNK_MAX`], whose
+/// messages have the first one's subject.
+fn same_subject_chunk<'b, 'm>(messages: &'b [Message<'m>]) -> &'b [Message<'m>] {
+    let subject = messages[0].subject;
+    let len = messages
+        .iter()
+        .take(CHUNK_MAX)
+        .position(|message| !std::ptr::eq(message.subject, subject) && message.subject != subject)
+        .unwrap_or(messages.len().min(CHUNK_MAX));
+    &messages[..len]
+}
+
+/// The parts of `message` as the next event of the publisher whose ids
+/// start with `id_high` and whose last event was number `sequence`.
+fn next_parts<'m>(
+    id_high: u64,
+    sequence: &mut u64,
+    message: &Message<'m>,
+    time_unix_nanos: u64,
+) -> EventParts<'m> {
+    *sequence += 1;
+    EventParts {
+        id: (u128::from(id_high) << 64) | u128::from(*sequence),
+        time_unix_nanos,
+        subject: message.subject,
+        reply_to: message.reply_to,
+        headers: message.headers,
+        payload: message.payload,
+    }
+}
+
+/// Checks everything about `message` but its subject against `limits`.
+fn check_message(message: &Message<'_>, limits: &EventLimits) -> Result<(), EncodeError> {
+    let parts = EventParts {
+        subject: message.subject,
+        reply_to: message.reply_to,
+        headers: message.headers,
+        payload: message.payload,
+        ..EventParts::default()
+    };
+    event::check_parts_but_subject(&parts, limits)
+}
+
+/// Reply subjects are used once: matching them through the cache would
+/// allocate an entry per request and evict the subjects that repeat.
+fn is_cacheable(subject: &str) -> bool {
+    !subject.starts_with(INBOX_PREFIX)
 }
 
 thread_local! {

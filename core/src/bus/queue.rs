@@ -345,21 +345,75 @@ impl DeliveryQueue {
         tag: u64,
         owner: Option<&mut LaneOwner>,
     ) -> Result<(), RecordRef> {
+        let Some((charge, segment)) = self.charge_within_limit(&record) else {
+            return Err(record);
+        };
+        self.push(record, tag, charge, owner)?;
+        self.commit_charge(charge, segment);
+        Ok(())
+    }
+
+    /// Publisher side: queues holds on `records`, in order, tagged `tag`,
+    /// into `owner`'s lane here, each charged as [`DeliveryQueue::try_offer`]
+    /// charges it, with one look at the lane's room and one store of its
+    /// producer's position for them all. Stops at the first that does not
+    /// fit (the lane's room, the byte charge), or at once if `owner` has no
+    /// lane here, and hands that one back, the rest left in `records`.
+    #[inline]
+    pub(crate) fn offer_run(
+        &self,
+        tag: u64,
+        records: &mut impl ExactSizeIterator<Item = RecordRef>,
+        owner: &LaneOwner,
+    ) -> Option<RecordRef> {
+        let Some(lane) = self.lanes.owned_by(owner) else {
+            return records.next();
+        };
+        // SAFETY: the lane is `owner`'s, borrowed for this call, and a
+        // source's deliveries all go through `&mut` of its backlog (see
+        // `bus::lanes`): this is the lane's only producer, and the writer is
+        // gone before anything else of the source's can push.
+        let mut writer = unsafe { lane.reserve(records.len()) };
+        for record in records {
+            let Some((charge, segment)) = self.charge_within_limit(&record) else {
+                return Some(record);
+            };
+            let make = |record| Delivery {
+                record,
+                tag,
+                charge,
+            };
+            if let Err(record) = writer.push_with(record, make) {
+                return Some(record);
+            }
+            self.commit_charge(charge, segment);
+        }
+        None
+    }
+
+    /// What queueing a hold on `record` is charged and the segment it lies
+    /// in, or `None` if the charge would take the queue past its limit.
+    #[inline]
+    fn charge_within_limit(&self, record: &RecordRef) -> Option<(u64, usize)> {
         let segment = record.segment_key();
-        let charge = self.charge_for(&record, segment);
+        let charge = self.charge_for(record, segment);
         if charge > 0
             && self.charges.pending_bytes.load(Ordering::Relaxed) + charge > self.pending_bytes_max
         {
-            return Err(record);
+            return None;
         }
-        self.push(record, tag, charge, owner)?;
+        Some((charge, segment))
+    }
+
+    /// Adds a queued delivery's `charge` (for a record in `segment`).
+    #[inline]
+    fn commit_charge(&self, charge: u64, segment: usize) {
         if charge > 0 {
             self.charges.last_segment.store(segment, Ordering::Relaxed);
             self.charges
                 .pending_bytes
                 .fetch_add(charge, Ordering::Relaxed);
         }
-        Ok(())
     }
 
     /// Pushes a delivery into `owner`'s lane, claiming one if it has none

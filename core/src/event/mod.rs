@@ -42,6 +42,7 @@ use crate::subject::{self, SubjectError, SubjectLimits};
 mod layout;
 mod parts;
 mod plain;
+pub(crate) use plain::Template;
 mod verify;
 
 /// The archived form of one header, `(String, Vec<u8>)`.
@@ -244,6 +245,7 @@ pub(crate) fn check_subject(subject: &str, limits: &EventLimits) -> Result<(), E
 
 /// Checks everything [`check_parts`] checks except the subject, for callers
 /// that know the subject is valid (a publisher whose match cache holds it).
+#[inline]
 pub(crate) fn check_parts_but_subject(
     parts: &EventParts<'_>,
     limits: &EventLimits,
