@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Node, Raw, SECOND, backends, config, node, node_with};
-use starling_core::{BusConfig, SlowConsumerPolicy, SubscribeOptions};
+use common::{Node, Raw, SECOND, backends, config, frame, node, node_with};
+use starling_core::{BusConfig, Event, SlowConsumerPolicy, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 use starling_transport::frame::control::{ErrorBody, Subscribe};
 use starling_transport::frame::{ErrorCode, Kind};
@@ -454,6 +454,151 @@ fn request_reply_goes_on_while_a_subscriber_is_stuck() {
         responder.join().unwrap();
         stop.store(true, Ordering::Relaxed);
         flooding.join().unwrap();
+    }
+}
+
+/// Runs of `PUB` frames written together, so that one receive of the node
+/// holds many publishes (woken once, at its end), to two `Block`
+/// subscribers, one of which reads nothing until the publisher has had to
+/// wait for it (its queue and socket hold far fewer bytes than are sent),
+/// with a frame the node refuses in each run: both get every event, in
+/// order; the refused frames are answered by tag, in order; every event is
+/// counted once in and once out per subscriber.
+#[test]
+fn runs_of_publishes_in_one_receive_reach_block_subscribers_in_order() {
+    const RUNS: u32 = 64;
+    const PER_RUN: u32 = 64;
+    const EVENTS: u32 = RUNS * PER_RUN;
+    // 4,096 events of 8 KiB: 32 MiB, several times what the late reader's
+    // queue (4 MiB of event memory), outbox and socket buffers hold.
+    let payload = |i: u32| {
+        let mut payload = vec![0u8; 8 << 10];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        payload
+    };
+    let archive = |subject: &str, i: u32| {
+        Event {
+            subject: subject.into(),
+            payload: payload(i),
+            ..Event::default()
+        }
+        .to_archive()
+    };
+    let block = SlowConsumerPolicy::Block {
+        max_stall: 120 * SECOND,
+    };
+    for backend in backends() {
+        // Queues of fewer events than a run, so that one receive (or one
+        // resumed spill) can fill a queue with events its consumer has not
+        // been shown yet: unless they are shown before the session waits
+        // for room, nobody makes any.
+        let node = node_with(
+            backend,
+            ServerConfig {
+                session: starling_transport::server::SessionConfig {
+                    pending_events_max: 16,
+                    pending_bytes_max: 4 << 20,
+                    ..Default::default()
+                },
+                ..config()
+            },
+            BusConfig::default(),
+        );
+        let mut late = Raw::hello(&node);
+        let subscribe = Subscribe {
+            policy: block,
+            ..Subscribe::new("run", None)
+        };
+        late.send(Kind::Sub, 1, &subscribe.encode());
+        assert_eq!(late.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        let prompt_client = Client::connect_with(&node.tcp, small_client()).unwrap();
+        let prompt = prompt_client.subscribe_with("run", None, block).unwrap();
+        prompt_client.flush().unwrap();
+        let prompt = std::thread::spawn(move || {
+            let until = Instant::now() + 120 * SECOND;
+            for i in 0..EVENTS {
+                let event = prompt.recv_deadline(until).expect("every event");
+                assert_eq!(event.payload()[..4], i.to_le_bytes(), "in order");
+            }
+            prompt.dropped()
+        });
+
+        let runs_written = Arc::new(AtomicU64::new(0));
+        let publisher = {
+            let runs_written = runs_written.clone();
+            let mut raw = Raw::hello(&node);
+            let runs: Vec<Vec<u8>> = (0..RUNS)
+                .map(|run| {
+                    let mut bytes = Vec::new();
+                    for at in 0..PER_RUN {
+                        let i = run * PER_RUN + at;
+                        bytes.extend(frame(Kind::Pub, 0, &archive("run", i)));
+                        if at == PER_RUN / 2 {
+                            // Refused (a wildcard subject), answered by its tag.
+                            let tag = u64::from(run) + 1;
+                            bytes.extend(frame(Kind::Pub, tag, &archive("run.*", i)));
+                        }
+                    }
+                    bytes
+                })
+                .collect();
+            std::thread::spawn(move || {
+                for run in &runs {
+                    raw.write(run);
+                    runs_written.fetch_add(1, Ordering::Relaxed);
+                }
+                raw.send(Kind::Ping, 0, &[]);
+                let mut refused = Vec::new();
+                loop {
+                    match raw.next_frame(120 * SECOND) {
+                        Some((Kind::Err, tag, body)) => {
+                            let error = ErrorBody::decode(&body).unwrap();
+                            assert_eq!(error.code, ErrorCode::InvalidEvent);
+                            refused.push(tag);
+                        }
+                        Some((Kind::Pong, ..)) => return (refused, raw),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        };
+
+        // The late subscriber reads once the publisher has written every
+        // run, or (as it must, with 32 MiB sent) been held back by it.
+        let until = Instant::now() + 3 * SECOND;
+        while runs_written.load(Ordering::Relaxed) < u64::from(RUNS) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let until = Instant::now() + 120 * SECOND;
+        let mut received = 0;
+        while received < EVENTS {
+            assert!(Instant::now() < until, "{received} of {EVENTS} events");
+            match late.next_frame(SECOND) {
+                Some((Kind::Msg, 1, body)) => {
+                    // The archive as published, byte for byte.
+                    assert_eq!(body, archive("run", received).as_slice(), "in order");
+                    received += 1;
+                }
+                Some(other) => panic!("unexpected frame {:?}", other.0),
+                None => {}
+            }
+        }
+
+        // The publisher stays connected, so its counters are still listed.
+        let (refused, _publisher) = publisher.join().unwrap();
+        let tags: Vec<u64> = (1..=u64::from(RUNS)).collect();
+        assert_eq!(
+            refused, tags,
+            "{backend:?}: each refusal answered, in order"
+        );
+        assert_eq!(prompt.join().unwrap(), 0, "{backend:?}");
+        assert_eq!(prompt_client.dropped_by_node(), 0, "{backend:?}");
+        let connections = node.server.connections();
+        let events_in: u64 = connections.iter().map(|c| c.events_in).sum();
+        let events_out: u64 = connections.iter().map(|c| c.events_out).sum();
+        let sent = u64::from(EVENTS + RUNS);
+        assert_eq!(events_in, sent, "{backend:?}: counted in, refused too");
+        assert_eq!(events_out, 2 * u64::from(EVENTS), "{backend:?}");
     }
 }
 

@@ -156,15 +156,42 @@ impl Publisher {
             .publish_checked_into(archive, subject, Scope::Local, backlog)
     }
 
-    /// Like [`Publisher::publish_checked_into`], for an event that arrived
+    /// Like [`Publisher::publish_checked_into`], but without waking, as
+    /// [`Publisher::publish_forwarded_noted`] does: the consumers see the
+    /// event, and are woken, at the next [`Publisher::wake_noted`] with the
+    /// same `backlog`. A client connection's session publishes the events
+    /// of one receive so: one fence for them all.
+    pub fn publish_checked_noted(
+        &mut self,
+        archive: Checked<'_>,
+        backlog: &mut Backlog,
+    ) -> Result<usize, PublishError> {
+        let subject = archive.event().subject();
+        self.core.route_checked(
+            subject,
+            Scope::Local,
+            backlog,
+            Wake::Noted,
+            |appender, holders| appender.append_archive(archive.bytes(), holders),
+        )
+    }
+
+    /// Like [`Publisher::publish_checked_noted`], for an event that arrived
     /// as parts (a client's compact record) rather than an archive: it is
     /// archived once, straight into event memory, keeping its id and time.
-    pub fn publish_parts_into(
+    pub fn publish_parts_noted(
         &mut self,
         parts: CheckedParts<'_>,
         backlog: &mut Backlog,
     ) -> Result<usize, PublishError> {
-        self.core.publish_parts_into(parts.parts(), backlog)
+        let parts = parts.parts();
+        self.core.route_checked(
+            parts.subject,
+            Scope::Local,
+            backlog,
+            Wake::Noted,
+            |appender, holders| appender.append(parts, holders),
+        )
     }
 
     /// Like [`Publisher::publish_forwarded`], without waiting (deliveries
@@ -194,10 +221,11 @@ impl Publisher {
         )
     }
 
-    /// Publishes to their consumers the events noted by
-    /// [`Publisher::publish_forwarded_noted`] with `backlog` since the last
-    /// call, fences once and wakes those consumers that sleep (the batch
-    /// protocol of `loom_tests::a_batch_fenced_once_never_leaves_its_consumer_asleep`).
+    /// Publishes to their consumers the events noted (by
+    /// [`Publisher::publish_forwarded_noted`], `publish_checked_noted` or
+    /// `publish_parts_noted`) with `backlog` since the last call, fences
+    /// once and wakes those consumers that sleep (the batch protocol of
+    /// `loom_tests::a_batch_fenced_once_never_leaves_its_consumer_asleep`).
     pub fn wake_noted(&mut self, backlog: &mut Backlog) {
         self.core.noted.wake_all(backlog.lanes());
     }

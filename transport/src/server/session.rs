@@ -260,6 +260,9 @@ impl Session {
                 return true;
             }
             self.protocol.handle_spilled(publisher);
+            // Before the backlog is waited on: a full queue's consumer makes
+            // room only once it sees what this source gave it before.
+            publisher.wake_noted(&mut self.protocol.backlog);
         }
     }
 
@@ -278,6 +281,9 @@ impl Session {
         let result = self
             .decoder
             .feed(bytes, |frame| protocol.handle(frame, publisher));
+        // The receive's events were published noted (`Protocol::publish`):
+        // their consumers see them all now, after one fence.
+        publisher.wake_noted(&mut self.protocol.backlog);
         match result {
             Ok(()) | Err(DecodeError::Handler(Fatal)) => {}
             Err(DecodeError::Frame(error)) => {
@@ -658,7 +664,9 @@ impl Protocol {
         self.reply(Kind::Ok, sid, &[])
     }
 
-    /// Publishes the archive a `PUB` carried.
+    /// Publishes the archive a `PUB` carried. Its consumers are woken once
+    /// for all the frames handled together, by `Session::receive` or
+    /// `Session::resume` (`Publisher::publish_checked_noted`).
     fn publish(&mut self, tag: u64, body: &[u8], publisher: &mut Publisher) -> Result<(), Fatal> {
         let archive = match event::check(body, &self.limits) {
             Ok(archive) => archive,
@@ -666,7 +674,7 @@ impl Protocol {
         };
         let event = archive.event();
         self.publish_admitted(tag, (event.subject(), event.reply_to()), |backlog| {
-            publisher.publish_checked_into(archive, backlog)
+            publisher.publish_checked_noted(archive, backlog)
         })
     }
 
@@ -723,11 +731,11 @@ impl Protocol {
     /// it stands for: its parts checked against the limits as `event::check`
     /// checks an archive (`event::checked_parts`: the same errors), then
     /// archived once, straight into event memory
-    /// (`Publisher::publish_parts_into`): no scratch copy, and the archive is
-    /// not read back. A frame with a broken record is refused whole, before
-    /// any is published. A record that must wait (a full `Block` queue, or
-    /// no room for another answer) leaves the rest in the spill, as a frame
-    /// of its own, for `Session::resume`.
+    /// (`Publisher::publish_parts_noted`, woken as a `PUB`'s): no scratch
+    /// copy, and the archive is not read back. A frame with a broken record
+    /// is refused whole, before any is published. A record that must wait (a
+    /// full `Block` queue, or no room for another answer) leaves the rest in
+    /// the spill, as a frame of its own, for `Session::resume`.
     fn publish_packed(
         &mut self,
         tag: u64,
@@ -755,7 +763,7 @@ impl Protocol {
                 Ok(parts) => match event::checked_parts(parts, &self.limits) {
                     Ok(checked) => {
                         self.publish_admitted(0, (parts.subject, parts.reply_to), |backlog| {
-                            publisher.publish_parts_into(checked, backlog)
+                            publisher.publish_parts_noted(checked, backlog)
                         })
                     }
                     Err(error) => self.refuse_event(0, &error),
