@@ -43,6 +43,26 @@ use crate::sync::{AtomicBool, Ordering};
 
 /// A writer and a reader joined by a lane of `capacity` records, whose
 /// records are written into segments from `pool`.
+///
+/// ```
+/// use starling_core::Event;
+/// use starling_core::log::{SegmentPool, channel};
+///
+/// // 64 KiB segments, at most 16 MiB of records in flight.
+/// let (mut writer, mut reader) = channel(SegmentPool::new(64 << 10, 16 << 20), 1024);
+/// let archive = Event { subject: "ticks".into(), payload: vec![7; 16], ..Event::default() }
+///     .to_archive();
+/// for _ in 0..3 {
+///     writer.write_archive(&archive).expect("room for three");
+/// }
+/// writer.publish(); // one store hands the three over
+/// let mut read = 0;
+/// let taken = reader.read(256, |bytes| {
+///     assert_eq!(bytes, &archive[..]); // in place, not copied
+///     read += 1;
+/// });
+/// assert_eq!((taken, read), (Ok(3), 3));
+/// ```
 pub fn channel(pool: Arc<SegmentPool>, capacity: usize) -> (LogWriter, LogReader) {
     let shared = Arc::new(Shared {
         lane: Lane::new(capacity),
