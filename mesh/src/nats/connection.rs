@@ -235,8 +235,17 @@ impl Connection {
         }
     }
 
-    /// Handles every whole operation read so far, while the output has room.
+    /// Handles every whole operation read so far, while the output has room;
+    /// the events published meanwhile reach their consumers with one wake
+    /// when it returns, however it returns (a message published before an
+    /// error is delivered all the same).
     async fn handle_input(&mut self, session: &mut Session, bus: &Bus) -> Result<(), Close> {
+        let handled = self.handle_operations(session, bus).await;
+        self.source.wake_noted();
+        handled
+    }
+
+    async fn handle_operations(&mut self, session: &mut Session, bus: &Bus) -> Result<(), Close> {
         while self.pending_out() < OUT_HIGH {
             let input = &self.input[self.start..];
             if input.is_empty() || input.len() < self.needed {
@@ -249,10 +258,14 @@ impl Connection {
                     session.published(&publish, outcome, &mut self.out)?;
                     self.start += used;
                     if !self.source.backlog.is_empty() {
+                        // A full consumer makes room only once it sees what
+                        // came before.
+                        self.source.wake_noted();
                         self.wait_for_room(session).await?;
                     }
                 }
                 Input::Verifying { used, verification } => {
+                    self.source.wake_noted();
                     // Nothing else comes from this client meanwhile: the
                     // handshake waits for its answer (a verifier thread's;
                     // this task's thread serves others).
@@ -373,7 +386,9 @@ impl Source {
     /// Publishes one message from the client into the bus, returning the
     /// number of deliveries. Never waits: what full `Block` queues cannot
     /// take yet is owed in `backlog`, which must be flushed before the next
-    /// message ([`Connection::wait_for_room`]).
+    /// message ([`Connection::wait_for_room`]). Nor wakes: its consumers see
+    /// it at the next [`Source::wake_noted`], once per read's operations
+    /// rather than once per message.
     ///
     /// This is the one place where a NATS connection hands an event to the
     /// bus. The message is archived here, as a client library would, and
@@ -401,6 +416,14 @@ impl Source {
         let checked = event::check(&self.scratch[..len], &bus.config().limits)?;
         self.publisher
             .get_or_insert_with(|| bus.publisher())
-            .publish_checked_into(checked, &mut self.backlog)
+            .publish_checked_noted(checked, &mut self.backlog)
+    }
+
+    /// Hands what [`Source::publish_one`] published since the last call to
+    /// its consumers: one fence, and a wake-up for each that sleeps.
+    fn wake_noted(&mut self) {
+        if let Some(publisher) = &mut self.publisher {
+            publisher.wake_noted(&mut self.backlog);
+        }
     }
 }
