@@ -411,6 +411,21 @@ fn a_batch_fenced_once_never_leaves_its_consumer_asleep() {
     });
 }
 
+/// Claims runs of `lane` (as its only consumer) until three values came
+/// out, and returns them in the order they did.
+fn take_three(lane: &Lane<Box<u32>>) -> Vec<u32> {
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        // SAFETY: the caller's thread is the lane's only consumer.
+        let run = unsafe { lane.claim(2) };
+        if run.len() == 0 {
+            thread::yield_now();
+        }
+        seen.extend(run.map(|value| *value));
+    }
+    seen
+}
+
 /// A lane of two slots: the producer pushes three values, publishing after
 /// each pair (and when it finds the lane full), while the consumer claims
 /// runs. Every value must come out once, in order, its write visible to the
@@ -440,15 +455,7 @@ fn lane_hands_over_every_value_once_in_order() {
                 unsafe { lane.publish() };
             })
         };
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            // SAFETY: this thread is the lane's only consumer.
-            let run = unsafe { lane.claim(2) };
-            if run.len() == 0 {
-                thread::yield_now();
-            }
-            seen.extend(run.map(|value| *value));
-        }
+        let seen = take_three(&lane);
         producer.join().unwrap();
         assert_eq!(seen, [0, 1, 2]);
     });
@@ -559,15 +566,7 @@ fn lane_writers_hand_over_every_value_once_in_order() {
                 }
             })
         };
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            // SAFETY: this thread is the lane's only consumer.
-            let run = unsafe { lane.claim(2) };
-            if run.len() == 0 {
-                thread::yield_now();
-            }
-            seen.extend(run.map(|value| *value));
-        }
+        let seen = take_three(&lane);
         producer.join().unwrap();
         assert_eq!(seen, [0, 1, 2]);
     });
