@@ -302,6 +302,32 @@ fn a_version_3_client_keeps_working_and_may_not_send_packed_frames() {
 #[test]
 fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
     const PER_THREAD: u32 = 20_000;
+    // Payloads of 4 to 43 bytes: records of many sizes.
+    let payload = |number: u32| -> Vec<u8> {
+        number
+            .to_le_bytes()
+            .into_iter()
+            .cycle()
+            .take(4 + (number % 40) as usize)
+            .collect()
+    };
+    // What the events cost as one frame each (48 to 88 bytes): the bytes
+    // the node would count if the writer joined nothing.
+    let unjoined_bytes: usize = (0..2u32)
+        .flat_map(|thread| (0..PER_THREAD).map(move |number| (thread, number)))
+        .map(|(thread, number)| {
+            let subject = format!("joined.{thread}");
+            let payload = payload(number);
+            let alone = Record {
+                id: 0,
+                time_unix_nanos: 0,
+                subject: subject.as_bytes(),
+                reply_to: None,
+                payload: &payload,
+            };
+            packed_frame(&[alone]).len()
+        })
+        .sum();
     for backend in backends() {
         let node = node(backend);
         let subscriber = Client::connect(&node.tcp).unwrap();
@@ -322,14 +348,7 @@ fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
                 scope.spawn(move || {
                     let subject = format!("joined.{thread}");
                     for number in 0..PER_THREAD {
-                        // Payloads of 4 to 43 bytes: records of many sizes.
-                        let payload: Vec<u8> = number
-                            .to_le_bytes()
-                            .into_iter()
-                            .cycle()
-                            .take(4 + (number % 40) as usize)
-                            .collect();
-                        publisher.publish(&subject, &payload).unwrap();
+                        publisher.publish(&subject, &payload(number)).unwrap();
                     }
                 });
             }
@@ -344,12 +363,9 @@ fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
                 });
             let thread: usize = event.subject()["joined.".len()..].parse().unwrap();
             let number = next[thread];
-            let payload = event.payload();
-            assert_eq!(payload.len(), 4 + (number % 40) as usize, "{backend:?}");
-            assert!(
-                payload
-                    .chunks(4)
-                    .all(|chunk| chunk == &number.to_le_bytes()[..chunk.len()]),
+            assert_eq!(
+                event.payload(),
+                payload(number),
                 "{backend:?}: thread {thread}'s event {number}"
             );
             next[thread] += 1;
@@ -361,10 +377,21 @@ fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
             .find(|c| c.client_name == name)
             .unwrap();
         assert_eq!(connection.events_in, 2 * u64::from(PER_THREAD));
-        let per_event = connection.bytes_in as f64 / connection.events_in as f64;
-        // Alone, the smallest of these events takes a 48-byte frame (about
-        // 70 on average); joined, about 40.
-        assert!(per_event < 48.0, "{backend:?}: {per_event} bytes per event");
+        // How much the writer joins depends on how many frames wait for it,
+        // which the scheduler decides: 60 to 80% of the bytes of a frame
+        // each here, 83% once when CI ran beside other builds. Frames get
+        // fewer bytes only by being joined (the HELLO, SUB and PING add well
+        // under a byte an event), so a twentieth saved is joining for sure.
+        let joined = connection.bytes_in as f64 / unjoined_bytes as f64;
+        println!(
+            "{backend:?}: {:.1} bytes per event joined, {:.1} a frame each",
+            connection.bytes_in as f64 / connection.events_in as f64,
+            unjoined_bytes as f64 / connection.events_in as f64,
+        );
+        assert!(
+            joined < 0.95,
+            "{backend:?}: {joined:.3} of the bytes of a frame each"
+        );
         publisher.close();
         subscriber.close();
     }
