@@ -1,7 +1,8 @@
 //! Several I/O threads per server, against both backends: connections spread
 //! over the threads, events cross from one thread's connection to
-//! another's complete and in order, shutdown drains every thread, and
-//! `connections_max` is one limit for the node.
+//! another's complete and in order, shutdown drains every thread,
+//! `connections_max` is one limit for the node, and a loop is woken through
+//! its eventfd only by deliveries from other threads.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use common::{Node, Raw, SECOND, backends, eventually, node_with};
 use starling_core::BusConfig;
-use starling_transport::client::Client;
+use starling_transport::client::{Client, ClientSubscription};
 use starling_transport::frame::ErrorCode;
 use starling_transport::server::{BackendChoice, ServerConfig};
 
@@ -146,6 +147,81 @@ fn connections_max_holds_for_all_threads_together() {
         raws[1] = Some(Raw::hello(&node));
         assert_eq!(io_threads_of(&node), [0, 0, 1], "{backend:?}");
         assert_eq!(node.server.totals().connections, 4, "{backend:?}");
+    }
+}
+
+/// Rounds of "publish one event, wait for it": the subscriber's mailbox has
+/// run dry before each, so each delivery has to wake the subscriber's session.
+const ROUNDS: u32 = 2000;
+
+/// Publishes `ROUNDS` events with `publish`, each once the one before has
+/// arrived, checks that each arrives, and returns how many times the node's
+/// loops were woken through their eventfds meanwhile.
+fn one_at_a_time(
+    node: &Node,
+    subscription: &ClientSubscription,
+    mut publish: impl FnMut(&[u8]),
+) -> u64 {
+    let before = node.server.loop_wakes();
+    for round in 0..ROUNDS {
+        publish(&round.to_le_bytes());
+        let event = subscription
+            .recv_timeout(10 * SECOND)
+            .unwrap_or_else(|_| panic!("event {round} arrives"));
+        assert_eq!(event.payload(), round.to_le_bytes());
+    }
+    node.server.loop_wakes() - before
+}
+
+#[test]
+fn a_delivery_from_the_same_io_thread_does_not_wake_the_loop() {
+    for backend in backends() {
+        let node = node_with_threads(backend, 1, 100);
+        let subscriber = Client::connect(&node.tcp).unwrap();
+        let publisher = Client::connect(&node.uds).unwrap();
+        let subscription = subscriber.subscribe("ping").unwrap();
+        subscriber.flush().unwrap();
+        let wakes = one_at_a_time(&node, &subscription, |payload| {
+            publisher.publish("ping", payload).unwrap();
+        });
+        // Every delivery came from the loop's own thread, which pulls the
+        // subscriber before it waits: no eventfd write was needed (one per
+        // event before). A few to spare for what else may wake a loop.
+        assert!(
+            wakes < u64::from(ROUNDS / 20),
+            "{backend:?}: {wakes} loop wakes for {ROUNDS} events"
+        );
+    }
+}
+
+#[test]
+fn a_delivery_from_another_thread_still_wakes_the_loop() {
+    for backend in backends() {
+        let node = node_with_threads(backend, 2, 100);
+        let subscriber = Client::connect(&node.tcp).unwrap();
+        let other_io_thread = Client::connect(&node.uds).unwrap();
+        assert_eq!(io_threads_of(&node), [0, 1], "{backend:?}");
+        let subscription = subscriber.subscribe("ping").unwrap();
+        subscriber.flush().unwrap();
+        let mut in_process = node.bus.publisher();
+        // The loop also looks at its ready queue every tick (a second by
+        // default): a lost wake would only slow a round down, so the wakes
+        // are counted too. Not one per event: a loop still writing the last
+        // event may find the next one before its mailbox runs dry (epoll
+        // does, in about half the rounds with the bus publishing); without
+        // the eventfd there would be next to none.
+        let from_io_thread = one_at_a_time(&node, &subscription, |payload| {
+            other_io_thread.publish("ping", payload).unwrap();
+        });
+        let from_bus = one_at_a_time(&node, &subscription, |payload| {
+            in_process.publish("ping", payload).unwrap();
+        });
+        for (wakes, publisher) in [(from_io_thread, "I/O thread 1"), (from_bus, "the bus")] {
+            assert!(
+                wakes >= u64::from(ROUNDS / 10),
+                "{backend:?}: {wakes} loop wakes for {ROUNDS} events from {publisher}"
+            );
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! Edge-triggered: on readable, read until the socket would block (or the
 //! connection's turn is up, or its session stalls); on writable, or whenever
 //! a session has output, write (gathered, up to [`SLICES_MAX`] slices per
-//! call) until the socket would block.
+//! call) until the socket would block. Sessions woken by deliveries are
+//! pulled at the end of every turn.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
@@ -82,6 +83,7 @@ pub(super) fn run(
     let loop_waker = Arc::new(MioWaker(mio::Waker::new(poll.registry(), WAKE)?));
     server.threads.set_waker(thread, loop_waker.clone());
     let ready = ReadyQueue::new(server.config.connections_max, loop_waker);
+    let _serving = ready.serve_on_this_thread();
 
     let mut tcp = listeners.tcp.map(TcpListener::from_std);
     let mut uds = listeners.uds.map(UnixListener::from_std);
@@ -113,6 +115,10 @@ pub(super) fn run(
     let tick_every = tick_interval(&server.session);
     let mut next_tick = Instant::now() + tick_every;
     loop {
+        // The turn's last step, before anything that waits (see
+        // `ReadyQueue::serve_on_this_thread`); it may leave connections
+        // a turn to take.
+        state.pull_ready(poll.registry());
         let wake_at = if state.turns.is_empty() && !state.accept_again {
             let deadlines = [
                 drain_deadline,
@@ -128,8 +134,10 @@ pub(super) fn run(
         for event in events.iter() {
             match event.token() {
                 WAKE => {
+                    // The sessions it was woken for are pulled at the end
+                    // of the turn.
+                    server.threads.woken(thread);
                     state.admit_handed_over(poll.registry());
-                    state.pull_ready(poll.registry());
                 }
                 LISTEN_TCP | LISTEN_UDS => {
                     state.accept(tcp.as_ref(), uds.as_ref(), poll.registry());

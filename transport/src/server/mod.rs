@@ -10,7 +10,8 @@
 //!                          │           SUB: the session's Mailbox subscribes
 //!   client ◄──send──────   │  Mailbox deliveries → Outbox → gathered send,
 //!                          │  archives read in place from event memory
-//!   Bus delivery ──wake──► ready queue + eventfd → the worker pulls the session
+//!   Bus delivery ──wake──► ready queue (+ eventfd, from another thread) → the
+//!                          worker pulls the session
 //! ```
 //!
 //! Thread 0 accepts and places each connection on the thread with the
@@ -252,6 +253,15 @@ impl Server {
     /// How many I/O threads share the connections.
     pub fn io_threads(&self) -> usize {
         self.state.threads.count()
+    }
+
+    /// How many times the I/O loops were woken through their eventfd (or
+    /// mio waker) so far, all threads together: by deliveries for an idle
+    /// connection from another thread (another I/O thread, the mesh, an
+    /// in-process publisher), connections handed to a thread, shutdown.
+    /// Deliveries from a connection on the same thread never wake it.
+    pub fn loop_wakes(&self) -> u64 {
+        self.state.threads.wakes()
     }
 
     /// The TCP address listened on, with the actual port.

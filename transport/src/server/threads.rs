@@ -12,7 +12,7 @@
 //! `connections_max` is node-wide: only thread 0 adds to the per-thread
 //! counts, so the sum it reads before adding cannot be overtaken.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_queue::SegQueue;
@@ -45,6 +45,9 @@ struct IoThread {
     connections: AtomicUsize,
     /// Set by the backend once its loop runs: how to wake it.
     waker: OnceLock<Arc<dyn WakeLoop>>,
+    /// Times its loop was woken through `waker`. Written by the loop only,
+    /// read for statistics: Relaxed, it orders nothing.
+    wakes: AtomicU64,
 }
 
 /// The I/O threads of a server.
@@ -62,6 +65,7 @@ impl IoThreads {
                 inbox: SegQueue::new(),
                 connections: AtomicUsize::new(0),
                 waker: OnceLock::new(),
+                wakes: AtomicU64::new(0),
             })
             .collect();
         Self {
@@ -78,6 +82,21 @@ impl IoThreads {
     /// Thread `index`'s loop runs and `waker` wakes it.
     pub(super) fn set_waker(&self, index: usize, waker: Arc<dyn WakeLoop>) {
         let _ = self.threads[index].waker.set(waker);
+    }
+
+    /// Thread `index`'s loop was woken through its waker. Its only writer,
+    /// so no atomic add.
+    pub(super) fn woken(&self, index: usize) {
+        let wakes = &self.threads[index].wakes;
+        wakes.store(wakes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Times the loops were woken through their wakers, all threads together.
+    pub(super) fn wakes(&self) -> u64 {
+        self.threads
+            .iter()
+            .map(|thread| thread.wakes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Wakes every loop that runs (shutdown).

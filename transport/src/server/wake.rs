@@ -4,10 +4,14 @@
 //! mailbox runs dry. When the next delivery comes, the publishing thread calls
 //! the waker: it puts the session's key on the loop's [`ReadyQueue`] (once,
 //! however many deliveries follow, until the loop takes it off) and wakes the
-//! loop through its eventfd. Under load mailboxes do not run dry, so there are
-//! no wake-ups at all.
+//! loop through its eventfd, unless the publisher runs on the loop's own
+//! thread: that loop looks at its queue before it next waits anyway
+//! ([`ReadyQueue::serve_on_this_thread`]). Under load mailboxes do not run
+//! dry, so there are no wake-ups at all.
 
+use std::cell::Cell;
 use std::fmt;
+use std::ptr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Wake, Waker};
@@ -20,11 +24,31 @@ pub(crate) trait WakeLoop: Send + Sync + fmt::Debug {
     fn wake_loop(&self);
 }
 
+thread_local! {
+    /// The ready queue of the I/O loop this thread runs, or null: how a
+    /// waker tells that it runs on its own loop's thread.
+    static SERVED_HERE: Cell<*const ReadyQueue> = const { Cell::new(ptr::null()) };
+}
+
 /// Sessions with deliveries waiting, for one I/O loop.
 #[derive(Debug)]
 pub(crate) struct ReadyQueue {
     keys: ArrayQueue<u64>,
     loop_waker: Arc<dyn WakeLoop>,
+}
+
+/// While alive, this thread runs the loop of one ready queue (see
+/// [`ReadyQueue::serve_on_this_thread`]).
+#[derive(Debug)]
+pub(crate) struct Serving {
+    /// Keeps the queue, so that its address names no other queue meanwhile.
+    _ready: Arc<ReadyQueue>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVED_HERE.set(ptr::null());
+    }
 }
 
 impl ReadyQueue {
@@ -39,6 +63,18 @@ impl ReadyQueue {
     /// The next session that was woken.
     pub(crate) fn pop(&self) -> Option<u64> {
         self.keys.pop()
+    }
+
+    /// The calling thread runs this queue's loop until the guard is
+    /// dropped: its wakers called on this thread queue their session
+    /// without waking the loop. The loop promises in return to empty the
+    /// queue (`pop` until `None`) at the end of every turn, after anything
+    /// of the turn that can wake a session and right before it waits.
+    pub(crate) fn serve_on_this_thread(self: &Arc<Self>) -> Serving {
+        SERVED_HERE.set(Arc::as_ptr(self));
+        Serving {
+            _ready: self.clone(),
+        }
     }
 }
 
@@ -87,7 +123,23 @@ impl Wake for SessionWaker {
             // every session, so this push cannot fail.
             let pushed = self.ready.keys.push(self.key);
             debug_assert!(pushed.is_ok(), "ready queue sized for every session");
-            self.ready.loop_waker.wake_loop();
+            // SYNC POINT (same-thread wake): no wake is lost when this thread
+            // runs the key's loop. The loop's thread calls wakers only from
+            // within a turn (handling completions or readiness, resuming,
+            // ticking, shutting down), never from within its wait (the ring
+            // or epoll wait runs no code of ours), and it ends every turn by
+            // popping its queue until empty, right before it waits, popping
+            // also what the sessions it pulls there queue. So this key, pushed
+            // earlier on the same thread (program order; no fence needed),
+            // is popped before the loop next waits. Any other thread (another
+            // loop's, an in-process publisher, the mesh, the TLS terminator)
+            // sees null or another queue here and writes the eventfd: the
+            // loop may be asleep. Between the loop's last turn and the end
+            // of its `Serving` guard nothing is left to wake.
+            let served_here = SERVED_HERE.get() == Arc::as_ptr(&self.ready);
+            if !served_here {
+                self.ready.loop_waker.wake_loop();
+            }
         }
     }
 }
@@ -116,5 +168,45 @@ mod tests {
         assert_eq!(ready.pop(), Some(7));
         assert_eq!(ready.pop(), None);
         assert_eq!(counting.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn only_a_wake_from_another_thread_than_the_loops_wakes_the_loop() {
+        let counting = Arc::new(Counting::default());
+        let ready = ReadyQueue::new(4, counting.clone());
+        let other_loop = ReadyQueue::new(4, Arc::new(Counting::default()));
+        let session = SessionWaker::new(7, ready.clone());
+        let serving_other = other_loop.serve_on_this_thread();
+        session.waker().wake_by_ref();
+        assert_eq!(
+            counting.0.load(Ordering::Relaxed),
+            1,
+            "another loop's thread"
+        );
+        drop(serving_other);
+        let serving = ready.serve_on_this_thread();
+        assert_eq!(ready.pop(), Some(7));
+        session.taken();
+        session.waker().wake_by_ref();
+        assert_eq!(ready.pop(), Some(7), "queued all the same");
+        assert_eq!(
+            counting.0.load(Ordering::Relaxed),
+            1,
+            "the loop's own thread"
+        );
+        session.taken();
+        std::thread::scope(|scope| {
+            scope.spawn(|| session.waker().wake_by_ref());
+        });
+        assert_eq!(counting.0.load(Ordering::Relaxed), 2, "any other thread");
+        drop(serving);
+        assert_eq!(ready.pop(), Some(7));
+        session.taken();
+        session.waker().wake_by_ref();
+        assert_eq!(
+            counting.0.load(Ordering::Relaxed),
+            3,
+            "after the loop ended"
+        );
     }
 }

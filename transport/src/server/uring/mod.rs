@@ -15,8 +15,9 @@
 //!   a static block. One send in flight per connection; the outbox does not
 //!   move entries, nor bytes already in a chunk, while it is.
 //! - Waking: publishers that find an idle connection's mailbox empty queue the
-//!   connection and write to an eventfd the ring is reading; thread 0 writes
-//!   to it too when it hands this thread a connection.
+//!   connection and, from another thread, write to an eventfd the ring is
+//!   reading; thread 0 writes to it too when it hands this thread a
+//!   connection. The loop empties the queue at the end of every turn.
 //!
 //! Every submission carries `user_data` = kind (8 bits) | generation (24 bits)
 //! | slot (32 bits). A connection's slot is freed only when none of its
@@ -149,6 +150,7 @@ pub(super) fn run(
     } = setup;
     server.threads.set_waker(thread, eventfd.clone());
     let ready = ReadyQueue::new(server.config.connections_max, eventfd.clone());
+    let _serving = ready.serve_on_this_thread();
     let mut state = Loop {
         server,
         thread,
@@ -188,6 +190,9 @@ impl Loop<'_> {
         let tick_every = tick_interval(&self.server.session);
         let mut next_tick = Instant::now() + tick_every;
         loop {
+            // The turn's last step, before anything that waits (see
+            // `ReadyQueue::serve_on_this_thread`).
+            self.pull_ready()?;
             let deadlines = [
                 drain_deadline,
                 self.stall_deadline(),
@@ -515,20 +520,29 @@ impl Loop<'_> {
                 self.release_if_done(slot, generation);
             }
             WAKE => {
+                self.server.threads.woken(self.thread);
                 while let Some(accepted) = self.server.threads.take(self.thread) {
                     self.admit(accepted)?;
                 }
-                while let Some(key) = self.ready.pop() {
-                    let (generation, slot) = ((key >> 32) as u32, key as u32);
-                    if let Some(connection) = live(&mut self.slots, slot, generation) {
-                        connection.waker.taken();
-                        self.resume(slot, generation)?;
-                        self.write(slot)?;
-                    }
-                }
+                // The sessions it was woken for are pulled at the end of
+                // the turn.
                 self.arm_wake()?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Pulls every session woken since the last time, and those woken
+    /// meanwhile, until none is left.
+    fn pull_ready(&mut self) -> io::Result<()> {
+        while let Some(key) = self.ready.pop() {
+            let (generation, slot) = ((key >> 32) as u32, key as u32);
+            if let Some(connection) = live(&mut self.slots, slot, generation) {
+                connection.waker.taken();
+                self.resume(slot, generation)?;
+                self.write(slot)?;
+            }
         }
         Ok(())
     }
