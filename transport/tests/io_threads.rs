@@ -154,6 +154,21 @@ fn connections_max_holds_for_all_threads_together() {
 /// run dry before each, so each delivery has to wake the subscriber's session.
 const ROUNDS: u32 = 2000;
 
+/// A node with `io_threads` threads, a client subscribed to `ping` (on
+/// thread 0) and another client (on thread 1 if there is one): the node, the
+/// subscriber, its subscription and the other client.
+fn ping_subscriber(
+    backend: BackendChoice,
+    io_threads: usize,
+) -> (Node, Client, ClientSubscription, Client) {
+    let node = node_with_threads(backend, io_threads, 100);
+    let subscriber = Client::connect(&node.tcp).unwrap();
+    let other = Client::connect(&node.uds).unwrap();
+    let subscription = subscriber.subscribe("ping").unwrap();
+    subscriber.flush().unwrap();
+    (node, subscriber, subscription, other)
+}
+
 /// Publishes `ROUNDS` events with `publish`, each once the one before has
 /// arrived, checks that each arrives, and returns how many times the node's
 /// loops were woken through their eventfds meanwhile.
@@ -176,11 +191,7 @@ fn one_at_a_time(
 #[test]
 fn a_delivery_from_the_same_io_thread_does_not_wake_the_loop() {
     for backend in backends() {
-        let node = node_with_threads(backend, 1, 100);
-        let subscriber = Client::connect(&node.tcp).unwrap();
-        let publisher = Client::connect(&node.uds).unwrap();
-        let subscription = subscriber.subscribe("ping").unwrap();
-        subscriber.flush().unwrap();
+        let (node, _subscriber, subscription, publisher) = ping_subscriber(backend, 1);
         let wakes = one_at_a_time(&node, &subscription, |payload| {
             publisher.publish("ping", payload).unwrap();
         });
@@ -197,12 +208,8 @@ fn a_delivery_from_the_same_io_thread_does_not_wake_the_loop() {
 #[test]
 fn a_delivery_from_another_thread_still_wakes_the_loop() {
     for backend in backends() {
-        let node = node_with_threads(backend, 2, 100);
-        let subscriber = Client::connect(&node.tcp).unwrap();
-        let other_io_thread = Client::connect(&node.uds).unwrap();
+        let (node, _subscriber, subscription, other_io_thread) = ping_subscriber(backend, 2);
         assert_eq!(io_threads_of(&node), [0, 1], "{backend:?}");
-        let subscription = subscriber.subscribe("ping").unwrap();
-        subscriber.flush().unwrap();
         let mut in_process = node.bus.publisher();
         // The loop also looks at its ready queue every tick (a second by
         // default): a lost wake would only slow a round down, so the wakes
