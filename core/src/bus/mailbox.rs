@@ -195,8 +195,9 @@ impl Mailbox {
     /// Polls for a batch, for consumers that are neither threads nor tasks
     /// (an I/O loop): takes up to `max` queued events as
     /// [`Mailbox::try_recv_batch`] does, but hands each over. `each` keeps
-    /// an event (returns `None`) or gives it back (returns it) to be released
-    /// with the rest of the batch, once per run of events side by side. With
+    /// an event (returns `None`) or gives back one it is done with (this
+    /// one, or one it kept before) to be released with the rest of the
+    /// batch, once per run of events side by side. With
     /// none queued, registers `cx`'s waker, woken when one is. `Ready(Ok(n))`
     /// with `n > 0` unless `max` is 0; an error only when the bus is closed
     /// and the queue drained.

@@ -12,6 +12,11 @@
 //!
 //! Events go out in batches: the first event wakes the task, and whatever
 //! queued meanwhile (up to a batch) goes with it, one write per data stream.
+//! The batch is taken from the mailbox with one claim of its queue (one
+//! release of the queue's slots, one look at its space signal) and its
+//! events' memory released once per run, not per event; the claim is sized
+//! by the room the buffers have left, and the few events a claim brings past
+//! that room are held, in order, and go out first next time.
 //! Streams are chosen by subject, so the events of one subject keep their
 //! order, and each is written as far as QUIC takes it, independently of the
 //! others: a stream the peer stopped reading (its consumers are full) does
@@ -44,7 +49,7 @@
 //! always finds its way back.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::rc::Rc;
@@ -118,6 +123,8 @@ pub(crate) async fn run(
         retiring: Vec::new(),
         pending: None,
         pending_groups: Vec::new(),
+        held: VecDeque::new(),
+        event_bytes_mean: 0,
         last_stream: LastStream::default(),
         counters,
     };
@@ -143,6 +150,13 @@ struct Egress {
     pending: Option<Pending>,
     /// The queue groups the held-back event is for (kept to reuse its room).
     pending_groups: Vec<Arc<str>>,
+    /// Events of a batch taken after its round's room was used up, in
+    /// order; they go out before anything more is taken from the mailbox.
+    /// Kept to reuse its room.
+    held: VecDeque<EventRef>,
+    /// Bytes per event encoded in the last round that encoded any: what
+    /// batches are sized by.
+    event_bytes_mean: usize,
     /// The stream the last event encoded went to, by its subject.
     last_stream: LastStream,
     counters: Arc<LinkCounters>,
@@ -331,31 +345,89 @@ impl Egress {
         {
             return Poll::Pending;
         }
-        let first = match mailbox.borrow().poll_recv(cx) {
-            Poll::Ready(Ok(first)) => first,
-            Poll::Ready(Err(RecvError::Closed)) => return Poll::Ready(None),
-            Poll::Ready(Err(RecvError::Timeout)) | Poll::Pending => return Poll::Pending,
-        };
-        self.take(first);
-        let mut bytes = 0;
-        for _ in 1..BATCH_EVENTS {
-            if bytes >= BATCH_BYTES
-                || self
-                    .streams
-                    .iter()
-                    .any(|s| s.unwritten() >= STREAM_BUFFER_MAX)
-            {
+        let mut round = Round::default();
+        // What an earlier round held back goes first, as if it were still
+        // at the front of the mailbox. Released one by one, as batches do
+        // not: held are what a batch brought past its round's room, which
+        // sizing batches by the room left makes rare unless event sizes
+        // vary widely.
+        while let Some(event) = self.held.pop_front() {
+            if !self.has_room_for(&event, &round) {
+                self.held.push_front(event);
                 break;
             }
-            let Some(event) = mailbox.borrow().try_recv() else {
-                break;
-            };
-            bytes += self.take(event);
+            drop(self.take(event, &mut round));
         }
-        self.flush_pending();
+        // With the room used up, batches of one until a delivery of another
+        // record comes (it is held): a round never ends between two
+        // deliveries of one record, which would leave as two forwards.
+        while self.held.is_empty() && (round.has_room() || self.pending.is_some()) {
+            let max = self.batch_size(&round);
+            // The batch is claimed whole: what comes after the round's room
+            // is used up is held, in order, for the next round. The room,
+            // once used up, stays so for the round: after the first event
+            // held, only deliveries of the record before it are taken (into
+            // its forward, which goes out first anyway).
+            let polled = mailbox.borrow().poll_recv_batch(cx, max, |event| {
+                if self.has_room_for(&event, &round) {
+                    self.take(event, &mut round)
+                } else {
+                    self.held.push_back(event);
+                    None
+                }
+            });
+            match polled {
+                Poll::Ready(Ok(_)) => {}
+                // Closed and drained: said on the next poll, once this
+                // round's events are encoded.
+                Poll::Ready(Err(RecvError::Closed)) if round.events > 0 => break,
+                Poll::Ready(Err(RecvError::Closed)) => return Poll::Ready(None),
+                Poll::Ready(Err(RecvError::Timeout)) | Poll::Pending => break,
+            }
+        }
+        if round.events == 0 {
+            return Poll::Pending;
+        }
+        drop(self.flush_pending(&mut round));
+        if round.events_out > 0 {
+            self.event_bytes_mean = round.bytes / round.events_out as usize;
+            self.counters
+                .events_out
+                .fetch_add(round.events_out, Ordering::Relaxed);
+        }
         self.poll_streams(cx);
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// True if `event` may be taken in this round: the round has room, or
+    /// `event` is the held-back record again (merged into its forward, it
+    /// adds no frame).
+    fn has_room_for(&self, event: &EventRef, round: &Round) -> bool {
+        round.has_room() || self.is_pending_record(event)
+    }
+
+    /// True if `event` is a delivery of the record held back in `pending`.
+    fn is_pending_record(&self, event: &EventRef) -> bool {
+        // Both holds are alive, so equal addresses are one record.
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| std::ptr::eq(pending.event.archive(), event.archive()))
+    }
+
+    /// How many events to claim next: as many events of the last round's
+    /// mean size as the round's room still takes (a batch is claimed whole,
+    /// and what does not fit is held), at least one, within the round's
+    /// count.
+    fn batch_size(&self, round: &Round) -> usize {
+        if !round.has_room() {
+            return 1;
+        }
+        let fullest = self.streams.iter().map(DataStream::unwritten).max();
+        let room = BATCH_BYTES
+            .saturating_sub(round.bytes)
+            .min(STREAM_BUFFER_MAX.saturating_sub(fullest.unwrap_or(0)));
+        (room / self.event_bytes_mean.max(1)).clamp(1, BATCH_EVENTS - round.events)
     }
 
     /// Drives the retiring links; true once there are none.
@@ -422,7 +494,8 @@ impl Egress {
             mailbox.unsubscribe(*id);
         }
         mailbox.unsubscribe(REPLY_ROUTE_TAG);
-        let mut left = mailbox.dropped();
+        let mut left = mailbox.dropped() + self.held.len() as u64;
+        self.held.clear();
         while mailbox.try_recv().is_some() {
             left += 1;
         }
@@ -468,21 +541,24 @@ impl Egress {
         }
     }
 
-    /// Takes one delivery; returns the bytes it added to the buffers.
-    fn take(&mut self, event: EventRef) -> usize {
+    /// Takes one delivery: holds it back (in case the next delivery is the
+    /// same record for another of the peer's groups) and encodes the one
+    /// held back before, or merges it into that one if it is the same
+    /// record. Returns the hold it is done with: the event itself if
+    /// merged, else the one it encoded (if any), for the batch to release.
+    fn take(&mut self, event: EventRef, round: &mut Round) -> Option<EventRef> {
+        round.events += 1;
         let tag = event.tag();
-        let same_record = self
-            .pending
-            .as_ref()
-            .is_some_and(|pending| std::ptr::eq(pending.event.archive(), event.archive()));
-        let mut written = 0;
-        if !same_record {
-            written = self.flush_pending();
+        let done = if self.is_pending_record(&event) {
+            Some(event)
+        } else {
+            let encoded = self.flush_pending(round);
             self.pending = Some(Pending {
                 event,
                 plain: false,
             });
-        }
+            encoded
+        };
         let pending = self.pending.as_mut().expect("set above");
         if tag == PLAIN_TAG {
             pending.plain = true;
@@ -492,15 +568,13 @@ impl Egress {
             // The entry was withdrawn after the event was routed to it.
             self.counters.unroutable_out.fetch_add(1, Ordering::Relaxed);
         }
-        written
+        done
     }
 
-    /// Encodes the held-back event, if any, for its subject's stream;
-    /// returns the bytes added.
-    fn flush_pending(&mut self) -> usize {
-        let Some(pending) = self.pending.take() else {
-            return 0;
-        };
+    /// Encodes the held-back event, if any, for its subject's stream, and
+    /// counts it in `round`; returns it.
+    fn flush_pending(&mut self, round: &mut Round) -> Option<EventRef> {
+        let pending = self.pending.take()?;
         let index = self
             .last_stream
             .choose(pending.event.subject(), self.streams.len());
@@ -525,9 +599,33 @@ impl Egress {
         self.pending_groups.clear();
         let written = buffer.len() - before;
         if written > 0 {
-            self.counters.events_out.fetch_add(1, Ordering::Relaxed);
+            round.events_out += 1;
+            round.bytes += written;
+            round.filled |= stream.unwritten() >= STREAM_BUFFER_MAX;
         }
-        written
+        Some(pending.event)
+    }
+}
+
+/// What one round of [`Egress::poll`] took and encoded.
+#[derive(Debug, Default)]
+struct Round {
+    /// Events taken, from the mailbox or from those held back; at most
+    /// [`BATCH_EVENTS`] (and the deliveries of the last one's record).
+    events: usize,
+    /// Events encoded, for [`LinkCounters::events_out`].
+    events_out: u64,
+    /// Bytes encoded.
+    bytes: usize,
+    /// A stream's buffer reached [`STREAM_BUFFER_MAX`]: the next event
+    /// might be for it.
+    filled: bool,
+}
+
+impl Round {
+    /// True while another record may be taken in this round.
+    fn has_room(&self) -> bool {
+        self.events < BATCH_EVENTS && self.bytes < BATCH_BYTES && !self.filled
     }
 }
 
@@ -707,6 +805,40 @@ mod tests {
         heard
     }
 
+    /// Reads the `accepted` links into `receiving`, as a node's ingress
+    /// does; returns their counters.
+    fn spawn_ingress(
+        receiving: &Bus,
+        accepted: impl IntoIterator<Item = Connection>,
+    ) -> Arc<LinkCounters> {
+        let counters = Arc::new(LinkCounters::default());
+        let replies = Rc::new(RefCell::new(ReplyRoutes::new(
+            Rc::new(RefCell::new(receiving.peer_mailbox(Default::default()))),
+            "_INBOX.sender.",
+        )));
+        for accepted in accepted {
+            tokio::task::spawn_local(link::ingress(
+                accepted,
+                receiving.clone(),
+                counters.clone(),
+                replies.clone(),
+            ));
+        }
+        counters
+    }
+
+    /// Options that hold a publisher back while the queue is full for as
+    /// long as a test on a loaded machine may need, never dropping.
+    fn lossless(capacity: usize) -> SubscribeOptions {
+        SubscribeOptions {
+            capacity,
+            policy: SlowConsumerPolicy::Block {
+                max_stall: Duration::from_secs(30),
+            },
+            ..SubscribeOptions::default()
+        }
+    }
+
     /// The swap after two nodes dialed each other: the egress moves to a
     /// new connection while the old one has forwards in flight. Every event
     /// arrives once, each subject's in order, nothing is counted lost, and
@@ -723,28 +855,10 @@ mod tests {
 
                 let receiving = Bus::new(Default::default());
                 let subscription = receiving.subscribe("retire.>").unwrap();
-                let counters_in = Arc::new(LinkCounters::default());
-                let replies = Rc::new(RefCell::new(ReplyRoutes::new(
-                    Rc::new(RefCell::new(receiving.peer_mailbox(Default::default()))),
-                    "_INBOX.sender.",
-                )));
-                for accepted in [first_accepted, second_accepted] {
-                    tokio::task::spawn_local(link::ingress(
-                        accepted,
-                        receiving.clone(),
-                        counters_in.clone(),
-                        replies.clone(),
-                    ));
-                }
+                let counters_in = spawn_ingress(&receiving, [first_accepted, second_accepted]);
 
                 let sending = Bus::new(Default::default());
-                let mailbox = Rc::new(RefCell::new(sending.peer_mailbox(SubscribeOptions {
-                    capacity: 4096,
-                    policy: SlowConsumerPolicy::Block {
-                        max_stall: Duration::from_secs(30),
-                    },
-                    ..SubscribeOptions::default()
-                })));
+                let mailbox = Rc::new(RefCell::new(sending.peer_mailbox(lossless(4096))));
                 let (commands, queue) = unbounded_channel();
                 let counters = Arc::new(LinkCounters::default());
                 let key = InterestKey {
@@ -811,6 +925,92 @@ mod tests {
                 // Both links carried events: the swap happened mid-stream.
                 let carried = |connection: &Connection| connection.stats().udp_tx.bytes;
                 assert!(carried(&first) > 1 << 20 && carried(&second) > 1 << 20);
+                drop(commands);
+                egress.await.unwrap();
+            })
+            .await;
+    }
+
+    /// Records queued for the peer before its link is up, each for its
+    /// plain interest and for its queue group (two deliveries), every tenth
+    /// of 100 KiB: the first batch, 1,024 deliveries claimed at once, holds
+    /// some 50 large events (5 MiB) where a round encodes 1 MiB, so most of
+    /// each batch is held for later rounds. Each record leaves as one
+    /// forward, and arrives once for each, each subject's in order.
+    #[tokio::test]
+    async fn a_batch_past_the_rounds_room_is_held_in_order_and_each_record_leaves_as_one_forward() {
+        const RECORDS: u64 = 2000;
+        const LARGE_EVERY: u64 = 10;
+        const LARGE_BYTES: usize = 100 << 10;
+        const PLAIN: u64 = 1;
+        const GROUP: u64 = 2;
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (sender, receiver) = (endpoint(), endpoint());
+                let (connection, accepted) = connect(&sender, &receiver).await;
+                let receiving = Bus::new(Default::default());
+                let mut received = receiving.mailbox(lossless(4096));
+                received.subscribe(PLAIN, "held.>", None).unwrap();
+                received
+                    .subscribe(GROUP, "held.>", Some("workers"))
+                    .unwrap();
+                let counters_in = spawn_ingress(&receiving, [accepted]);
+
+                let sending = Bus::new(Default::default());
+                let queued = 2 * RECORDS as usize;
+                let mailbox = Rc::new(RefCell::new(sending.peer_mailbox(lossless(queued))));
+                let (commands, queue) = unbounded_channel();
+                let counters = Arc::new(LinkCounters::default());
+                for (id, group) in [(1, None), (2, Some("workers".into()))] {
+                    let pattern = "held.>".into();
+                    route(&mailbox, &commands, id, InterestKey { pattern, group });
+                }
+                let egress =
+                    tokio::task::spawn_local(run(mailbox.clone(), queue, 4, counters.clone()));
+                let mut publisher = sending.publisher();
+                for sequence in 0..RECORDS {
+                    let mut payload = sequence.to_le_bytes().to_vec();
+                    if sequence % LARGE_EVERY == 0 {
+                        payload.resize(LARGE_BYTES, 0);
+                    }
+                    let subject = format!("held.{}", sequence % SUBJECTS);
+                    publisher.publish(&subject, &payload).unwrap();
+                }
+                assert_eq!(mailbox.borrow().pending(), queued, "all queued at once");
+                connect_egress(&commands, &connection);
+
+                let mut last: BTreeMap<(u64, String), u64> = BTreeMap::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                for arrived in 0..queued {
+                    let event = tokio::time::timeout_at(deadline, received.recv_async())
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("{arrived} of {queued} arrived; {counters:?}; {counters_in:?}")
+                        })
+                        .unwrap();
+                    let sequence = u64::from_le_bytes(event.payload()[..8].try_into().unwrap());
+                    let large = sequence % LARGE_EVERY == 0;
+                    assert_eq!(event.payload().len() == LARGE_BYTES, large, "{sequence}");
+                    let key = (event.tag(), event.subject().to_string());
+                    let previous = last.insert(key, sequence);
+                    assert!(
+                        previous.is_none_or(|previous| previous + SUBJECTS == sequence),
+                        "{} (tag {}): {sequence} after {previous:?}",
+                        event.subject(),
+                        event.tag()
+                    );
+                }
+                for tag in [PLAIN, GROUP] {
+                    let lasts = last.iter().filter(|((of, _), _)| *of == tag);
+                    let subjects_done = lasts
+                        .filter(|(_, sequence)| **sequence + SUBJECTS >= RECORDS)
+                        .count();
+                    assert_eq!(subjects_done as u64, SUBJECTS, "tag {tag}");
+                }
+                assert_eq!(counters.events_out.load(Ordering::Relaxed), RECORDS);
+                assert_eq!(counters_in.events_in.load(Ordering::Relaxed), RECORDS);
+                assert_eq!(counters.unroutable_out.load(Ordering::Relaxed), 0);
                 drop(commands);
                 egress.await.unwrap();
             })
