@@ -186,7 +186,7 @@ impl Mailbox {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_recv_batch(&self, max: usize, mut each: impl FnMut(&EventRef)) -> usize {
-        self.take_batch(max, |event| {
+        self.try_take_batch(max, |event| {
             each(&event);
             Some(event)
         })
@@ -207,14 +207,14 @@ impl Mailbox {
         max: usize,
         mut each: impl FnMut(EventRef) -> Option<EventRef>,
     ) -> Poll<Result<usize, RecvError>> {
-        let taken = self.take_batch(max, &mut each);
+        let taken = self.try_take_batch(max, &mut each);
         if taken > 0 || max == 0 {
             return Poll::Ready(Ok(taken));
         }
         if self.queue.poll_ready(cx).is_pending() {
             return Poll::Pending;
         }
-        match self.take_batch(max, &mut each) {
+        match self.try_take_batch(max, &mut each) {
             0 if self.queue.is_closed() => Poll::Ready(Err(RecvError::Closed)),
             0 => {
                 // Seen, then taken by nobody else (one consumer): a stale
@@ -226,9 +226,34 @@ impl Mailbox {
         }
     }
 
-    /// Takes up to `max` queued events and hands each to `each`; the events
-    /// it gives back are released together (see [`Mailbox::poll_recv_batch`]).
-    fn take_batch(&self, max: usize, mut each: impl FnMut(EventRef) -> Option<EventRef>) -> usize {
+    /// Takes up to `max` events that are queued now, without waiting or
+    /// registering a waker, and hands each to `each`, which keeps it or
+    /// gives back one to be released with the batch, as in
+    /// [`Mailbox::poll_recv_batch`]. Returns how many it took. For a
+    /// consumer that polls once for the first batch of a round and takes
+    /// what else is queued without asking to be woken for more.
+    ///
+    /// ```
+    /// use starling_core::Bus;
+    ///
+    /// let bus = Bus::default();
+    /// let mut orders = bus.mailbox(Default::default());
+    /// orders.subscribe(1, "orders.>", None)?;
+    /// for order in [1u8, 2, 3] {
+    ///     bus.publish("orders.new", &[order])?;
+    /// }
+    /// // Keeps the latest, and gives back the one it kept before.
+    /// let mut latest = None;
+    /// let taken = orders.try_take_batch(64, |event| latest.replace(event));
+    /// assert_eq!(taken, 3);
+    /// assert_eq!(latest.expect("kept").payload(), [3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_take_batch(
+        &self,
+        max: usize,
+        mut each: impl FnMut(EventRef) -> Option<EventRef>,
+    ) -> usize {
         let mut release = BatchRelease::default();
         let batch = self.queue.take_batch(max);
         let taken = batch.taken();

@@ -363,24 +363,32 @@ impl Egress {
         // deliveries of one record, which would leave as two forwards.
         while self.held.is_empty() && (round.has_room() || self.pending.is_some()) {
             let max = self.batch_size(&round);
+            let first = round.events == 0;
             // The batch is claimed whole: what comes after the round's room
             // is used up is held, in order, for the next round. The room,
             // once used up, stays so for the round: after the first event
             // held, only deliveries of the record before it are taken (into
             // its forward, which goes out first anyway).
-            let polled = mailbox.borrow().poll_recv_batch(cx, max, |event| {
+            let mut each = |event| {
                 if self.has_room_for(&event, &round) {
                     self.take(event, &mut round)
                 } else {
                     self.held.push_back(event);
                     None
                 }
-            });
-            match polled {
+            };
+            let mailbox = mailbox.borrow();
+            if !first {
+                // The round ends with a wake of its own: an empty mailbox
+                // need not be asked to wake the task as well (publishers
+                // would then wake it too).
+                if mailbox.try_take_batch(max, each) == 0 {
+                    break;
+                }
+                continue;
+            }
+            match mailbox.poll_recv_batch(cx, max, &mut each) {
                 Poll::Ready(Ok(_)) => {}
-                // Closed and drained: said on the next poll, once this
-                // round's events are encoded.
-                Poll::Ready(Err(RecvError::Closed)) if round.events > 0 => break,
                 Poll::Ready(Err(RecvError::Closed)) => return Poll::Ready(None),
                 Poll::Ready(Err(RecvError::Timeout)) | Poll::Pending => break,
             }
