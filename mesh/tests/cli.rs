@@ -134,6 +134,9 @@ fn req_gets_the_reply_and_says_when_nobody_answers() {
     let output = run(&["req", "--server", &node.tcp, "svc.echo", "ping"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "ping\n");
+    // The refusal is an answer: it comes well before the minute's timeout
+    // (`run` gives up on the command after 20 s), however long a starved
+    // machine takes to start the command.
     let started = Instant::now();
     let output = run(&[
         "req",
@@ -142,7 +145,7 @@ fn req_gets_the_reply_and_says_when_nobody_answers() {
         "nobody.home",
         "x",
         "--timeout",
-        "5000",
+        "60000",
     ]);
     assert!(!output.status.success());
     assert!(
@@ -151,8 +154,9 @@ fn req_gets_the_reply_and_says_when_nobody_answers() {
         text(&output.stderr)
     );
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "at once, not after the timeout"
+        started.elapsed() < Duration::from_secs(10),
+        "at once, not after the timeout: {:?}",
+        started.elapsed()
     );
 }
 

@@ -478,15 +478,19 @@ fn requests_are_answered_across_nodes_and_no_responders_is_immediate() {
             .unwrap();
         assert_eq!(reply.payload, format!("{item}: 7 in stock").as_bytes());
     }
+    // The refusal is an answer: it comes well before the timeout, which is
+    // long so that a starved machine cannot pass for one that waited.
+    let timeout = Duration::from_secs(60);
     let started = Instant::now();
-    let refused = asking.request("inventory.restock", b"x", Duration::from_secs(5));
+    let refused = asking.request("inventory.restock", b"x", timeout);
     assert!(
         matches!(refused, Err(ClientError::NoResponders)),
         "{refused:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "no responders comes at once, not after the timeout"
+        started.elapsed() < timeout / 2,
+        "no responders comes at once, not after the timeout: {:?}",
+        started.elapsed()
     );
     replier.join().unwrap();
 }

@@ -264,12 +264,16 @@ fn requests_get_replies_and_fail_fast_without_responders() {
             b"from the bus"
         );
         in_process.join().unwrap();
+        // The refusal is an answer: it comes well before the timeout, which
+        // is long so that a starved machine cannot pass for one that waited.
+        let timeout = 60 * SECOND;
         let started = Instant::now();
-        let error = client.request("nobody.home", b"", 5 * SECOND).unwrap_err();
+        let error = client.request("nobody.home", b"", timeout).unwrap_err();
         assert!(matches!(error, ClientError::NoResponders), "{error}");
         assert!(
-            started.elapsed() < SECOND,
-            "{backend:?}: no waiting for the timeout"
+            started.elapsed() < timeout / 2,
+            "{backend:?}: no waiting for the timeout: {:?}",
+            started.elapsed()
         );
         server.join().unwrap();
     }

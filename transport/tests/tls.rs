@@ -18,13 +18,19 @@ use starling_transport::frame::ErrorCode;
 use starling_transport::server::{ServerConfig, SessionConfig};
 use starling_transport::tls::{ClientTls, ServerTls};
 
+/// How long the client waits for the node in its handshake: long, so that
+/// a refusal that comes within [`PROMPTLY`] cannot be a timeout, however
+/// starved the machine.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a refusal may take to arrive: it is an answer, not a timeout.
-const PROMPTLY: Duration = SECOND;
+const PROMPTLY: Duration = Duration::from_secs(30);
 
 fn options(tls: Option<ClientTls>) -> ClientOptions {
     ClientOptions {
         tls,
         reconnect: false,
+        connect_timeout: CONNECT_TIMEOUT,
         ..ClientOptions::default()
     }
 }
