@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::tls::{Authority, tls_node};
-use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
+use common::{Node, Raw, SECOND, WAIT, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, Event};
 use starling_transport::client::{Client, ClientOptions};
 use starling_transport::frame::control::{ErrorBody, Hello, Subscribe};
@@ -177,7 +177,7 @@ fn random_bytes_get_an_error_and_a_close() {
                 })
                 .collect();
             raw.write(&garbage);
-            assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+            assert!(raw.closed_within(WAIT), "round {round}: closed");
         }
     });
 }
@@ -222,7 +222,7 @@ fn random_bytes_at_the_tls_port_get_an_alert_or_an_error_and_a_close() {
                 bytes.extend_from_slice(&garbage);
                 let mut raw = Raw::connect(node);
                 raw.write(&bytes);
-                assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+                assert!(raw.closed_within(WAIT), "round {round}: closed");
             }
         },
     );
@@ -259,7 +259,7 @@ fn a_four_gigabyte_length_is_refused_at_once() {
         let started = Instant::now();
         raw.write(&header);
         assert_eq!(raw.expect_error().0, ErrorCode::Framing);
-        assert!(raw.closed_within(2 * SECOND));
+        assert!(raw.closed_within(WAIT));
         assert!(
             started.elapsed() < 2 * SECOND,
             "refused without waiting for the body"
@@ -275,7 +275,7 @@ fn unknown_frame_kinds_are_refused() {
         header[4] = 0xEE;
         raw.write(&header);
         assert_eq!(raw.expect_error().0, ErrorCode::Framing);
-        assert!(raw.closed_within(2 * SECOND));
+        assert!(raw.closed_within(WAIT));
     });
 }
 
@@ -294,14 +294,14 @@ fn frames_before_the_handshake_are_refused() {
             .encode(),
         );
         assert_eq!(raw.expect_error().0, ErrorCode::Handshake);
-        assert!(raw.closed_within(2 * SECOND));
+        assert!(raw.closed_within(WAIT));
         // A handshake with another archive format is refused too.
         let mut raw = Raw::connect(node);
         let mut hello = Hello::ours("wrong", "");
         hello.fingerprint ^= 1;
         raw.send(Kind::Hello, 0, &hello.encode());
         assert_eq!(raw.expect_error().0, ErrorCode::Incompatible);
-        assert!(raw.closed_within(2 * SECOND));
+        assert!(raw.closed_within(WAIT));
     });
 }
 
@@ -337,7 +337,7 @@ fn invalid_subjects_and_events_get_errors_but_keep_the_connection() {
         // Still open: a ping is answered.
         raw.send(Kind::Ping, 11, &[]);
         assert_eq!(
-            raw.next_frame(SECOND).map(|f| (f.0, f.1)),
+            raw.next_frame(WAIT).map(|f| (f.0, f.1)),
             Some((Kind::Pong, 11))
         );
     });
@@ -394,7 +394,7 @@ fn a_subscriber_that_never_reads_does_not_hold_anyone_up() {
             }
             .encode(),
         );
-        assert_eq!(stuck.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        assert_eq!(stuck.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
         let flooder = Client::connect(&node.tcp).unwrap();
         let started = Instant::now();
         let payload = vec![9u8; 1024];
@@ -472,12 +472,12 @@ fn malformed_packed_frames_are_refused_whole_and_close_only_their_connection() {
     each_backend(|node| {
         let mut watcher = Raw::hello(node);
         watcher.send(Kind::Sub, 1, &Subscribe::new("packed.*", None).encode());
-        assert_eq!(watcher.next_frame(SECOND).map(|f| f.0), Some(Kind::Ok));
+        assert_eq!(watcher.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
         for (name, bytes) in &cases {
             let mut raw = Raw::hello(node);
             raw.write(bytes);
             assert_eq!(raw.expect_error().0, ErrorCode::Framing, "{name}");
-            assert!(raw.closed_within(2 * SECOND), "{name}: closed");
+            assert!(raw.closed_within(WAIT), "{name}: closed");
         }
         // A marker sent after them all is the first thing the watcher gets.
         let mut good = Raw::hello(node);
@@ -530,7 +530,7 @@ fn randomly_damaged_packed_frames_close_exactly_when_their_structure_breaks() {
             raw.write(&frame_bytes);
             raw.send(Kind::Ping, 99, &[]);
             let mut answer = None;
-            while let Some((kind, tag, body)) = raw.next_frame(2 * SECOND) {
+            while let Some((kind, tag, body)) = raw.next_frame(WAIT) {
                 match kind {
                     Kind::Pong => {
                         answer = Some(Ok(tag));
@@ -548,7 +548,7 @@ fn randomly_damaged_packed_frames_close_exactly_when_their_structure_breaks() {
             }
             if broken {
                 assert!(matches!(answer, Some(Err(_))), "round {round}: {answer:?}");
-                assert!(raw.closed_within(2 * SECOND), "round {round}: closed");
+                assert!(raw.closed_within(WAIT), "round {round}: closed");
             } else {
                 assert_eq!(answer, Some(Ok(99)), "round {round}: still open");
             }

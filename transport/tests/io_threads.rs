@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use common::{Node, Raw, SECOND, backends, eventually, node_with};
+use common::{Node, Raw, SECOND, WAIT, backends, eventually, node_with};
 use starling_core::BusConfig;
 use starling_transport::client::{Client, ClientSubscription};
 use starling_transport::frame::ErrorCode;
@@ -124,7 +124,7 @@ fn shutdown_drains_the_connections_of_every_thread() {
         assert!(node.server.connections().is_empty(), "{backend:?}");
         for raw in &mut raws {
             assert_eq!(raw.expect_error().0, ErrorCode::ShuttingDown, "{backend:?}");
-            assert!(raw.closed_within(SECOND), "{backend:?}");
+            assert!(raw.closed_within(WAIT), "{backend:?}");
         }
     }
 }
@@ -137,7 +137,7 @@ fn connections_max_holds_for_all_threads_together() {
         assert_eq!(io_threads_of(&node), [0, 1, 0], "{backend:?}");
         let mut over = Raw::connect(&node);
         assert_eq!(over.expect_error().0, ErrorCode::Limit, "{backend:?}");
-        assert!(over.closed_within(SECOND), "{backend:?}");
+        assert!(over.closed_within(WAIT), "{backend:?}");
         // Thread 1's connection leaves: the next one takes its place there.
         drop(raws[1].take());
         assert!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, Raw, SECOND, backends, config, eventually, frame, node, node_with};
+use common::{Node, Raw, SECOND, WAIT, backends, config, eventually, frame, node, node_with};
 use starling_core::{BusConfig, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 use starling_transport::frame::control::Hello;
@@ -132,7 +132,7 @@ fn connections_that_never_say_hello_are_closed_in_time_and_free_their_slots() {
         );
         for raw in &mut silent {
             assert_eq!(raw.expect_error().0, ErrorCode::Handshake, "{backend:?}");
-            assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+            assert!(raw.closed_within(WAIT), "{backend:?}: closed");
         }
         let waited = opened.elapsed();
         assert!(
@@ -182,7 +182,7 @@ fn a_client_that_answers_no_ping_is_closed_as_stale_and_one_that_does_stays() {
         };
         assert_eq!(code, ErrorCode::Limit, "{backend:?}");
         assert_eq!(pings, 2, "{backend:?}: closed after 2 unanswered pings");
-        assert!(mute.closed_within(2 * SECOND), "{backend:?}: closed");
+        assert!(mute.closed_within(WAIT), "{backend:?}: closed");
         // The client was as quiet all along, but answered its pings.
         assert!(client.is_connected(), "{backend:?}");
         client.flush().unwrap();
@@ -197,7 +197,7 @@ fn a_stranger_may_not_announce_a_large_frame() {
         let mut stranger = Raw::connect(&node);
         stranger.write(&Header::new(Kind::Hello, 0, 1 << 20).encode());
         assert_eq!(stranger.expect_error().0, ErrorCode::Framing, "{backend:?}");
-        assert!(stranger.closed_within(2 * SECOND), "{backend:?}");
+        assert!(stranger.closed_within(WAIT), "{backend:?}");
     }
 }
 
@@ -234,7 +234,7 @@ fn half_sent_frames_are_held_within_the_node_budget() {
                 ErrorCode::InvalidEvent => held += 1,
                 ErrorCode::Limit => {
                     refused += 1;
-                    assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+                    assert!(raw.closed_within(WAIT), "{backend:?}: closed");
                 }
                 other => panic!("{backend:?}: {other:?}"),
             }
@@ -342,7 +342,7 @@ fn five_hundred_slow_loris_connections_are_cut_at_the_handshake_timeout_while_a_
         }
         for raw in &mut slow {
             assert_eq!(raw.expect_error().0, ErrorCode::Handshake, "{backend:?}");
-            assert!(raw.closed_within(2 * SECOND), "{backend:?}: closed");
+            assert!(raw.closed_within(WAIT), "{backend:?}: closed");
         }
         let waited = opened.elapsed();
         assert!(

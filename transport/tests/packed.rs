@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Raw, SECOND, backends, config, node, node_with};
+use common::{Raw, SECOND, WAIT, backends, config, node, node_with};
 use rkyv::util::AlignedVec;
 use starling_core::{BusConfig, Event, EventLimits, SlowConsumerPolicy, SubscribeOptions};
 use starling_transport::client::{Client, ClientOptions};
@@ -87,7 +87,7 @@ fn random_event(rng: &mut Rng) -> Event {
 fn subscribe(raw: &mut Raw, sid: u64, pattern: &str) {
     raw.send(Kind::Sub, sid, &Subscribe::new(pattern, None).encode());
     assert_eq!(
-        raw.next_frame(SECOND).map(|f| (f.0, f.1)),
+        raw.next_frame(WAIT).map(|f| (f.0, f.1)),
         Some((Kind::Ok, sid))
     );
 }
@@ -278,7 +278,7 @@ fn a_version_3_client_keeps_working_and_may_not_send_packed_frames() {
         let error = ErrorBody::decode(&body).unwrap();
         assert_eq!(error.code, ErrorCode::Framing);
         assert!(error.reason.contains("protocol 4"), "{}", error.reason);
-        assert!(old.closed_within(2 * SECOND));
+        assert!(old.closed_within(WAIT));
         for version in [2, 5] {
             let mut raw = Raw::connect(&node);
             let hello = starling_transport::frame::control::Hello {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{SECOND, backends, eventually, node, node_with};
+use common::{SECOND, WAIT, backends, eventually, node, node_with};
 use starling_core::BusConfig;
 use starling_transport::client::{Client, ClientError, ClientOptions};
 use starling_transport::server::{Backend, BackendChoice, ServerConfig};
@@ -41,12 +41,12 @@ fn publish_and_subscribe_across_tcp_and_unix_sockets() {
         over_uds.flush().unwrap();
         over_tcp.flush().unwrap();
         assert_eq!(
-            orders.recv_timeout(SECOND).unwrap().payload(),
+            orders.recv_timeout(WAIT).unwrap().payload(),
             b"from uds",
             "{backend:?}"
         );
         let mut seen: Vec<Vec<u8>> = (0..2)
-            .map(|_| all.recv_timeout(SECOND).unwrap().payload().to_vec())
+            .map(|_| all.recv_timeout(WAIT).unwrap().payload().to_vec())
             .collect();
         seen.sort();
         assert_eq!(
@@ -71,11 +71,11 @@ fn the_node_and_in_process_subscribers_share_one_bus() {
         node.bus.publish("in.x", b"bus to client").unwrap();
         client.publish("out.y", b"client to bus").unwrap();
         assert_eq!(
-            remote.recv_timeout(SECOND).unwrap().payload(),
+            remote.recv_timeout(WAIT).unwrap().payload(),
             b"bus to client"
         );
         assert_eq!(
-            local.recv_timeout(SECOND).unwrap().payload(),
+            local.recv_timeout(WAIT).unwrap().payload(),
             b"client to bus"
         );
     }
@@ -246,21 +246,19 @@ fn requests_get_replies_and_fail_fast_without_responders() {
         });
         let client = Client::connect(&node.tcp).unwrap();
         for i in 0..REQUESTS {
-            let reply = client
-                .request("svc.echo", &i.to_le_bytes(), SECOND)
-                .unwrap();
+            let reply = client.request("svc.echo", &i.to_le_bytes(), WAIT).unwrap();
             assert_eq!(reply.payload, i.to_le_bytes());
         }
         // An in-process responder answers clients too.
         let bus_service = node.bus.subscribe("svc.bus").unwrap();
         let bus = node.bus.clone();
         let in_process = std::thread::spawn(move || {
-            let request = bus_service.recv_timeout(2 * SECOND).unwrap();
+            let request = bus_service.recv_timeout(WAIT).unwrap();
             bus.publish(request.reply_to().unwrap(), b"from the bus")
                 .unwrap();
         });
         assert_eq!(
-            client.request("svc.bus", b"", SECOND).unwrap().payload,
+            client.request("svc.bus", b"", WAIT).unwrap().payload,
             b"from the bus"
         );
         in_process.join().unwrap();
@@ -287,11 +285,11 @@ fn unsubscribing_stops_delivery() {
         let sub = client.subscribe("t").unwrap();
         client.publish("t", b"1").unwrap();
         client.flush().unwrap();
-        assert!(sub.recv_timeout(SECOND).is_ok());
+        assert!(sub.recv_timeout(WAIT).is_ok());
         drop(sub);
         client.flush().unwrap();
         let gone = || node.bus.subscriptions().iter().all(|s| s.pattern != "t");
-        assert!(eventually(SECOND, gone), "{backend:?}");
+        assert!(eventually(WAIT, gone), "{backend:?}");
     }
 }
 
@@ -307,7 +305,7 @@ fn invalid_subjects_are_refused_with_the_reason() {
         // Still connected and working.
         let sub = client.subscribe("ok").unwrap();
         client.publish("ok", b"fine").unwrap();
-        assert_eq!(sub.recv_timeout(SECOND).unwrap().payload(), b"fine");
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().payload(), b"fine");
     }
 }
 
@@ -366,7 +364,7 @@ fn the_client_reconnects_and_subscribes_again() {
         let sub = client.subscribe("again").unwrap();
         drop(first);
         assert!(
-            eventually(2 * SECOND, || !client.is_connected()),
+            eventually(WAIT, || !client.is_connected()),
             "{backend:?}: the break is noticed"
         );
         // A new node on the same port.
@@ -383,11 +381,11 @@ fn the_client_reconnects_and_subscribes_again() {
             "{backend:?}: reconnected"
         );
         assert!(
-            eventually(2 * SECOND, || !second.bus.subscriptions().is_empty()),
+            eventually(WAIT, || !second.bus.subscriptions().is_empty()),
             "{backend:?}: subscribed again"
         );
         second.bus.publish("again", b"after").unwrap();
-        assert_eq!(sub.recv_timeout(2 * SECOND).unwrap().payload(), b"after");
+        assert_eq!(sub.recv_timeout(WAIT).unwrap().payload(), b"after");
         assert_eq!(client.reconnects(), 1);
         // The first node's tcp URL is gone with it; the test used its port.
         let _ = second.tcp;
@@ -403,14 +401,14 @@ fn async_receive_request_and_flush() {
         let bus = node.bus.clone();
         let service = bus.subscribe("svc").unwrap();
         std::thread::spawn(move || {
-            let request = service.recv_timeout(2 * SECOND).unwrap();
+            let request = service.recv_timeout(WAIT).unwrap();
             bus.publish(request.reply_to().unwrap(), b"pong").unwrap();
         });
         let (payload, reply) = block_on(async {
             client.publish("async", b"ping").unwrap();
             client.flush_async().await.unwrap();
             let event = sub.recv_async().await.unwrap();
-            let reply = client.request_async("svc", b"", SECOND).await.unwrap();
+            let reply = client.request_async("svc", b"", WAIT).await.unwrap();
             (event.payload().to_vec(), reply.payload)
         });
         assert_eq!(

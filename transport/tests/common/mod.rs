@@ -23,6 +23,11 @@ use starling_transport::tls::ClientTls;
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// How long a test waits for what must come (an answer, a close) before it
+/// fails: the wait ends as soon as it comes, and on a machine loaded far
+/// past its cores the threads involved may wait seconds to run.
+pub const WAIT: Duration = Duration::from_secs(10);
+
 /// A running server and how to reach it.
 pub struct Node {
     pub bus: Bus,
@@ -179,7 +184,7 @@ impl Raw {
             ..Hello::ours("raw", "")
         };
         raw.send(Kind::Hello, 0, &hello.encode());
-        let (kind, _, body) = raw.next_frame(SECOND).expect("the node answers HELLO");
+        let (kind, _, body) = raw.next_frame(WAIT).expect("the node answers HELLO");
         assert_eq!(kind, Kind::Hello);
         let answered = Hello::decode(&body).expect("a valid HELLO").version;
         (raw, answered)
@@ -230,9 +235,7 @@ impl Raw {
     /// Reads until the node sends an `ERR`; returns its code and tag.
     pub fn expect_error(&mut self) -> (ErrorCode, u64) {
         loop {
-            let (kind, tag, body) = self
-                .next_frame(2 * SECOND)
-                .expect("an ERR frame before close");
+            let (kind, tag, body) = self.next_frame(WAIT).expect("an ERR frame before close");
             if kind == Kind::Err {
                 return (
                     ErrorBody::decode(&body).expect("a valid ERR body").code,
