@@ -28,6 +28,12 @@ pub const SECOND: Duration = Duration::from_secs(1);
 /// past its cores the threads involved may wait seconds to run.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How late past one of the node's timeouts a test accepts the close it
+/// causes: the node's timers are precise, but its threads and the test's
+/// may wait seconds to run on a loaded machine. A timeout not enforced
+/// leaves the connection open for good.
+pub const LATE: Duration = Duration::from_secs(5);
+
 /// A running server and how to reach it.
 pub struct Node {
     pub bus: Bus,
