@@ -16,6 +16,12 @@ use starling_transport::client::{Client, ClientOptions, ClientSubscription};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
 
+/// How long a test waits for a node to start, a subscription to register,
+/// interest to spread or a mesh to form before it fails: the wait ends as
+/// soon as that happens, and CI runs these on 2 cores beside other builds,
+/// where nodes, their links and membership may take many seconds.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
 /// A child process, killed on drop.
 pub struct Process(pub Child);
 
@@ -153,7 +159,7 @@ fn start_node_by(
         dir,
         log,
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while node.backend.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = lines
@@ -306,7 +312,7 @@ pub fn start_sub(node: &Node, args: &[&str]) -> Process {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     // Its inbox and its subscription.
     while subscription_count(node) < before + 2 {
         assert!(
@@ -495,7 +501,7 @@ pub fn wait_interest(
                 node.name,
                 if present { "learn" } else { "forget" }
             ),
-            Duration::from_secs(10),
+            PATIENCE,
             || {
                 let known = interest_of(node, peer).iter().any(|(known, known_group)| {
                     known == pattern && known_group.as_deref() == group
@@ -528,7 +534,7 @@ pub fn wait_full_mesh(nodes: &[&Node]) {
         others.sort();
         wait_until(
             &format!("{} to link with {others:?}", node.name),
-            Duration::from_secs(15),
+            PATIENCE,
             || {
                 let alive: Vec<String> = members_of(node)
                     .into_iter()
@@ -628,9 +634,7 @@ pub fn assert_nothing_more(
             .count();
         assert!(markers > 0, "{pattern} matches a marker");
         for _ in 0..markers {
-            let event = subscription
-                .recv_timeout(Duration::from_secs(10))
-                .expect("an end marker");
+            let event = subscription.recv_timeout(PATIENCE).expect("an end marker");
             assert_eq!(
                 event.payload(),
                 END,
