@@ -149,7 +149,9 @@ fn a_stuck_block_consumer_is_demoted_after_max_stall_and_counts_its_drops() {
     source.wake();
     let held = started.elapsed();
     assert!(held >= max_stall, "held back only {held:?}");
-    assert!(held < 20 * max_stall, "held back {held:?}");
+    // Once, not for ever: a stall per event would be counted as demotions
+    // below, so the bound needs no tighter margin than a starved thread's.
+    assert!(held < max_stall + 10 * SECOND, "held back {held:?}");
     assert_eq!(source.demotions(), 1);
     assert_eq!(mailbox.demotions(), 1);
     // The first four fit; the fifth waited out max_stall and was dropped,
