@@ -491,13 +491,17 @@ fn a_node_serving_other_hosts_without_credentials_refuses_to_start() {
 
 /// Wrong passwords, from 64 addresses at once, each sending its next as soon
 /// as the last is refused: a connected client's publish→receive round trips
-/// keep flowing, within 100 ms at the 99th percentile (a bound for a loaded
-/// CI machine; 5-9 ms measured alone), on both backends.
+/// keep flowing, half of them within 50 ms (5-9 ms at the 99th percentile
+/// measured alone), on both backends.
 /// argon2 runs on the verifier threads; before, it ran on the I/O thread,
 /// and every wrong password stalled every client of the node for as long
 /// (this test, with 8 addresses, saw p50 224 ms, p99 420 ms then, on
-/// epoll). 64 addresses outrun the failed-login throttle: the verifiers
-/// stay busy, their queue full at times.
+/// epoll): a stall of most round trips, which the median shows. The slower
+/// ones are the scheduler's on a loaded machine: beside two busy loops and
+/// other builds (load 9-11), with the verifiers where they belong, the
+/// median stayed at 0.6-7 ms while the 90th percentile reached 95 ms, the
+/// 99th 1.3 s and the slowest 3 s. 64 addresses outrun the failed-login
+/// throttle: the verifiers stay busy, their queue full at times.
 #[test]
 fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
     for backend in ["epoll", "auto"] {
@@ -525,17 +529,19 @@ fn wrong_passwords_in_a_loop_do_not_stall_connected_clients() {
         stop.store(true, Ordering::Relaxed);
         guessers.join().unwrap();
         round_trips.sort();
-        let p99 = round_trips[round_trips.len() * 99 / 100];
+        let percentile = |percent: usize| round_trips[round_trips.len() * percent / 100];
+        let (p50, p90, p99) = (percentile(50), percentile(90), percentile(99));
         let max = round_trips[round_trips.len() - 1];
         let attempts = attempts.load(Ordering::Relaxed);
         eprintln!(
-            "{backend} ({}): round trips p50 {:?} p99 {p99:?} max {max:?} during {attempts} wrong logins",
+            "{backend} ({}): round trips p50 {p50:?} p90 {p90:?} p99 {p99:?} max {max:?} \
+             during {attempts} wrong logins",
             node.backend,
-            round_trips[round_trips.len() / 2]
         );
         assert!(
-            p99 < Duration::from_millis(100),
-            "{backend}: p99 {p99:?} (max {max:?}) while {attempts} wrong passwords were tried"
+            p50 < Duration::from_millis(50),
+            "{backend}: p50 {p50:?} (p90 {p90:?}, p99 {p99:?}, max {max:?}) while {attempts} \
+             wrong passwords were tried"
         );
         drop(node);
         std::fs::remove_dir_all(dir).unwrap();
