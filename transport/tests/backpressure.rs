@@ -241,15 +241,7 @@ fn a_stuck_subscriber_holds_its_publisher_back_only_for_max_stall() {
     for backend in backends() {
         eprintln!("backend {backend:?}");
         let node = small_queues(backend);
-        let mut stuck = Raw::hello(&node);
-        let subscribe = Subscribe {
-            policy: SlowConsumerPolicy::Block {
-                max_stall: MAX_STALL,
-            },
-            ..Subscribe::new("stuck", None)
-        };
-        stuck.send(Kind::Sub, 1, &subscribe.encode());
-        assert_eq!(stuck.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
+        let mut stuck = block_subscriber(&node, "stuck", MAX_STALL);
 
         let healthy_client = Client::connect(&node.tcp).unwrap();
         let healthy = healthy_client.subscribe("stuck").unwrap();
@@ -349,15 +341,7 @@ fn a_stuck_subscriber_of_a_rare_subject_cannot_spend_the_nodes_memory() {
                 ..BusConfig::default()
             },
         );
-        let mut stuck = Raw::hello(&node);
-        let subscribe = Subscribe {
-            policy: SlowConsumerPolicy::Block {
-                max_stall: Duration::from_millis(200),
-            },
-            ..Subscribe::new("rare", None)
-        };
-        stuck.send(Kind::Sub, 1, &subscribe.encode());
-        assert_eq!(stuck.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
+        let _stuck = block_subscriber(&node, "rare", Duration::from_millis(200));
         let subscriber = Client::connect(&node.tcp).unwrap();
         let bulk = subscriber.subscribe("bulk").unwrap();
         subscriber.flush().unwrap();
@@ -422,15 +406,7 @@ fn request_reply_goes_on_while_a_subscriber_is_stuck() {
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     for backend in backends() {
         let node = small_queues(backend);
-        let mut stuck = Raw::hello(&node);
-        let subscribe = Subscribe {
-            policy: SlowConsumerPolicy::Block {
-                max_stall: MAX_STALL,
-            },
-            ..Subscribe::new("stuck", None)
-        };
-        stuck.send(Kind::Sub, 1, &subscribe.encode());
-        assert_eq!(stuck.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
+        let stuck = block_subscriber(&node, "stuck", MAX_STALL);
         let stop = Arc::new(AtomicBool::new(false));
         let flooding = {
             let (url, stop) = (node.tcp.clone(), stop.clone());
@@ -613,6 +589,19 @@ fn runs_of_publishes_in_one_receive_reach_block_subscribers_in_order() {
     }
 }
 
+/// A raw connection subscribed to `subject` as sid 1 with the `Block`
+/// policy and `max_stall`, which reads nothing unless the test does.
+fn block_subscriber(node: &Node, subject: &str, max_stall: Duration) -> Raw {
+    let mut raw = Raw::hello(node);
+    let subscribe = Subscribe {
+        policy: SlowConsumerPolicy::Block { max_stall },
+        ..Subscribe::new(subject, None)
+    };
+    raw.send(Kind::Sub, 1, &subscribe.encode());
+    assert_eq!(raw.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
+    raw
+}
+
 /// A node whose connections queue few events (so tests reach "full" fast).
 fn small_queues(backend: starling_transport::server::BackendChoice) -> Node {
     node_with(
@@ -699,15 +688,7 @@ impl Bystander {
 fn try_publish_says_would_block_instead_of_waiting() {
     for backend in backends() {
         let node = small_queues(backend);
-        let mut stuck = Raw::hello(&node);
-        let subscribe = Subscribe {
-            policy: SlowConsumerPolicy::Block {
-                max_stall: 120 * SECOND,
-            },
-            ..Subscribe::new("held", None)
-        };
-        stuck.send(Kind::Sub, 1, &subscribe.encode());
-        assert_eq!(stuck.next_frame(WAIT).map(|f| f.0), Some(Kind::Ok));
+        let _stuck = block_subscriber(&node, "held", 120 * SECOND);
         let publisher = Client::connect_with(
             &node.tcp,
             ClientOptions {
