@@ -19,13 +19,17 @@ use starling_transport::server::{Server, ServerConfig, SessionConfig};
 const SUBSCRIPTIONS: usize = 5_000;
 
 /// A client of `node` subscribed to `many.0` ... `many.4999`, with small
-/// local queues, since each subscription gets its own.
+/// local queues, since each subscription gets its own. It waits long for
+/// answers: a flush after a burst of 5,000 (un)subscribes is answered once
+/// the node has handled them all, which took more than the default 5 s in
+/// a debug build on a loaded machine (load 14-18).
 fn client_with_many_subscriptions(node: &Node) -> (Client, Vec<ClientSubscription>) {
     let options = ClientOptions {
         subscription: SubscribeOptions {
             capacity: 16,
             ..SubscribeOptions::default()
         },
+        answer_timeout: 60 * SECOND,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&node.tcp, options).unwrap();
