@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Node, Raw, SECOND, WAIT, backends, eventually, node_with};
 use starling_core::BusConfig;
@@ -169,21 +169,38 @@ fn ping_subscriber(
     (node, subscriber, subscription, other)
 }
 
+/// A round slower than this waited for something other than the event:
+/// the loop's tick (a second by default), which is all that pulls a session
+/// whose wake was lost. A round takes well under a millisecond otherwise.
+const SLOW_ROUND: Duration = Duration::from_millis(250);
+
 /// Publishes `ROUNDS` events with `publish`, each once the one before has
 /// arrived, checks that each arrives, and returns how many times the node's
-/// loops were woken through their eventfds meanwhile.
+/// loops were woken through their eventfds meanwhile. Fails, early, when
+/// more than one round in twenty is slow: a lost wake is rescued by the
+/// loop's tick, so it shows as a slow round, not as a missing event.
 fn one_at_a_time(
     node: &Node,
     subscription: &ClientSubscription,
     mut publish: impl FnMut(&[u8]),
 ) -> u64 {
     let before = node.server.loop_wakes();
+    let mut slow_rounds = 0;
     for round in 0..ROUNDS {
+        let started = Instant::now();
         publish(&round.to_le_bytes());
         let event = subscription
             .recv_timeout(10 * SECOND)
             .unwrap_or_else(|_| panic!("event {round} arrives"));
         assert_eq!(event.payload(), round.to_le_bytes());
+        if started.elapsed() > SLOW_ROUND {
+            slow_rounds += 1;
+            assert!(
+                slow_rounds <= ROUNDS / 20,
+                "{slow_rounds} of {} rounds took over {SLOW_ROUND:?}: wakes are lost",
+                round + 1
+            );
+        }
     }
     node.server.loop_wakes() - before
 }
@@ -211,12 +228,12 @@ fn a_delivery_from_another_thread_still_wakes_the_loop() {
         let (node, _subscriber, subscription, other_io_thread) = ping_subscriber(backend, 2);
         assert_eq!(io_threads_of(&node), [0, 1], "{backend:?}");
         let mut in_process = node.bus.publisher();
-        // The loop also looks at its ready queue every tick (a second by
-        // default): a lost wake would only slow a round down, so the wakes
-        // are counted too. Not one per event: a loop still writing the last
-        // event may find the next one before its mailbox runs dry (epoll
-        // does, in about half the rounds with the bus publishing); without
-        // the eventfd there would be next to none.
+        // A lost wake would show as slow rounds (`one_at_a_time`). Not
+        // one wake per event: a loop still writing the last event may find
+        // the next one before its mailbox runs dry (epoll does, in about
+        // half the rounds with the bus publishing, and more of them when
+        // the machine is busy), so the count only shows that the eventfd
+        // is written from these threads.
         let from_io_thread = one_at_a_time(&node, &subscription, |payload| {
             other_io_thread.publish("ping", payload).unwrap();
         });
@@ -225,7 +242,7 @@ fn a_delivery_from_another_thread_still_wakes_the_loop() {
         });
         for (wakes, publisher) in [(from_io_thread, "I/O thread 1"), (from_bus, "the bus")] {
             assert!(
-                wakes >= u64::from(ROUNDS / 10),
+                wakes > 0,
                 "{backend:?}: {wakes} loop wakes for {ROUNDS} events from {publisher}"
             );
         }
