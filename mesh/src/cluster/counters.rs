@@ -32,4 +32,8 @@ pub struct LinkCounters {
     /// acknowledgement could come back, or (a stopped one that resumes)
     /// after this node gave the link up.
     pub lost_in_flight: AtomicU64,
+    /// Events the egress took from the peer's queue past a round's room and
+    /// holds, in order, to send first next round: still waiting to be sent,
+    /// like the queue's (a figure the egress sets each round, not a count).
+    pub held_out: AtomicU64,
 }

@@ -366,11 +366,12 @@ impl Egress {
             let first = round.events == 0;
             // The batch is claimed whole: what comes after the round's room
             // is used up is held, in order, for the next round. The room,
-            // once used up, stays so for the round: after the first event
-            // held, only deliveries of the record before it are taken (into
-            // its forward, which goes out first anyway).
+            // once used up, stays so for the round. After the first event
+            // held, every event is held, even a delivery of the record
+            // before it: merged into that record's forward, it would leave
+            // ahead of the held event that came before it in the mailbox.
             let mut each = |event| {
-                if self.has_room_for(&event, &round) {
+                if self.held.is_empty() && self.has_room_for(&event, &round) {
                     self.take(event, &mut round)
                 } else {
                     self.held.push_back(event);
@@ -393,6 +394,9 @@ impl Egress {
                 Poll::Ready(Err(RecvError::Timeout)) | Poll::Pending => break,
             }
         }
+        self.counters
+            .held_out
+            .store(self.held.len() as u64, Ordering::Relaxed);
         if round.events == 0 {
             return Poll::Pending;
         }
@@ -504,6 +508,7 @@ impl Egress {
         mailbox.unsubscribe(REPLY_ROUTE_TAG);
         let mut left = mailbox.dropped() + self.held.len() as u64;
         self.held.clear();
+        self.counters.held_out.store(0, Ordering::Relaxed);
         while mailbox.try_recv().is_some() {
             left += 1;
         }

@@ -89,7 +89,9 @@ pub struct LinkView {
     pub unroutable_out: u64,
     /// Events from the peer that found no event memory here.
     pub dropped_in: u64,
-    /// Events waiting to be sent.
+    /// Events waiting to be sent: in the peer's queue, and those its egress
+    /// took past a round's room to send first next round (at most a batch,
+    /// 1,024 events, beyond the queue's capacity).
     pub pending_out: usize,
     /// Interest entries the peer has here.
     pub interest_entries: usize,

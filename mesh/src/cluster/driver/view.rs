@@ -2,6 +2,7 @@
 //! `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use super::Driver;
 use crate::cluster::interest::InterestKey;
@@ -49,7 +50,8 @@ impl Driver {
                     view.rtt_us = Some(link.connection.rtt().as_micros() as u64);
                 }
                 view.dropped_out += egress.queue.dropped();
-                view.pending_out = egress.queue.pending();
+                let held = egress.counters.held_out.load(Ordering::Relaxed) as usize;
+                view.pending_out = egress.queue.pending() + held;
                 view.interest_entries = self.interest.remote_entries(*id).len();
                 Some(view)
             })
