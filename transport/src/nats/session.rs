@@ -628,7 +628,9 @@ impl Session {
     }
 
     /// A request nobody subscribes to: a 503 status to the client's own
-    /// subscription on the reply subject, if it asked for that.
+    /// subscription on the reply subject, if it asked for that; of several
+    /// that match, the oldest (the lowest tag: `subs` is a `HashMap`, whose
+    /// order is no answer, and the same stream must get the same reply).
     fn no_responders(&mut self, reply: &str, out: &mut Vec<u8>) {
         let wanted = self
             .connect
@@ -637,10 +639,11 @@ impl Session {
         if !wanted {
             return;
         }
-        if let Some(sub) = self
+        if let Some((_, sub)) = self
             .subs
-            .values()
-            .find(|sub| subject::pattern_matches(&sub.subject, reply))
+            .iter()
+            .filter(|(_, sub)| subject::pattern_matches(&sub.subject, reply))
+            .min_by_key(|(tag, _)| **tag)
         {
             proto::encode_msg(out, reply, &sub.sid, None, Some(proto::NO_RESPONDERS), b"");
             self.stats.out_msgs.fetch_add(1, Ordering::Relaxed);

@@ -168,6 +168,24 @@ fn a_request_to_nobody_gets_a_503_on_the_inbox() {
     assert_eq!(out, "HMSG _INBOX.x.1 9 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
 }
 
+/// Of several subscriptions on the reply subject, the oldest gets the 503,
+/// in every session: each session's map of subscriptions iterates in an
+/// order of its own (a fuzz run found the same stream answered with either
+/// sid).
+#[test]
+fn a_503_goes_to_the_oldest_of_the_subscriptions_on_the_inbox() {
+    let bus = Bus::default();
+    for _ in 0..32 {
+        let mut session = Session::new(config(None), &bus, 1, LOCAL);
+        let (out, _) = run(
+            &mut session,
+            &bus,
+            b"CONNECT {\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.> 5\r\nSUB _INBOX.x.* 3\r\nSUB _INBOX.x.1 4\r\nPUB svc _INBOX.x.1 0\r\n\r\n",
+        );
+        assert_eq!(out, "HMSG _INBOX.x.1 5 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
+    }
+}
+
 #[test]
 fn nothing_but_connect_before_authentication() {
     let bus = Bus::default();
