@@ -297,10 +297,10 @@ fn a_version_3_client_keeps_working_and_may_not_send_packed_frames() {
 
 /// A packing client's writer joins the one-record frames that wait
 /// together into frames of many records: two threads publish flat out,
-/// and a subscriber gets every event whole, each thread's in order, for
-/// fewer bytes than a frame each.
+/// and a subscriber gets every event whole, each thread's in order, for no
+/// more bytes than a frame each.
 #[test]
-fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
+fn a_packing_clients_frames_may_be_joined_and_every_event_arrives_in_order() {
     const PER_THREAD: u32 = 20_000;
     // Payloads of 4 to 43 bytes: records of many sizes.
     let payload = |number: u32| -> Vec<u8> {
@@ -379,17 +379,18 @@ fn a_packing_clients_frames_are_joined_and_every_event_arrives_in_order() {
         assert_eq!(connection.events_in, 2 * u64::from(PER_THREAD));
         // How much the writer joins depends on how many frames wait for it,
         // which the scheduler decides: 60 to 80% of the bytes of a frame
-        // each here, 83% once when CI ran beside other builds. Frames get
-        // fewer bytes only by being joined (the HELLO, SUB and PING add well
-        // under a byte an event), so a twentieth saved is joining for sure.
+        // each here under load, 98% on a quiet CI machine whose writer kept
+        // up. So only the bound is checked: joining never costs bytes (the
+        // HELLO, SUB and PING add well under a byte an event). Joining
+        // itself is checked where it is deterministic, on `packed::join`.
         let joined = connection.bytes_in as f64 / unjoined_bytes as f64;
         println!(
-            "{backend:?}: {:.1} bytes per event joined, {:.1} a frame each",
+            "{backend:?}: {:.1} bytes per event, {:.1} a frame each",
             connection.bytes_in as f64 / connection.events_in as f64,
             unjoined_bytes as f64 / connection.events_in as f64,
         );
         assert!(
-            joined < 0.95,
+            joined < 1.01,
             "{backend:?}: {joined:.3} of the bytes of a frame each"
         );
         publisher.close();
