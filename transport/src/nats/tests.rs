@@ -156,16 +156,24 @@ fn what_was_published_before_a_ping_goes_out_before_the_pong() {
     assert_eq!(out, b"MSG a 1 1\r\nx\r\nPONG\r\n");
 }
 
-#[test]
-fn a_request_to_nobody_gets_a_503_on_the_inbox() {
+/// What a client that takes no-responders statuses and holds
+/// `subscriptions` is told when it requests `svc`, which nobody serves, with
+/// `_INBOX.x.1` as its reply subject.
+fn answer_to_a_request_nobody_serves(subscriptions: &str) -> String {
     let bus = Bus::default();
     let mut session = Session::new(config(None), &bus, 1, LOCAL);
-    let (out, _) = run(
-        &mut session,
-        &bus,
-        b"CONNECT {\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.x.* 9\r\nPUB svc _INBOX.x.1 0\r\n\r\n",
+    let input = format!(
+        "CONNECT {{\"headers\":true,\"no_responders\":true}}\r\n{subscriptions}PUB svc _INBOX.x.1 0\r\n\r\n"
     );
-    assert_eq!(out, "HMSG _INBOX.x.1 9 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
+    run(&mut session, &bus, input.as_bytes()).0
+}
+
+#[test]
+fn a_request_to_nobody_gets_a_503_on_the_inbox() {
+    assert_eq!(
+        answer_to_a_request_nobody_serves("SUB _INBOX.x.* 9\r\n"),
+        "HMSG _INBOX.x.1 9 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+    );
 }
 
 /// Of several subscriptions on the reply subject, the oldest gets the 503,
@@ -174,15 +182,13 @@ fn a_request_to_nobody_gets_a_503_on_the_inbox() {
 /// sid).
 #[test]
 fn a_503_goes_to_the_oldest_of_the_subscriptions_on_the_inbox() {
-    let bus = Bus::default();
     for _ in 0..32 {
-        let mut session = Session::new(config(None), &bus, 1, LOCAL);
-        let (out, _) = run(
-            &mut session,
-            &bus,
-            b"CONNECT {\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.> 5\r\nSUB _INBOX.x.* 3\r\nSUB _INBOX.x.1 4\r\nPUB svc _INBOX.x.1 0\r\n\r\n",
+        assert_eq!(
+            answer_to_a_request_nobody_serves(
+                "SUB _INBOX.> 5\r\nSUB _INBOX.x.* 3\r\nSUB _INBOX.x.1 4\r\n"
+            ),
+            "HMSG _INBOX.x.1 5 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
         );
-        assert_eq!(out, "HMSG _INBOX.x.1 5 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
     }
 }
 
